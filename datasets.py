@@ -1,0 +1,344 @@
+"""Load a dataset as uint8 images with fine and coarse labels, split train/validation/test."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+CIFAR_VALIDATION_SIZE = 5000
+VALIDATION_FRACTION = 0.1
+SYNTHETIC_DEFAULT_SIZE = 3000
+
+CIFAR100_FINE_NAMES = (
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
+    "butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch "
+    "crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo "
+    "keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse "
+    "mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy "
+    "porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper "
+    "snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television "
+    "tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
+).split()
+CIFAR100_COARSE_NAMES = (
+    "aquatic_mammals fish flowers food_containers fruit_and_vegetables "
+    "household_electrical_devices household_furniture insects large_carnivores "
+    "large_man-made_outdoor_things large_natural_outdoor_scenes large_omnivores_and_herbivores "
+    "medium_mammals non-insect_invertebrates people reptiles small_mammals trees vehicles_1 "
+    "vehicles_2"
+).split()
+CIFAR10_FINE_NAMES = (
+    "airplane automobile bird cat deer dog frog horse ship truck".split()
+)
+CIFAR10_VEHICLES = (0, 1, 8, 9)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be loaded; its message is one line meant for the user."""
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Images (uint8, N x H x W x C) and integer labels of one dataset, split three ways."""
+
+    name: str
+    x_train: np.ndarray
+    y_train_fine: np.ndarray
+    y_train_coarse: np.ndarray | None
+    x_val: np.ndarray
+    y_val_fine: np.ndarray
+    y_val_coarse: np.ndarray | None
+    x_test: np.ndarray
+    y_test_fine: np.ndarray
+    y_test_coarse: np.ndarray | None
+    num_fine: int
+    num_coarse: int | None
+    fine_names: list[str] | None = None
+    coarse_names: list[str] | None = None
+    horizontal_flip: bool = True
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, H x W x C."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def has_coarse(self) -> bool:
+        """Whether the dataset has coarse labels (and the model a coarse head)."""
+        return self.num_coarse is not None
+
+    def selecting_on_test(self) -> "Dataset":
+        """The 2017 protocol: train on train+validation, select epochs and trials on the test set."""
+
+        def cat(a, b):
+            return None if a is None else np.concatenate([a, b])
+
+        return dataclasses.replace(
+            self,
+            x_train=cat(self.x_train, self.x_val),
+            y_train_fine=cat(self.y_train_fine, self.y_val_fine),
+            y_train_coarse=cat(self.y_train_coarse, self.y_val_coarse),
+            x_val=self.x_test,
+            y_val_fine=self.y_test_fine,
+            y_val_coarse=self.y_test_coarse,
+        )
+
+    def summary(self) -> str:
+        """One line: sizes and classes."""
+        coarse = f", {self.num_coarse} coarse classes" if self.has_coarse else ", no coarse labels"
+        return (
+            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} validation / "
+            f"{len(self.x_test)} test images of {'x'.join(map(str, self.input_shape))}, "
+            f"{self.num_fine} fine classes{coarse}"
+        )
+
+
+def stratified_split(labels: np.ndarray, n_first: int, rng: np.random.Generator):
+    """Indices (first, rest) with `n_first` items drawn per class in proportion to its size."""
+    classes, counts = np.unique(labels, return_counts=True)
+    wanted = np.floor(counts * n_first / len(labels)).astype(int)
+    # Hand the rounding remainder to the largest classes so exactly n_first are drawn.
+    remainder = n_first - wanted.sum()
+    wanted[np.argsort(-counts, kind="stable")[:remainder]] += 1
+    first, rest = [], []
+    for c, n in zip(classes, wanted):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        first.append(idx[:n])
+        rest.append(idx[n:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(rest))
+
+
+def load_dataset(
+    name: str = "cifar100",
+    *,
+    train_subset: int | None = None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    synthetic_size: int = SYNTHETIC_DEFAULT_SIZE,
+    horizontal_flip: bool | None = None,
+) -> Dataset:
+    """Load `cifar100`, `cifar10`, `synthetic` or a `.npz` file, with a stratified validation split."""
+    if name == "cifar100":
+        arrays, flip, names = _load_cifar100(data_dir), True, (CIFAR100_FINE_NAMES, CIFAR100_COARSE_NAMES)
+    elif name == "cifar10":
+        arrays, flip, names = _load_cifar10(), True, (CIFAR10_FINE_NAMES, ["vehicle", "animal"])
+    elif name == "synthetic":
+        arrays, flip, names = make_synthetic(synthetic_size, seed=seed), True, (None, None)
+    elif name.endswith(".npz"):
+        arrays, flip = _load_npz(name)
+        names = (None, None)
+    else:
+        raise DatasetError(
+            f"unknown dataset {name!r}: use cifar100, cifar10, synthetic or a path to a .npz file"
+        )
+    if horizontal_flip is not None:
+        flip = horizontal_flip
+    x_train, yf_train, yc_train, x_test, yf_test, yc_test = arrays
+    label = os.path.basename(name)
+    _check_arrays(label, x_train, yf_train, yc_train, x_test, yf_test, yc_test)
+    num_fine = int(max(yf_train.max(), yf_test.max())) + 1
+    num_coarse = None if yc_train is None else int(max(yc_train.max(), yc_test.max())) + 1
+
+    rng = np.random.default_rng(seed)
+    n_val = CIFAR_VALIDATION_SIZE if name.startswith("cifar") else max(1, round(len(x_train) * VALIDATION_FRACTION))
+    val_idx, train_idx = stratified_split(yf_train, n_val, rng)
+    if train_subset is not None:
+        if not 0 < train_subset <= len(train_idx):
+            raise DatasetError(f"--train-subset must be between 1 and {len(train_idx)}, got {train_subset}")
+        keep, _ = stratified_split(yf_train[train_idx], train_subset, rng)
+        train_idx = train_idx[keep]
+
+    def take(a, idx):
+        return None if a is None else a[idx]
+
+    return Dataset(
+        name=label,
+        x_train=x_train[train_idx],
+        y_train_fine=yf_train[train_idx],
+        y_train_coarse=take(yc_train, train_idx),
+        x_val=x_train[val_idx],
+        y_val_fine=yf_train[val_idx],
+        y_val_coarse=take(yc_train, val_idx),
+        x_test=x_test,
+        y_test_fine=yf_test,
+        y_test_coarse=yc_test,
+        num_fine=num_fine,
+        num_coarse=num_coarse,
+        fine_names=None if names[0] is None else list(names[0]),
+        coarse_names=None if names[1] is None else list(names[1]),
+        horizontal_flip=flip,
+    )
+
+
+def _load_cifar100(data_dir: str | None):
+    """Keras's loader (its cache, or a download), else the official archive found on disk."""
+    if data_dir is None:
+        try:
+            import keras
+
+            (x_train, yf_train), (x_test, yf_test) = keras.datasets.cifar100.load_data("fine")
+            (_, yc_train), (_, yc_test) = keras.datasets.cifar100.load_data("coarse")
+            return x_train, yf_train.ravel(), yc_train.ravel(), x_test, yf_test.ravel(), yc_test.ravel()
+        except Exception:
+            keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+            data_dir = os.path.join(keras_home, "datasets")
+    archive = Path(data_dir) / CIFAR100_ARCHIVE
+    if not archive.is_file():
+        raise DatasetError(
+            f"CIFAR-100 could not be downloaded and {archive} does not exist: put the official "
+            f"{CIFAR100_ARCHIVE} there (or pass --data-dir DIR), or try --dataset synthetic"
+        )
+    return read_cifar100_archive(archive)
+
+
+def read_cifar100_archive(archive: str | os.PathLike):
+    """Parse the official `cifar-100-python.tar.gz` with Keras's own batch reader."""
+    from keras.src.datasets.cifar import load_batch
+
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+            arrays = []
+            for split in ("train", "test"):
+                path = os.path.join(tmp, "cifar-100-python", split)
+                x, fine = load_batch(path, label_key="fine_labels")
+                _, coarse = load_batch(path, label_key="coarse_labels")
+                arrays.append((x.transpose(0, 2, 3, 1), np.asarray(fine).ravel(), np.asarray(coarse).ravel()))
+    except (OSError, tarfile.TarError, KeyError, pickle.UnpicklingError, ValueError, EOFError) as err:
+        raise DatasetError(f"{archive} is not a readable CIFAR-100 archive ({err})") from None
+    (x_train, yf_train, yc_train), (x_test, yf_test, yc_test) = arrays
+    return x_train, yf_train, yc_train, x_test, yf_test, yc_test
+
+
+def _load_cifar10():
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as err:
+        raise DatasetError(
+            f"CIFAR-10 could not be loaded ({err}); try --dataset synthetic"
+        ) from None
+    y_train, y_test = y_train.ravel(), y_test.ravel()
+    # Two superclasses: vehicle (0) and animal (1).
+    def coarse(y):
+        return np.where(np.isin(y, CIFAR10_VEHICLES), 0, 1)
+
+    return x_train, y_train, coarse(y_train), x_test, y_test, coarse(y_test)
+
+
+def _load_npz(path: str):
+    if not os.path.isfile(path):
+        raise DatasetError(f"dataset file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            contents = {key: npz[key] for key in npz.files}
+    except Exception as err:
+        raise DatasetError(f"{path} is not a readable .npz file ({err})") from None
+    missing = [k for k in ("x_train", "y_train_fine", "x_test", "y_test_fine") if k not in contents]
+    if missing:
+        raise DatasetError(f"{path} lacks the key(s) {', '.join(missing)}")
+    has_coarse = ["y_train_coarse" in contents, "y_test_coarse" in contents]
+    if any(has_coarse) and not all(has_coarse):
+        raise DatasetError(f"{path} must have both y_train_coarse and y_test_coarse, or neither")
+
+    def images(key):
+        x = contents[key]
+        return x[..., None] if x.ndim == 3 else x
+
+    def labels(key):
+        y = contents.get(key)
+        return None if y is None else (y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y)
+
+    flip = bool(contents["horizontal_flip"]) if "horizontal_flip" in contents else False
+    arrays = (
+        images("x_train"), labels("y_train_fine"), labels("y_train_coarse"),
+        images("x_test"), labels("y_test_fine"), labels("y_test_coarse"),
+    )
+    return arrays, flip
+
+
+def _check_arrays(name, x_train, yf_train, yc_train, x_test, yf_test, yc_test):
+    """Raise DatasetError naming the first problem with the arrays."""
+    for key, x in (("x_train", x_train), ("x_test", x_test)):
+        if x.dtype != np.uint8:
+            raise DatasetError(f"{name}: {key} must be uint8 images (0-255), got dtype {x.dtype}")
+        if x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise DatasetError(f"{name}: {key} must have shape N x H x W x C with C 1 or 3, got {x.shape}")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DatasetError(f"{name}: x_train images are {x_train.shape[1:]} but x_test images are {x_test.shape[1:]}")
+    for key, y, x in (
+        ("y_train_fine", yf_train, x_train), ("y_test_fine", yf_test, x_test),
+        ("y_train_coarse", yc_train, x_train), ("y_test_coarse", yc_test, x_test),
+    ):
+        if y is None:
+            continue
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DatasetError(f"{name}: {key} must hold integer labels, got dtype {y.dtype}")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DatasetError(f"{name}: {key} must have one label per image ({len(x)}), got shape {y.shape}")
+        if len(y) and y.min() < 0:
+            raise DatasetError(f"{name}: {key} has negative labels (min {y.min()})")
+    for key, y_test, y_train in (("y_test_fine", yf_test, yf_train), ("y_test_coarse", yc_test, yc_train)):
+        if y_test is not None and y_test.max() > y_train.max():
+            raise DatasetError(
+                f"{name}: {key} has label {y_test.max()}, out of the training labels' range 0-{y_train.max()}"
+            )
+    if len(np.unique(yf_train)) < 2:
+        raise DatasetError(f"{name}: y_train_fine needs at least 2 classes")
+
+
+def make_synthetic(n_train: int = SYNTHETIC_DEFAULT_SIZE, *, seed: int = 0, n_test: int | None = None):
+    """A learnable offline stand-in for CIFAR-100: coarse = shape x texture, fine = colour.
+
+    Twenty coarse classes (5 shapes x 4 textures) of 5 fine classes each (5 hues); the shape is
+    drawn at a random position and scale over a random grey background with pixel noise.
+    """
+    n_test = max(100, n_train // 5) if n_test is None else n_test
+    root = np.random.SeedSequence(seed)
+    train_rng, test_rng = (np.random.default_rng(s) for s in root.spawn(2))
+    x_train, yf_train = _synthetic_images(n_train, train_rng)
+    x_test, yf_test = _synthetic_images(n_test, test_rng)
+    return x_train, yf_train, yf_train // 5, x_test, yf_test, yf_test // 5
+
+
+_HUES = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 240], [240, 220, 40], [210, 60, 220]], np.float32)
+
+
+def _synthetic_images(n: int, rng: np.random.Generator):
+    fine = rng.permutation(np.arange(n) % 100).astype(np.int64)
+    coarse, hue = fine // 5, fine % 5
+    shape, texture = coarse % 5, coarse // 5
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    cx, cy = (rng.uniform(10, 22, n).astype(np.float32)[:, None, None] for _ in range(2))
+    r = rng.uniform(6, 11, n).astype(np.float32)[:, None, None]
+    dx, dy = xx - cx, yy - cy
+    dist = np.sqrt(dx**2 + dy**2)
+    masks = np.stack([
+        dist <= r,  # disc
+        np.maximum(abs(dx), abs(dy)) <= 0.75 * r,  # square
+        (dy <= 0.7 * r) & (abs(dx) <= (dy + 0.7 * r) * 0.6),  # triangle
+        ((abs(dx) <= r / 3) & (abs(dy) <= r)) | ((abs(dy) <= r / 3) & (abs(dx) <= r)),  # cross
+        (dist <= r) & (dist >= 0.55 * r),  # ring
+    ])
+    mask = masks[shape, np.arange(n)]
+    patterns = np.stack([
+        np.ones_like(xx),  # flat
+        0.55 + 0.45 * ((yy // 2) % 2),  # horizontal stripes
+        0.55 + 0.45 * ((xx // 2) % 2),  # vertical stripes
+        0.55 + 0.45 * (((xx // 2) + (yy // 2)) % 2),  # checker
+    ])
+    shade = patterns[texture]
+    background = rng.uniform(40, 140, n).astype(np.float32)[:, None, None, None]
+    images = np.broadcast_to(background, (n, 32, 32, 3)).copy()
+    foreground = _HUES[hue][:, None, None, :] * shade[..., None]
+    images = np.where(mask[..., None], foreground, images)
+    images += rng.normal(0, 12, images.shape).astype(np.float32)
+    return np.clip(images, 0, 255).astype(np.uint8), fine

@@ -1,0 +1,278 @@
+"""The two-headed CNN built from a point of the hyperspace, and one trial: train, select, test."""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+import traceback
+import uuid
+
+import keras
+import numpy as np
+from hyperopt import STATUS_FAIL, STATUS_OK
+
+from datasets import Dataset
+
+STARTING_L2_REG = 0.0007
+STARTING_LR = 0.001
+FIRST_CONV_FILTERS = 16
+# Training steps fused into one compiled call: fewer host round trips per epoch.
+STEPS_PER_EXECUTION = 8
+MONITOR = "val_fine_outputs_accuracy"
+
+OPTIMIZERS = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam, "RMSprop": keras.optimizers.RMSprop}
+
+
+def build_model(
+    space: dict,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    num_fine: int = 100,
+    num_coarse: int | None = 20,
+    *,
+    horizontal_flip: bool = True,
+    steps_per_execution: int = 1,
+) -> keras.Model:
+    """A compiled Keras model built by the 2017 rules from one point of the hyperspace."""
+    net = _Builder(space)
+    inputs = keras.Input(input_shape, dtype="uint8", name="images")
+    x = keras.layers.Rescaling(1.0 / 255.0, offset=-0.5)(inputs)
+    if horizontal_flip:
+        x = keras.layers.RandomFlip("horizontal")(x)  # active while training only
+
+    if space["first_conv"] is not None:
+        x = net.conv(x, FIRST_CONV_FILTERS, int(space["first_conv"]))
+
+    n_filters = int(40 * space["conv_hiddn_units_mult"])
+    for block in range(int(space["nb_conv_pool_layers"])):
+        x = net.conv(x, n_filters)
+        if space["use_BN"]:
+            x = keras.layers.BatchNormalization()(x)
+        if space["residual"] is not None and block >= int(space["conv_pool_res_start_idx"]):
+            x = net.residual_units(x, n_filters)
+        x = net.pooling(x, n_filters)
+        x = keras.layers.Dropout(space["conv_dropout_drop_proba"])(x)
+        n_filters *= 2
+
+    x = keras.layers.Flatten()(x)
+    x = net.dense(x, int(1000 * space["fc_units_1_mult"]))
+    x = keras.layers.Dropout(space["fc_dropout_drop_proba"])(x)
+    if space["one_more_fc"] is not None:
+        x = net.dense(x, int(750 * space["one_more_fc"]))
+        x = keras.layers.Dropout(space["fc_dropout_drop_proba"])(x)
+
+    # Heads in float32 so that softmax and the loss stay accurate under mixed precision.
+    outputs = {"fine_outputs": net.dense(x, num_fine, "softmax", name="fine_outputs", dtype="float32")}
+    losses = {"fine_outputs": "sparse_categorical_crossentropy"}
+    weights = {"fine_outputs": 1.0}
+    if num_coarse:
+        outputs["coarse_outputs"] = net.dense(x, num_coarse, "softmax", name="coarse_outputs", dtype="float32")
+        losses["coarse_outputs"] = "sparse_categorical_crossentropy"
+        weights["coarse_outputs"] = float(space["coarse_labels_weight"])
+
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=OPTIMIZERS[space["optimizer"]](learning_rate=STARTING_LR * space["lr_rate_mult"]),
+        loss=losses,
+        loss_weights=weights,
+        metrics={name: ["accuracy"] for name in outputs},
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+class _Builder:
+    """Layer factories that share the space's activation, kernel size and L2 penalty."""
+
+    def __init__(self, space: dict):
+        self.space = space
+        self.activation = space["activation"]
+        self.l2 = STARTING_L2_REG * space["l2_weight_reg_mult"]
+
+    def conv(self, x, filters, kernel_size=None, strides=1, activation=None):
+        k = int(round(self.space["conv_kernel_size"])) if kernel_size is None else kernel_size
+        return keras.layers.Conv2D(
+            filters, k, strides=strides, padding="same",
+            activation=self.activation if activation is None else activation,
+            kernel_regularizer=keras.regularizers.L2(self.l2),
+        )(x)
+
+    def dense(self, x, units, activation=None, **kwargs):
+        return keras.layers.Dense(
+            units, activation=self.activation if activation is None else activation,
+            kernel_regularizer=keras.regularizers.L2(self.l2), **kwargs,
+        )(x)
+
+    def residual_units(self, x, n_filters):
+        """Units of: linear 1x1 shortcut + (dropout -> conv), added; batch-normalised once each."""
+        use_bn = self.space["use_BN"]
+        for _ in range(int(round(self.space["residual"]))):
+            shortcut = self.conv(x, n_filters, 1, activation="linear")
+            branch = keras.layers.Dropout(self.space["conv_dropout_drop_proba"])(x)
+            branch = self.conv(branch, n_filters, int(round(self.space["res_conv_kernel_size"])))
+            x = keras.layers.add([shortcut, branch])
+            if use_bn:
+                x = keras.layers.BatchNormalization()(x)
+        # Without use_BN, 2017 still normalised each residual stack: once here (it did it twice).
+        return x if use_bn else keras.layers.BatchNormalization()(x)
+
+    def pooling(self, x, n_filters):
+        kind = self.space["pooling_type"]
+        if kind == "all_conv":
+            return self.strided_conv(x, n_filters)
+        if kind == "inception":
+            return self.inception_reduction(x, n_filters)
+        if kind == "avg":
+            return keras.layers.AveragePooling2D(2)(x)
+        return keras.layers.MaxPooling2D(2)(x)
+
+    def strided_conv(self, x, n_filters):
+        """Pooling by a linear stride-2 3x3 convolution (https://arxiv.org/abs/1412.6806)."""
+        x = self.conv(x, n_filters, 3, strides=2, activation="linear")
+        return keras.layers.BatchNormalization()(x) if self.space["use_BN"] else x
+
+    def inception_reduction(self, x, n_filters):
+        """Three-branch reduction loosely after Inception-v4 (https://arxiv.org/abs/1602.07261)."""
+        n_a, n_b = int(n_filters * 0.33 + 1), int(n_filters * 0.4 + 1)
+        branch1 = self.strided_conv(x, n_b)
+        branch2 = self.conv(x, n_a, 1)
+        branch2 = self.conv(branch2, n_b, 3)
+        branch2 = self.strided_conv(branch2, n_b)
+        branch3 = self.conv(x, n_b, 1)
+        branch3 = keras.layers.MaxPooling2D(3, strides=2, padding="same")(branch3)
+        return keras.layers.concatenate([branch1, branch2, branch3])
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """`auto` is mixed_bfloat16 where an accelerator is visible, float32 on CPU."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if _has_accelerator() else "float32"
+
+
+def _has_accelerator() -> bool:
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    return False
+
+
+def targets(data: Dataset, split: str) -> dict:
+    """Integer labels of one split, keyed by the model's output names."""
+    labels = {"fine_outputs": getattr(data, f"y_{split}_fine")}
+    if data.has_coarse:
+        labels["coarse_outputs"] = getattr(data, f"y_{split}_coarse")
+    return labels
+
+
+def build_and_train(
+    space: dict,
+    data: Dataset,
+    *,
+    epochs: int,
+    callbacks=(),
+    patience: int | None = None,
+    verbose: int = 0,
+    selected_on: str = "validation",
+    precision: str = "auto",
+    seed: int | None = None,
+) -> tuple[keras.Model | None, dict]:
+    """Train one network; return it (best epoch's weights) and its result dict, or (None, failure)."""
+    start = time.time()
+    model = None
+    precision = resolve_precision(precision)
+    previous_policy = keras.config.dtype_policy()
+    try:
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        keras.config.set_dtype_policy(precision)
+        batch_size = int(space["batch_size"])
+        steps = math.ceil(len(data.x_train) / batch_size)
+        model = build_model(
+            space, data.input_shape, data.num_fine, data.num_coarse,
+            horizontal_flip=data.horizontal_flip,
+            steps_per_execution=max(1, min(STEPS_PER_EXECUTION, steps)),
+        )
+        keeper = keras.callbacks.EarlyStopping(
+            monitor=MONITOR, mode="max", patience=patience or epochs, restore_best_weights=True
+        )
+        history = model.fit(
+            data.x_train, targets(data, "train"),
+            batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose,
+            validation_data=(data.x_val, targets(data, "val")),
+            callbacks=[keras.callbacks.TerminateOnNaN(), keeper, *callbacks],
+        ).history
+        history = {key: [float(v) for v in values] for key, values in history.items()}
+        bad = [i + 1 for i, v in enumerate(history["loss"]) if not math.isfinite(v)]
+        if bad or MONITOR not in history:
+            raise FloatingPointError(f"loss is NaN or infinite at epoch {bad[0] if bad else 1}")
+        test = model.evaluate(data.x_test, targets(data, "test"), batch_size=batch_size, verbose=0, return_dict=True)
+        result = _result(space, data, history, test, model, callbacks, selected_on)
+    except Exception as err:  # noqa: BLE001: a trial must never crash the search
+        del model
+        model = None
+        result = failure(space, data, err)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if model is None:
+            keras.backend.clear_session()
+            gc.collect()
+    result["train_seconds"] = round(time.time() - start, 2)
+    result["keras_backend"] = keras.backend.backend()
+    result["precision"] = precision
+    return model, result
+
+
+def _result(space, data, history, test, model, callbacks, selected_on) -> dict:
+    fine_acc = history[MONITOR]
+    best_fine = max(fine_acc)
+    has_coarse = data.has_coarse
+
+    def column(name):
+        return history.get(name) if has_coarse else None
+
+    coarse_acc, coarse_loss = column("val_coarse_outputs_accuracy"), column("val_coarse_outputs_loss")
+    return {
+        "loss": -best_fine,
+        "real_loss": history["val_loss"][-1],
+        "fine_best_accuracy": best_fine,
+        "fine_best_loss": min(history["val_fine_outputs_loss"]),
+        "fine_end_accuracy": fine_acc[-1],
+        "fine_end_loss": history["val_fine_outputs_loss"][-1],
+        "coarse_best_accuracy": max(coarse_acc) if has_coarse else None,
+        "coarse_best_loss": min(coarse_loss) if has_coarse else None,
+        "coarse_end_accuracy": coarse_acc[-1] if has_coarse else None,
+        "coarse_end_loss": coarse_loss[-1] if has_coarse else None,
+        "test_fine_accuracy": float(test["fine_outputs_accuracy"]),
+        "test_coarse_accuracy": float(test["coarse_outputs_accuracy"]) if has_coarse else None,
+        "model_name": f"model_{best_fine}_{uuid.uuid4().hex[:5]}",
+        "space": space,
+        "history": history,
+        "status": STATUS_OK,
+        "epochs_trained": len(fine_acc),
+        "pruned": any(getattr(cb, "pruned", False) for cb in callbacks),
+        "n_params": model.count_params(),
+        "dataset": data.name,
+        "selected_on": selected_on,
+        "tid": None,
+    }
+
+
+def failure(space: dict, data: Dataset | None, err: BaseException) -> dict:
+    """The result of a trial that could not train: never a candidate for best."""
+    return {
+        "status": STATUS_FAIL,
+        "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": "),
+        "traceback": traceback.format_exc(),
+        "space": space,
+        "model_name": f"model_failed_{uuid.uuid4().hex[:5]}",
+        "dataset": None if data is None else data.name,
+        "pruned": False,
+        "tid": None,
+    }
