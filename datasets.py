@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
-CIFAR_VALIDATION_SIZE = 5000
+# 10% of the training images: 5,000 for CIFAR.
 VALIDATION_FRACTION = 0.1
 SYNTHETIC_DEFAULT_SIZE = 3000
 
@@ -145,7 +145,7 @@ def load_dataset(
     num_coarse = None if yc_train is None else int(max(yc_train.max(), yc_test.max())) + 1
 
     rng = np.random.default_rng(seed)
-    n_val = CIFAR_VALIDATION_SIZE if name.startswith("cifar") else max(1, round(len(x_train) * VALIDATION_FRACTION))
+    n_val = max(1, round(len(x_train) * VALIDATION_FRACTION))
     val_idx, train_idx = stratified_split(yf_train, n_val, rng)
     if train_subset is not None:
         if not 0 < train_subset <= len(train_idx):
@@ -296,10 +296,11 @@ def _check_arrays(name, x_train, yf_train, yc_train, x_test, yf_test, yc_test):
 
 
 def make_synthetic(n_train: int = SYNTHETIC_DEFAULT_SIZE, *, seed: int = 0, n_test: int | None = None):
-    """A learnable offline stand-in for CIFAR-100: coarse = shape x texture, fine = colour.
+    """A learnable offline stand-in for CIFAR-100: coarse = shape x background texture, fine = colour.
 
-    Twenty coarse classes (5 shapes x 4 textures) of 5 fine classes each (5 hues); the shape is
-    drawn at a random position and scale over a random grey background with pixel noise.
+    Twenty coarse classes (5 shapes x 4 background textures) of 5 fine classes each (5 hues of the
+    shape); the shape is drawn at a random position and scale, the background at a random grey
+    level, and every pixel gets noise.
     """
     n_test = max(100, n_train // 5) if n_test is None else n_test
     root = np.random.SeedSequence(seed)
@@ -331,14 +332,12 @@ def _synthetic_images(n: int, rng: np.random.Generator):
     mask = masks[shape, np.arange(n)]
     patterns = np.stack([
         np.ones_like(xx),  # flat
-        0.55 + 0.45 * ((yy // 2) % 2),  # horizontal stripes
-        0.55 + 0.45 * ((xx // 2) % 2),  # vertical stripes
-        0.55 + 0.45 * (((xx // 2) + (yy // 2)) % 2),  # checker
+        0.4 + 0.6 * ((yy // 2) % 2),  # horizontal stripes
+        0.4 + 0.6 * ((xx // 2) % 2),  # vertical stripes
+        0.4 + 0.6 * (((xx // 2) + (yy // 2)) % 2),  # checker
     ])
-    shade = patterns[texture]
-    background = rng.uniform(40, 140, n).astype(np.float32)[:, None, None, None]
-    images = np.broadcast_to(background, (n, 32, 32, 3)).copy()
-    foreground = _HUES[hue][:, None, None, :] * shade[..., None]
-    images = np.where(mask[..., None], foreground, images)
+    # The texture covers the background, so that it is seen at every position.
+    background = rng.uniform(50, 130, n).astype(np.float32)[:, None, None] * patterns[texture]
+    images = np.where(mask[..., None], _HUES[hue][:, None, None, :], background[..., None])
     images += rng.normal(0, 12, images.shape).astype(np.float32)
     return np.clip(images, 0, 255).astype(np.uint8), fine

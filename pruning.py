@@ -1,0 +1,60 @@
+"""The median stopping rule (Golovin et al., Google Vizier, 2017) as a Keras callback."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import keras
+
+MIN_EPOCH = 5
+MIN_TRIALS = 3
+
+
+def should_prune(
+    curve: Sequence[float],
+    finished_curves: Sequence[Sequence[float]],
+    *,
+    min_epoch: int = MIN_EPOCH,
+    min_trials: int = MIN_TRIALS,
+) -> bool:
+    """True when the best-so-far of `curve` is below the median best-so-far of finished trials.
+
+    `curve` holds one validation accuracy per epoch so far; finished trials count only if they
+    reached as many epochs.
+    """
+    epoch = len(curve)
+    if epoch < min_epoch:
+        return False
+    peers = [max(c[:epoch]) for c in finished_curves if len(c) >= epoch]
+    if len(peers) < min_trials:
+        return False
+    return max(curve) < statistics.median(peers)
+
+
+class MedianStoppingRule(keras.callbacks.Callback):
+    """Stop a trial whose best validation accuracy trails the median of finished trials."""
+
+    def __init__(self, finished_curves: Sequence[Sequence[float]], monitor: str = "val_fine_outputs_accuracy",
+                 min_epoch: int = MIN_EPOCH, min_trials: int = MIN_TRIALS):
+        super().__init__()
+        self.finished_curves = [list(c) for c in finished_curves]
+        self.monitor = monitor
+        self.min_epoch = min_epoch
+        self.min_trials = min_trials
+        self.curve: list[float] = []
+        self.pruned = False
+
+    def on_train_begin(self, logs=None):
+        self.curve = []
+        self.pruned = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        self.curve.append(float(value))
+        if should_prune(self.curve, self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials):
+            self.pruned = True
+            self.model.stop_training = True
+            print(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below the median of finished trials")

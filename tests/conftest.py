@@ -1,0 +1,48 @@
+"""Shared fixtures: the repo on sys.path, quiet TensorFlow, small datasets and spaces."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO.parent / "shared" / "reference-results"
+sys.path.insert(0, str(REPO))
+
+import pytest  # noqa: E402
+
+import hyperspace  # noqa: E402
+
+# A small network that learns the synthetic data within 2 epochs on a CPU.
+SMALL_SPACE = {
+    **hyperspace.SEED_BEST_SPACE,
+    "conv_hiddn_units_mult": 0.4,
+    "fc_units_1_mult": 0.1,
+    "residual": None,
+    "first_conv": None,
+    "nb_conv_pool_layers": 2,
+    "pooling_type": "max",
+    "use_BN": False,
+    "batch_size": 32,
+    "lr_rate_mult": 3.0,
+    "optimizer": "Adam",
+    "conv_dropout_drop_proba": 0.0,
+    "fc_dropout_drop_proba": 0.0,
+    "activation": "relu",
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    from datasets import load_dataset
+
+    return load_dataset("synthetic", synthetic_size=2000)
+
+
+@pytest.fixture
+def reference_dir():
+    if not REFERENCE.is_dir():
+        pytest.skip("../shared/reference-results is absent")
+    return REFERENCE

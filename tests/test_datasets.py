@@ -1,0 +1,160 @@
+"""Datasets: CIFAR-100 from the official archive, synthetic data, user .npz files and their errors."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from datasets import DatasetError, load_dataset, make_synthetic
+
+
+def write_cifar100_archive(path, n_train=300, n_test=60):
+    """A small cifar-100-python.tar.gz in the official format; pixel 0 encodes the image index."""
+    rng = np.random.default_rng(0)
+    expected = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in (("train", n_train), ("test", n_test)):
+            data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+            data[:, 0] = np.arange(n) % 256  # red channel of the top-left pixel
+            data[:, 1] = np.arange(n) // 256
+            fine = rng.permutation(np.arange(n) % 100)
+            coarse = fine // 5
+            batch = {b"batch_label": split.encode(), b"filenames": [b"x.png"] * n, b"data": data,
+                     b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist()}
+            blob = pickle.dumps(batch, protocol=4)
+            info = tarfile.TarInfo(f"cifar-100-python/{split}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+            expected[split] = (data, fine, coarse)
+    return expected
+
+
+def image_index(x):
+    # The index was written into pixel (0, 0) and (0, 1)'s red values (channel-first layout).
+    return x[:, 0, 0, 0].astype(int) + 256 * x[:, 0, 1, 0].astype(int)
+
+
+def test_cifar100_loads_from_official_archive_in_keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "datasets").mkdir()
+    expected = write_cifar100_archive(tmp_path / "datasets" / "cifar-100-python.tar.gz")
+    data = load_dataset("cifar100")
+    assert data.x_train.dtype == np.uint8 and data.x_train.shape[1:] == (32, 32, 3)
+    assert len(data.x_train) + len(data.x_val) == 300 and len(data.x_val) == 30
+    assert data.x_test.shape == (60, 32, 32, 3)
+    assert data.num_fine == 100 and data.num_coarse == 20
+    assert len(data.fine_names) == 100 and len(data.coarse_names) == 20
+    _, fine, coarse = expected["train"]
+    for x, yf, yc in ((data.x_train, data.y_train_fine, data.y_train_coarse), (data.x_val, data.y_val_fine, data.y_val_coarse)):
+        idx = image_index(x)
+        np.testing.assert_array_equal(yf, fine[idx])
+        np.testing.assert_array_equal(yc, coarse[idx])
+    data_t, fine_t, _ = expected["test"]
+    np.testing.assert_array_equal(data.y_test_fine, fine_t)
+    # Channel-first rows of the archive become channel-last images.
+    np.testing.assert_array_equal(data.x_test[3], data_t[3].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_cifar100_from_data_dir(tmp_path):
+    write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
+    data = load_dataset("cifar100", data_dir=str(tmp_path))
+    assert len(data.x_test) == 60
+
+
+def test_missing_cifar100_names_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar100")
+    message = str(err.value)
+    assert "cifar-100-python.tar.gz" in message and "--dataset synthetic" in message and "\n" not in message
+
+
+def test_validation_split_is_stratified_and_disjoint():
+    data = load_dataset("synthetic", synthetic_size=2000)
+    assert len(data.x_val) == 200
+    assert np.bincount(data.y_val_fine, minlength=100).tolist() == [2] * 100
+    train_rows = {row.tobytes() for row in data.x_train}
+    assert not any(row.tobytes() in train_rows for row in data.x_val)
+
+
+def test_train_subset_is_stratified():
+    data = load_dataset("synthetic", synthetic_size=2000, train_subset=500)
+    assert len(data.x_train) == 500
+    assert np.bincount(data.y_train_fine, minlength=100).tolist() == [5] * 100
+
+
+def test_synthetic_is_deterministic_per_seed_and_grouped_5_per_coarse():
+    a, b, c = make_synthetic(300, seed=1), make_synthetic(300, seed=1), make_synthetic(300, seed=2)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+    x, fine, coarse = a[:3]
+    assert x.shape == (300, 32, 32, 3) and x.dtype == np.uint8
+    np.testing.assert_array_equal(coarse, fine // 5)
+    assert set(fine.tolist()) == set(range(100)) and set(coarse.tolist()) == set(range(20))
+
+
+def write_npz(path, coarse=True, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "x_train": rng.integers(0, 256, (200, 20, 24), dtype=np.uint8),  # grayscale, no channel axis
+        "y_train_fine": np.arange(200) % 10,
+        "x_test": rng.integers(0, 256, (40, 20, 24), dtype=np.uint8),
+        "y_test_fine": np.arange(40) % 10,
+    }
+    if coarse:
+        arrays["y_train_coarse"] = arrays["y_train_fine"] // 5
+        arrays["y_test_coarse"] = arrays["y_test_fine"] // 5
+    arrays.update(overrides)
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_npz_with_coarse_labels(tmp_path):
+    data = load_dataset(write_npz(tmp_path / "d.npz"))
+    assert data.input_shape == (20, 24, 1)
+    assert (data.num_fine, data.num_coarse) == (10, 2)
+    assert len(data.x_train) == 180 and len(data.x_val) == 20
+    assert data.horizontal_flip is False
+
+
+def test_npz_without_coarse_labels_has_no_coarse_head(tmp_path):
+    data = load_dataset(write_npz(tmp_path / "d.npz", coarse=False))
+    assert data.num_coarse is None and data.y_train_coarse is None and not data.has_coarse
+
+
+def test_npz_can_ask_for_horizontal_flips(tmp_path):
+    assert load_dataset(write_npz(tmp_path / "d.npz", horizontal_flip=np.array(True))).horizontal_flip
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"y_test_fine": None}, "lacks the key(s) y_test_fine"),
+        ({"x_train": np.zeros((200, 20, 24), np.float32)}, "must be uint8"),
+        ({"y_train_fine": np.arange(199) % 10}, "one label per image"),
+        ({"y_train_fine": np.arange(200) % 10 - 1}, "negative labels"),
+        ({"y_test_fine": np.arange(40) % 10 + 5}, "out of the training labels' range"),
+        ({"y_train_fine": (np.arange(200) % 10).astype(float)}, "integer labels"),
+        ({"x_test": np.zeros((40, 21, 24), np.uint8)}, "x_test images are"),
+        ({"x_train": np.zeros((200, 20, 24, 2), np.uint8)}, "C 1 or 3"),
+        ({"y_test_coarse": None}, "both y_train_coarse and y_test_coarse"),
+    ],
+)
+def test_bad_npz_gets_a_one_line_error(tmp_path, overrides, message):
+    path = write_npz(tmp_path / "d.npz", **overrides)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_or_unreadable_npz_and_unknown_names(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(str(tmp_path / "nope.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DatasetError, match="not a readable .npz"):
+        load_dataset(str(tmp_path / "junk.npz"))
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        load_dataset("imagenet")

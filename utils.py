@@ -1,0 +1,173 @@
+"""Results on disk: atomic writes, result JSON files, the best result, the trials pickle, a run lock."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = "results"
+TRIALS_FILE = "results.pkl"
+
+
+def _jsonable(value):
+    """Plain Python values for JSON: numpy scalars and arrays unwrapped, NaN and inf as null."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(result: dict) -> str:
+    """The result as the indented, key-sorted JSON text of the result files."""
+    return json.dumps(_jsonable(result), sort_keys=True, indent=4, separators=(",", ": "), allow_nan=False)
+
+
+def print_json(result: dict) -> None:
+    """Pretty-print a JSON-able structure (numpy values included)."""
+    print(to_json(result))
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a torn mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_json_result(result: dict, results_dir: str | os.PathLike = RESULTS_DIR) -> Path:
+    """Write `<model_name>.txt.json` atomically into results_dir; return its path."""
+    path = Path(results_dir) / f"{result['model_name']}.txt.json"
+    atomic_write(path, to_json(result).encode())
+    return path
+
+
+def load_json_result(path: str | os.PathLike) -> dict:
+    """Read one result file."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def iter_results(results_dir: str | os.PathLike = RESULTS_DIR):
+    """Yield (path, result) for every readable result file, warning once for each unreadable one."""
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            result = load_json_result(path)
+        except (OSError, ValueError) as err:
+            warn(f"skipping {path}: not readable JSON ({err})")
+            continue
+        if not isinstance(result, dict) or "status" not in result or "space" not in result:
+            warn(f"skipping {path}: not a result file (no 'status' and 'space')")
+            continue
+        yield path, result
+
+
+def is_ok(result: dict) -> bool:
+    """A finished trial with a usable loss (failed trials never count as best)."""
+    loss = result.get("loss")
+    return result.get("status") == "ok" and isinstance(loss, (int, float)) and math.isfinite(loss)
+
+
+def load_best_result(results_dir: str | os.PathLike = RESULTS_DIR) -> tuple[Path, dict] | None:
+    """The (path, result) with the lowest `loss` field among the results, or None."""
+    candidates = [(r["loss"], str(p), p, r) for p, r in iter_results(results_dir) if is_ok(r)]
+    if not candidates:
+        return None
+    _, _, path, result = min(candidates, key=lambda c: c[:2])
+    return path, result
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class TrialsFileError(Exception):
+    """The trials pickle cannot be used; the message is one line for the user."""
+
+
+def load_trials(path: str | os.PathLike):
+    """Load a hyperopt Trials pickle, or raise TrialsFileError without touching the file."""
+    from hyperopt import Trials
+
+    try:
+        with open(path, "rb") as f:
+            trials = pickle.load(f)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001: any unpickling failure means a broken file
+        raise TrialsFileError(
+            f"{path} is corrupt or truncated ({type(err).__name__}); move it away to start a new search"
+        ) from None
+    if not isinstance(trials, Trials):
+        raise TrialsFileError(
+            f"{path} holds a {type(trials).__name__}, not hyperopt Trials; move it away to start a new search"
+        )
+    return trials
+
+
+def save_trials(trials, path: str | os.PathLike) -> None:
+    """Pickle the trials atomically."""
+    atomic_write(path, pickle.dumps(trials, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class RunLock:
+    """An exclusive lock on a results folder; the OS releases it when the process dies."""
+
+    def __init__(self, results_dir: str | os.PathLike):
+        self.path = Path(results_dir) / ".search.lock"
+        self._file = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False if another live process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            self.holder = self._file.read().strip() or "another process"
+            self._file.close()
+            self._file = None
+            return False
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()}")
+        self._file.flush()
+        return True
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
