@@ -7,6 +7,7 @@ Every finished trial is written as `results/<model_name>.txt.json` and into the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -61,8 +62,7 @@ class SignalGuard:
         self.signum = None
         self._saving = False
         self._pending = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
         self.signum = signum
@@ -71,18 +71,25 @@ class SignalGuard:
         else:
             raise KeyboardInterrupt
 
-    def __enter__(self):
+    @contextlib.contextmanager
+    def saving(self):
+        """Hold signals back while the block runs; act on them after."""
         self._saving = True
-
-    def __exit__(self, *exc):
-        self._saving = False
-        if self._pending and exc[0] is None:
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._pending:
             raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """Put the previous signal handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    guard = SignalGuard()
     from utils import RunLock
 
     lock = RunLock(args.results_dir)
@@ -90,10 +97,15 @@ def main(argv=None) -> int:
         print(f"error: a search is already running on {args.results_dir}/ ({lock.holder}); "
               "wait for it to end or use another --results-dir", file=sys.stderr)
         return 2
+    guard = SignalGuard()
     try:
         return Search(args, guard).run()
+    except KeyboardInterrupt:
+        print("\nInterrupted before the search started; nothing was changed.", file=sys.stderr)
+        return EXIT_SIGTERM if guard.signum == signal.SIGTERM else EXIT_SIGINT
     finally:
         lock.release()
+        guard.restore()
 
 
 class Search:
@@ -107,6 +119,7 @@ class Search:
     def run(self) -> int:
         import numpy as np
         from hyperopt import fmin, rand, tpe
+        from hyperopt.exceptions import AllTrialsFailed
 
         import hyperspace
         from datasets import DatasetError, load_dataset
@@ -147,6 +160,8 @@ class Search:
                 show_progressbar=args.max_evals is not None,
                 return_argmin=False,
             )
+        except AllTrialsFailed:
+            pass  # fmin's closing argmin; the failures are reported below
         except KeyboardInterrupt:
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"
             print(f"\n{name}: stopped; the running trial is dropped, {len(self.trials.trials) - 1} finished trials are saved.")
@@ -180,7 +195,7 @@ class Search:
         return trials
 
     def current_best_loss(self, trials=None):
-        losses = [loss for loss in (trials or self.trials).losses() if loss is not None]
+        losses = [loss for loss in (self.trials if trials is None else trials).losses() if loss is not None]
         return min(losses) if losses else None
 
     def finished_curves(self):
@@ -220,7 +235,7 @@ class Search:
         trial = trials.trials[-1]
         result = trial["result"]
         result["tid"] = trial["tid"]
-        with self.guard:
+        with self.guard.saving():
             save_trials(trials, self.args.trials_file)
             save_json_result(result, self.args.results_dir)
         improved = result.get("status") == "ok" and (self.best_loss is None or result["loss"] < self.best_loss)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Remove every result and generated artefact of the search, then recreate the empty folders.
+# Usage: ./delete_results.sh [-y]     (-y: do not ask)
+set -euo pipefail
+cd "$(dirname "$0")"
+targets=(results results.pkl TensorBoard weights layers model_demo.png model_best.png)
+if [[ "${1:-}" != "-y" ]]; then
+  echo "This deletes: ${targets[*]}"
+  read -r -p "Delete them? [y/N] " answer
+  [[ "$answer" =~ ^[Yy]$ ]] || { echo "Nothing deleted."; exit 0; }
+fi
+rm -rf -- "${targets[@]}"
+for folder in results TensorBoard weights layers; do
+  mkdir -p "$folder" && touch "$folder/.gitkeep"
+done
+echo "Deleted; empty results/, TensorBoard/, weights/ and layers/ recreated."

@@ -1,0 +1,156 @@
+"""The two-headed CNN: shapes over the space, parameter counts by the 2017 rules, real trials."""
+
+import math
+
+import numpy as np
+import pytest
+from hyperopt.pyll import stochastic
+
+import hyperspace
+from conftest import SMALL_SPACE
+from neural_net import build_and_train, build_model
+
+
+def count_params_2017(space, input_shape=(32, 32, 3), num_fine=100, num_coarse=20, double_bn=False):
+    """Parameters of the network the 2017 rules describe, counted by hand from shapes.
+
+    `double_bn` adds the extra batch-norm that 2017 put after each residual stack.
+    """
+    h, w, c = input_shape
+    total = 0
+
+    def conv(cin, cout, k):
+        return k * k * cin * cout + cout
+
+    def bn(ch):
+        return 4 * ch
+
+    use_bn = space["use_BN"]
+    k = int(round(space["conv_kernel_size"]))
+    if space["first_conv"] is not None:
+        total += conv(c, 16, space["first_conv"])
+        c = 16
+    n = int(40 * space["conv_hiddn_units_mult"])
+    for block in range(space["nb_conv_pool_layers"]):
+        total += conv(c, n, k) + (bn(n) if use_bn else 0)
+        c = n
+        if space["residual"] is not None and block >= space["conv_pool_res_start_idx"]:
+            units = int(round(space["residual"]))
+            rk = int(round(space["res_conv_kernel_size"]))
+            total += units * (conv(n, n, 1) + conv(n, n, rk) + (bn(n) if use_bn else 0))
+            total += bn(n) if (not use_bn or double_bn) else 0
+            if double_bn and not use_bn:
+                total += bn(n)
+        pooling = space["pooling_type"]
+        if pooling in ("max", "avg"):
+            h, w = h // 2, w // 2
+        elif pooling == "all_conv":
+            total += conv(c, n, 3) + (bn(n) if use_bn else 0)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        else:  # inception: strided conv | 1x1 -> 3x3 -> strided conv | 1x1 -> max pool
+            na, nb = int(n * 0.33 + 1), int(n * 0.4 + 1)
+            total += conv(c, nb, 3) + (bn(nb) if use_bn else 0)
+            total += conv(c, na, 1) + conv(na, nb, 3) + conv(nb, nb, 3) + (bn(nb) if use_bn else 0)
+            total += conv(c, nb, 1)
+            c = 3 * nb
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        n *= 2
+    features = h * w * c
+    fc = int(1000 * space["fc_units_1_mult"])
+    total += features * fc + fc
+    if space["one_more_fc"] is not None:
+        fc2 = int(750 * space["one_more_fc"])
+        total += fc * fc2 + fc2
+        fc = fc2
+    total += fc * num_fine + num_fine
+    if num_coarse:
+        total += fc * num_coarse + num_coarse
+    return total
+
+
+def head_shapes(model):
+    return {name: tuple(tensor.shape) for name, tensor in model.output.items()}
+
+
+def sampled_points(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return [stochastic.sample(hyperspace.space, rng=rng) for _ in range(n)]
+
+
+def pooling_points():
+    return [
+        {**hyperspace.DEMO_SPACE, "pooling_type": pooling, "residual": residual}
+        for pooling in ("max", "avg", "all_conv", "inception")
+        for residual in (None, 2)
+    ]
+
+
+ALL_POINTS = sampled_points() + [hyperspace.DEMO_SPACE, hyperspace.SEED_BEST_SPACE] + pooling_points()
+
+
+@pytest.mark.slow
+def test_every_sampled_point_builds_two_heads_with_the_2017_parameter_count():
+    for space in ALL_POINTS:
+        model = build_model(space)
+        assert head_shapes(model) == {"fine_outputs": (None, 100), "coarse_outputs": (None, 20)}
+        assert model.count_params() == count_params_2017(space), space
+
+
+@pytest.mark.parametrize("space", [hyperspace.DEMO_SPACE, hyperspace.SEED_BEST_SPACE] + pooling_points()[:4])
+def test_parameter_count_matches_the_2017_rules(space):
+    assert build_model(space).count_params() == count_params_2017(space)
+
+
+def test_best_2017_network_size_is_within_2_percent_of_the_original():
+    ours = build_model(hyperspace.SEED_BEST_SPACE).count_params()
+    original = count_params_2017(hyperspace.SEED_BEST_SPACE, double_bn=True)
+    assert abs(ours - original) / original < 0.02
+    assert 6_500_000 < ours < 7_500_000
+
+
+def test_fine_head_only_without_coarse_labels():
+    model = build_model(SMALL_SPACE, (20, 24, 1), num_fine=10, num_coarse=None)
+    assert head_shapes(model) == {"fine_outputs": (None, 10)}
+
+
+def test_flip_only_while_training():
+    model = build_model(SMALL_SPACE)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    first, second = model.predict(x, verbose=0), model.predict(x, verbose=0)
+    np.testing.assert_allclose(first["fine_outputs"], second["fine_outputs"], rtol=1e-6)
+
+
+def test_a_trial_on_synthetic_data_learns(synthetic):
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=2)
+    assert result["status"] == "ok"
+    assert result["fine_best_accuracy"] > 0.05  # chance is 0.01
+    assert result["coarse_best_accuracy"] > 0.10  # chance is 0.05
+    assert result["test_fine_accuracy"] > 0.05
+    assert result["loss"] == -result["fine_best_accuracy"]
+    assert result["epochs_trained"] == 2 and result["pruned"] is False
+    assert result["n_params"] == model.count_params()
+    assert len(result["history"]["val_fine_outputs_accuracy"]) == 2
+    for key in ("real_loss", "fine_best_loss", "fine_end_accuracy", "fine_end_loss", "coarse_best_loss",
+                "coarse_end_accuracy", "coarse_end_loss", "model_name", "space", "train_seconds",
+                "dataset", "selected_on", "keras_backend", "tid", "test_coarse_accuracy"):
+        assert key in result
+
+
+def test_the_returned_model_holds_the_best_epochs_weights(synthetic):
+    from neural_net import targets
+
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=3, seed=1)
+    scores = model.evaluate(synthetic.x_val, targets(synthetic, "val"), verbose=0, return_dict=True)
+    assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
+
+
+def test_an_absurd_learning_rate_fails_the_trial_without_raising(synthetic):
+    model, result = build_and_train({**SMALL_SPACE, "lr_rate_mult": 1e35}, synthetic, epochs=2)
+    assert model is None
+    assert result["status"] == "fail"
+    assert "NaN" in result["error"]
+
+
+def test_an_exception_fails_the_trial_without_raising(synthetic):
+    model, result = build_and_train({**SMALL_SPACE, "optimizer": "SGD-that-does-not-exist"}, synthetic, epochs=1)
+    assert model is None and result["status"] == "fail" and "KeyError" in result["error"]

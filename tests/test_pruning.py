@@ -1,0 +1,41 @@
+"""The median stopping rule on hand-made learning curves."""
+
+from pruning import MedianStoppingRule, should_prune
+
+FINISHED = [
+    [0.10, 0.20, 0.30, 0.40, 0.50, 0.55],
+    [0.10, 0.15, 0.20, 0.25, 0.30, 0.35],
+    [0.05, 0.10, 0.30, 0.35, 0.40, 0.45],
+]  # best-so-far at epoch 5: 0.50, 0.30, 0.40 -> median 0.40
+
+
+def test_prunes_a_trial_below_the_median_at_epoch_5():
+    assert should_prune([0.1, 0.2, 0.25, 0.3, 0.35], FINISHED)
+
+
+def test_keeps_a_trial_at_or_above_the_median():
+    assert not should_prune([0.1, 0.2, 0.25, 0.3, 0.40], FINISHED)
+    assert not should_prune([0.1, 0.45, 0.2, 0.2, 0.2], FINISHED)  # best so far counts, not the last
+
+
+def test_never_prunes_before_epoch_5():
+    assert not should_prune([0.01, 0.01, 0.01, 0.01], FINISHED)
+
+
+def test_needs_3_finished_trials_that_reached_the_epoch():
+    assert not should_prune([0.0] * 5, FINISHED[:2])
+    assert not should_prune([0.0] * 6, FINISHED[:2] + [[0.9] * 5])  # the third stopped at epoch 5
+
+
+def test_callback_stops_training_and_marks_the_trial_pruned():
+    class FakeModel:
+        stop_training = False
+
+    rule = MedianStoppingRule(FINISHED)
+    rule.set_model(FakeModel())
+    rule.on_train_begin()
+    for epoch, acc in enumerate([0.1, 0.2, 0.25, 0.3]):
+        rule.on_epoch_end(epoch, {"val_fine_outputs_accuracy": acc})
+        assert not rule.model.stop_training
+    rule.on_epoch_end(4, {"val_fine_outputs_accuracy": 0.35})
+    assert rule.model.stop_training and rule.pruned

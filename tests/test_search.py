@@ -1,0 +1,191 @@
+"""The search driver as a user runs it: resume, kills, signals, the lock, broken pickles, failures."""
+
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from utils import load_trials, save_trials
+
+SCRIPT = str(REPO / "hyperopt_optimize.py")
+QUICK = ["--dataset", "synthetic", "--space", "tiny", "--train-subset", "300", "--verbose", "0", "--no-plot"]
+
+
+def run_cli(tmp_path, *args, timeout=300):
+    return subprocess.run([sys.executable, SCRIPT, *QUICK, *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_cli(tmp_path, *args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, SCRIPT, *QUICK, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for_line(proc, text, timeout=120):
+    """Read the process's output until a line contains `text`; return everything read."""
+    seen = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    proc.kill()
+    raise AssertionError(f"never saw {text!r} in:\n{''.join(seen)}")
+
+
+def result_files(tmp_path):
+    return sorted((tmp_path / "results").glob("model_*.txt.json"))
+
+
+@pytest.mark.slow
+def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
+    first = run_cli(tmp_path, "--max-evals", "3", "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 3 and len(result_files(tmp_path)) == 3
+
+    second = run_cli(tmp_path, "--max-evals", "5", "--epochs", "1")
+    assert second.returncode == 0, second.stderr
+    assert "Resuming: 3 trials, best fine accuracy" in second.stdout
+    trials = load_trials(tmp_path / "results.pkl")
+    assert len(trials.trials) == 5 and len(result_files(tmp_path)) == 5
+    assert [t["tid"] for t in trials.trials] == [0, 1, 2, 3, 4]
+    first_points = [t["misc"]["vals"] for t in trials.trials[:3]]
+    assert all(t["misc"]["vals"] not in first_points for t in trials.trials[3:])
+    assert "Top 5 of 5 trials" in second.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_loses_only_the_running_trial(tmp_path):
+    proc = start_cli(tmp_path, "--max-evals", "20", "--epochs", "30", "--prune", "none")
+    wait_for_line(proc, "Trial 1: training")
+    time.sleep(1.5)
+    proc.kill()
+    proc.wait()
+    trials = load_trials(tmp_path / "results.pkl")
+    finished = len(trials.trials)
+    assert finished >= 1 and len(result_files(tmp_path)) == finished
+
+    again = run_cli(tmp_path, "--max-evals", str(finished + 1), "--epochs", "1")
+    assert again.returncode == 0, again.stderr
+    assert f"Resuming: {finished} trials" in again.stdout
+    assert len(load_trials(tmp_path / "results.pkl").trials) == finished + 1
+
+
+@pytest.mark.slow
+def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
+    proc = start_cli(tmp_path, "--epochs", "30", "--prune", "none")
+    wait_for_line(proc, "Trial 1: training")
+    rival = run_cli(tmp_path, "--max-evals", "1")
+    assert rival.returncode == 2 and "already running" in rival.stderr
+
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "SIGINT" in out and "Resume with: python3 hyperopt_optimize.py" in out
+    assert len(load_trials(tmp_path / "results.pkl").trials) >= 1
+
+    # The lock died with the process: a new run starts.
+    assert run_cli(tmp_path, "--max-evals", "2", "--epochs", "1").returncode == 0
+
+
+@pytest.mark.slow
+def test_sigterm_exits_143(tmp_path):
+    proc = start_cli(tmp_path, "--epochs", "30")
+    wait_for_line(proc, "Trial 0: training")
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "SIGTERM" in out
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "corrupt or truncated"),
+    (b"\x80\x04\x95 truncated", "corrupt or truncated"),
+    (pickle.dumps([1, 2, 3]), "not hyperopt Trials"),
+])
+def test_a_broken_trials_pickle_is_refused_untouched(tmp_path, content, message):
+    (tmp_path / "results.pkl").write_bytes(content)
+    out = run_cli(tmp_path, "--max-evals", "1")
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "results.pkl").read_bytes() == content
+
+
+@pytest.mark.slow
+def test_the_2017_trials_pickle_resumes(tmp_path, reference_dir):
+    shutil.copy(reference_dir / "results.pkl", tmp_path / "results.pkl")
+    out = run_cli(tmp_path, "--max-evals", "43", "--epochs", "1")
+    assert out.returncode == 0, out.stderr
+    assert "Resuming: 42 trials, best fine accuracy 0.6761" in out.stdout
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 43
+
+
+def in_process(tmp_path, monkeypatch, *args):
+    import hyperopt_optimize
+
+    monkeypatch.chdir(tmp_path)
+    return hyperopt_optimize.main([*QUICK, "--epochs", "1", *args])
+
+
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    import neural_net
+
+    real = neural_net.build_and_train
+    calls = []
+
+    def first_one_fails(space, data, **kwargs):
+        calls.append(space)
+        if len(calls) == 1:
+            return real({**space, "lr_rate_mult": 1e35}, data, **kwargs)
+        return real(space, data, **kwargs)
+
+    monkeypatch.setattr(neural_net, "build_and_train", first_one_fails)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 0
+    trials = load_trials(tmp_path / "results.pkl")
+    assert [t["result"]["status"] for t in trials.trials] == ["fail", "ok", "ok"]
+    failed = [p for p in result_files(tmp_path) if "failed" in p.name]
+    assert len(failed) == 1 and "NaN" in failed[0].read_text()
+
+
+def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    real = neural_net.build_and_train
+    monkeypatch.setattr(neural_net, "build_and_train",
+                        lambda space, data, **kw: real({**space, "lr_rate_mult": 1e35}, data, **kw))
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "10") == 1
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 3
+    assert "3 trials in a row failed with: FloatingPointError" in capsys.readouterr().err
+
+
+def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
+    from hyperopt import Trials
+
+    save_trials(Trials(), tmp_path / "results.pkl")
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0  # one trial
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    assert "Nothing to do: 1 trials already" in capsys.readouterr().out
+
+
+def test_model_plots_are_drawn(tmp_path, monkeypatch):
+    from keras.src.utils.model_visualization import check_graphviz
+
+    if not check_graphviz():
+        pytest.skip("Graphviz is not installed")
+    import hyperopt_optimize
+
+    monkeypatch.chdir(tmp_path)
+    args = [a for a in QUICK if a != "--no-plot"]
+    assert hyperopt_optimize.main([*args, "--epochs", "1", "--max-evals", "1"]) == 0
+    assert (tmp_path / "model_demo.png").stat().st_size > 1000
+    assert (tmp_path / "model_best.png").stat().st_size > 1000

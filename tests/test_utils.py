@@ -1,0 +1,94 @@
+"""Results on disk: atomic JSON, choosing the best by `loss`, the trials pickle and the run lock."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from hyperopt import Trials
+
+from utils import (RunLock, TrialsFileError, load_best_result, load_json_result, load_trials,
+                   save_json_result, save_trials)
+
+
+def result(acc, name, status="ok"):
+    return {"loss": -acc, "status": status, "space": {}, "model_name": name}
+
+
+def test_result_json_holds_numpy_values_and_is_named_after_the_model(tmp_path):
+    r = {**result(0.5, "model_0.5_abcde"), "history": {"acc": np.array([0.1, 0.5], np.float32)},
+         "n_params": np.int64(7), "nan": float("nan")}
+    path = save_json_result(r, tmp_path)
+    assert path.name == "model_0.5_abcde.txt.json"
+    loaded = load_json_result(path)
+    assert loaded["n_params"] == 7 and loaded["history"]["acc"] == pytest.approx([0.1, 0.5])
+    assert loaded["nan"] is None
+    assert [p.name for p in tmp_path.iterdir()] == ["model_0.5_abcde.txt.json"]  # no temp file left
+
+
+def test_best_result_is_chosen_by_loss_not_by_file_name(tmp_path):
+    # Sorted by name, "model_0.9..." comes last, but its loss field is worse.
+    save_json_result({**result(0.5, "model_0.9_aaaaa")}, tmp_path)
+    save_json_result({**result(0.7, "model_0.1_bbbbb")}, tmp_path)
+    save_json_result({**result(0.99, "model_failed_ccccc", status="fail")}, tmp_path)
+    path, best = load_best_result(tmp_path)
+    assert best["model_name"] == "model_0.1_bbbbb"
+
+
+def test_unreadable_result_files_are_skipped_with_a_warning(tmp_path, capsys):
+    save_json_result(result(0.3, "model_0.3_aaaaa"), tmp_path)
+    (tmp_path / "model_broken.txt.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"foo": 1}))
+    _, best = load_best_result(tmp_path)
+    assert best["model_name"] == "model_0.3_aaaaa"
+    err = capsys.readouterr().err
+    assert "model_broken.txt.json" in err and "other.json" in err
+
+
+def test_no_result_gives_none(tmp_path):
+    assert load_best_result(tmp_path) is None
+
+
+def test_best_of_the_2017_results_is_its_best_network(reference_dir):
+    path, best = load_best_result(reference_dir)
+    assert path.name == "model_0.676100010872_6066e.txt.json"
+
+
+def test_the_2017_trials_pickle_loads(reference_dir):
+    trials = load_trials(reference_dir / "results.pkl")
+    assert len(trials.trials) == 42 and min(trials.losses()) == pytest.approx(-0.6761, abs=1e-4)
+
+
+def test_trials_round_trip(tmp_path):
+    save_trials(Trials(), tmp_path / "t.pkl")
+    assert isinstance(load_trials(tmp_path / "t.pkl"), Trials)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "corrupt or truncated"),
+    (b"garbage that is not a pickle", "corrupt or truncated"),
+    (pickle.dumps({"not": "trials"}), "not hyperopt Trials"),
+])
+def test_broken_trials_pickles_raise_one_line_and_stay_untouched(tmp_path, content, message):
+    path = tmp_path / "results.pkl"
+    path.write_bytes(content)
+    with pytest.raises(TrialsFileError, match=message):
+        load_trials(path)
+    assert path.read_bytes() == content
+
+
+def test_truncated_trials_pickle_is_reported(tmp_path):
+    path = tmp_path / "results.pkl"
+    save_trials(Trials(), path)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(TrialsFileError):
+        load_trials(path)
+
+
+def test_run_lock_is_exclusive_and_released(tmp_path):
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    assert first.acquire()
+    assert not second.acquire()
+    first.release()
+    assert second.acquire()
+    second.release()
