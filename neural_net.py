@@ -32,6 +32,7 @@ def build_model(
     *,
     horizontal_flip: bool = True,
     steps_per_execution: int = 1,
+    jit_compile: bool | str = "auto",
 ) -> keras.Model:
     """A compiled Keras model built by the 2017 rules from one point of the hyperspace."""
     net = _Builder(space)
@@ -77,6 +78,7 @@ def build_model(
         loss_weights=weights,
         metrics={name: ["accuracy"] for name in outputs},
         steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
     )
     return model
 

@@ -1,0 +1,171 @@
+"""Training throughput, memory and FLOP utilisation of the project's networks on CIFAR-shaped data.
+
+    KERAS_BACKEND=jax python3 bench/bench_training.py --precision mixed_bfloat16 --peak-tflops 989
+
+Throughput is the median of several timed epochs after a warm-up epoch (compilation), through
+the same `build_model` and `model.fit` path as a search trial: uint8 images, sparse labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hyperspace  # noqa: E402
+from neural_net import build_model, resolve_precision  # noqa: E402
+
+SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
+CIFAR_IMAGES = 60_000
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Multiply-adds x 2 of the convolutions and dense layers, per image."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            k_h, k_w = layer.kernel_size
+            total += 2 * h * w * c_out * k_h * k_w * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
+def device_peak_mb() -> float | None:
+    """Peak accelerator memory in MB, where the backend reports it."""
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            return stats.get("peak_bytes_in_use", 0) / 1e6 or None
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 1e6
+    except Exception:  # noqa: BLE001: memory figures are best effort
+        return None
+    return None
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+
+def bench_space(name, space, x, y, args) -> dict:
+    batch = args.batch_size or int(space["batch_size"])
+    steps = args.steps
+    model = build_model(space, steps_per_execution=args.steps_per_execution,
+                        jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
+    timer = EpochTimer()
+    n = steps * batch
+    model.fit(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch_size=batch,
+              epochs=1 + args.windows, verbose=0, callbacks=[timer], shuffle=True)
+    window = statistics.median(timer.times[1:])
+    images_per_s = n / window
+    flops = forward_flops(model)
+    achieved = 3 * flops * images_per_s / 1e12  # forward + backward ~ 3x forward
+    row = {
+        "space": name, "params": model.count_params(), "batch_size": batch,
+        "images_per_s": round(images_per_s, 1), "first_epoch_s": round(timer.times[0], 2),
+        "gflops_per_image_fwd": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 3),
+        "peak_fraction": round(achieved / args.peak_tflops, 4) if args.peak_tflops else None,
+        "device_peak_mb": device_peak_mb(),
+    }
+    keras.backend.clear_session()
+    return row
+
+
+def data_memory(args) -> dict:
+    """Process memory that a CIFAR-100-sized uint8 dataset costs while a model trains on it."""
+    base = rss_mb()
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (CIFAR_IMAGES, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 100, CIFAR_IMAGES), rng.integers(0, 20, CIFAR_IMAGES)
+    space = {**hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.1, "fc_units_1_mult": 0.05, "residual": None}
+    model = build_model(space, steps_per_execution=args.steps_per_execution)
+    model_mb = rss_mb() - base
+    model.fit(x[:50_000], {"fine_outputs": y[0][:50_000], "coarse_outputs": y[1][:50_000]}, batch_size=500,
+              epochs=1, steps_per_epoch=4, verbose=0,
+              validation_data=(x[50_000:], {"fine_outputs": y[0][50_000:], "coarse_outputs": y[1][50_000:]}),
+              validation_steps=2)
+    return {"dataset_images": CIFAR_IMAGES, "dataset_mb": round(x.nbytes / 1e6, 1),
+            "process_mb_above_baseline": round(rss_mb() - base - model_mb, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spaces", default="demo,best", help="comma-separated: demo, best")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
+    parser.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
+    parser.add_argument("--windows", type=int, default=3, help="timed epochs after the warm-up epoch")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
+    parser.add_argument("--steps-per-execution", type=int, default=8)
+    parser.add_argument("--xla", choices=["auto", "on", "off"], default="auto", help="compiled training step")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the utilisation column (H100 SXM dense bf16: 989)")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the 60,000-image data memory measurement")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+
+    precision = resolve_precision(args.precision)
+    keras.config.set_dtype_policy(precision)
+    rng = np.random.default_rng(0)
+    n = args.steps * max(int(s["batch_size"]) for s in SPACES.values()) if args.batch_size is None else args.steps * args.batch_size
+    x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 100, n), rng.integers(0, 20, n)
+
+    report = {"backend": keras.backend.backend(), "precision": precision, "xla": args.xla,
+              "steps_per_execution": args.steps_per_execution, "rows": []}
+    if not args.skip_memory:
+        report["memory"] = data_memory(args)
+    for name in args.spaces.split(","):
+        report["rows"].append(bench_space(name, SPACES[name], x, y, args))
+    report["peak_rss_mb"] = round(peak_rss_mb(), 1)
+
+    print(f"backend {report['backend']}, precision {precision}, XLA {args.xla}, steps_per_execution {args.steps_per_execution}")
+    print(f"{'space':6} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8}")
+    for r in report["rows"]:
+        frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
+        dev = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "-"
+        print(f"{r['space']:6} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
+              f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8}")
+    if "memory" in report:
+        m = report["memory"]
+        print(f"data memory: {m['dataset_images']} uint8 images ({m['dataset_mb']} MB) cost the process "
+              f"{m['process_mb_above_baseline']} MB above its baseline while training")
+    print(f"peak RSS {report['peak_rss_mb']} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
