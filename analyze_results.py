@@ -1,0 +1,307 @@
+"""What the search found: a leaderboard, trials.csv, hyperparameter importance and plots.
+
+Reads every result JSON in --results-dir (this project's and the 2017 project's files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from utils import RESULTS_DIR, iter_results, warn
+
+NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
+           "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
+           "res_conv_kernel_size", "fc_units_1_mult", "residual", "one_more_fc"]
+CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
+HYPERPARAMETERS = NUMERIC + CATEGORICAL
+# Keras 3 names first, then the 2017 (Keras 2) ones.
+FINE_CURVE = ("val_fine_outputs_accuracy", "val_fine_outputs_acc")
+COARSE_CURVE = ("val_coarse_outputs_accuracy", "val_coarse_outputs_acc")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--results-dir", default=RESULTS_DIR, help="folder of result JSON files")
+    parser.add_argument("--out", default="analysis", help="folder for trials.csv, importance.csv and the PNGs")
+    parser.add_argument("--trials-file", default="results.pkl",
+                        help="trials pickle that gives the trial order (else results-dir/results.pkl, else file times)")
+    parser.add_argument("--top", type=int, default=10, help="trials in the leaderboard and the per-epoch plot")
+    return parser.parse_args(argv)
+
+
+def trial_ids(trials_files) -> dict[str, int]:
+    """model_name -> trial id from the first readable trials pickle (2017 files carry no tid)."""
+    from utils import TrialsFileError, load_trials
+
+    for path in trials_files:
+        try:
+            trials = load_trials(path)
+        except (OSError, TrialsFileError):
+            continue
+        return {t["result"].get("model_name"): t["tid"] for t in trials.trials if t["result"].get("model_name")}
+    return {}
+
+
+def load_trials_table(results_dir, trials_files=()) -> list[dict]:
+    """One row per result file: order, status, metrics and flattened hyperparameters."""
+    known_tids = trial_ids(trials_files)
+    rows = []
+    for path, result in iter_results(results_dir):
+        space = result.get("space") or {}
+        ok = result.get("status") == "ok" and isinstance(result.get("loss"), (int, float))
+        row = {
+            "file": path.name,
+            "tid": result.get("tid", known_tids.get(result.get("model_name"))),
+            "mtime": path.stat().st_mtime,
+            "status": result.get("status"),
+            "pruned": bool(result.get("pruned", False)),
+            "fine_accuracy": result.get("fine_best_accuracy", -result["loss"]) if ok else None,
+            "coarse_accuracy": result.get("coarse_best_accuracy") if ok else None,
+            "test_fine_accuracy": result.get("test_fine_accuracy"),
+            "epochs": result.get("epochs_trained") or _curve_length(result),
+            "fine_curve": _curve(result, FINE_CURVE),
+            "coarse_curve": _curve(result, COARSE_CURVE),
+        }
+        for name in HYPERPARAMETERS:
+            value = space.get(name)
+            row[name] = "" if value is None else value  # nested choices: a value or empty
+        rows.append(row)
+    # Trial order: the recorded trial id, else when the file was written.
+    rows.sort(key=lambda r: (r["tid"] is None, r["tid"] if r["tid"] is not None else r["mtime"], r["file"]))
+    for number, row in enumerate(rows):
+        row["trial"] = number
+    return rows
+
+
+def _curve(result, names):
+    history = result.get("history") or {}
+    for name in names:
+        if history.get(name):
+            return [float(v) if v is not None else math.nan for v in history[name]]
+    return []
+
+
+def _curve_length(result):
+    return len(_curve(result, FINE_CURVE)) or None
+
+
+def importance(rows: list[dict]) -> list[tuple[str, str, float]]:
+    """(hyperparameter, method, score in [0, 1]) sorted by score: |Spearman rho| or eta squared."""
+    from scipy.stats import spearmanr
+
+    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    acc = np.array([r["fine_accuracy"] for r in ok])
+    scores = []
+    if len(ok) < 3:
+        return scores
+    for name in NUMERIC:
+        # Empty (the nested choice's None) counts as 0: "no residual units", "no second FC layer".
+        values = np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
+        if np.ptp(values) > 0:
+            rho = spearmanr(values, acc).statistic
+            scores.append((name, "|spearman|", 0.0 if math.isnan(rho) else abs(float(rho))))
+    total = ((acc - acc.mean()) ** 2).sum()
+    for name in CATEGORICAL:
+        groups = {}
+        for r, a in zip(ok, acc):
+            groups.setdefault(str(r[name]), []).append(a)
+        if len(groups) > 1 and total > 0:
+            between = sum(len(g) * (np.mean(g) - acc.mean()) ** 2 for g in groups.values())
+            scores.append((name, "eta^2", float(between / total)))
+    return sorted(scores, key=lambda s: -s[2])
+
+
+def print_leaderboard(rows: list[dict], top: int) -> None:
+    ok = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
+    # The hyperparameters that vary most among the leaders, relative to their spread in the whole search.
+    spread = []
+    for name in HYPERPARAMETERS:
+        if name in CATEGORICAL:
+            ratio = len({str(r[name]) for r in ok}) / max(1, len({str(r[name]) for r in rows}))
+        else:
+            everyone = np.std([_numeric(r[name]) for r in rows])
+            ratio = np.std([_numeric(r[name]) for r in ok]) / everyone if everyone > 0 else 0.0
+        spread.append((ratio, name))
+    varying = [name for ratio, name in sorted(spread, reverse=True)[:4] if ratio > 0]
+    print(f"Top {len(ok)} of {len(rows)} trials ({sum(r['status'] != 'ok' for r in rows)} failed, "
+          f"{sum(r['pruned'] for r in rows)} pruned):")
+    header = f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  "
+    print(header + "  ".join(f"{n[:14]:>14}" for n in varying))
+
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+    def short(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v if v != "" else "none")
+
+    for rank, r in enumerate(ok, 1):
+        print(f"{rank:>4} {r['trial']:>5} {fmt(r['fine_accuracy']):>7} {fmt(r['coarse_accuracy']):>7} "
+              f"{fmt(r['test_fine_accuracy']):>7} {str(r['epochs'] or '-'):>6} {'yes' if r['pruned'] else 'no':>6}  "
+              + "  ".join(f"{short(r[n]):>14}" for n in varying))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
+               "epochs", *HYPERPARAMETERS]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+
+
+def plot_all(rows: list[dict], ranked: list[tuple[str, str, float]], out: Path, top: int) -> list[Path]:
+    """Write every PNG; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    acc = np.array([r["fine_accuracy"] for r in ok])
+    rng = np.random.default_rng(0)
+    written = []
+
+    def save(fig, name):
+        path = out / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+
+    # 1. Each hyperparameter against fine accuracy.
+    cols = 5
+    fig, axes = plt.subplots(math.ceil(len(HYPERPARAMETERS) / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(len(HYPERPARAMETERS) / cols)))
+    for ax, name in zip(axes.flat, HYPERPARAMETERS):
+        if name in CATEGORICAL:
+            levels = sorted({str(r[name]) for r in ok})
+            x = np.array([levels.index(str(r[name])) for r in ok], dtype=float)
+            ax.scatter(x + rng.uniform(-0.2, 0.2, len(x)), acc, s=12, alpha=0.7)
+            means = [acc[x == i].mean() for i in range(len(levels))]
+            ax.scatter(range(len(levels)), means, marker="_", s=600, color="red", label="mean")
+            ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
+        else:
+            ax.scatter([0.0 if r[name] == "" else float(r[name]) for r in ok], acc, s=12, alpha=0.7)
+        ax.set_title(name, fontsize=8)
+    for ax in list(axes.flat)[len(HYPERPARAMETERS):]:
+        ax.axis("off")
+    fig.supylabel("validation fine accuracy")
+    save(fig, "hyperparameters_vs_accuracy.png")
+
+    # 2. Scatter matrix of the most influential hyperparameters (and accuracy).
+    chosen = [name for name, _, _ in ranked[:4]]
+    columns = [[_numeric(r[n]) for r in ok] for n in chosen] + [list(acc)]
+    labels = chosen + ["fine accuracy"]
+    k = len(columns)
+    fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i][j]
+            if i == j:
+                ax.hist(columns[i], bins=12)
+            else:
+                ax.scatter(columns[j], columns[i], s=8, c=acc, cmap="viridis")
+            if i == k - 1:
+                ax.set_xlabel(labels[j], fontsize=7)
+            if j == 0:
+                ax.set_ylabel(labels[i], fontsize=7)
+            ax.tick_params(labelsize=6)
+    save(fig, "scatter_matrix.png")
+
+    # 3. Convergence: best-so-far accuracy against trial number.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    best, curve = -np.inf, []
+    for r in rows:
+        if r["fine_accuracy"] is not None:
+            best = max(best, r["fine_accuracy"])
+        curve.append(best if np.isfinite(best) else np.nan)
+    trial = [r["trial"] for r in rows]
+    ax.step(trial, curve, where="post", label="best so far")
+    plain = [r for r in ok if not r["pruned"]]
+    ax.scatter([r["trial"] for r in plain], [r["fine_accuracy"] for r in plain], s=14, label="trial")
+    pruned = [r for r in ok if r["pruned"]]
+    ax.scatter([r["trial"] for r in pruned], [r["fine_accuracy"] for r in pruned], s=20, marker="v", label="pruned")
+    failed = [r["trial"] for r in rows if r["fine_accuracy"] is None]
+    ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation fine accuracy")
+    ax.legend()
+    save(fig, "convergence.png")
+
+    # 4. Per-epoch validation accuracy of the top trials.
+    leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
+    fig, (ax_f, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in leaders:
+        ax_f.plot(range(1, len(r["fine_curve"]) + 1), r["fine_curve"], label=f"trial {r['trial']}")
+        if r["coarse_curve"]:
+            ax_c.plot(range(1, len(r["coarse_curve"]) + 1), r["coarse_curve"])
+    ax_f.set_title("validation fine accuracy")
+    ax_c.set_title("validation coarse accuracy")
+    for ax in (ax_f, ax_c):
+        ax.set_xlabel("epoch")
+    ax_f.legend(fontsize=6)
+    save(fig, "top_trials_per_epoch.png")
+
+    # 5. Fine against coarse accuracy.
+    fig, ax = plt.subplots(figsize=(5, 5))
+    both = [r for r in ok if r["coarse_accuracy"] is not None]
+    ax.scatter([r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], s=14)
+    ax.set_xlabel("validation fine accuracy")
+    ax.set_ylabel("validation coarse accuracy")
+    save(fig, "fine_vs_coarse.png")
+
+    # 6. Importance ranking.
+    fig, ax = plt.subplots(figsize=(6, 0.3 * max(len(ranked), 1) + 1))
+    ax.barh([f"{n} ({m})" for n, m, _ in ranked][::-1], [s for _, _, s in ranked][::-1])
+    ax.set_xlabel("how much it explains validation fine accuracy")
+    save(fig, "importance.png")
+    return written
+
+
+def _numeric(value) -> float:
+    if value == "":
+        return 0.0
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        return float(sum(map(ord, value)) % 97)  # a stable position for a category label
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not Path(args.results_dir).is_dir():
+        print(f"error: no results folder {args.results_dir}/; run hyperopt_optimize.py first", file=sys.stderr)
+        return 2
+    rows = load_trials_table(args.results_dir, [args.trials_file, Path(args.results_dir) / "results.pkl"])
+    if not rows:
+        print(f"error: no result files in {args.results_dir}/; run hyperopt_optimize.py first", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print_leaderboard(rows, args.top)
+    ranked = importance(rows)
+    print("\nWhat explains validation fine accuracy (|Spearman rho| for numbers, eta^2 for categories):")
+    for name, method, score in ranked:
+        print(f"  {name:24} {method:11} {score:.3f}")
+    with open(out / "importance.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("hyperparameter", "method", "score"), *ranked])
+    write_csv(rows, out / "trials.csv")
+    if sum(r["fine_accuracy"] is not None for r in rows) == 0:
+        warn("no successful trial: no plots")
+        return 0
+    written = plot_all(rows, ranked, out, args.top)
+    print(f"\nWrote {out / 'trials.csv'}, {out / 'importance.csv'} and {len(written)} plots: "
+          + ", ".join(p.name for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""analyze_results.py: leaderboard, trials.csv, importance and plots from result files."""
+
+import csv
+import json
+
+import matplotlib.image
+import numpy as np
+
+import analyze_results
+import hyperspace
+from utils import save_json_result
+
+PLOTS = ["hyperparameters_vs_accuracy.png", "scatter_matrix.png", "convergence.png", "top_trials_per_epoch.png",
+         "fine_vs_coarse.png", "importance.png"]
+
+
+def make_results(folder, n=8):
+    rng = np.random.default_rng(0)
+    for tid in range(n):
+        acc = float(rng.uniform(0.1, 0.6))
+        space = {**hyperspace.SEED_BEST_SPACE, "lr_rate_mult": float(rng.uniform(0.6, 1.6)),
+                 "residual": None if tid % 2 else 2.0, "pooling_type": ["max", "avg"][tid % 2]}
+        curve = list(np.linspace(0.05, acc, 6))
+        save_json_result({
+            "loss": -acc, "status": "ok", "fine_best_accuracy": acc, "coarse_best_accuracy": acc + 0.1,
+            "test_fine_accuracy": acc - 0.01, "epochs_trained": 6, "pruned": tid == 3, "tid": tid,
+            "model_name": f"model_{acc}_{tid:05d}", "space": space,
+            "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
+        }, folder)
+    save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n,
+                      "model_name": "model_failed_abcde", "space": hyperspace.DEMO_SPACE}, folder)
+
+
+def check_outputs(out, n_rows):
+    with open(out / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_rows
+    for column in ("fine_accuracy", "coarse_accuracy", "status", "residual", "one_more_fc", "pooling_type"):
+        assert column in rows[0]
+    for name in PLOTS:
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01, name
+    return rows
+
+
+def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_path, capsys):
+    make_results(tmp_path / "results")
+    (tmp_path / "results" / "broken.txt.json").write_text("{oops")
+    (tmp_path / "results" / "foreign.json").write_text(json.dumps([1, 2]))
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    rows = check_outputs(tmp_path / "out", 9)
+    assert [r["status"] for r in rows].count("fail") == 1
+    assert {r["residual"] for r in rows if r["status"] == "ok"} == {"", "2.0"}  # nested choice: a value or empty
+    captured = capsys.readouterr()
+    assert "broken.txt.json" in captured.err and "foreign.json" in captured.err
+    board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
+    accuracies = [float(cols[2]) for cols in board]
+    assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
+    assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score")
+
+
+def test_the_2017_results(tmp_path, reference_dir, capsys):
+    assert analyze_results.main(["--results-dir", str(reference_dir), "--out", str(tmp_path)]) == 0
+    check_outputs(tmp_path, 42)
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("1 "))
+    assert "0.6761" in first
+
+
+def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
+    assert analyze_results.main(["--results-dir", str(tmp_path / "none")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert analyze_results.main(["--results-dir", str(tmp_path / "empty")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2
