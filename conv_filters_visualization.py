@@ -1,0 +1,155 @@
+"""What conv filters respond to: gradient ascent in input space, one image per filter, grids into layers/.
+
+For each chosen layer, images start grey with a little noise (in the model's scaled input range,
+[-0.5, 0.5]) and climb the gradient of the filter's mean activation with normalised steps; the
+n x n filters that reach the highest activation are saved as one grid:
+layers/<layer>_best_filters_<n*n>_(<n>x<n>)_out_of_<N>.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+BATCH = 32  # filters climbed at once
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a saved .keras model (default: the newest in weights/)")
+    parser.add_argument("--layers", default=None, help="regex of layer names (default: the residual add layers, else the conv layers)")
+    parser.add_argument("--steps", type=int, default=40, help="gradient ascent steps per filter")
+    parser.add_argument("--step-size", type=float, default=0.01, help="size of one normalised step, in input units")
+    parser.add_argument("--max-filters", type=int, default=64, help="filters tried per layer (the first ones)")
+    parser.add_argument("--out", default="layers", help="folder for the PNG grids")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def newest_model(folder: str = "weights") -> Path | None:
+    models = sorted(Path(folder).glob("*.keras"), key=lambda p: p.stat().st_mtime)
+    return models[-1] if models else None
+
+
+def chosen_layers(model, pattern: str | None):
+    """Layers matching `pattern`; by default the residual adds, else the convolutions."""
+    import keras
+
+    if pattern:
+        return [layer for layer in model.layers if re.search(pattern, layer.name)]
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    return adds or [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+
+
+def feature_model(model, layer):
+    """From the scaled float input (after Rescaling) to the layer's output."""
+    import keras
+
+    scaled = next(l for l in model.layers if isinstance(l, keras.layers.Rescaling))
+    return keras.Model(scaled.output, layer.output)
+
+
+def ascend(features, filters: list[int], input_shape, steps: int, step_size: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Images maximising each filter's mean activation, and the activation at every step (steps+1 x filters)."""
+    import tensorflow as tf
+
+    n = len(filters)
+    images = tf.Variable(rng.normal(0.0, 0.02, (n, *input_shape)).astype("float32"))
+    one_hot = tf.one_hot(filters, features.output.shape[-1])  # picks filter i for image i
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            out = tf.cast(features(images, training=False), tf.float32)
+            activation = tf.reduce_sum(tf.reduce_mean(out, axis=[1, 2]) * one_hot, axis=-1)
+        grads = tape.gradient(activation, images)
+        # Normalise per image, so that every filter climbs at the same pace.
+        grads /= tf.sqrt(tf.reduce_mean(tf.square(grads), axis=[1, 2, 3], keepdims=True)) + 1e-8
+        images.assign(tf.clip_by_value(images + step_size * grads, -0.5, 0.5))
+        return activation
+
+    trace = [step().numpy() for _ in range(steps)]
+    final = tf.reduce_sum(tf.reduce_mean(tf.cast(features(images, training=False), tf.float32), axis=[1, 2]) * one_hot, -1)
+    trace.append(final.numpy())
+    return images.numpy(), np.stack(trace)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Back from the model's [-0.5, 0.5] to 0-255, contrast stretched for viewing."""
+    low, high = np.percentile(image, 1), np.percentile(image, 99)
+    return (np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def grid(images: list[np.ndarray], n: int, margin: int = 2) -> np.ndarray:
+    h, w, c = images[0].shape
+    canvas = np.full((n * h + (n - 1) * margin, n * w + (n - 1) * margin, c), 255, np.uint8)
+    for i, image in enumerate(images[: n * n]):
+        row, col = divmod(i, n)
+        canvas[row * (h + margin): row * (h + margin) + h, col * (w + margin): col * (w + margin) + w] = image
+    return canvas
+
+
+def visualize_layer(model, layer, args, rng, out: Path) -> Path:
+    """Climb every chosen filter of one layer and save the grid of the best n x n."""
+    from tqdm import tqdm
+
+    features = feature_model(model, layer)
+    n_filters = min(features.output.shape[-1], args.max_filters)
+    input_shape = tuple(features.input.shape[1:])
+    images, scores = [], []
+    with tqdm(total=n_filters, desc=layer.name, unit="filter") as bar:
+        for start in range(0, n_filters, BATCH):
+            chunk = list(range(start, min(start + BATCH, n_filters)))
+            climbed, trace = ascend(features, chunk, input_shape, args.steps, args.step_size, rng)
+            images.extend(climbed)
+            scores.extend(trace[-1])
+            bar.update(len(chunk))
+    n = math.isqrt(n_filters)
+    best = np.argsort(scores)[::-1][: n * n]
+    picture = grid([to_uint8(images[i]) for i in best], n)
+    if picture.shape[-1] == 1:
+        picture = np.repeat(picture, 3, axis=-1)
+    path = out / f"{layer.name}_best_filters_{n * n}_({n}x{n})_out_of_{n_filters}.png"
+    import matplotlib.image
+
+    matplotlib.image.imsave(path, picture)
+    return path
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    path = Path(args.model) if args.model else newest_model()
+    if path is None or not path.is_file():
+        print(f"error: no model to load ({args.model or 'weights/*.keras'}); run retrain_best_with_tensorboard.py "
+              "first or pass --model PATH", file=sys.stderr)
+        return 2
+    import keras
+
+    try:
+        model = keras.saving.load_model(path)
+    except Exception as err:  # noqa: BLE001: any load failure is a bad file for the user
+        print(f"error: cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
+        return 2
+    layers = chosen_layers(model, args.layers)
+    if not layers:
+        print(f"error: no layer of {path} matches {args.layers!r}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    print(f"{path}: {len(layers)} layers: {', '.join(layer.name for layer in layers)}")
+    for layer in layers:
+        print(f"  wrote {visualize_layer(model, layer, args, rng, out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Retrain the best network of the search (or a given result) with TensorBoard logs and a checkpoint.
+
+Logs go to TensorBoard/<model_name>/, the best epoch's full model to weights/<model_name>.keras and
+the retrain's result JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+TENSORBOARD_DIR = "TensorBoard"
+WEIGHTS_DIR = "weights"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--result", default=None, help="result JSON to retrain (default: the best in --results-dir by its loss)")
+    parser.add_argument("--results-dir", default="results", help="folder of result JSON files")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs to train")
+    parser.add_argument("--dataset", default=None, help="cifar100 | cifar10 | synthetic | FILE.npz (default: the result's own)")
+    parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python.tar.gz")
+    parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified)")
+    parser.add_argument("--histogram-freq", type=int, default=1, help="weight histograms every N epochs (0: none)")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2)
+    return parser.parse_args(argv)
+
+
+def pick_result(args) -> tuple[Path, dict] | None:
+    """The result named by --result, or the best one in the results folder."""
+    from utils import load_best_result, load_json_result
+
+    if args.result:
+        return Path(args.result), load_json_result(args.result)
+    return load_best_result(args.results_dir)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        picked = pick_result(args)
+    except (OSError, ValueError) as err:
+        print(f"error: cannot read {args.result}: {err}", file=sys.stderr)
+        return 2
+    if picked is None:
+        print(f"error: no result to retrain in {args.results_dir}/; run hyperopt_optimize.py first or pass --result FILE",
+              file=sys.stderr)
+        return 2
+    path, result = picked
+    if "space" not in result:
+        print(f"error: {path} has no 'space' to rebuild the network from", file=sys.stderr)
+        return 2
+
+    import keras
+
+    from datasets import DatasetError, load_dataset
+    from neural_net import MONITOR, build_and_train
+    from utils import print_json, save_json_result
+
+    dataset = args.dataset or result.get("dataset") or "cifar100"
+    try:
+        data = load_dataset(dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = result["model_name"]
+    log_dir = Path(TENSORBOARD_DIR) / name
+    checkpoint = Path(WEIGHTS_DIR) / f"{name}.keras"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Retraining {name} (from {path}) on {data.summary()}")
+    print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
+
+    callbacks = [
+        keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=args.histogram_freq, write_graph=True),
+        # Keras writes to a temporary name and renames, so a crash never leaves a torn file.
+        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=MONITOR, mode="max", save_best_only=True),
+    ]
+    model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
+                                       verbose=args.verbose, precision=args.precision, seed=args.seed)
+    if retrained["status"] != "ok":
+        print(f"error: retraining failed: {retrained['error']}", file=sys.stderr)
+        return 1
+    retrained.update(model_name=f"{name}.retrain", retrained_from=str(path), checkpoint=str(checkpoint))
+    saved = save_json_result(retrained, WEIGHTS_DIR)
+    print_json({k: v for k, v in retrained.items() if k not in ("history", "space")})
+    print(f"Best validation fine accuracy {retrained['fine_best_accuracy']:.4f}, test {retrained['test_fine_accuracy']:.4f}; "
+          f"result in {saved}")
+    print("See the logs with: tensorboard --logdir=TensorBoard/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Retraining with TensorBoard and checkpoints, then filter visualisation, on a tiny network."""
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import conv_filters_visualization as viz
+import retrain_best_with_tensorboard as retrain
+from conftest import SMALL_SPACE
+from utils import load_json_result, save_json_result
+
+RESIDUAL_SPACE = {**SMALL_SPACE, "residual": 1.0, "conv_pool_res_start_idx": 1.0}
+
+
+def scalar_tags(folder):
+    """Every summary tag written in the event files under `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        tags |= set(acc.Tags()["tensors"]) | set(acc.Tags()["scalars"])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("project")
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": RESIDUAL_SPACE,
+                      "dataset": "synthetic"}, folder / "results")
+    save_json_result({"loss": -0.1, "status": "ok", "model_name": "model_0.1_bbbbb", "space": SMALL_SPACE,
+                      "dataset": "synthetic"}, folder / "results")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        code = retrain.main(["--epochs", "3", "--train-subset", "1000", "--verbose", "0"])
+    return folder, code
+
+
+@pytest.mark.slow
+def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained):
+    import keras
+
+    from datasets import load_dataset
+    from neural_net import targets
+
+    folder, code = retrained
+    assert code == 0
+    tags = scalar_tags(folder / "TensorBoard" / "model_0.2_aaaaa")
+    assert {"epoch_fine_outputs_accuracy", "epoch_coarse_outputs_accuracy"} <= tags
+    result = load_json_result(folder / "weights" / "model_0.2_aaaaa.retrain.txt.json")
+    model = keras.saving.load_model(folder / "weights" / "model_0.2_aaaaa.keras")
+    data = load_dataset("synthetic", train_subset=1000)
+    scores = model.evaluate(data.x_val, targets(data, "val"), verbose=0, return_dict=True)
+    assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
+
+
+def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main([]) == 2
+    assert "no result to retrain" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_filter_images_have_the_grid_size_and_are_not_flat(retrained, tmp_path):
+    folder, _ = retrained
+    assert viz.main(["--model", str(folder / "weights" / "model_0.2_aaaaa.keras"), "--max-filters", "16",
+                     "--steps", "10", "--out", str(tmp_path)]) == 0
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert [p.name for p in pngs] == ["add_best_filters_16_(4x4)_out_of_16.png"]
+    image = matplotlib.image.imread(pngs[0])
+    assert image.shape[:2] == (4 * 32 + 3 * 2, 4 * 32 + 3 * 2)  # 4x4 input-sized images, 2-pixel margins
+    assert image.std() > 0.05
+
+
+@pytest.mark.slow
+def test_gradient_ascent_raises_the_filters_activation(retrained):
+    import keras
+
+    folder, _ = retrained
+    model = keras.saving.load_model(folder / "weights" / "model_0.2_aaaaa.keras")
+    conv = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][0]
+    features = viz.feature_model(model, conv)
+    _, trace = viz.ascend(features, [0, 1, 2], (32, 32, 3), 15, 0.01, np.random.default_rng(0))
+    assert (trace[-1] > trace[0]).all()
+
+
+def test_visualization_without_a_model_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert viz.main([]) == 2
+    assert "no model to load" in capsys.readouterr().err
