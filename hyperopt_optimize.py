@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import sys
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,14 +39,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--space", choices=["full", "tiny"], default="full", help="the real search space, or tiny networks for smoke tests")
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
                         help="auto: mixed_bfloat16 on a GPU, float32 on CPU")
+    parser.add_argument("--spark-master", default=None,
+                        help="run trials in parallel on Spark: local[P] on this machine, or spark://host:7077 (needs pyspark, Java 17+)")
+    parser.add_argument("--parallelism", type=int, default=None, help="trials at once under Spark (default: P of local[P], else 2)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     args = parser.parse_args(argv)
-    for name in ("max_evals", "epochs", "patience", "train_subset"):
+    for name in ("max_evals", "epochs", "patience", "train_subset", "parallelism"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
+
+
+def finished_curves(results) -> list[list[float]]:
+    """Validation fine accuracy per epoch of every finished trial (2017's key name too)."""
+    curves = []
+    for result in results:
+        history = result.get("history") or {}
+        curve = history.get("val_fine_outputs_accuracy") or history.get("val_fine_outputs_acc")
+        if result.get("status") == "ok" and curve:
+            curves.append(curve)
+    return curves
 
 
 def report(line: str) -> None:
@@ -108,13 +123,52 @@ def main(argv=None) -> int:
         guard.restore()
 
 
+class Objective:
+    """Train one sampled network; hyperopt minimises the returned `loss`.
+
+    Picklable, so that Spark can ship it to a worker when a trial starts: `finished_curves` is
+    then a snapshot of the finished trials known at that moment (for median pruning).
+    """
+
+    def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
+        self.data = data
+        self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "select_on", "precision", "seed")}
+        self.parallelism = parallelism
+        self.finished_curves: list[list[float]] = []
+        self.next_tid = 0
+
+    def __call__(self, space: dict) -> dict:
+        if self.parallelism:
+            from spark_search import prepare_worker
+
+            prepare_worker(self.parallelism)
+        import keras
+
+        from neural_net import build_and_train
+        from pruning import MedianStoppingRule
+
+        s = self.settings
+        label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
+        report(f"{label}: training for up to {s['epochs']} epochs")
+        callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
+        model, result = build_and_train(
+            space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
+            verbose=s["verbose"], selected_on=s["select_on"], precision=s["precision"],
+            seed=(s["seed"] * 100003 + zlib.crc32(repr(sorted(space.items())).encode())) % 2**31,
+        )
+        del model
+        keras.backend.clear_session()
+        return result
+
+
 class Search:
-    """One TPE search: its trials, its data, and what happens after every trial."""
+    """One TPE search: its trials, its data, and what happens after every finished trial."""
 
     def __init__(self, args: argparse.Namespace, guard: SignalGuard):
         self.args = args
         self.guard = guard
         self.stop_reason = None
+        self.saved_tids: set[int] = set()
 
     def run(self) -> int:
         import numpy as np
@@ -126,15 +180,26 @@ class Search:
         from utils import TrialsFileError
 
         args = self.args
+        parallelism = None
+        if args.spark_master:
+            from spark_search import SparkUnavailable, check_requirements, parallelism_of
+
+            try:
+                check_requirements()
+            except SparkUnavailable as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            parallelism = parallelism_of(args.spark_master, args.parallelism)
         try:
-            self.trials = self.load_or_create_trials()
+            finished = self.load_finished_trials()
         except TrialsFileError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        done = len(self.trials.trials)
+        done = len(finished.trials)
+        self.saved_tids = {t["tid"] for t in finished.trials}
         if args.max_evals is not None and done >= args.max_evals:
             print(f"Nothing to do: {done} trials already, --max-evals {args.max_evals}.")
-            self.print_leaderboard()
+            self.print_leaderboard(finished)
             return 0
         try:
             data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
@@ -143,10 +208,21 @@ class Search:
             return 2
         self.data = data.selecting_on_test() if args.select_on == "test" else data
         print(self.data.summary())
-        self.best_loss = self.current_best_loss()
+        self.best_loss = self.current_best_loss(finished)
         if not args.no_plot:
             self.plot(hyperspace.DEMO_SPACE, "model_demo.png")
 
+        self.objective = Objective(self.data, args, parallelism)
+        self.objective.finished_curves = finished_curves(finished.results)
+        self.objective.next_tid = max(self.saved_tids, default=-1) + 1
+        if parallelism:
+            from spark_search import make_trials
+
+            print(f"Running up to {parallelism} trials at once on Spark ({args.spark_master})")
+            self.trials = make_trials(args.spark_master, parallelism, finished.trials)
+        else:
+            self.trials = finished
+        poller = self.start_poller() if parallelism else None
         try:
             fmin(
                 self.objective,
@@ -156,95 +232,97 @@ class Search:
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.
                 rstate=np.random.default_rng([args.seed, done]),
-                early_stop_fn=self.after_trial,
+                early_stop_fn=None if parallelism else self.after_trials,
                 show_progressbar=args.max_evals is not None,
                 return_argmin=False,
             )
         except AllTrialsFailed:
             pass  # fmin's closing argmin; the failures are reported below
         except KeyboardInterrupt:
+            self.stop_poller(poller)
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"
-            print(f"\n{name}: stopped; the running trial is dropped, {len(self.trials.trials) - 1} finished trials are saved.")
-            self.print_leaderboard()
+            print(f"\n{name}: stopped; running trials are dropped, {len(self.saved_tids)} finished trials are saved.")
+            self.print_leaderboard(self.trials)
             print(f"Resume with: {self.resume_command()}")
             return EXIT_SIGTERM if self.guard.signum == signal.SIGTERM else EXIT_SIGINT
-        self.print_leaderboard()
+        self.stop_poller(poller)
+        self.print_leaderboard(self.trials)
         if self.stop_reason:
             print(f"error: {self.stop_reason}", file=sys.stderr)
             return 1
         return 0
 
-    def load_or_create_trials(self):
+    def load_finished_trials(self):
         """Trials from the pickle, without the ones that never finished; or new Trials."""
-        from hyperopt import JOB_STATE_DONE, Trials
+        from hyperopt import Trials
 
-        from utils import load_trials
+        from utils import finished_copy, load_trials
 
         if not os.path.exists(self.args.trials_file):
             print(f"Starting a new search: trials go to {self.args.trials_file}, results to {self.args.results_dir}/")
             return Trials()
-        trials = load_trials(self.args.trials_file)
-        finished = [t for t in trials._dynamic_trials if t["state"] == JOB_STATE_DONE]
-        if len(finished) != len(trials._dynamic_trials):
-            trials._dynamic_trials[:] = finished
-            trials._ids = {t["tid"] for t in finished}
-        trials.refresh()
+        trials = finished_copy(load_trials(self.args.trials_file))
         best = self.current_best_loss(trials)
         best_text = "none yet" if best is None else f"{-best:.4f}"
-        print(f"Resuming: {len(finished)} trials, best fine accuracy {best_text}")
+        print(f"Resuming: {len(trials.trials)} trials, best fine accuracy {best_text}")
         return trials
 
-    def current_best_loss(self, trials=None):
-        losses = [loss for loss in (self.trials if trials is None else trials).losses() if loss is not None]
+    def current_best_loss(self, trials):
+        losses = [loss for loss in trials.losses() if loss is not None]
         return min(losses) if losses else None
 
-    def finished_curves(self):
-        """Validation fine accuracy per epoch of every finished trial (2017's key name too)."""
-        curves = []
-        for result in self.trials.results:
-            history = result.get("history") or {}
-            curve = history.get("val_fine_outputs_accuracy") or history.get("val_fine_outputs_acc")
-            if result.get("status") == "ok" and curve:
-                curves.append(curve)
-        return curves
+    def start_poller(self):
+        """Under Spark, trials finish on other threads: save them as they come, every second."""
+        import threading
 
-    def objective(self, space: dict) -> dict:
-        """Train one sampled network; hyperopt minimises the returned `loss`."""
-        import keras
+        stop = threading.Event()
 
-        from neural_net import build_and_train
-        from pruning import MedianStoppingRule
+        def poll():
+            while not stop.wait(1.0):
+                if self.after_trials(self.trials)[0]:
+                    self.trials._fmin_cancelled = True
+                    self.trials._fmin_cancelled_reason = self.stop_reason
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        return stop, thread
 
-        args = self.args
-        tid = len(self.trials.trials) - 1
-        report(f"Trial {tid}: training for up to {args.epochs} epochs")
-        callbacks = [MedianStoppingRule(self.finished_curves())] if args.prune == "median" else []
-        model, result = build_and_train(
-            space, self.data, epochs=args.epochs, callbacks=callbacks, patience=args.patience,
-            verbose=args.verbose, selected_on=args.select_on, precision=args.precision,
-            seed=args.seed * 100003 + tid,
-        )
-        del model
-        keras.backend.clear_session()
-        return result
+    def stop_poller(self, poller) -> None:
+        if poller is None:
+            return
+        stop, thread = poller
+        stop.set()
+        thread.join()
+        self.after_trials(self.trials)  # the last ones
 
-    def after_trial(self, trials, *_):
-        """Save the finished trial (pickle, then JSON), report it; stop after repeated failures."""
-        from utils import save_json_result, save_trials
+    def after_trials(self, trials, *_):
+        """Save newly finished trials (pickle, then JSON), report them; stop after repeated failures."""
+        import threading
 
-        trial = trials.trials[-1]
-        result = trial["result"]
-        result["tid"] = trial["tid"]
-        with self.guard.saving():
-            save_trials(trials, self.args.trials_file)
-            save_json_result(result, self.args.results_dir)
-        improved = result.get("status") == "ok" and (self.best_loss is None or result["loss"] < self.best_loss)
-        if improved:
-            self.best_loss = result["loss"]
-        report(self.trial_line(result))
-        if improved and not self.args.no_plot:
-            self.plot(result["space"], "model_best.png")
-        errors = [t["result"].get("error") for t in trials.trials[-FAILURES_IN_A_ROW:]]
+        from utils import finished_copy, save_json_result, save_trials
+
+        snapshot = finished_copy(trials)
+        new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]
+        if not new:
+            return False, []
+        for trial in new:
+            trial["result"]["tid"] = trial["tid"]
+        in_main = threading.current_thread() is threading.main_thread()
+        with self.guard.saving() if in_main else contextlib.nullcontext():
+            save_trials(snapshot, self.args.trials_file)
+            for trial in new:
+                save_json_result(trial["result"], self.args.results_dir)
+        self.saved_tids.update(t["tid"] for t in new)
+        self.objective.finished_curves = finished_curves(snapshot.results)
+        self.objective.next_tid = max(self.saved_tids) + 1
+        for trial in new:
+            result = trial["result"]
+            improved = result.get("status") == "ok" and (self.best_loss is None or result["loss"] < self.best_loss)
+            if improved:
+                self.best_loss = result["loss"]
+            report(self.trial_line(result))
+            if improved and not self.args.no_plot:
+                self.plot(result["space"], "model_best.png")
+        errors = [t["result"].get("error") for t in snapshot.trials[-FAILURES_IN_A_ROW:]]
         if len(errors) == FAILURES_IN_A_ROW and errors[0] and errors.count(errors[0]) == FAILURES_IN_A_ROW:
             self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[0]}"
             return True, []
@@ -262,12 +340,13 @@ class Search:
             f"{', pruned' if result['pruned'] else ''}, {result['train_seconds']:.0f} s; best so far {best}"
         )
 
-    def print_leaderboard(self, top: int = 5) -> None:
-        ok = sorted((r for r in self.trials.results if r.get("status") == "ok"), key=lambda r: r["loss"])[:top]
+    def print_leaderboard(self, trials, top: int = 5) -> None:
+        results = [t["result"] for t in trials.trials if t["tid"] in self.saved_tids]
+        ok = sorted((r for r in results if r.get("status") == "ok"), key=lambda r: r["loss"])[:top]
         if not ok:
             print("No finished trial yet.")
             return
-        print(f"\nTop {len(ok)} of {len(self.trials.trials)} trials:")
+        print(f"\nTop {len(ok)} of {len(results)} trials:")
         print(f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  model")
         for rank, r in enumerate(ok, 1):
             def fmt(v):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -133,6 +134,33 @@ def load_trials(path: str | os.PathLike):
             f"{path} holds a {type(trials).__name__}, not hyperopt Trials; move it away to start a new search"
         )
     return trials
+
+
+def finished_copy(trials):
+    """A plain hyperopt Trials of the finished trials only, in tid order (what the pickle holds).
+
+    A trial that raised (a Spark worker that crashed) becomes a failed trial with its error.
+    """
+    from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR, STATUS_FAIL, Trials
+
+    docs = []
+    # _dynamic_trials: refresh() hides trials in the error state from .trials.
+    for trial in sorted(trials._dynamic_trials, key=lambda t: t["tid"]):
+        if trial["state"] == JOB_STATE_ERROR:
+            kind, text = (trial["misc"].get("error") or ("Error", ""))[:2]
+            lines = str(text).strip().splitlines()
+            name = hashlib.sha1(f"{trial['tid']}{trial.get('book_time')}".encode()).hexdigest()[:5]
+            trial = {**trial, "state": JOB_STATE_DONE, "result": {
+                "status": STATUS_FAIL, "error": lines[-1] if lines else str(kind),
+                "model_name": f"model_failed_{name}", "space": None, "pruned": False,
+                "hyperopt_vals": {k: v[0] for k, v in trial["misc"]["vals"].items() if v}}}
+        if trial["state"] == JOB_STATE_DONE:
+            docs.append(trial)
+    copy = Trials()
+    copy._dynamic_trials.extend(docs)
+    copy._ids.update(doc["tid"] for doc in docs)
+    copy.refresh()
+    return copy
 
 
 def save_trials(trials, path: str | os.PathLike) -> None:

@@ -1,0 +1,90 @@
+"""Run trials in parallel on Apache Spark through hyperopt's SparkTrials (optional: pyspark, Java 17+)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+# Shipped to every executor, so that workers need neither the repository nor a shared filesystem.
+PROJECT_MODULES = ["datasets.py", "neural_net.py", "pruning.py", "hyperspace.py", "utils.py", "spark_search.py",
+                   "hyperopt_optimize.py"]
+_worker_gpu_lock = None
+
+
+class SparkUnavailable(Exception):
+    """Spark cannot run here; the message says what to install."""
+
+
+def check_requirements() -> None:
+    """Raise SparkUnavailable unless pyspark imports and a Java 17+ runtime is found."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise SparkUnavailable("--spark-master needs pyspark: pip install -r requirements-spark.txt") from None
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise SparkUnavailable("--spark-master needs a Java 17+ runtime: apt install openjdk-17-jre-headless (or set JAVA_HOME)")
+    version = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match.group(2):  # "1.8.0" is Java 8
+        major = int(match.group(2))
+    if major < 17:
+        raise SparkUnavailable(f"--spark-master needs Java 17+, found Java {major or 'of unknown version'} at {java}: "
+                               "apt install openjdk-17-jre-headless (or set JAVA_HOME)")
+
+
+def parallelism_of(master: str, requested: int | None) -> int:
+    """--parallelism, else P of local[P], else 2."""
+    if requested:
+        return requested
+    match = re.fullmatch(r"local\[(\d+)\]", master)
+    return int(match.group(1)) if match else 2
+
+
+def make_trials(master: str, parallelism: int, finished_docs: list[dict]):
+    """SparkTrials on `master`, holding the finished trials of an earlier run."""
+    from hyperopt import SparkTrials
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (SparkSession.builder.master(master).appName("hyperopt-cnn-search")
+             .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    for module in PROJECT_MODULES:
+        spark.sparkContext.addPyFile(str(REPO / module))
+    trials = SparkTrials(parallelism=parallelism, spark_session=spark)
+    trials._dynamic_trials.extend(finished_docs)
+    trials._ids.update(doc["tid"] for doc in finished_docs)
+    trials.refresh()
+    return trials
+
+
+def prepare_worker(parallelism: int) -> None:
+    """In a Spark worker: TensorFlow threads = its share of the cores; one GPU of its own, if any."""
+    global _worker_gpu_lock
+    if "tensorflow" in sys.modules or os.environ.get("HYPEROPT_CNN_WORKER_READY"):
+        return  # too late to change, or done already by this worker process
+    threads = str(max(1, (os.cpu_count() or 1) // parallelism))
+    os.environ.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=threads,
+                      HYPEROPT_CNN_WORKER_READY="1")
+    if "CUDA_VISIBLE_DEVICES" in os.environ or not shutil.which("nvidia-smi"):
+        return
+    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU ")
+    for index in range(gpus):
+        # The worker process keeps this lock (and its GPU) for its whole life.
+        handle = open(f"/tmp/hyperopt-cnn-gpu-{index}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _worker_gpu_lock = handle
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+        return

@@ -1,0 +1,82 @@
+"""Trials in parallel on Spark (local[2]): results, resume in both directions, failed workers."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from utils import load_trials
+
+pyspark = pytest.importorskip("pyspark")
+if not shutil.which("java"):
+    pytest.skip("no Java runtime", allow_module_level=True)
+
+import hyperopt_optimize  # noqa: E402
+
+SCRIPT = str(REPO / "hyperopt_optimize.py")
+QUICK = ["--dataset", "synthetic", "--space", "tiny", "--train-subset", "300", "--verbose", "0", "--no-plot",
+         "--epochs", "1"]
+
+
+def run_cli(tmp_path, *args):
+    return subprocess.run([sys.executable, SCRIPT, *QUICK, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_local_2_runs_4_trials_and_a_sequential_run_continues(tmp_path):
+    out = run_cli(tmp_path, "--max-evals", "4", "--spark-master", "local[2]")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Running up to 2 trials at once on Spark" in out.stdout
+    trials = load_trials(tmp_path / "results.pkl")
+    assert sorted(t["tid"] for t in trials.trials) == [0, 1, 2, 3]
+    assert all(t["result"]["status"] == "ok" for t in trials.trials)
+    assert len(list((tmp_path / "results").glob("model_*.txt.json"))) == 4
+
+    again = run_cli(tmp_path, "--max-evals", "5")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Resuming: 4 trials" in again.stdout
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 5
+
+    back = run_cli(tmp_path, "--max-evals", "6", "--spark-master", "local[2]")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert sorted(t["tid"] for t in load_trials(tmp_path / "results.pkl").trials) == [0, 1, 2, 3, 4, 5]
+
+
+class ExplodingObjective(hyperopt_optimize.Objective):
+    """A worker whose trial dies with an exception (a crash, not a NaN)."""
+
+    def __call__(self, space):
+        raise RuntimeError("worker exploded")
+
+
+@pytest.mark.slow
+def test_a_failed_worker_trial_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
+    from pyspark import cloudpickle  # the copy that pickles Spark's tasks
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(hyperopt_optimize, "Objective", ExplodingObjective)
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "3", "--spark-master", "local[2]"]) == 1
+    trials = load_trials(tmp_path / "results.pkl")
+    assert [t["result"]["status"] for t in trials.trials] == ["fail"] * 3
+    failed = sorted((tmp_path / "results").glob("model_failed_*.txt.json"))
+    assert len(failed) == 3 and "worker exploded" in failed[0].read_text()
+    assert "3 trials in a row failed with: RuntimeError: worker exploded" in capsys.readouterr().err
+
+
+def test_missing_java_gets_a_one_line_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "1", "--spark-master", "local[2]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Java 17+" in err and "openjdk-17-jre-headless" in err and len(err.splitlines()) == 1
+
+
+def test_missing_pyspark_gets_a_one_line_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "1", "--spark-master", "local[2]"]) == 2
+    assert "pip install -r requirements-spark.txt" in capsys.readouterr().err
