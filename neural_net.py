@@ -165,6 +165,39 @@ def _has_accelerator() -> bool:
     return False
 
 
+class Batches(keras.utils.PyDataset):
+    """Batches gathered from the uint8 arrays on the fly, reshuffled every epoch.
+
+    Unlike passing arrays to `fit`, this never copies the whole dataset into the backend.
+    """
+
+    def __init__(self, x: np.ndarray, y: dict, batch_size: int, *, shuffle: bool, seed: int | None = None):
+        # Two threads gather the next batches while the current step runs.
+        super().__init__(workers=2, max_queue_size=8)
+        self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x)) if shuffle else None
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        if self.order is None:
+            rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        else:
+            rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        return self.x[rows], {name: labels[rows] for name, labels in self.y.items()}
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.x))
+
+
+def batches(data: Dataset, split: str, batch_size: int, seed: int | None = None) -> Batches:
+    """The batches of one split (`train` shuffled, `val` and `test` in order)."""
+    return Batches(getattr(data, f"x_{split}"), targets(data, split), batch_size, shuffle=split == "train", seed=seed)
+
+
 def targets(data: Dataset, split: str) -> dict:
     """Integer labels of one split, keyed by the model's output names."""
     labels = {"fine_outputs": getattr(data, f"y_{split}_fine")}
@@ -205,16 +238,15 @@ def build_and_train(
             monitor=MONITOR, mode="max", patience=patience or epochs, restore_best_weights=True
         )
         history = model.fit(
-            data.x_train, targets(data, "train"),
-            batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose,
-            validation_data=(data.x_val, targets(data, "val")),
+            batches(data, "train", batch_size, seed), epochs=epochs, verbose=verbose,
+            validation_data=batches(data, "val", batch_size),
             callbacks=[keras.callbacks.TerminateOnNaN(), keeper, *callbacks],
         ).history
         history = {key: [float(v) for v in values] for key, values in history.items()}
         bad = [i + 1 for i, v in enumerate(history["loss"]) if not math.isfinite(v)]
         if bad or MONITOR not in history:
             raise FloatingPointError(f"loss is NaN or infinite at epoch {bad[0] if bad else 1}")
-        test = model.evaluate(data.x_test, targets(data, "test"), batch_size=batch_size, verbose=0, return_dict=True)
+        test = model.evaluate(batches(data, "test", batch_size), verbose=0, return_dict=True)
         result = _result(space, data, history, test, model, callbacks, selected_on)
     except Exception as err:  # noqa: BLE001: a trial must never crash the search
         del model

@@ -3,7 +3,8 @@
     KERAS_BACKEND=jax python3 bench/bench_training.py --precision mixed_bfloat16 --peak-tflops 989
 
 Throughput is the median of several timed epochs after a warm-up epoch (compilation), through
-the same `build_model` and `model.fit` path as a search trial: uint8 images, sparse labels.
+the same `build_model`, batch feeding and `model.fit` path as a search trial: uint8 images
+gathered per batch, sparse labels.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hyperspace  # noqa: E402
-from neural_net import build_model, resolve_precision  # noqa: E402
+from neural_net import Batches, build_model, resolve_precision  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
 CIFAR_IMAGES = 60_000
@@ -88,8 +89,8 @@ def bench_space(name, space, x, y, args) -> dict:
                         jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
     timer = EpochTimer()
     n = steps * batch
-    model.fit(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch_size=batch,
-              epochs=1 + args.windows, verbose=0, callbacks=[timer], shuffle=True)
+    feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
+    model.fit(feed, epochs=1 + args.windows, verbose=0, callbacks=[timer])
     window = statistics.median(timer.times[1:])
     images_per_s = n / window
     flops = forward_flops(model)
@@ -114,10 +115,9 @@ def data_memory(args) -> dict:
     space = {**hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.1, "fc_units_1_mult": 0.05, "residual": None}
     model = build_model(space, steps_per_execution=args.steps_per_execution)
     model_mb = rss_mb() - base
-    model.fit(x[:50_000], {"fine_outputs": y[0][:50_000], "coarse_outputs": y[1][:50_000]}, batch_size=500,
-              epochs=1, steps_per_epoch=4, verbose=0,
-              validation_data=(x[50_000:], {"fine_outputs": y[0][50_000:], "coarse_outputs": y[1][50_000:]}),
-              validation_steps=2)
+    train = Batches(x[:50_000], {"fine_outputs": y[0][:50_000], "coarse_outputs": y[1][:50_000]}, 500, shuffle=True)
+    val = Batches(x[50_000:], {"fine_outputs": y[0][50_000:], "coarse_outputs": y[1][50_000:]}, 500, shuffle=False)
+    model.fit(train, epochs=1, steps_per_epoch=4, verbose=0, validation_data=val, validation_steps=2)
     return {"dataset_images": CIFAR_IMAGES, "dataset_mb": round(x.nbytes / 1e6, 1),
             "process_mb_above_baseline": round(rss_mb() - base - model_mb, 1)}
 
