@@ -82,18 +82,42 @@ class EpochTimer(keras.callbacks.Callback):
         self.times = []
 
 
+def model_2017(space) -> keras.Model:
+    """The same network fed as in 2017: float32 input, per-image flip with tf.map_fn, one-hot labels."""
+    import tensorflow as tf
+
+    ours = build_model(space)
+    after_flip = next(layer for layer in ours.layers if isinstance(layer, keras.layers.RandomFlip))
+    body = keras.Model(after_flip.output, ours.output)
+    inputs = keras.Input((32, 32, 3), dtype="float32")
+    flipped = keras.layers.Lambda(lambda batch: tf.map_fn(tf.image.random_flip_left_right, batch))(inputs)
+    model = keras.Model(inputs, body(flipped))
+    model.compile(optimizer=ours.optimizer.__class__(learning_rate=0.001 * space["lr_rate_mult"]),
+                  loss={"fine_outputs": "categorical_crossentropy", "coarse_outputs": "categorical_crossentropy"},
+                  loss_weights={"fine_outputs": 1.0, "coarse_outputs": space["coarse_labels_weight"]},
+                  metrics={"fine_outputs": ["accuracy"], "coarse_outputs": ["accuracy"]}, jit_compile=False)
+    return model
+
+
 def bench_space(name, space, x, y, args) -> dict:
     batch = args.batch_size or int(space["batch_size"])
     steps = args.steps
-    model = build_model(space, steps_per_execution=args.steps_per_execution,
-                        jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
     timer = EpochTimer()
     n = steps * batch
-    feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
-    model.fit(feed, epochs=1 + args.windows, verbose=0, callbacks=[timer])
+    if args.recipe == "2017":
+        model = model_2017(space)
+        # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
+        x32 = x[:n].astype("float32") / 255.0 - 0.5
+        y_hot = {"fine_outputs": np.eye(100, dtype="float32")[y[0][:n]], "coarse_outputs": np.eye(20, dtype="float32")[y[1][:n]]}
+        model.fit(x32, y_hot, batch_size=batch, epochs=1 + args.windows, verbose=0, callbacks=[timer], shuffle=True)
+    else:
+        model = build_model(space, steps_per_execution=args.steps_per_execution,
+                            jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
+        feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
+        model.fit(feed, epochs=1 + args.windows, verbose=0, callbacks=[timer])
     window = statistics.median(timer.times[1:])
     images_per_s = n / window
-    flops = forward_flops(model)
+    flops = forward_flops(model if args.recipe == "project" else build_model(space))
     achieved = 3 * flops * images_per_s / 1e12  # forward + backward ~ 3x forward
     row = {
         "space": name, "params": model.count_params(), "batch_size": batch,
@@ -125,6 +149,8 @@ def data_memory(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spaces", default="demo,best", help="comma-separated: demo, best")
+    parser.add_argument("--recipe", choices=["project", "2017"], default="project",
+                        help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps (TensorFlow only)")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
     parser.add_argument("--windows", type=int, default=3, help="timed epochs after the warm-up epoch")
@@ -136,6 +162,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
+    if args.recipe == "2017" and keras.backend.backend() != "tensorflow":
+        parser.error("--recipe 2017 needs the TensorFlow backend")
     precision = resolve_precision(args.precision)
     keras.config.set_dtype_policy(precision)
     rng = np.random.default_rng(0)
@@ -143,7 +171,7 @@ def main() -> None:
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 100, n), rng.integers(0, 20, n)
 
-    report = {"backend": keras.backend.backend(), "precision": precision, "xla": args.xla,
+    report = {"backend": keras.backend.backend(), "recipe": args.recipe, "precision": precision, "xla": args.xla,
               "steps_per_execution": args.steps_per_execution, "rows": []}
     if not args.skip_memory:
         report["memory"] = data_memory(args)
@@ -151,7 +179,8 @@ def main() -> None:
         report["rows"].append(bench_space(name, SPACES[name], x, y, args))
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
-    print(f"backend {report['backend']}, precision {precision}, XLA {args.xla}, steps_per_execution {args.steps_per_execution}")
+    print(f"recipe {args.recipe}, backend {report['backend']}, precision {precision}, XLA {args.xla}, "
+          f"steps_per_execution {args.steps_per_execution}")
     print(f"{'space':6} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
