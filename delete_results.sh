@@ -3,7 +3,7 @@
 # Usage: ./delete_results.sh [-y]     (-y: do not ask)
 set -euo pipefail
 cd "$(dirname "$0")"
-targets=(results results.pkl TensorBoard weights layers model_demo.png model_best.png)
+targets=(results results.pkl TensorBoard weights layers analysis model_demo.png model_best.png)
 if [[ "${1:-}" != "-y" ]]; then
   echo "This deletes: ${targets[*]}"
   read -r -p "Delete them? [y/N] " answer
