@@ -3,6 +3,11 @@
 # Usage: ./delete_results.sh [-y]     (-y: do not ask)
 set -euo pipefail
 cd "$(dirname "$0")"
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  echo "Usage: ./delete_results.sh [-y]  removes results/, results.pkl, TensorBoard/, weights/, layers/,"
+  echo "analysis/ and the model plots, then recreates the empty folders; -y skips the question."
+  exit 0
+fi
 targets=(results results.pkl TensorBoard weights layers analysis model_demo.png model_best.png)
 if [[ "${1:-}" != "-y" ]]; then
   echo "This deletes: ${targets[*]}"

@@ -34,8 +34,8 @@ space = {
     "activation": hp.choice("activation", ["relu", "elu"]),
 }
 
-# Same labels, choices and nesting as `space` (so pickles stay interchangeable), but networks a
-# few hundred times smaller: for smoke tests and CPU demos (`--space tiny`), never for results.
+# Same labels, choices and nesting as `space` (so pickles stay interchangeable), but networks
+# about a hundred times smaller: for smoke tests and CPU demos (`--space tiny`), never for results.
 TINY_SPACE = {
     **space,
     "batch_size": hp.quniform("batch_size", 32, 64, 8),

@@ -76,11 +76,20 @@ def build_model(
         optimizer=OPTIMIZERS[space["optimizer"]](learning_rate=STARTING_LR * space["lr_rate_mult"]),
         loss=losses,
         loss_weights=weights,
-        metrics={name: ["accuracy"] for name in outputs},
+        metrics=_metrics(outputs),
         steps_per_execution=steps_per_execution,
         jit_compile=jit_compile,
     )
     return model
+
+
+def _metrics(outputs: dict) -> dict:
+    """Accuracy per head, logged as `<head>_accuracy` (and `<head>_loss`) with one head or two."""
+    if len(outputs) > 1:
+        return {name: ["accuracy"] for name in outputs}
+    # With a single output Keras drops the output name from the logs: name the metrics ourselves.
+    return {name: [keras.metrics.SparseCategoricalAccuracy(name=f"{name}_accuracy"),
+                   keras.metrics.SparseCategoricalCrossentropy(name=f"{name}_loss")] for name in outputs}
 
 
 class _Builder:

@@ -189,3 +189,23 @@ def test_model_plots_are_drawn(tmp_path, monkeypatch):
     assert hyperopt_optimize.main([*args, "--epochs", "1", "--max-evals", "1"]) == 0
     assert (tmp_path / "model_demo.png").stat().st_size > 1000
     assert (tmp_path / "model_best.png").stat().st_size > 1000
+
+
+def test_a_search_on_a_grayscale_npz_without_coarse_labels(tmp_path, monkeypatch):
+    import numpy as np
+
+    from datasets import make_synthetic
+
+    x, fine, _, x_test, fine_test, _ = make_synthetic(1000, seed=3)
+    gray = lambda images: images.mean(axis=-1).astype(np.uint8)[:, 4:28, 2:30]  # noqa: E731: 24x28x1
+    np.savez(tmp_path / "gray.npz", x_train=gray(x), y_train_fine=fine % 10, x_test=gray(x_test),
+             y_test_fine=fine_test % 10)
+    monkeypatch.chdir(tmp_path)
+    import hyperopt_optimize
+
+    # The last --dataset wins over QUICK's.
+    assert hyperopt_optimize.main([*QUICK, "--dataset", "gray.npz", "--max-evals", "2", "--epochs", "1"]) == 0
+    results = [t["result"] for t in load_trials(tmp_path / "results.pkl").trials]
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert all(r["coarse_best_accuracy"] is None and r["test_coarse_accuracy"] is None for r in results)
+    assert all(r["dataset"] == "gray.npz" for r in results)
