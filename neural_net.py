@@ -252,9 +252,11 @@ def build_and_train(
             callbacks=[keras.callbacks.TerminateOnNaN(), keeper, *callbacks],
         ).history
         history = {key: [float(v) for v in values] for key, values in history.items()}
-        bad = [i + 1 for i, v in enumerate(history["loss"]) if not math.isfinite(v)]
-        if bad or MONITOR not in history:
-            raise FloatingPointError(f"loss is NaN or infinite at epoch {bad[0] if bad else 1}")
+        bad = [i + 1 for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"loss is NaN or infinite at epoch {bad[0]}")
+        if not history.get(MONITOR):  # TerminateOnNaN stopped it before the first epoch ended
+            raise FloatingPointError("loss is NaN or infinite in the first epoch")
         test = model.evaluate(batches(data, "test", batch_size), verbose=0, return_dict=True)
         result = _result(space, data, history, test, model, callbacks, selected_on)
     except Exception as err:  # noqa: BLE001: a trial must never crash the search
