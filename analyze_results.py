@@ -13,16 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import RESULTS_DIR, iter_results, warn
+from utils import RESULTS_DIR, iter_results, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
            "res_conv_kernel_size", "fc_units_1_mult", "residual", "one_more_fc"]
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
-# Keras 3 names first, then the 2017 (Keras 2) ones.
-FINE_CURVE = ("val_fine_outputs_accuracy", "val_fine_outputs_acc")
-COARSE_CURVE = ("val_coarse_outputs_accuracy", "val_coarse_outputs_acc")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,9 +61,9 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "fine_accuracy": result.get("fine_best_accuracy", -result["loss"]) if ok else None,
             "coarse_accuracy": result.get("coarse_best_accuracy") if ok else None,
             "test_fine_accuracy": result.get("test_fine_accuracy"),
-            "epochs": result.get("epochs_trained") or _curve_length(result),
-            "fine_curve": _curve(result, FINE_CURVE),
-            "coarse_curve": _curve(result, COARSE_CURVE),
+            "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
+            "fine_curve": validation_curve(result, "fine"),
+            "coarse_curve": validation_curve(result, "coarse"),
         }
         for name in HYPERPARAMETERS:
             value = space.get(name)
@@ -77,18 +74,6 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     for number, row in enumerate(rows):
         row["trial"] = number
     return rows
-
-
-def _curve(result, names):
-    history = result.get("history") or {}
-    for name in names:
-        if history.get(name):
-            return [float(v) if v is not None else math.nan for v in history[name]]
-    return []
-
-
-def _curve_length(result):
-    return len(_curve(result, FINE_CURVE)) or None
 
 
 def importance(rows: list[dict]) -> list[tuple[str, str, float]]:

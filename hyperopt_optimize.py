@@ -53,14 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def finished_curves(results) -> list[list[float]]:
-    """Validation fine accuracy per epoch of every finished trial (2017's key name too)."""
-    curves = []
-    for result in results:
-        history = result.get("history") or {}
-        curve = history.get("val_fine_outputs_accuracy") or history.get("val_fine_outputs_acc")
-        if result.get("status") == "ok" and curve:
-            curves.append(curve)
-    return curves
+    """Validation fine accuracy per epoch of every finished trial (2017 results too)."""
+    from utils import validation_curve
+
+    return [curve for result in results if result.get("status") == "ok" and (curve := validation_curve(result))]
 
 
 def report(line: str) -> None:
@@ -169,6 +165,7 @@ class Search:
         self.guard = guard
         self.stop_reason = None
         self.saved_tids: set[int] = set()
+        self.plot_broken = False  # after one failed plot, stop trying
 
     def run(self) -> int:
         import numpy as np
@@ -360,17 +357,16 @@ class Search:
 
     def plot(self, space: dict, path: str) -> None:
         """Draw the network of `space`; without Graphviz, warn once and go on."""
-        if getattr(self, "_plot_broken", False):
+        if self.plot_broken:
             return
         import keras
+        from keras.src.utils.model_visualization import check_graphviz
 
         from neural_net import build_model
         from utils import warn
 
-        from keras.src.utils.model_visualization import check_graphviz
-
         if not check_graphviz():
-            self._plot_broken = True
+            self.plot_broken = True
             warn(f"cannot draw {path}: install Graphviz (apt install graphviz) and pydot for model plots")
             return
         try:
@@ -379,7 +375,7 @@ class Search:
             keras.utils.plot_model(model, to_file=path, show_shapes=True)
             report(f"Drew {path}")
         except Exception as err:  # noqa: BLE001: a broken plot must not stop the search
-            self._plot_broken = True
+            self.plot_broken = True
             warn(f"cannot draw {path} ({type(err).__name__}: {err})")
         finally:
             keras.backend.clear_session()

@@ -92,6 +92,15 @@ def iter_results(results_dir: str | os.PathLike = RESULTS_DIR):
         yield path, result
 
 
+def validation_curve(result: dict, head: str = "fine") -> list[float]:
+    """Validation accuracy per epoch of one head (`fine` or `coarse`), Keras 3 or 2017 key names."""
+    history = result.get("history") or {}
+    for key in (f"val_{head}_outputs_accuracy", f"val_{head}_outputs_acc"):
+        if history.get(key):
+            return [math.nan if v is None else float(v) for v in history[key]]
+    return []
+
+
 def is_ok(result: dict) -> bool:
     """A finished trial with a usable loss (failed trials never count as best)."""
     loss = result.get("loss")
