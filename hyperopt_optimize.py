@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified) for quick runs")
     parser.add_argument("--space", choices=["full", "tiny"], default="full", help="the real search space, or tiny networks for smoke tests")
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
-                        help="auto: mixed_bfloat16 on a GPU, float32 on CPU")
+                        help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions (AVX512-BF16, AMX), else float32")
     parser.add_argument("--spark-master", default=None,
                         help="run trials in parallel on Spark: local[P] on this machine, or spark://host:7077 (needs pyspark, Java 17+)")
     parser.add_argument("--parallelism", type=int, default=None, help="trials at once under Spark (default: P of local[P], else 2)")

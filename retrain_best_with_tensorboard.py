@@ -26,7 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python.tar.gz")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified)")
     parser.add_argument("--histogram-freq", type=int, default=1, help="weight histograms every N epochs (0: none)")
-    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
+                        help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2)
     return parser.parse_args(argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -29,6 +30,25 @@ from neural_net import Batches, build_model, resolve_precision  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
 CIFAR_IMAGES = 60_000
+
+
+def _filters_multiple_of_8(space: dict) -> dict:
+    blocks = math.ceil(int(40 * space["conv_hiddn_units_mult"]) / 8)
+    units = math.ceil(int(1000 * space["fc_units_1_mult"]) / 8)
+    return {**space, "conv_hiddn_units_mult": (8 * blocks + 0.5) / 40, "fc_units_1_mult": (8 * units + 0.5) / 1000}
+
+
+# Diagnostic changes to a network, one at a time, to find what its training time goes to
+# (they change the architecture, so they are never used by a search).
+VARIANTS = {
+    "as-is": lambda space: space,
+    "filters-x8": _filters_multiple_of_8,
+    "no-dropout": lambda space: {**space, "conv_dropout_drop_proba": 0.0, "fc_dropout_drop_proba": 0.0},
+    "no-bn": lambda space: {**space, "use_BN": False},
+    "no-residual": lambda space: {**space, "residual": None},
+    "max-pool": lambda space: {**space, "pooling_type": "max"},
+    "relu": lambda space: {**space, "activation": "relu"},
+}
 
 
 def rss_mb() -> float:
@@ -149,6 +169,8 @@ def data_memory(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spaces", default="demo,best", help="comma-separated: demo, best")
+    parser.add_argument("--variants", default="as-is",
+                        help=f"comma-separated changes to each network, or all: {', '.join(VARIANTS)}")
     parser.add_argument("--recipe", choices=["project", "2017"], default="project",
                         help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps (TensorFlow only)")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
@@ -164,7 +186,12 @@ def main() -> None:
 
     if args.recipe == "2017" and keras.backend.backend() != "tensorflow":
         parser.error("--recipe 2017 needs the TensorFlow backend")
-    precision = resolve_precision(args.precision)
+    variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    # 2017 trained in float32 and fused no steps.
+    precision = "float32" if args.recipe == "2017" else resolve_precision(args.precision)
+    steps_per_execution = 1 if args.recipe == "2017" else args.steps_per_execution
     keras.config.set_dtype_policy(precision)
     rng = np.random.default_rng(0)
     n = args.steps * max(int(s["batch_size"]) for s in SPACES.values()) if args.batch_size is None else args.steps * args.batch_size
@@ -172,20 +199,22 @@ def main() -> None:
     y = rng.integers(0, 100, n), rng.integers(0, 20, n)
 
     report = {"backend": keras.backend.backend(), "recipe": args.recipe, "precision": precision, "xla": args.xla,
-              "steps_per_execution": args.steps_per_execution, "rows": []}
+              "steps_per_execution": steps_per_execution, "rows": []}
     if not args.skip_memory:
         report["memory"] = data_memory(args)
     for name in args.spaces.split(","):
-        report["rows"].append(bench_space(name, SPACES[name], x, y, args))
+        for variant in variants:
+            row = bench_space(name, VARIANTS[variant](SPACES[name]), x, y, args)
+            report["rows"].append({**row, "variant": variant})
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
     print(f"recipe {args.recipe}, backend {report['backend']}, precision {precision}, XLA {args.xla}, "
-          f"steps_per_execution {args.steps_per_execution}")
-    print(f"{'space':6} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8}")
+          f"steps_per_execution {steps_per_execution}")
+    print(f"{'space':6} {'variant':11} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
         dev = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "-"
-        print(f"{r['space']:6} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
+        print(f"{r['space']:6} {r['variant']:11} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
               f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8}")
     if "memory" in report:
         m = report["memory"]

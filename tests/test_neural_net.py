@@ -154,3 +154,41 @@ def test_an_absurd_learning_rate_fails_the_trial_without_raising(synthetic):
 def test_an_exception_fails_the_trial_without_raising(synthetic):
     model, result = build_and_train({**SMALL_SPACE, "optimizer": "SGD-that-does-not-exist"}, synthetic, epochs=1)
     assert model is None and result["status"] == "fail" and "KeyError" in result["error"]
+
+
+def _cpuinfo(tmp_path, flags: str) -> str:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n")
+    return str(path)
+
+
+def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
+    from neural_net import cpu_has_native_bfloat16
+
+    assert cpu_has_native_bfloat16(_cpuinfo(tmp_path, "avx512f avx512_bf16"))
+    assert cpu_has_native_bfloat16(_cpuinfo(tmp_path, "amx_tile amx_bf16"))
+    assert not cpu_has_native_bfloat16(_cpuinfo(tmp_path, "avx512f avx512_vnni"))
+    assert not cpu_has_native_bfloat16(str(tmp_path / "missing"))
+
+
+def test_auto_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypatch):
+    import neural_net
+
+    monkeypatch.setattr(neural_net, "_has_accelerator", lambda: False)
+    monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: False)
+    assert neural_net.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: True)
+    assert neural_net.resolve_precision("auto") == "mixed_bfloat16"
+    assert neural_net.resolve_precision("float32") == "float32"
+
+
+def test_a_mixed_bfloat16_trial_learns_keeps_float32_weights_and_restores_the_policy(synthetic):
+    import keras
+
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=2, precision="mixed_bfloat16")
+    assert result["status"] == "ok" and result["precision"] == "mixed_bfloat16"
+    assert result["fine_best_accuracy"] > 0.05  # chance is 0.01
+    assert {w.dtype for w in model.trainable_weights} == {"float32"}
+    assert model.get_layer("fine_outputs").compute_dtype == "float32"
+    assert next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
