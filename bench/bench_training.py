@@ -120,6 +120,7 @@ def model_2017(space) -> keras.Model:
 
 
 def bench_space(name, space, x, y, args) -> dict:
+    keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it to float32
     batch = args.batch_size or int(space["batch_size"])
     steps = args.steps
     timer = EpochTimer()
@@ -152,6 +153,7 @@ def bench_space(name, space, x, y, args) -> dict:
 
 def data_memory(args) -> dict:
     """Process memory that a CIFAR-100-sized uint8 dataset costs while a model trains on it."""
+    keras.config.set_dtype_policy(args.precision)
     base = rss_mb()
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (CIFAR_IMAGES, 32, 32, 3), dtype=np.uint8)
@@ -190,9 +192,8 @@ def main() -> None:
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     # 2017 trained in float32 and fused no steps.
-    precision = "float32" if args.recipe == "2017" else resolve_precision(args.precision)
+    args.precision = precision = "float32" if args.recipe == "2017" else resolve_precision(args.precision)
     steps_per_execution = 1 if args.recipe == "2017" else args.steps_per_execution
-    keras.config.set_dtype_policy(precision)
     rng = np.random.default_rng(0)
     n = args.steps * max(int(s["batch_size"]) for s in SPACES.values()) if args.batch_size is None else args.steps * args.batch_size
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
