@@ -32,7 +32,7 @@ def run_search(prune: str, args) -> dict:
             code = hyperopt_optimize.main([
                 "--dataset", "synthetic", "--space", args.space, "--max-evals", str(args.trials),
                 "--epochs", str(args.epochs), "--prune", prune, "--seed", str(args.seed), "--verbose", "0",
-                "--no-plot", "--results-dir", f"{folder}/results", "--trials-file", f"{folder}/results.pkl",
+                "--precision", args.precision, "--no-plot", "--results-dir", f"{folder}/results", "--trials-file", f"{folder}/results.pkl",
                 *(["--train-subset", str(args.train_subset)] if args.train_subset else []),
             ])
         wall = time.time() - start
@@ -40,7 +40,8 @@ def run_search(prune: str, args) -> dict:
     ok = [r for r in results if r["status"] == "ok"]
     return {"prune": prune, "exit_code": code, "trials": len(results),
             "epochs": sum(r["epochs_trained"] for r in ok), "pruned_trials": sum(r["pruned"] for r in ok),
-            "wall_s": round(wall, 1), "best_val_fine_accuracy": max(-r["loss"] for r in ok) if ok else None}
+            "wall_s": round(wall, 1), "best_val_fine_accuracy": max(-r["loss"] for r in ok) if ok else None,
+            "precision": ok[0]["precision"] if ok else None}
 
 
 def main() -> None:
@@ -50,10 +51,12 @@ def main() -> None:
     parser.add_argument("--space", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
     rows = [run_search("none", args), run_search("median", args)]
+    print(f"precision {rows[0]['precision']}, space {args.space}, seed {args.seed}")
     print(f"{'prune':7} {'trials':>6} {'epochs':>6} {'pruned':>6} {'wall s':>7} {'best acc':>8}")
     for r in rows:
         print(f"{r['prune']:7} {r['trials']:>6} {r['epochs']:>6} {r['pruned_trials']:>6} {r['wall_s']:>7} "

@@ -141,7 +141,7 @@ def bench_space(name, space, x, y, args) -> dict:
     flops = forward_flops(model if args.recipe == "project" else build_model(space))
     achieved = 3 * flops * images_per_s / 1e12  # forward + backward ~ 3x forward
     row = {
-        "space": name, "params": model.count_params(), "batch_size": batch,
+        "space": name, "params": model.count_params(), "batch_size": batch, "dtype_policy": model.dtype_policy.name,
         "images_per_s": round(images_per_s, 1), "first_epoch_s": round(timer.times[0], 2),
         "gflops_per_image_fwd": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 3),
         "peak_fraction": round(achieved / args.peak_tflops, 4) if args.peak_tflops else None,
@@ -188,6 +188,8 @@ def main() -> None:
 
     if args.recipe == "2017" and keras.backend.backend() != "tensorflow":
         parser.error("--recipe 2017 needs the TensorFlow backend")
+    if args.recipe == "2017" and args.precision == "mixed_bfloat16":
+        parser.error("--recipe 2017 trains in float32, as 2017 did")
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
