@@ -213,12 +213,12 @@ def main() -> None:
 
     print(f"recipe {args.recipe}, backend {report['backend']}, precision {precision}, XLA {args.xla}, "
           f"steps_per_execution {steps_per_execution}")
-    print(f"{'space':6} {'variant':11} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8}")
+    print(f"{'space':6} {'variant':11} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
         dev = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "-"
         print(f"{r['space']:6} {r['variant']:11} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
-              f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8}")
+              f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f}")
     if "memory" in report:
         m = report["memory"]
         print(f"data memory: {m['dataset_images']} uint8 images ({m['dataset_mb']} MB) cost the process "
