@@ -32,7 +32,8 @@ def run_search(prune: str, args) -> dict:
             code = hyperopt_optimize.main([
                 "--dataset", "synthetic", "--space", args.space, "--max-evals", str(args.trials),
                 "--epochs", str(args.epochs), "--prune", prune, "--seed", str(args.seed), "--verbose", "0",
-                "--precision", args.precision, "--no-plot", "--results-dir", f"{folder}/results", "--trials-file", f"{folder}/results.pkl",
+                "--precision", args.precision, "--no-plot",
+                "--results-dir", f"{folder}/results", "--trials-file", f"{folder}/results.pkl",
                 *(["--train-subset", str(args.train_subset)] if args.train_subset else []),
             ])
         wall = time.time() - start
