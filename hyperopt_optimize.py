@@ -205,6 +205,7 @@ class Search:
             return 2
         self.data = data.selecting_on_test() if args.select_on == "test" else data
         print(self.data.summary())
+        print(self.training_summary())
         self.best_loss = self.current_best_loss(finished)
         if not args.no_plot:
             self.plot(hyperspace.DEMO_SPACE, "model_demo.png")
@@ -263,6 +264,15 @@ class Search:
         best_text = "none yet" if best is None else f"{-best:.4f}"
         print(f"Resuming: {len(trials.trials)} trials, best fine accuracy {best_text}")
         return trials
+
+    def training_summary(self) -> str:
+        """One line: Keras version, backend and the precision trials train in here."""
+        import keras
+
+        from neural_net import resolve_precision
+
+        return (f"Training with Keras {keras.__version__} on {keras.backend.backend()}, "
+                f"precision {resolve_precision(self.args.precision)}")
 
     def current_best_loss(self, trials):
         losses = [loss for loss in trials.losses() if loss is not None]

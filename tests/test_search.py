@@ -1,5 +1,6 @@
 """The search driver as a user runs it: resume, kills, signals, the lock, broken pickles, failures."""
 
+import json
 import os
 import pickle
 import shutil
@@ -45,6 +46,13 @@ def wait_for_line(proc, text, timeout=120):
 
 def result_files(tmp_path):
     return sorted((tmp_path / "results").glob("model_*.txt.json"))
+
+
+def test_the_search_says_which_precision_its_trials_train_in(tmp_path):
+    done = run_cli(tmp_path, "--max-evals", "1", "--epochs", "1", "--precision", "float32")
+    assert done.returncode == 0, done.stderr
+    assert "precision float32" in done.stdout
+    assert json.loads(result_files(tmp_path)[0].read_text())["precision"] == "float32"
 
 
 @pytest.mark.slow
