@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import RESULTS_DIR, iter_results, validation_curve, warn
+from utils import RESULTS_DIR, is_ok, iter_results, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -51,7 +51,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     rows = []
     for path, result in iter_results(results_dir):
         space = result.get("space") or {}
-        ok = result.get("status") == "ok" and isinstance(result.get("loss"), (int, float))
+        ok = is_ok(result)
         row = {
             "file": path.name,
             "tid": result.get("tid", known_tids.get(result.get("model_name"))),

@@ -59,11 +59,9 @@ def make_trials(master: str, parallelism: int, finished_docs: list[dict]):
     spark.sparkContext.setLogLevel("ERROR")
     for module in PROJECT_MODULES:
         spark.sparkContext.addPyFile(str(REPO / module))
-    trials = SparkTrials(parallelism=parallelism, spark_session=spark)
-    trials._dynamic_trials.extend(finished_docs)
-    trials._ids.update(doc["tid"] for doc in finished_docs)
-    trials.refresh()
-    return trials
+    from utils import holding
+
+    return holding(SparkTrials(parallelism=parallelism, spark_session=spark), finished_docs)
 
 
 def prepare_worker(parallelism: int) -> None:

@@ -165,11 +165,15 @@ def finished_copy(trials):
                 "hyperopt_vals": {k: v[0] for k, v in trial["misc"]["vals"].items() if v}}}
         if trial["state"] == JOB_STATE_DONE:
             docs.append(trial)
-    copy = Trials()
-    copy._dynamic_trials.extend(docs)
-    copy._ids.update(doc["tid"] for doc in docs)
-    copy.refresh()
-    return copy
+    return holding(Trials(), docs)
+
+
+def holding(trials, docs: list[dict]):
+    """`trials` (empty, plain or Spark) with the given trial documents added, refreshed."""
+    trials._dynamic_trials.extend(docs)
+    trials._ids.update(doc["tid"] for doc in docs)
+    trials.refresh()
+    return trials
 
 
 def save_trials(trials, path: str | os.PathLike) -> None:

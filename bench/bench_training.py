@@ -65,7 +65,9 @@ def forward_flops(model: keras.Model) -> int:
     """Multiply-adds x 2 of the convolutions and dense layers, per image."""
     total = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, keras.Model):  # a nested network (the 2017 recipe's body)
+            total += forward_flops(layer)
+        elif isinstance(layer, keras.layers.Conv2D):
             _, h, w, c_out = layer.output.shape
             k_h, k_w = layer.kernel_size
             total += 2 * h * w * c_out * k_h * k_w * layer.input.shape[-1]
@@ -112,7 +114,7 @@ def model_2017(space) -> keras.Model:
     inputs = keras.Input((32, 32, 3), dtype="float32")
     flipped = keras.layers.Lambda(lambda batch: tf.map_fn(tf.image.random_flip_left_right, batch))(inputs)
     model = keras.Model(inputs, body(flipped))
-    model.compile(optimizer=ours.optimizer.__class__(learning_rate=0.001 * space["lr_rate_mult"]),
+    model.compile(optimizer=ours.optimizer.from_config(ours.optimizer.get_config()),
                   loss={"fine_outputs": "categorical_crossentropy", "coarse_outputs": "categorical_crossentropy"},
                   loss_weights={"fine_outputs": 1.0, "coarse_outputs": space["coarse_labels_weight"]},
                   metrics={"fine_outputs": ["accuracy"], "coarse_outputs": ["accuracy"]}, jit_compile=False)
@@ -122,9 +124,8 @@ def model_2017(space) -> keras.Model:
 def bench_space(name, space, x, y, args) -> dict:
     keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it to float32
     batch = args.batch_size or int(space["batch_size"])
-    steps = args.steps
     timer = EpochTimer()
-    n = steps * batch
+    n = args.steps * batch
     if args.recipe == "2017":
         model = model_2017(space)
         # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
@@ -138,7 +139,7 @@ def bench_space(name, space, x, y, args) -> dict:
         model.fit(feed, epochs=1 + args.windows, verbose=0, callbacks=[timer])
     window = statistics.median(timer.times[1:])
     images_per_s = n / window
-    flops = forward_flops(model if args.recipe == "project" else build_model(space))
+    flops = forward_flops(model)
     achieved = 3 * flops * images_per_s / 1e12  # forward + backward ~ 3x forward
     row = {
         "space": name, "params": model.count_params(), "batch_size": batch, "dtype_policy": model.dtype_policy.name,
