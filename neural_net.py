@@ -17,8 +17,6 @@ from datasets import Dataset
 STARTING_L2_REG = 0.0007
 STARTING_LR = 0.001
 FIRST_CONV_FILTERS = 16
-# Training steps fused into one compiled call: fewer host round trips per epoch.
-STEPS_PER_EXECUTION = 8
 MONITOR = "val_fine_outputs_accuracy"
 
 OPTIMIZERS = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam, "RMSprop": keras.optimizers.RMSprop}
@@ -154,6 +152,16 @@ class _Builder:
         return keras.layers.concatenate([branch1, branch2, branch3])
 
 
+def default_steps_per_execution() -> int:
+    """Training steps per compiled call: 8 on TensorFlow, 1 on other backends.
+
+    TensorFlow runs the 8 steps as one graph call, fewer host round trips (+5% on a CPU). Keras's
+    JAX trainer only calls its one-step function 8 times in a Python loop, so nothing is fused,
+    and on an H100 it measured 12% slower than one step per call.
+    """
+    return 8 if keras.backend.backend() == "tensorflow" else 1
+
+
 def resolve_precision(precision: str = "auto") -> str:
     """`auto` is mixed_bfloat16 where the hardware computes in bfloat16 natively, else float32."""
     if precision != "auto":
@@ -254,7 +262,7 @@ def build_and_train(
         model = build_model(
             space, data.input_shape, data.num_fine, data.num_coarse,
             horizontal_flip=data.horizontal_flip,
-            steps_per_execution=max(1, min(STEPS_PER_EXECUTION, steps)),
+            steps_per_execution=max(1, min(default_steps_per_execution(), steps)),
         )
         keeper = keras.callbacks.EarlyStopping(
             monitor=MONITOR, mode="max", patience=patience or epochs, restore_best_weights=True

@@ -6,6 +6,9 @@ import statistics
 from collections.abc import Sequence
 
 import keras
+from tqdm import tqdm
+
+from neural_net import MONITOR
 
 MIN_EPOCH = 5
 MIN_TRIALS = 3
@@ -35,7 +38,7 @@ def should_prune(
 class MedianStoppingRule(keras.callbacks.Callback):
     """Stop a trial whose best validation accuracy trails the median of finished trials."""
 
-    def __init__(self, finished_curves: Sequence[Sequence[float]], monitor: str = "val_fine_outputs_accuracy",
+    def __init__(self, finished_curves: Sequence[Sequence[float]], monitor: str = MONITOR,
                  min_epoch: int = MIN_EPOCH, min_trials: int = MIN_TRIALS):
         super().__init__()
         self.finished_curves = [list(c) for c in finished_curves]
@@ -57,4 +60,5 @@ class MedianStoppingRule(keras.callbacks.Callback):
         if should_prune(self.curve, self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials):
             self.pruned = True
             self.model.stop_training = True
-            print(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below the median of finished trials")
+            # tqdm.write: a plain print would tear the search's progress bar.
+            tqdm.write(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below the median of finished trials")

@@ -26,7 +26,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hyperspace  # noqa: E402
-from neural_net import Batches, build_model, resolve_precision  # noqa: E402
+from neural_net import Batches, build_model, default_steps_per_execution, resolve_precision  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
 CIFAR_IMAGES = 60_000
@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
     parser.add_argument("--windows", type=int, default=3, help="timed epochs after the warm-up epoch")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
-    parser.add_argument("--steps-per-execution", type=int, default=8)
+    parser.add_argument("--steps-per-execution", type=int, default=None, help="default: as a search trains (8 on TensorFlow, 1 on JAX)")
     parser.add_argument("--xla", choices=["auto", "on", "off"], default="auto", help="compiled training step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the utilisation column (H100 SXM dense bf16: 989)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 60,000-image data memory measurement")
@@ -208,7 +208,8 @@ def main() -> None:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     # 2017 trained in float32 and fused no steps.
     args.precision = precision = "float32" if args.recipe == "2017" else resolve_precision(args.precision)
-    steps_per_execution = 1 if args.recipe == "2017" else args.steps_per_execution
+    args.steps_per_execution = steps_per_execution = (
+        1 if args.recipe == "2017" else args.steps_per_execution or default_steps_per_execution())
     rng = np.random.default_rng(0)
     n = args.steps * max(int(s["batch_size"]) for s in SPACES.values()) if args.batch_size is None else args.steps * args.batch_size
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)

@@ -192,3 +192,15 @@ def test_a_mixed_bfloat16_trial_learns_keeps_float32_weights_and_restores_the_po
     assert model.get_layer("fine_outputs").compute_dtype == "float32"
     assert next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).compute_dtype == "bfloat16"
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_tensorflow_fuses_8_training_steps_per_call_and_jax_runs_one(synthetic, monkeypatch):
+    import keras
+
+    import neural_net
+
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=1)
+    assert result["status"] == "ok" and model.steps_per_execution == 8
+    # Keras's JAX trainer would only loop over the steps in Python: nothing to fuse.
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert neural_net.default_steps_per_execution() == 1
