@@ -1,6 +1,7 @@
-"""The training benchmark measures what it says: the requested precision for every network, 2017 as 2017."""
+"""The benchmarks measure what they say: the requested precision for every network, 2017 as 2017, XLA's bytes and FLOPs."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,83 @@ def test_the_2017_recipe_refuses_bfloat16():
     done = subprocess.run([sys.executable, str(BENCH), "--recipe", "2017", "--precision", "mixed_bfloat16"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "float32" in done.stderr.splitlines()[-1]
+
+
+ROOFLINE = BENCH.parent / "bench_roofline.py"
+# A compiled step as XLA prints it, cut down: a cast, a named cuDNN convolution with its scratch
+# space, an unnamed gradient convolution, a dropout kernel inside a GPU command buffer, an update.
+HLO = """HloModule jit_train_step
+
+%fused_conv (p0: bf16[4,8], p1: bf16[8,8]) -> bf16[4,8] {
+  %p0 = bf16[4,8]{1,0} parameter(0)
+  %p1 = bf16[8,8]{1,0} parameter(1)
+  ROOT %convolution.1 = bf16[4,8]{1,0} convolution(%p0, %p1), dim_labels=bf_io->bf
+}
+
+%fused_cast (p0.1: f32[4,8]) -> bf16[4,8] {
+  %p0.1 = f32[4,8]{1,0} parameter(0)
+  ROOT %convert.1 = bf16[4,8]{1,0} convert(%p0.1)
+}
+
+%command_buffer (q0: bf16[4,8], q1: bf16[8,8]) -> bf16[4,8] {
+  %q0 = bf16[4,8]{1,0} parameter(0)
+  %q1 = bf16[8,8]{1,0} parameter(1)
+  ROOT %mask = bf16[4,8]{1,0} fusion(%q0, %q1), kind=kLoop, calls=%fused_conv, metadata={op_name="jit(train_step)/transpose(jvp(dropout_12))/select"}
+}
+
+ENTRY %main (x: f32[4,8], w: bf16[8,8]) -> bf16[4,8] {
+  %x = f32[4,8]{1,0} parameter(0), metadata={op_name="x"}
+  %w = bf16[8,8]{1,0} parameter(1), metadata={op_name="w"}
+  %cast = bf16[4,8]{1,0} fusion(%x), kind=kLoop, calls=%fused_cast
+  %conv = (bf16[4,8]{1,0}, u8[1000]{0}) custom-call(%cast, %w), custom_call_target="__cudnn$convForward", metadata={op_name="jit(train_step)/jvp(conv2d_3)/conv_general_dilated"}
+  %y = bf16[4,8]{1,0} get-tuple-element(%conv), index=0
+  %grad = bf16[4,8]{1,0} fusion(%y, %w), kind=kCustom, calls=%fused_conv
+  %dropped = bf16[4,8]{1,0} call(%grad, %w), to_apply=%command_buffer
+  ROOT %update = bf16[4,8]{1,0} add(%dropped, %y), metadata={op_name="jit(train_step)/nadam/add"}
+}
+"""
+
+
+def test_roofline_credits_each_kernels_bytes_to_the_layer_it_comes_from():
+    sys.path.insert(0, str(BENCH.parent))
+    from bench_roofline import bytes_by_layer_kind, kernel_traffic
+
+    activation, weights = 4 * 8 * 2, 8 * 8 * 2  # bf16 bytes
+    assert [(kind, moved) for kind, moved, _ in kernel_traffic(HLO)] == [
+        ("casts and transposes", 4 * 8 * 4 + activation),
+        ("conv2d", activation + weights + activation),  # the 1000-byte scratch space is not traffic
+        ("conv2d", activation + weights + activation),  # unnamed, but a convolution
+        ("dropout", activation + weights + activation),  # followed into the command buffer
+        ("other", 3 * activation),  # the optimizer's update
+    ]
+    assert list(bytes_by_layer_kind(HLO).items())[0] == ("conv2d", 2 * (2 * activation + weights))
+
+
+@pytest.mark.slow
+def test_roofline_flops_agree_with_the_layer_by_layer_count(tmp_path):
+    out = tmp_path / "roofline.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOFLINE), "--spaces", "tiny", "--batch-size", "8", "--steps", "1", "--precision", "float32",
+         "--peak-tflops", "1", "--bandwidth-tbs", "0.05", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"][0]
+    sys.path.insert(0, str(BENCH.parent))
+    from bench_roofline import SPACES
+    from bench_training import forward_flops
+
+    from neural_net import build_model
+
+    # XLA's count of the compiled step against forward convolutions and dense layers x 3.
+    assert row["gflop_per_image"] == pytest.approx(3 * forward_flops(build_model(SPACES["tiny"])) / 1e9, rel=0.1)
+    assert row["dtype_policy"] == "float32" and row["images_per_s"] > 0
+    assert row["memory_floor_ms"] == pytest.approx(row["mb_per_image"] * 1e6 * 8 / 0.05e12 * 1e3, rel=0.02)  # 8 images at 0.05 TB/s
+    assert 0.8 < row["traffic_counted_of_xla"] < 1.2
+    assert sum(row["traffic_share"].values()) == pytest.approx(1, abs=0.01)
+    assert {"conv2d", "batch_normalization", "dropout"} <= set(row["traffic_share"])
+
+
+def test_roofline_refuses_a_backend_other_than_jax():
+    done = subprocess.run([sys.executable, str(ROOFLINE)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert done.returncode == 2 and "KERAS_BACKEND=jax" in done.stderr.splitlines()[-1]

@@ -1,0 +1,218 @@
+"""Roofline of a training step: its FLOPs and memory traffic as XLA compiles it, by layer kind.
+
+    KERAS_BACKEND=jax python3 bench/bench_roofline.py --precision mixed_bfloat16 --peak-tflops 989 --bandwidth-tbs 3.35
+
+XLA compiles the project's own Keras train step (JAX backend) for this machine's device, and its
+cost analysis gives the FLOPs and the bytes the step moves. No step can be faster than
+FLOPs / peak or bytes / bandwidth, whichever is larger: that is its floor. The step is then
+timed on the device as compiled, without `fit` around it, and the bytes of each compiled
+operation are credited to the Keras layer it comes from, to show where the traffic is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hyperspace  # noqa: E402
+from neural_net import build_model, resolve_precision  # noqa: E402
+
+SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE, "tiny": {
+    **hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
+               "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
+INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*(.*?)\s+([a-z][\w\-]*)\((.*?)\)(.*)$")
+COMPUTATION = re.compile(r"^(ENTRY\s+)?%(\S+)\s.*\{\s*$")
+# Keras names each layer's scope in the traced step: jvp(conv2d_3), transpose(jvp(dropout)) ...
+LAYER = re.compile(r"jvp\(([a-z][a-z0-9_]*?)(?:_\d+)?\)")
+FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
+# Kernels that only move or convert data: the compiler's layout changes and precision casts.
+MOVES = FREE | {"convert", "transpose", "copy", "reshape", "broadcast"}
+
+
+def shape_bytes(text: str) -> int:
+    """Bytes of every array shape written in `text` (an HLO type, tuples included)."""
+    return sum(DTYPE_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
+               for dtype, dims in SHAPE.findall(text))
+
+
+def _opcode(instruction: str) -> str | None:
+    match = INSTRUCTION.match(instruction)
+    return match.group(3) if match else None
+
+
+def kernel_traffic(hlo: str) -> list[tuple[str, int, str]]:
+    """(layer kind, bytes read and written, instruction) for each kernel of a compiled HLO module.
+
+    Fusions and library calls count as one kernel each; `call`s (GPU command buffers) are
+    followed into. Kernels that only move or cast data are "casts and transposes"; what no layer
+    owns (the optimizer, the loss) is "other".
+    """
+    computations, entry, current = {}, None, None
+    for line in hlo.splitlines():
+        if match := COMPUTATION.match(line):
+            current = computations[match.group(2)] = []
+            entry = match.group(2) if match.group(1) else entry
+        elif current is not None and line.startswith("  "):
+            current.append(line)
+
+    def named(line: str, depth: int = 0) -> collections.Counter:
+        """The layers named in an instruction's metadata, or in its fused computation's."""
+        if op_name := re.search(r'op_name="([^"]*)"', line):
+            return collections.Counter(LAYER.findall(op_name.group(1))[-1:])
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        if not called or depth > 2:
+            return collections.Counter()
+        return sum((named(inner, depth + 1) for inner in computations.get(called.group(1), [])), collections.Counter())
+
+    def owner(line: str) -> str:
+        if layers := named(line):
+            return layers.most_common(1)[0][0]
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        opcodes = {_opcode(inner) for inner in computations.get(called.group(1), [])} if called else {_opcode(line)}
+        # XLA drops the names of some gradient kernels: a convolution is a conv2d's.
+        if "convolution" in opcodes:
+            return "conv2d"
+        return "casts and transposes" if opcodes <= MOVES else "other"
+
+    sizes, kernels = {}, []
+
+    def walk(name: str) -> None:
+        for line in computations.get(name, []):
+            if not (match := INSTRUCTION.match(line)):
+                continue
+            result, kind, op, operands = match.group(1), match.group(2), match.group(3), match.group(4)
+            # A library call's result tuple ends with its scratch space: not traffic.
+            sizes[result] = shape_bytes(SHAPE.search(kind).group(0) if op == "custom-call" and SHAPE.search(kind) else kind)
+            if op in FREE:
+                continue
+            if op == "call" and (target := re.search(r"to_apply=%([\w.\-]+)", line)):
+                walk(target.group(1))
+                continue
+            moved = sizes[result] + sum(sizes.get(o, 0) for o in re.findall(r"%([\w.\-]+)", operands))
+            kernels.append((owner(line), moved, line.strip()))
+
+    walk(entry)
+    return kernels
+
+
+def bytes_by_layer_kind(hlo: str) -> dict[str, int]:
+    """Bytes each Keras layer kind reads and writes in a compiled HLO module, largest first."""
+    totals = collections.Counter()
+    for kind, moved, _ in kernel_traffic(hlo):
+        totals[kind] += moved
+    return dict(totals.most_common())
+
+
+def compiled_train_step(space: dict, batch: int):
+    """The model's train step compiled by XLA for this device, its starting state and one batch."""
+    import jax
+
+    model = build_model(space)
+    x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    y = {"fine_outputs": np.arange(batch) % 100, "coarse_outputs": np.arange(batch) % 20}
+    # One step through `fit` builds the optimizer's and the metrics' variables.
+    model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=1, verbose=0)
+    state = tuple([v.value for v in variables] for variables in (
+        model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables))
+    data = jax.device_put((x, y))
+    start = time.perf_counter()
+    compiled = jax.jit(model.train_step).lower(state, data).compile()
+    return model, compiled, state, data, time.perf_counter() - start
+
+
+def time_steps(compiled, state, data, steps: int) -> float:
+    """Seconds per step of the compiled train step, run back to back on the device."""
+    import jax
+
+    for _ in range(2):
+        _, state = compiled(state, data)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, state = compiled(state, data)
+    jax.block_until_ready(state)
+    return (time.perf_counter() - start) / steps
+
+
+def roofline(name: str, args) -> dict:
+    keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it
+    space = SPACES[name]
+    batch = args.batch_size or int(space["batch_size"])
+    model, compiled, state, data, compile_s = compiled_train_step(space, batch)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops, moved = float(cost["flops"]), float(cost["bytes accessed"])
+    step_s = time_steps(compiled, state, data, args.steps)
+    row = {"space": name, "batch_size": batch, "dtype_policy": model.dtype_policy.name, "compile_s": round(compile_s, 1),
+           "gflop_per_image": round(flops / batch / 1e9, 3), "mb_per_image": round(moved / batch / 1e6, 2),
+           "flop_per_byte": round(flops / moved, 1), "step_ms": round(1e3 * step_s, 3),
+           "images_per_s": round(batch / step_s, 1), "achieved_tflops": round(flops / step_s / 1e12, 3)}
+    if args.peak_tflops:
+        row["compute_floor_ms"] = round(1e3 * flops / (args.peak_tflops * 1e12), 3)
+        row["of_peak"] = round(flops / step_s / (args.peak_tflops * 1e12), 4)
+    if args.bandwidth_tbs:
+        row["memory_floor_ms"] = round(1e3 * moved / (args.bandwidth_tbs * 1e12), 3)
+        row["of_bandwidth"] = round(moved / step_s / (args.bandwidth_tbs * 1e12), 4)
+    by_kind = bytes_by_layer_kind(compiled.as_text())
+    counted = sum(by_kind.values())
+    row["traffic_share"] = {kind: round(b / counted, 4) for kind, b in by_kind.items()} if counted else {}
+    row["traffic_counted_of_xla"] = round(counted / moved, 3)
+    keras.backend.clear_session()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(SPACES)}")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (H100 SXM dense bf16: 989)")
+    parser.add_argument("--bandwidth-tbs", type=float, default=None, help="device memory bandwidth in TB/s (H100 SXM: 3.35)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    if keras.backend.backend() != "jax":
+        parser.error("the roofline reads XLA's compiled step: run it with KERAS_BACKEND=jax")
+    spaces = [s for s in args.spaces.split(",") if s]
+    if unknown := set(spaces) - set(SPACES):
+        parser.error(f"unknown spaces: {', '.join(sorted(unknown))}")
+    args.precision = resolve_precision(args.precision)
+
+    import jax
+
+    device = jax.devices()[0]
+    rows = [roofline(name, args) for name in spaces]
+    print(f"device {device.device_kind} ({device.platform}), precision {args.precision}")
+    print(f"{'space':6} {'batch':>5} {'GFLOP/img':>9} {'MB/img':>8} {'FLOP/B':>7} {'step ms':>8} {'img/s':>9} "
+          f"{'TFLOP/s':>8} {'of peak':>7} {'floor ms (compute/memory)':>26} {'of bandwidth':>12}")
+    for r in rows:
+        floors = f"{r.get('compute_floor_ms', '-')} / {r.get('memory_floor_ms', '-')}"
+        peak = f"{100 * r['of_peak']:.1f}%" if "of_peak" in r else "-"
+        bandwidth = f"{100 * r['of_bandwidth']:.1f}%" if "of_bandwidth" in r else "-"
+        print(f"{r['space']:6} {r['batch_size']:>5} {r['gflop_per_image']:>9.3f} {r['mb_per_image']:>8.1f} "
+              f"{r['flop_per_byte']:>7.1f} {r['step_ms']:>8.2f} {r['images_per_s']:>9.1f} {r['achieved_tflops']:>8.3f} "
+              f"{peak:>7} {floors:>26} {bandwidth:>12}")
+    for r in rows:
+        shares = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in r["traffic_share"].items() if share >= 0.005)
+        print(f"{r['space']}: memory traffic by layer kind ({100 * r['traffic_counted_of_xla']:.0f}% of XLA's bytes "
+              f"counted): {shares}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device.device_kind, "precision": args.precision, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
