@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -267,11 +268,12 @@ def build_and_train(
         keeper = keras.callbacks.EarlyStopping(
             monitor=MONITOR, mode="max", patience=patience or epochs, restore_best_weights=True
         )
-        history = model.fit(
-            batches(data, "train", batch_size, seed), epochs=epochs, verbose=verbose,
-            validation_data=batches(data, "val", batch_size),
-            callbacks=[keras.callbacks.TerminateOnNaN(), keeper, *callbacks],
-        ).history
+        with _unregistering_custom_gradients():
+            history = model.fit(
+                batches(data, "train", batch_size, seed), epochs=epochs, verbose=verbose,
+                validation_data=batches(data, "val", batch_size),
+                callbacks=[keras.callbacks.TerminateOnNaN(), keeper, *callbacks],
+            ).history
         history = {key: [float(v) for v in values] for key, values in history.items()}
         bad = [i + 1 for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)]
         if bad:
@@ -293,6 +295,29 @@ def build_and_train(
     result["keras_backend"] = keras.backend.backend()
     result["precision"] = precision
     return model, result
+
+
+@contextlib.contextmanager
+def _unregistering_custom_gradients():
+    """Forget the gradient functions that TensorFlow registers while the block traces training steps.
+
+    Each traced step registers one (tf.distribute's all_reduce is a custom gradient) in a global
+    registry that nothing clears, and it holds on to the step's whole graph: about 40 MB a trial
+    that clear_session() cannot free, tens of GB over a long search. The registry is private to
+    TensorFlow; where it is not found, this does nothing.
+    """
+    registry = None
+    if keras.backend.backend() == "tensorflow":
+        from tensorflow.python.framework import ops
+
+        registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    before = set(registry) if isinstance(registry, dict) else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            for name in [n for n in registry if n not in before and n.startswith("CustomGradient-")]:
+                del registry[name]
 
 
 def _result(space, data, history, test, model, callbacks, selected_on) -> dict:

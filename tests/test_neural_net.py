@@ -204,3 +204,22 @@ def test_tensorflow_fuses_8_training_steps_per_call_and_jax_runs_one(synthetic, 
     # Keras's JAX trainer would only loop over the steps in Python: nothing to fuse.
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     assert neural_net.default_steps_per_execution() == 1
+
+
+def test_a_finished_trial_leaves_no_training_graph_behind(synthetic):
+    # Each surviving graph of a training step holds tens of MB: a long search would run out of memory.
+    import gc
+
+    import keras
+
+    def graphs():
+        gc.collect()
+        return sum(type(o).__name__ == "FuncGraph" for o in gc.get_objects())
+
+    before = graphs()
+    for _ in range(2):
+        model, result = build_and_train(SMALL_SPACE, synthetic, epochs=1)
+        assert result["status"] == "ok"
+        del model
+        keras.backend.clear_session()
+    assert graphs() == before

@@ -1,0 +1,63 @@
+"""What a long search costs in memory: the process's size after each of many trials in one process.
+
+    python3 bench/bench_trial_memory.py --trials 30
+
+Trains networks sampled from the tiny space on synthetic data, one epoch each, through
+`build_and_train` as a search does (model deleted and Keras session cleared after each), and
+prints the resident memory after every trial and its growth per trial after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from hyperopt.pyll import stochastic  # noqa: E402
+
+import hyperspace  # noqa: E402
+from datasets import load_dataset  # noqa: E402
+from neural_net import build_and_train  # noqa: E402
+
+
+def rss_mb() -> float:
+    """The process's resident memory now."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--warm-up", type=int, default=5, help="trials before growth is counted")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.trials <= args.warm_up:
+        parser.error("--trials must be larger than --warm-up")
+
+    data = load_dataset("synthetic", synthetic_size=600)
+    rng = np.random.default_rng(0)
+    sizes = []
+    for trial in range(args.trials):
+        model, result = build_and_train(stochastic.sample(hyperspace.TINY_SPACE, rng), data, epochs=1)
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+        sizes.append(round(rss_mb(), 1))
+        print(f"trial {trial}: {result['status']}, process {sizes[-1]:.0f} MB", flush=True)
+    growth = (sizes[-1] - sizes[args.warm_up - 1]) / (args.trials - args.warm_up)
+    print(f"after {args.warm_up} warm-up trials the process grew by {growth:.1f} MB per trial")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rss_mb_after_each_trial": sizes, "growth_mb_per_trial": growth}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
