@@ -302,7 +302,7 @@ def _unregistering_custom_gradients():
     """Forget the gradient functions that TensorFlow registers while the block traces training steps.
 
     Each traced step registers one (tf.distribute's all_reduce is a custom gradient) in a global
-    registry that nothing clears, and it holds on to the step's whole graph: about 50 MB a trial
+    registry that nothing clears, and it holds on to the step's whole graph: about 52 MB a trial
     that clear_session() cannot free, tens of GB over a long search. The registry is private to
     TensorFlow; where it is not found, this does nothing.
     """

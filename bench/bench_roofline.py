@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import bench_training  # noqa: E402
 import hyperspace  # noqa: E402
 from neural_net import build_model, resolve_precision  # noqa: E402
 
-SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE, "tiny": {
+SPACES = {**bench_training.SPACES, "tiny": {
     **hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
                "f32": 4, "s64": 8, "u64": 8, "f64": 8}

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -25,13 +25,8 @@ from hyperopt.pyll import stochastic  # noqa: E402
 
 import hyperspace  # noqa: E402
 from datasets import load_dataset  # noqa: E402
+from bench_training import rss_mb  # noqa: E402
 from neural_net import build_and_train  # noqa: E402
-
-
-def rss_mb() -> float:
-    """The process's resident memory now."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_training.py"
+sys.path.insert(0, str(BENCH.parent))  # the benchmarks' own functions, for the tests that call them
 QUICK = ["--spaces", "best", "--batch-size", "4", "--steps", "1", "--windows", "1"]
 
 
@@ -42,7 +43,6 @@ def test_the_2017_recipe_trains_in_float32_one_step_per_call(tmp_path):
 def test_data_memory_counts_the_dataset_itself(monkeypatch):
     import argparse
 
-    sys.path.insert(0, str(BENCH.parent))
     import bench_training
 
     # Large enough that compiling and feeding could not account for it: only the array itself can.
@@ -94,7 +94,6 @@ ENTRY %main (x: f32[4,8], w: bf16[8,8]) -> bf16[4,8] {
 
 
 def test_roofline_credits_each_kernels_bytes_to_the_layer_it_comes_from():
-    sys.path.insert(0, str(BENCH.parent))
     from bench_roofline import bytes_by_layer_kind, kernel_traffic
 
     activation, weights = 4 * 8 * 2, 8 * 8 * 2  # bf16 bytes
@@ -117,7 +116,6 @@ def test_roofline_flops_agree_with_the_layer_by_layer_count(tmp_path):
         capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads(out.read_text())["rows"][0]
-    sys.path.insert(0, str(BENCH.parent))
     from bench_roofline import SPACES
     from bench_training import forward_flops
 
