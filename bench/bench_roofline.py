@@ -1,12 +1,17 @@
 """Roofline of a training step: its FLOPs and memory traffic as XLA compiles it, by layer kind.
 
     KERAS_BACKEND=jax python3 bench/bench_roofline.py --precision mixed_bfloat16 --peak-tflops 989 --bandwidth-tbs 3.35
+    KERAS_BACKEND=jax python3 bench/bench_roofline.py --target-config bench/h100_sxm.txtpb ...   # no GPU needed
 
 XLA compiles the project's own Keras train step (JAX backend) for this machine's device, and its
 cost analysis gives the FLOPs and the bytes the step moves. No step can be faster than
 FLOPs / peak or bytes / bandwidth, whichever is larger: that is its floor. The step is then
 timed on the device as compiled, without `fit` around it, and the bytes of each compiled
 operation are credited to the Keras layer it comes from, to show where the traffic is.
+
+With --target-config, XLA compiles the step for the GPU that config describes instead (with
+`pip install "jax[cuda12]"`; no GPU is needed, nothing runs): the same figures but the step's
+time, with the bytes counted kernel by kernel, as such a compile has no cost analysis.
 """
 
 from __future__ import annotations
@@ -118,21 +123,48 @@ def bytes_by_layer_kind(hlo: str) -> dict[str, int]:
     return dict(totals.most_common())
 
 
-def compiled_train_step(space: dict, batch: int):
-    """The model's train step compiled by XLA for this device, its starting state and one batch."""
+def compile_only_device(target_config: str):
+    """A GPU that XLA can compile for without it: the one an XLA GPU target config describes."""
+    import jax
+    from jax.experimental import topologies
+
+    # The CUDA plugin checks the installed CUDA against a GPU's driver unless told not to.
+    os.environ["JAX_SKIP_CUDA_CONSTRAINTS_CHECK"] = "1"
+    jax.config.update("jax_platforms", "cpu")  # what does run (one step to build the model) runs here
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", topology="1x1x1", target_config=target_config)
+    except NotImplementedError as error:
+        raise SystemExit(f'error: compiling for a GPU without one needs JAX\'s CUDA plugin: pip install "jax[cuda12]" ({error})')
+    return topology.devices[0]
+
+
+def compiled_train_step(space: dict, batch: int, target=None):
+    """The model's train step compiled by XLA (for `target`, a compile-only device, if given), its state and one batch."""
     import jax
 
     model = build_model(space)
     x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     y = {"fine_outputs": np.arange(batch) % 100, "coarse_outputs": np.arange(batch) % 20}
-    # One step through `fit` builds the optimizer's and the metrics' variables.
-    model.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=1, verbose=0)
+    # One step through `fit` builds the optimizer's and the metrics' variables; two images keep its compile short.
+    model.fit(x[:2], {k: v[:2] for k, v in y.items()}, batch_size=2, epochs=1, verbose=0)
     state = tuple([v.value for v in variables] for variables in (
         model.trainable_variables, model.non_trainable_variables, model.optimizer.variables, model.metrics_variables))
     data = jax.device_put((x, y))
+    if target is not None:
+        sharding = jax.sharding.SingleDeviceSharding(target)
+        state, data = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding), (state, data))
     start = time.perf_counter()
     compiled = jax.jit(model.train_step).lower(state, data).compile()
     return model, compiled, state, data, time.perf_counter() - start
+
+
+def step_flops(model: keras.Model, state, data) -> float:
+    """XLA's FLOPs of one train step, from the step as lowered for this machine (before optimisation)."""
+    import jax
+
+    state, data = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), (state, data))
+    cost = jax.jit(model.train_step).lower(state, data).cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
 def time_steps(compiled, state, data, steps: int) -> float:
@@ -149,42 +181,67 @@ def time_steps(compiled, state, data, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def roofline(name: str, args: argparse.Namespace) -> dict:
-    """One space's figures: FLOPs, bytes, floors, the measured step and its traffic by layer kind."""
+def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
+    """One network's figures: FLOPs, bytes, floors, the measured step and its traffic by layer kind."""
     keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it
-    space = SPACES[name]
+    space = bench_training.VARIANTS[variant](SPACES[name])
     batch = args.batch_size or int(space["batch_size"])
-    model, compiled, state, data, compile_s = compiled_train_step(space, batch)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops, moved = float(cost["flops"]), float(cost["bytes accessed"])
-    step_s = time_steps(compiled, state, data, args.steps)
-    row = {"space": name, "batch_size": batch, "dtype_policy": model.dtype_policy.name, "compile_s": round(compile_s, 1),
-           "gflop_per_image": round(flops / batch / 1e9, 3), "mb_per_image": round(moved / batch / 1e6, 2),
-           "flop_per_byte": round(flops / moved, 1), "step_ms": round(1e3 * step_s, 3),
-           "images_per_s": round(batch / step_s, 1), "achieved_tflops": round(flops / step_s / 1e12, 3)}
+    model, compiled, state, data, compile_s = compiled_train_step(space, batch, args.target)
+    hlo = compiled.as_text()
+    kernels = kernel_traffic(hlo)
+    counted = sum(moved for _, moved, _ in kernels)
+    if args.target is None:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops, moved = float(cost["flops"]), float(cost["bytes accessed"])
+    else:  # a compile-only executable has no cost analysis
+        flops, moved = step_flops(model, state, data), float(counted)
+    row = {"space": name, "variant": variant, "batch_size": batch, "dtype_policy": model.dtype_policy.name,
+           "compile_s": round(compile_s, 1), "kernels": len(kernels), "gflop_per_image": round(flops / batch / 1e9, 3),
+           "mb_per_image": round(moved / batch / 1e6, 2), "flop_per_byte": round(flops / moved, 1),
+           "traffic_counted_of_xla": round(counted / moved, 3) if args.target is None else None}
+    if args.target is None:
+        step_s = time_steps(compiled, state, data, args.steps)
+        row |= {"step_ms": round(1e3 * step_s, 3), "images_per_s": round(batch / step_s, 1),
+                "achieved_tflops": round(flops / step_s / 1e12, 3)}
     if args.peak_tflops:
         row["compute_floor_ms"] = round(1e3 * flops / (args.peak_tflops * 1e12), 3)
-        row["of_peak"] = round(flops / step_s / (args.peak_tflops * 1e12), 4)
+        if "step_ms" in row:
+            row["of_peak"] = round(flops / step_s / (args.peak_tflops * 1e12), 4)
     if args.bandwidth_tbs:
         row["memory_floor_ms"] = round(1e3 * moved / (args.bandwidth_tbs * 1e12), 3)
-        row["of_bandwidth"] = round(moved / step_s / (args.bandwidth_tbs * 1e12), 4)
-    by_kind = bytes_by_layer_kind(compiled.as_text())
-    counted = sum(by_kind.values())
-    row["traffic_share"] = {kind: round(b / counted, 4) for kind, b in by_kind.items()} if counted else {}
-    row["traffic_counted_of_xla"] = round(counted / moved, 3)
+        if "step_ms" in row:
+            row["of_bandwidth"] = round(moved / step_s / (args.bandwidth_tbs * 1e12), 4)
+    if args.peak_tflops and args.bandwidth_tbs:
+        # The most of the peak any step that moves these bytes can reach: the compute floor over the larger floor.
+        row["ceiling_of_peak"] = round(min(1.0, row["compute_floor_ms"] / row["memory_floor_ms"]), 4)
+    row["traffic_share"] = {kind: round(b / counted, 4) for kind, b in bytes_by_layer_kind(hlo).items()} if counted else {}
+    if args.hlo_dir:
+        Path(args.hlo_dir, f"{name}-{variant}-{model.dtype_policy.name}.hlo.txt").write_text(hlo)
     keras.backend.clear_session()
     return row
+
+
+def _cell(row: dict, key: str, percent: bool = False) -> str:
+    if row.get(key) is None:
+        return "-"
+    return f"{100 * row[key]:.1f}%" if percent else f"{row[key]:g}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(SPACES)}")
+    parser.add_argument("--variants", default="as-is",
+                        help=f"comma-separated, as in bench_training.py: {', '.join(bench_training.VARIANTS)}, or all")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
     parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (H100 SXM dense bf16: 989)")
     parser.add_argument("--bandwidth-tbs", type=float, default=None, help="device memory bandwidth in TB/s (H100 SXM: 3.35)")
+    parser.add_argument("--target-config", default=None,
+                        help="compile for the GPU this XLA target config describes (bench/h100_sxm.txtpb) "
+                             "instead of this machine's device; nothing is timed")
+    parser.add_argument("--hlo-dir", default=None, help="also write each compiled step's HLO text into this folder")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if keras.backend.backend() != "jax":
@@ -192,28 +249,42 @@ def main() -> None:
     spaces = [s for s in args.spaces.split(",") if s]
     if unknown := set(spaces) - set(SPACES):
         parser.error(f"unknown spaces: {', '.join(sorted(unknown))}")
+    variants = list(bench_training.VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
+    if unknown := set(variants) - set(bench_training.VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    if args.target_config and args.precision == "auto":
+        parser.error("--target-config: say which --precision the GPU would train in")
     args.precision = resolve_precision(args.precision)
+    if args.target_config:
+        if not Path(args.target_config).is_file():
+            parser.error(f"--target-config: no such file: {args.target_config}")
+        args.target = compile_only_device(Path(args.target_config).read_text())
+    else:
+        args.target = None
+    if args.hlo_dir:
+        Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
 
     import jax
 
-    device = jax.devices()[0]
-    rows = [roofline(name, args) for name in spaces]
-    print(f"device {device.device_kind} ({device.platform}), precision {args.precision}")
-    print(f"{'space':6} {'batch':>5} {'GFLOP/img':>9} {'MB/img':>8} {'FLOP/B':>7} {'step ms':>8} {'img/s':>9} "
-          f"{'TFLOP/s':>8} {'of peak':>7} {'floor ms (compute/memory)':>26} {'of bandwidth':>12}")
+    device = args.target or jax.devices()[0]
+    rows = [roofline(name, variant, args) for name in spaces for variant in variants]
+    mode = "compiled for it, not run" if args.target else "compiled and run"
+    print(f"device {device.device_kind} ({mode}), precision {args.precision}")
+    print(f"{'space':6} {'variant':11} {'batch':>5} {'kernels':>7} {'GFLOP/img':>9} {'MB/img':>7} {'FLOP/B':>7} "
+          f"{'step ms':>8} {'img/s':>9} {'of peak':>7} {'floor ms (compute/memory)':>26} {'ceiling':>7} {'of bandwidth':>12}")
     for r in rows:
-        floors = f"{r.get('compute_floor_ms', '-')} / {r.get('memory_floor_ms', '-')}"
-        peak = f"{100 * r['of_peak']:.1f}%" if "of_peak" in r else "-"
-        bandwidth = f"{100 * r['of_bandwidth']:.1f}%" if "of_bandwidth" in r else "-"
-        print(f"{r['space']:6} {r['batch_size']:>5} {r['gflop_per_image']:>9.3f} {r['mb_per_image']:>8.1f} "
-              f"{r['flop_per_byte']:>7.1f} {r['step_ms']:>8.2f} {r['images_per_s']:>9.1f} {r['achieved_tflops']:>8.3f} "
-              f"{peak:>7} {floors:>26} {bandwidth:>12}")
+        floors = f"{_cell(r, 'compute_floor_ms')} / {_cell(r, 'memory_floor_ms')}"
+        print(f"{r['space']:6} {r['variant']:11} {r['batch_size']:>5} {r['kernels']:>7} {r['gflop_per_image']:>9.3f} "
+              f"{r['mb_per_image']:>7.1f} {r['flop_per_byte']:>7.1f} {_cell(r, 'step_ms'):>8} {_cell(r, 'images_per_s'):>9} "
+              f"{_cell(r, 'of_peak', True):>7} {floors:>26} {_cell(r, 'ceiling_of_peak', True):>7} "
+              f"{_cell(r, 'of_bandwidth', True):>12}")
     for r in rows:
         shares = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in r["traffic_share"].items() if share >= 0.005)
-        print(f"{r['space']}: memory traffic by layer kind ({100 * r['traffic_counted_of_xla']:.0f}% of XLA's bytes "
-              f"counted): {shares}")
+        counted = "" if r["traffic_counted_of_xla"] is None else f" ({100 * r['traffic_counted_of_xla']:.0f}% of XLA's bytes counted)"
+        print(f"{r['space']} {r['variant']}: memory traffic by layer kind{counted}: {shares}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device.device_kind, "precision": args.precision, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps(
+            {"device": device.device_kind, "run": args.target is None, "precision": args.precision, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

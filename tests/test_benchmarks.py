@@ -1,5 +1,7 @@
 """The benchmarks measure what they say: the requested precision for every network, 2017 as 2017, XLA's bytes and FLOPs."""
 
+import gzip
+import importlib.util
 import json
 import os
 import subprocess
@@ -59,6 +61,10 @@ def test_the_2017_recipe_refuses_bfloat16():
 
 
 ROOFLINE = BENCH.parent / "bench_roofline.py"
+# The tiny space's train step without residual units, batch 8, mixed_bfloat16, as XLA compiled it for an H100 (with
+# no GPU): bench_roofline.py --target-config bench/h100_sxm.txtpb --spaces tiny --variants no-residual --batch-size 8
+#   --precision mixed_bfloat16 --hlo-dir DIR, with JAX 0.10.2 and its CUDA 12 plugin.
+H100_HLO = Path(__file__).resolve().parent / "data" / "h100_train_step_tiny_no_residual_bf16.hlo.txt.gz"
 # A compiled step as XLA prints it, cut down: a cast, a named cuDNN convolution with its scratch
 # space, an unnamed gradient convolution, a dropout kernel inside a GPU command buffer, an update.
 HLO = """HloModule jit_train_step
@@ -105,6 +111,37 @@ def test_roofline_credits_each_kernels_bytes_to_the_layer_it_comes_from():
         ("other", 3 * activation),  # the optimizer's update
     ]
     assert list(bytes_by_layer_kind(HLO).items())[0] == ("conv2d", 2 * (2 * activation + weights))
+
+
+def test_roofline_credits_every_kernel_of_a_real_h100_compile():
+    from bench_roofline import bytes_by_layer_kind, kernel_traffic
+
+    hlo = gzip.decompress(H100_HLO.read_bytes()).decode()
+    kernels = kernel_traffic(hlo)
+    entry = hlo[hlo.index("\nENTRY"):]
+    assert len(kernels) >= entry.count(" fusion(") + entry.count(" custom-call(") > 100
+    # cuDNN's convolutions, forward with bias and activation, and the gradients XLA leaves unnamed.
+    convolutions = [kind for kind, _, line in kernels if "__cudnn$conv" in line]
+    assert convolutions == ["conv2d"] * 11
+    shares = {kind: moved / sum(bytes_by_layer_kind(hlo).values()) for kind, moved in bytes_by_layer_kind(hlo).items()}
+    assert list(shares)[:2] == ["conv2d", "batch_normalization"] and "dropout" in shares
+    assert shares["other"] < 0.15  # what no layer owns: the optimizer and the loss
+    assert shares.get("casts and transposes", 0) < 0.01  # on a GPU the step stays in bf16 and one layout
+
+
+def _has_jax_cuda_plugin() -> bool:
+    try:
+        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(_has_jax_cuda_plugin(), reason="JAX's CUDA plugin is installed")
+def test_roofline_asks_for_jaxs_cuda_plugin_to_compile_for_a_gpu():
+    done = subprocess.run([sys.executable, str(ROOFLINE), "--target-config", str(BENCH.parent / "h100_sxm.txtpb"),
+                           "--precision", "mixed_bfloat16"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 1 and 'pip install "jax[cuda12]"' in done.stderr.splitlines()[-1]
 
 
 @pytest.mark.slow
