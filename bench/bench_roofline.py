@@ -214,7 +214,7 @@ def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
             row["of_bandwidth"] = round(moved / step_s / (args.bandwidth_tbs * 1e12), 4)
     if args.peak_tflops and args.bandwidth_tbs:
         # The most of the peak any step that moves these bytes can reach: the compute floor over the larger floor.
-        row["ceiling_of_peak"] = round(min(1.0, row["compute_floor_ms"] / row["memory_floor_ms"]), 4)
+        row["ceiling_of_peak"] = round(min(1.0, flops / args.peak_tflops / (moved / args.bandwidth_tbs)), 4)
     row["traffic_share"] = {kind: round(b / counted, 4) for kind, b in bytes_by_layer_kind(hlo).items()} if counted else {}
     if args.hlo_dir:
         Path(args.hlo_dir, f"{name}-{variant}-{model.dtype_policy.name}.hlo.txt").write_text(hlo)
