@@ -307,13 +307,17 @@ class Search:
 
         from utils import finished_copy, save_json_result, save_trials
 
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main and self.guard.signum is not None:
+            # The signal's KeyboardInterrupt was raised inside a C extension, which turned it into an
+            # error that failed the trial (a SystemError, say): stop, and do not record that trial.
+            raise KeyboardInterrupt
         snapshot = finished_copy(trials)
         new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]
         if not new:
             return False, []
         for trial in new:
             trial["result"]["tid"] = trial["tid"]
-        in_main = threading.current_thread() is threading.main_thread()
         with self.guard.saving() if in_main else contextlib.nullcontext():
             save_trials(snapshot, self.args.trials_file)
             for trial in new:

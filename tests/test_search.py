@@ -165,6 +165,22 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
     assert len(failed) == 1 and "NaN" in failed[0].read_text()
 
 
+def test_a_signal_that_a_trial_swallowed_still_stops_the_search(tmp_path, monkeypatch):
+    import neural_net
+
+    def swallowed(space, data, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt as err:  # as C code that TensorFlow calls into can: it became an error
+            return None, neural_net.failure(space, data, SystemError(f"bad argument to internal function ({err!r})"))
+        raise AssertionError("SIGTERM was not turned into KeyboardInterrupt")
+
+    monkeypatch.setattr(neural_net, "build_and_train", swallowed)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 143
+    assert not (tmp_path / "results.pkl").exists() and not result_files(tmp_path)
+
+
 def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypatch, capsys):
     import neural_net
 
