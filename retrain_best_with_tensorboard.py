@@ -82,8 +82,13 @@ def main(argv=None) -> int:
         # Keras writes to a temporary name and renames, so a crash never leaves a torn file.
         keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=MONITOR, mode="max", save_best_only=True),
     ]
-    model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
-                                       verbose=args.verbose, precision=args.precision, seed=args.seed)
+    try:
+        model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
+                                           verbose=args.verbose, precision=args.precision, seed=args.seed)
+    except KeyboardInterrupt:
+        kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
+        print(f"\nInterrupted: {kept}; logs in {log_dir}/", file=sys.stderr)
+        return 130
     if retrained["status"] != "ok":
         print(f"error: retraining failed: {retrained['error']}", file=sys.stderr)
         return 1

@@ -55,6 +55,29 @@ def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained)
     assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
 
 
+def test_an_interrupted_retrain_keeps_the_best_model_so_far(tmp_path, monkeypatch, capsys):
+    import keras
+
+    import neural_net
+
+    real = neural_net.build_and_train
+
+    class CtrlCAfterTheSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, callbacks, **kw: real(
+        space, data, callbacks=[*callbacks, CtrlCAfterTheSecondEpoch()], **kw))
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
+                      "dataset": "synthetic"}, tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--epochs", "5", "--train-subset", "300", "--verbose", "0"]) == 130
+    checkpoint = tmp_path / "weights" / "model_0.2_aaaaa.keras"
+    assert f"Interrupted: the best model so far is {checkpoint.relative_to(tmp_path)}" in capsys.readouterr().err
+    assert keras.saving.load_model(checkpoint).count_params() > 0
+
+
 def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert retrain.main([]) == 2
