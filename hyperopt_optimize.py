@@ -230,7 +230,7 @@ class Search:
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.
                 rstate=np.random.default_rng([args.seed, done]),
-                early_stop_fn=None if parallelism else self.after_trials,
+                early_stop_fn=None if parallelism else self.after_serial_trial,
                 show_progressbar=args.max_evals is not None,
                 return_argmin=False,
             )
@@ -301,23 +301,25 @@ class Search:
         thread.join()
         self.after_trials(self.trials)  # the last ones
 
+    def after_serial_trial(self, trials, *args):
+        """After each trial fmin ran itself: stop if a signal came (C code may have made its KeyboardInterrupt an error)."""
+        if self.guard.signum is not None:
+            raise KeyboardInterrupt  # before saving: the trial that the signal failed is not a result
+        return self.after_trials(trials, *args)
+
     def after_trials(self, trials, *_):
         """Save newly finished trials (pickle, then JSON), report them; stop after repeated failures."""
         import threading
 
         from utils import finished_copy, save_json_result, save_trials
 
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main and self.guard.signum is not None:
-            # The signal's KeyboardInterrupt was raised inside a C extension, which turned it into an
-            # error that failed the trial (a SystemError, say): stop, and do not record that trial.
-            raise KeyboardInterrupt
         snapshot = finished_copy(trials)
         new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]
         if not new:
             return False, []
         for trial in new:
             trial["result"]["tid"] = trial["tid"]
+        in_main = threading.current_thread() is threading.main_thread()
         with self.guard.saving() if in_main else contextlib.nullcontext():
             save_trials(snapshot, self.args.trials_file)
             for trial in new:
