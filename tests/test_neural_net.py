@@ -121,15 +121,17 @@ def test_flip_only_while_training():
 
 
 def test_a_trial_on_synthetic_data_learns(synthetic):
-    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=2)
+    # Three epochs: threads make training differ from run to run, and one run in many learned the
+    # coarse head too slowly for two (0.085 on 200 validation images; usually 0.2-0.3 by then).
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=3)
     assert result["status"] == "ok"
     assert result["fine_best_accuracy"] > 0.05  # chance is 0.01
     assert result["coarse_best_accuracy"] > 0.10  # chance is 0.05
     assert result["test_fine_accuracy"] > 0.05
     assert result["loss"] == -result["fine_best_accuracy"]
-    assert result["epochs_trained"] == 2 and result["pruned"] is False
+    assert result["epochs_trained"] == 3 and result["pruned"] is False
     assert result["n_params"] == model.count_params()
-    assert len(result["history"]["val_fine_outputs_accuracy"]) == 2
+    assert len(result["history"]["val_fine_outputs_accuracy"]) == 3
     for key in ("real_loss", "fine_best_loss", "fine_end_accuracy", "fine_end_loss", "coarse_best_loss",
                 "coarse_end_accuracy", "coarse_end_loss", "model_name", "space", "train_seconds",
                 "dataset", "selected_on", "keras_backend", "tid", "test_coarse_accuracy"):
