@@ -18,12 +18,13 @@ step() {
     timeout "$limit" python3 "$@" || echo "== exit $? (limit ${limit} s)"
 }
 
-for variant in as-is filters-x8 no-bn no-dropout; do
-    step 75 bench/bench_roofline.py --spaces best --variants "$variant" --precision mixed_bfloat16 "${h100[@]}" \
+# Dropout is left out: on a GPU its masks are fused, and the step without it moves only 4% fewer bytes.
+for variant in as-is filters-x8 no-bn; do
+    step 110 bench/bench_roofline.py --spaces best --variants "$variant" --precision mixed_bfloat16 "${h100[@]}" \
         --json "$out/roofline_bf16_$variant.json"
 done
 # At batch 64 one activation (8 MB) fits the H100's 50 MB L2 cache: does the step beat its memory floor there?
-step 75 bench/bench_roofline.py --spaces best --batch-size 64 --precision mixed_bfloat16 "${h100[@]}" \
+step 80 bench/bench_roofline.py --spaces best --batch-size 64 --precision mixed_bfloat16 "${h100[@]}" \
     --json "$out/roofline_bf16_batch64.json"
-step 180 bench/bench_training.py --spaces best,demo --precision mixed_bfloat16 --peak-tflops 989 \
+step 150 bench/bench_training.py --spaces best,demo --precision mixed_bfloat16 --peak-tflops 989 \
     --steps 20 --windows 3 --skip-memory --json "$out/training_bf16.json"
