@@ -115,10 +115,10 @@ def kernel_traffic(hlo: str) -> list[tuple[str, int, str]]:
     return kernels
 
 
-def bytes_by_layer_kind(hlo: str) -> dict[str, int]:
-    """Bytes each Keras layer kind reads and writes in a compiled HLO module, largest first."""
+def bytes_by_layer_kind(kernels: list[tuple[str, int, str]]) -> dict[str, int]:
+    """Bytes each Keras layer kind reads and writes, from `kernel_traffic`'s kernels, largest first."""
     totals = collections.Counter()
-    for kind, moved, _ in kernel_traffic(hlo):
+    for kind, moved, _ in kernels:
         totals[kind] += moved
     return dict(totals.most_common())
 
@@ -215,7 +215,7 @@ def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
     if args.peak_tflops and args.bandwidth_tbs:
         # The most of the peak any step that moves these bytes can reach: the compute floor over the larger floor.
         row["ceiling_of_peak"] = round(min(1.0, flops / args.peak_tflops / (moved / args.bandwidth_tbs)), 4)
-    row["traffic_share"] = {kind: round(b / counted, 4) for kind, b in bytes_by_layer_kind(hlo).items()} if counted else {}
+    row["traffic_share"] = {kind: round(b / counted, 4) for kind, b in bytes_by_layer_kind(kernels).items()} if counted else {}
     if args.hlo_dir:
         Path(args.hlo_dir, f"{name}-{variant}-{model.dtype_policy.name}.hlo.txt").write_text(hlo)
     keras.backend.clear_session()

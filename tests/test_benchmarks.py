@@ -110,7 +110,7 @@ def test_roofline_credits_each_kernels_bytes_to_the_layer_it_comes_from():
         ("dropout", activation + weights + activation),  # followed into the command buffer
         ("other", 3 * activation),  # the optimizer's update
     ]
-    assert list(bytes_by_layer_kind(HLO).items())[0] == ("conv2d", 2 * (2 * activation + weights))
+    assert list(bytes_by_layer_kind(kernel_traffic(HLO)).items())[0] == ("conv2d", 2 * (2 * activation + weights))
 
 
 def test_roofline_credits_every_kernel_of_a_real_h100_compile():
@@ -123,7 +123,8 @@ def test_roofline_credits_every_kernel_of_a_real_h100_compile():
     # cuDNN's convolutions, forward with bias and activation, and the gradients XLA leaves unnamed.
     convolutions = [kind for kind, _, line in kernels if "__cudnn$conv" in line]
     assert convolutions == ["conv2d"] * 11
-    shares = {kind: moved / sum(bytes_by_layer_kind(hlo).values()) for kind, moved in bytes_by_layer_kind(hlo).items()}
+    by_kind = bytes_by_layer_kind(kernels)
+    shares = {kind: moved / sum(by_kind.values()) for kind, moved in by_kind.items()}
     assert list(shares)[:2] == ["conv2d", "batch_normalization"] and "dropout" in shares
     assert shares["other"] < 0.15  # what no layer owns: the optimizer and the loss
     assert shares.get("casts and transposes", 0) < 0.01  # on a GPU the step stays in bf16 and one layout
