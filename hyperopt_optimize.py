@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="what selects epochs and trials: a validation split, or the test set as in 2017")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified) for quick runs")
     parser.add_argument("--space", choices=["full", "tiny"], default="full", help="the real search space, or tiny networks for smoke tests")
+    parser.add_argument("--width-multiple", type=int, default=8,
+                        help="round conv filters and hidden units up to a multiple of this (8 suits GPU tensor cores; 1: 2017's exact widths)")
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
                         help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions (AVX512-BF16, AMX), else float32")
     parser.add_argument("--spark-master", default=None,
@@ -45,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-plot", action="store_true", help="do not draw model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     args = parser.parse_args(argv)
-    for name in ("max_evals", "epochs", "patience", "train_subset", "parallelism"):
+    for name in ("max_evals", "epochs", "patience", "train_subset", "parallelism", "width_multiple"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -224,7 +226,7 @@ class Search:
         try:
             fmin(
                 self.objective,
-                hyperspace.SPACES[args.space],
+                {**hyperspace.SPACES[args.space], "width_multiple": args.width_multiple},
                 algo=tpe.suggest if args.algo == "tpe" else rand.suggest,
                 max_evals=args.max_evals,
                 trials=self.trials,

@@ -7,7 +7,8 @@ XLA compiles the project's own Keras train step (JAX backend) for this machine's
 cost analysis gives the FLOPs and the bytes the step moves. No step can be faster than
 FLOPs / peak or bytes / bandwidth, whichever is larger: that is its floor. The step is then
 timed on the device as compiled, without `fit` around it, and the bytes of each compiled
-operation are credited to the Keras layer it comes from, to show where the traffic is.
+operation are credited to the Keras layer it comes from, to show where the traffic is. With
+--profile-steps, JAX's profiler also times each kernel on the device (GPU), credited the same way.
 
 With --target-config, XLA compiles the step for the GPU that config describes instead (with
 `pip install "jax[cuda12]"`; no GPU is needed, nothing runs): the same figures but the step's
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +51,11 @@ LAYER = re.compile(r"jvp\(([a-z][a-z0-9_]*?)(?:_\d+)?\)")
 FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
 # Kernels that only move or convert data: the compiler's layout changes and precision casts.
 MOVES = FREE | {"convert", "transpose", "copy", "reshape", "broadcast"}
+# Names of cuDNN's and cuBLAS's own kernels, for a kernel the profile does not tie to an HLO instruction.
+LIBRARY_KERNEL = re.compile(r"xmma|cudnn|conv|fprop|dgrad|wgrad|implicit_gemm|gemm|cutlass|cublas", re.IGNORECASE)
+# Lines the profiler derives from the kernels (modules, ops, steps): the streams alone hold each kernel once.
+DERIVED_LINES = {"XLA Modules", "XLA Ops", "XLA TraceMe", "Steps", "Framework Name Scope", "Framework Ops",
+                 "Source code", "TensorFlow Name Scope", "TensorFlow Ops", "Launch Stats"}
 
 
 def shape_bytes(text: str) -> int:
@@ -123,6 +132,56 @@ def bytes_by_layer_kind(kernels: list[tuple[str, int, str]]) -> dict[str, int]:
     return dict(totals.most_common())
 
 
+def device_kernel_times(events: list[dict], steps: int) -> list[tuple[str, str, float]]:
+    """(kernel, HLO instruction or "", microseconds per step) of each device kernel in a profiler trace, longest first."""
+    processes = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    lines = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    devices = {pid for pid, name in processes.items() if "/device:" in name}
+    streams = {key for key, name in lines.items() if key[0] in devices and name.startswith("Stream")}
+    if not streams:
+        streams = {key for key, name in lines.items() if key[0] in devices and name not in DERIVED_LINES}
+    times = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in streams:
+            times[e["name"], e.get("args", {}).get("hlo_op", "")] += e.get("dur", 0.0)
+    return [(name, op, us / steps) for (name, op), us in times.most_common()]
+
+
+def profile_kernels(compiled, state, data, steps: int, keep_trace: Path | None = None) -> list[tuple[str, str, float]]:
+    """Each kernel's device time per step over `steps` steps, read from JAX's profiler (perfetto trace)."""
+    import jax
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        for _ in range(steps):
+            _, state = compiled(state, data)
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        trace = next(Path(trace_dir).rglob("perfetto_trace.json.gz"))
+        if keep_trace:
+            shutil.copyfile(trace, keep_trace)
+        return device_kernel_times(json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"], steps)
+
+
+def time_by_layer_kind(times: list[tuple[str, str, float]], kernels: list[tuple[str, int, str]]) -> list[dict]:
+    """Each profiled kernel with the layer kind and the bytes of its HLO instruction (from `kernel_traffic`), longest first."""
+    owners = {}
+    for kind, moved, line in kernels:
+        name = INSTRUCTION.match(line).group(1)
+        # A fusion's kernel is named after its instruction, with '.' and '-' made '_'.
+        owners[name] = owners[re.sub(r"[.\-]", "_", name)] = (kind, moved)
+    rows = []
+    for kernel, op, us in times:
+        kind, moved = owners.get(op) or owners.get(kernel) or owners.get(re.sub(r"[.\-]", "_", kernel)) or (None, None)
+        if kind is None:
+            kind = "memory copies" if "memcpy" in kernel.lower() or "memset" in kernel.lower() else (
+                "conv2d or dense (library kernel)" if LIBRARY_KERNEL.search(kernel) else "unattributed")
+        rows.append({"kernel": kernel, "instruction": op, "kind": kind, "us": round(us, 2),
+                     "mb": None if moved is None else round(moved / 1e6, 2),
+                     "gb_per_s": None if moved is None or not us else round(moved / us / 1e3, 1)})
+    return rows
+
+
 def compile_only_device(target_config: str):
     """A GPU that XLA can compile for without it: the one an XLA GPU target config describes."""
     import jax
@@ -190,20 +249,33 @@ def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
     hlo = compiled.as_text()
     kernels = kernel_traffic(hlo)
     counted = sum(moved for _, moved, _ in kernels)
-    if args.target is None:
+    # A compile-only executable has no cost analysis, and a GPU one leaves out the cuDNN and cuBLAS
+    # calls (on the H100, 0.10 of 1.35 GFLOP per image): count those steps' bytes kernel by kernel.
+    xla_costs = args.target is None and args.device.platform == "cpu"
+    if xla_costs:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops, moved = float(cost["flops"]), float(cost["bytes accessed"])
-    else:  # a compile-only executable has no cost analysis
+    else:
         flops, moved = step_flops(model, state, data), float(counted)
     row = {"space": name, "variant": variant, "batch_size": batch, "dtype_policy": model.dtype_policy.name,
            "compile_s": round(compile_s, 1), "kernels": len(kernels), "gflop_per_image": round(flops / batch / 1e9, 3),
            "mb_per_image": round(moved / batch / 1e6, 2), "flop_per_byte": round(flops / moved, 1),
-           "traffic_counted_of_xla": round(counted / moved, 3) if args.target is None else None}
+           "traffic_counted_of_xla": round(counted / moved, 3) if xla_costs else None}
     if args.target is None:
         step_s = time_steps(compiled, state, data, args.steps)
         row |= {"step_ms": round(1e3 * step_s, 3), "images_per_s": round(batch / step_s, 1),
                 "achieved_tflops": round(flops / step_s / 1e12, 3)}
+    if args.profile_steps and args.target is None:
+        trace = Path(args.hlo_dir, f"{name}-{variant}-{model.dtype_policy.name}.trace.json.gz") if args.hlo_dir else None
+        profiled = time_by_layer_kind(profile_kernels(compiled, state, data, args.profile_steps, trace), kernels)
+        busy = sum(k["us"] for k in profiled)
+        by_kind = collections.Counter()
+        for k in profiled:
+            by_kind[k["kind"]] += k["us"]
+        row |= {"kernel_ms_per_step": round(busy / 1e3, 3), "kernels_profiled": len(profiled),
+                "time_share": {kind: round(us / busy, 4) for kind, us in by_kind.most_common()} if busy else {},
+                "top_kernels": profiled[:25]}
     if args.peak_tflops:
         row["compute_floor_ms"] = round(1e3 * flops / (args.peak_tflops * 1e12), 3)
         if "step_ms" in row:
@@ -241,7 +313,10 @@ def main() -> None:
     parser.add_argument("--target-config", default=None,
                         help="compile for the GPU this XLA target config describes (bench/h100_sxm.txtpb) "
                              "instead of this machine's device; nothing is timed")
-    parser.add_argument("--hlo-dir", default=None, help="also write each compiled step's HLO text into this folder")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="also time each kernel over this many steps with JAX's profiler (GPU: CUDA's CUPTI)")
+    parser.add_argument("--hlo-dir", default=None,
+                        help="also write each compiled step's HLO text (and profiler trace) into this folder")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if keras.backend.backend() != "jax":
@@ -266,7 +341,7 @@ def main() -> None:
 
     import jax
 
-    device = args.target or jax.devices()[0]
+    device = args.device = args.target or jax.devices()[0]
     rows = [roofline(name, variant, args) for name in spaces for variant in variants]
     mode = "compiled for it, not run" if args.target else "compiled and run"
     print(f"device {device.device_kind} ({mode}), precision {args.precision}")
@@ -282,6 +357,13 @@ def main() -> None:
         shares = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in r["traffic_share"].items() if share >= 0.005)
         counted = "" if r["traffic_counted_of_xla"] is None else f" ({100 * r['traffic_counted_of_xla']:.0f}% of XLA's bytes counted)"
         print(f"{r['space']} {r['variant']}: memory traffic by layer kind{counted}: {shares}")
+        if "time_share" in r:
+            shares = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in r["time_share"].items() if share >= 0.005)
+            print(f"{r['space']} {r['variant']}: kernel time {r['kernel_ms_per_step']} ms of the {r['step_ms']} ms step "
+                  f"({r['kernels_profiled']} kernels), by layer kind: {shares}")
+            print(f"  {'kernel':60} {'layer kind':24} {'us':>8} {'MB':>7} {'GB/s':>7}")
+            for k in r["top_kernels"][:12]:
+                print(f"  {k['kernel'][:60]:60} {k['kind'][:24]:24} {k['us']:>8.1f} {k['mb'] or '-':>7} {k['gb_per_s'] or '-':>7}")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"device": device.device_kind, "run": args.target is None, "precision": args.precision, "rows": rows}, indent=2))

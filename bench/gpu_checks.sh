@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The GPU figures of the training benchmarks in one run of at most 9.5 minutes on one H100 (JAX
-# backend): SEED_BEST_SPACE's train step timed as compiled, with the variants that say where its
-# time goes, then both spaces through `fit` as a search trains them. JSON files go to OUT_DIR.
+# The GPU figures of the training benchmarks in one run of at most 9 minutes on one H100 (JAX
+# backend): SEED_BEST_SPACE through `fit` with 2017's widths and with widths in multiples of 8, in
+# epochs of 40 steps (as the fifth session measured, before the batch feed stopped using
+# background workers) and of 140 (a CIFAR-100 epoch at batch 320); DEMO_SPACE; the compiled step's
+# profile; float32. Files go to OUT_DIR (eight at most, as the device tool returns): log.txt, one
+# JSON per benchmark, and hlo/ with the compiled step and its profiler trace.
 #
 #     bench/gpu_checks.sh [OUT_DIR]        # default: gpu-checks/
 set -u
 out=${1:-gpu-checks}
-mkdir -p "$out"
+mkdir -p "$out/hlo"
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
 h100=(--peak-tflops 989 --bandwidth-tbs 3.35)
+fit=(bench/bench_training.py --peak-tflops 989 --windows 4 --skip-memory)
 
-# One command per figure, each with its own time limit and file: one slow compile costs only its own.
+# One command per figure, each with its own time limit: one slow compile costs only its own.
 step() {
     local limit=$1
     shift
@@ -18,13 +22,16 @@ step() {
     timeout "$limit" python3 "$@" || echo "== exit $? (limit ${limit} s)"
 }
 
-# Dropout is left out: on a GPU its masks are fused, and the step without it moves only 4% fewer bytes.
-for variant in as-is filters-x8 no-bn; do
-    step 110 bench/bench_roofline.py --spaces best --variants "$variant" --precision mixed_bfloat16 "${h100[@]}" \
-        --json "$out/roofline_bf16_$variant.json"
-done
-# At batch 64 one activation (8 MB) fits the H100's 50 MB L2 cache: does the step beat its memory floor there?
-step 80 bench/bench_roofline.py --spaces best --batch-size 64 --precision mixed_bfloat16 "${h100[@]}" \
-    --json "$out/roofline_bf16_batch64.json"
-step 150 bench/bench_training.py --spaces best,demo --precision mixed_bfloat16 --peak-tflops 989 \
-    --steps 20 --windows 3 --skip-memory --json "$out/training_bf16.json"
+{
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
+    python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
+    step 120 "${fit[@]}" --spaces best --variants as-is,filters-x8 --precision mixed_bfloat16 --steps 40 \
+        --json "$out/training_bf16_40.json"
+    step 120 "${fit[@]}" --spaces best --variants as-is,filters-x8 --precision mixed_bfloat16 --steps 140 \
+        --json "$out/training_bf16_140.json"
+    step 120 "${fit[@]}" --spaces demo --variants as-is,filters-x8 --precision mixed_bfloat16 --steps 140 \
+        --json "$out/training_bf16_demo.json"
+    step 100 bench/bench_roofline.py --spaces best --variants filters-x8 --precision mixed_bfloat16 "${h100[@]}" \
+        --profile-steps 5 --hlo-dir "$out/hlo" --json "$out/roofline_bf16_filters-x8.json"
+    step 80 "${fit[@]}" --spaces best --variants filters-x8 --precision float32 --steps 140
+} 2>&1 | tee "$out/log.txt"

@@ -61,10 +61,12 @@ def test_the_2017_recipe_refuses_bfloat16():
 
 
 ROOFLINE = BENCH.parent / "bench_roofline.py"
-# The tiny space's train step without residual units, batch 8, mixed_bfloat16, as XLA compiled it for an H100 (with
-# no GPU): bench_roofline.py --target-config bench/h100_sxm.txtpb --spaces tiny --variants no-residual --batch-size 8
-#   --precision mixed_bfloat16 --hlo-dir DIR, with JAX 0.10.2 and its CUDA 12 plugin.
-H100_HLO = Path(__file__).resolve().parent / "data" / "h100_train_step_tiny_no_residual_bf16.hlo.txt.gz"
+# The tiny space's train step (batch 320, mixed_bfloat16) as XLA compiled it on an H100, and JAX's profile of 5
+# of its steps there (host events' arguments dropped), from the fifth session's device run of bench/gpu_checks.sh:
+# bench_roofline.py --spaces tiny --precision mixed_bfloat16 --profile-steps 5 --hlo-dir DIR, JAX 0.11.2.
+H100_HLO = Path(__file__).resolve().parent / "data" / "h100_train_step_tiny_bf16.hlo.txt.gz"
+H100_TRACE = Path(__file__).resolve().parent / "data" / "h100_train_step_tiny_bf16.trace.json.gz"
+H100_STEP_US = 3365  # that run's measured step, in microseconds
 # A compiled step as XLA prints it, cut down: a cast, a named cuDNN convolution with its scratch
 # space, an unnamed gradient convolution, a dropout kernel inside a GPU command buffer, an update.
 HLO = """HloModule jit_train_step
@@ -122,12 +124,33 @@ def test_roofline_credits_every_kernel_of_a_real_h100_compile():
     assert len(kernels) >= entry.count(" fusion(") + entry.count(" custom-call(") > 100
     # cuDNN's convolutions, forward with bias and activation, and the gradients XLA leaves unnamed.
     convolutions = [kind for kind, _, line in kernels if "__cudnn$conv" in line]
-    assert convolutions == ["conv2d"] * 11
+    assert convolutions == ["conv2d"] * 29
     by_kind = bytes_by_layer_kind(kernels)
     shares = {kind: moved / sum(by_kind.values()) for kind, moved in by_kind.items()}
     assert list(shares)[:2] == ["conv2d", "batch_normalization"] and "dropout" in shares
     assert shares["other"] < 0.15  # what no layer owns: the optimizer and the loss
     assert shares.get("casts and transposes", 0) < 0.01  # on a GPU the step stays in bf16 and one layout
+
+
+def test_profile_times_each_h100_kernel_once_and_credits_it_to_its_layer():
+    from bench_roofline import device_kernel_times, kernel_traffic, time_by_layer_kind
+
+    events = json.loads(gzip.decompress(H100_TRACE.read_bytes()))["traceEvents"]
+    times = device_kernel_times(events, steps=5)
+    launches = sum(1 for e in events if e.get("ph") == "X" and e["pid"] == 1)  # pid 1: /device:GPU:0
+    assert 250 < launches / 5 < 300  # about one launch per kernel of the compiled step (262)
+    busy = sum(us for _, _, us in times)
+    # The host's events are left out, and no kernel is counted twice: the GPU was busy for part of each step.
+    assert 0.2 * H100_STEP_US < busy < H100_STEP_US
+    profiled = time_by_layer_kind(times, kernel_traffic(gzip.decompress(H100_HLO.read_bytes()).decode()))
+    by_kind = {}
+    for k in profiled:
+        by_kind[k["kind"]] = by_kind.get(k["kind"], 0) + k["us"]
+    assert max(by_kind, key=by_kind.get) == "conv2d"
+    # Fusions are found by name (inside GPU command buffers too), cuDNN's kernels by their HLO instruction.
+    unknown = sum(us for kind, us in by_kind.items() if kind in ("unattributed", "conv2d or dense (library kernel)"))
+    assert unknown < 0.01 * busy
+    assert all(k["mb"] is not None for k in profiled if k["kind"] == "conv2d")
 
 
 def _has_jax_cuda_plugin() -> bool:

@@ -25,12 +25,17 @@ def count_params_2017(space, input_shape=(32, 32, 3), num_fine=100, num_coarse=2
     def bn(ch):
         return 4 * ch
 
+    multiple = space.get("width_multiple", 1)
+
+    def width(units):
+        return -(-int(units) // multiple) * multiple
+
     use_bn = space["use_BN"]
     k = int(round(space["conv_kernel_size"]))
     if space["first_conv"] is not None:
         total += conv(c, 16, space["first_conv"])
         c = 16
-    n = int(40 * space["conv_hiddn_units_mult"])
+    n = width(40 * space["conv_hiddn_units_mult"])
     for block in range(space["nb_conv_pool_layers"]):
         total += conv(c, n, k) + (bn(n) if use_bn else 0)
         c = n
@@ -56,10 +61,10 @@ def count_params_2017(space, input_shape=(32, 32, 3), num_fine=100, num_coarse=2
             h, w = math.ceil(h / 2), math.ceil(w / 2)
         n *= 2
     features = h * w * c
-    fc = int(1000 * space["fc_units_1_mult"])
+    fc = width(1000 * space["fc_units_1_mult"])
     total += features * fc + fc
     if space["one_more_fc"] is not None:
-        fc2 = int(750 * space["one_more_fc"])
+        fc2 = width(750 * space["one_more_fc"])
         total += fc * fc2 + fc2
         fc = fc2
     total += fc * num_fine + num_fine
@@ -106,6 +111,20 @@ def test_best_2017_network_size_is_within_2_percent_of_the_original():
     original = count_params_2017(hyperspace.SEED_BEST_SPACE, double_bn=True)
     assert abs(ours - original) / original < 0.02
     assert 6_500_000 < ours < 7_500_000
+
+
+def test_searched_networks_round_filters_and_hidden_units_up_to_multiples_of_8():
+    def widths(space):
+        layers = build_model(space).layers
+        return ([layer.filters for layer in layers if hasattr(layer, "filters")],
+                [layer.units for layer in layers if hasattr(layer, "units")])
+
+    assert widths(hyperspace.SEED_BEST_SPACE) == ([16, 63, 63, 63, 63, 63, 63, 63, 126, 126, 126, 126, 126, 126, 126,
+                                                   252, 252, 252, 252, 252, 252, 252], [1308, 20, 100])
+    assert widths({**hyperspace.SEED_BEST_SPACE, "width_multiple": 8}) == (
+        [16, 64, 64, 64, 64, 64, 64, 64, 128, 128, 128, 128, 128, 128, 128, 256, 256, 256, 256, 256, 256, 256],
+        [1312, 20, 100])  # the heads keep one unit per label
+    assert all(point["width_multiple"] == 8 for point in sampled_points(5))
 
 
 def test_fine_head_only_without_coarse_labels():

@@ -48,11 +48,13 @@ def result_files(tmp_path):
     return sorted((tmp_path / "results").glob("model_*.txt.json"))
 
 
-def test_the_search_says_which_precision_its_trials_train_in(tmp_path):
-    done = run_cli(tmp_path, "--max-evals", "1", "--epochs", "1", "--precision", "float32")
+def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_path):
+    done = run_cli(tmp_path, "--max-evals", "1", "--epochs", "1", "--precision", "float32", "--width-multiple", "16")
     assert done.returncode == 0, done.stderr
     assert "precision float32" in done.stdout
-    assert json.loads(result_files(tmp_path)[0].read_text())["precision"] == "float32"
+    result = json.loads(result_files(tmp_path)[0].read_text())
+    assert result["precision"] == "float32"
+    assert result["space"]["width_multiple"] == 16  # what a retrain of this result rebuilds with
 
 
 @pytest.mark.slow
