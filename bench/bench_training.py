@@ -4,7 +4,7 @@
 
 Throughput is the median of several timed epochs after a warm-up epoch (compilation), through
 the same `build_model`, batch feeding and `model.fit` path as a search trial: uint8 images
-gathered per batch, sparse labels.
+gathered per batch, sparse labels; with --callbacks trial, also with a trial's per-step callbacks.
 """
 
 from __future__ import annotations
@@ -98,6 +98,21 @@ class EpochTimer(keras.callbacks.Callback):
         self.times = []
 
 
+def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
+    """The per-step callbacks a search trial trains with (a NaN check, the progress logger), or none.
+
+    On JAX, a callback with a per-step hook makes Keras wait for every step's logs unless it is
+    marked `async_safe` (TensorFlow's trainer always waits, once per `steps_per_execution` steps):
+    "trial" times that, "trial-async" the same callbacks marked, "none" neither.
+    """
+    if kind == "none":
+        return []
+    callbacks = [keras.callbacks.TerminateOnNaN(), keras.callbacks.ProgbarLogger()]  # silent: fit(verbose=0)
+    for callback in callbacks:
+        callback.async_safe = kind == "trial-async"
+    return callbacks
+
+
 def model_2017(space) -> keras.Model:
     """The same network fed as in 2017: float32 input, per-image flip with tf.map_fn, one-hot labels."""
     import tensorflow as tf
@@ -115,7 +130,7 @@ def model_2017(space) -> keras.Model:
     return model
 
 
-def bench_space(name, space, x, y, args) -> dict:
+def bench_space(name, space, x, y, args, callbacks: str = "none") -> dict:
     keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it to float32
     batch = args.batch_size or int(space["batch_size"])
     timer = EpochTimer()
@@ -125,12 +140,13 @@ def bench_space(name, space, x, y, args) -> dict:
         # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
         x32 = x[:n].astype("float32") / 255.0 - 0.5
         y_hot = {"fine_outputs": np.eye(100, dtype="float32")[y[0][:n]], "coarse_outputs": np.eye(20, dtype="float32")[y[1][:n]]}
-        model.fit(x32, y_hot, batch_size=batch, epochs=1 + args.windows, verbose=0, callbacks=[timer], shuffle=True)
+        model.fit(x32, y_hot, batch_size=batch, epochs=1 + args.windows, verbose=0,
+                  callbacks=[timer, *step_callbacks(callbacks)], shuffle=True)
     else:
         model = build_model(space, steps_per_execution=args.steps_per_execution,
                             jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
         feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
-        model.fit(feed, epochs=1 + args.windows, verbose=0, callbacks=[timer])
+        model.fit(feed, epochs=1 + args.windows, verbose=0, callbacks=[timer, *step_callbacks(callbacks)])
     window = statistics.median(timer.times[1:])
     images_per_s = n / window
     flops = forward_flops(model)
@@ -177,6 +193,8 @@ def main() -> None:
     parser.add_argument("--spaces", default="demo,best", help="comma-separated: demo, best (empty: memory only)")
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated changes to each network, or all: {', '.join(VARIANTS)}")
+    parser.add_argument("--callbacks", default="none",
+                        help="comma-separated: none, trial (a search trial's per-step callbacks), trial-async (those marked async-safe)")
     parser.add_argument("--recipe", choices=["project", "2017"], default="project",
                         help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps (TensorFlow only)")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
@@ -200,6 +218,9 @@ def main() -> None:
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
+    callbacks = args.callbacks.split(",")
+    if unknown := set(callbacks) - {"none", "trial", "trial-async"}:
+        parser.error(f"unknown callbacks: {', '.join(sorted(unknown))}")
     # 2017 trained in float32 and fused no steps.
     args.precision = precision = "float32" if args.recipe == "2017" else resolve_precision(args.precision)
     args.steps_per_execution = steps_per_execution = (
@@ -215,17 +236,18 @@ def main() -> None:
         report["memory"] = data_memory(args)
     for name in spaces:
         for variant in variants:
-            row = bench_space(name, VARIANTS[variant](SPACES[name]), x, y, args)
-            report["rows"].append({**row, "variant": variant})
+            for kind in callbacks:
+                row = bench_space(name, VARIANTS[variant](SPACES[name]), x, y, args, kind)
+                report["rows"].append({**row, "variant": variant, "callbacks": kind})
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
     print(f"recipe {args.recipe}, backend {report['backend']}, precision {precision}, XLA {args.xla}, "
           f"steps_per_execution {steps_per_execution}")
-    print(f"{'space':6} {'variant':11} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
+    print(f"{'space':6} {'variant':11} {'callbacks':11} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
         dev = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "-"
-        print(f"{r['space']:6} {r['variant']:11} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
+        print(f"{r['space']:6} {r['variant']:11} {r['callbacks']:11} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
               f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f}")
     if "memory" in report:
         m = report["memory"]

@@ -34,6 +34,16 @@ def test_every_network_of_a_run_trains_in_the_requested_precision(tmp_path):
     assert all(row["images_per_s"] > 0 for row in report["rows"])
 
 
+def test_a_trials_callbacks_make_keras_on_jax_wait_for_every_step_unless_marked_async_safe():
+    # Keras runs per-step callbacks on a thread, without waiting for the step, only if each is async-safe
+    # (and never on TensorFlow, which it does not call from threads).
+    check = ("import keras, bench_training; print({kind: not keras.callbacks.CallbackList("
+             "bench_training.step_callbacks(kind))._async_train for kind in ('none', 'trial', 'trial-async')})")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, cwd=BENCH.parent,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.stdout.strip() == "{'none': False, 'trial': True, 'trial-async': False}", done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_the_2017_recipe_trains_in_float32_one_step_per_call(tmp_path):
     report = run_bench(tmp_path, "--recipe", "2017", "--skip-memory")
