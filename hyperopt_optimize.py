@@ -37,8 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="what selects epochs and trials: a validation split, or the test set as in 2017")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified) for quick runs")
     parser.add_argument("--space", choices=["full", "tiny"], default="full", help="the real search space, or tiny networks for smoke tests")
-    parser.add_argument("--width-multiple", type=int, default=8,
-                        help="round conv filters and hidden units up to a multiple of this (8 suits GPU tensor cores; 1: 2017's exact widths)")
+    parser.add_argument("--width-multiple", type=int, default=None,
+                        help="round conv filters and hidden units up to a multiple of this; None keeps the space's 8, "
+                             "which suits GPU tensor cores; 1: 2017's exact widths")
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
                         help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions (AVX512-BF16, AMX), else float32")
     parser.add_argument("--spark-master", default=None,
@@ -226,7 +227,7 @@ class Search:
         try:
             fmin(
                 self.objective,
-                {**hyperspace.SPACES[args.space], "width_multiple": args.width_multiple},
+                hyperspace.SPACES[args.space] | ({"width_multiple": args.width_multiple} if args.width_multiple else {}),
                 algo=tpe.suggest if args.algo == "tpe" else rand.suggest,
                 max_evals=args.max_evals,
                 trials=self.trials,
