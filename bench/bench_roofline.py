@@ -266,16 +266,16 @@ def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
         step_s = time_steps(compiled, state, data, args.steps)
         row |= {"step_ms": round(1e3 * step_s, 3), "images_per_s": round(batch / step_s, 1),
                 "achieved_tflops": round(flops / step_s / 1e12, 3)}
-    if args.profile_steps and args.target is None:
-        trace = Path(args.hlo_dir, f"{name}-{variant}-{model.dtype_policy.name}.trace.json.gz") if args.hlo_dir else None
-        profiled = time_by_layer_kind(profile_kernels(compiled, state, data, args.profile_steps, trace), kernels)
-        busy = sum(k["us"] for k in profiled)
-        by_kind = collections.Counter()
-        for k in profiled:
-            by_kind[k["kind"]] += k["us"]
-        row |= {"kernel_ms_per_step": round(busy / 1e3, 3), "kernels_profiled": len(profiled),
-                "time_share": {kind: round(us / busy, 4) for kind, us in by_kind.most_common()} if busy else {},
-                "top_kernels": profiled[:25]}
+        if args.profile_steps:
+            trace = Path(args.hlo_dir, f"{name}-{variant}-{model.dtype_policy.name}.trace.json.gz") if args.hlo_dir else None
+            profiled = time_by_layer_kind(profile_kernels(compiled, state, data, args.profile_steps, trace), kernels)
+            busy = sum(k["us"] for k in profiled)
+            by_kind = collections.Counter()
+            for k in profiled:
+                by_kind[k["kind"]] += k["us"]
+            row |= {"kernel_ms_per_step": round(busy / 1e3, 3), "kernels_profiled": len(profiled),
+                    "time_share": {kind: round(us / busy, 4) for kind, us in by_kind.most_common()} if busy else {},
+                    "top_kernels": profiled[:25]}
     if args.peak_tflops:
         row["compute_floor_ms"] = round(1e3 * flops / (args.peak_tflops * 1e12), 3)
         if "step_ms" in row:
