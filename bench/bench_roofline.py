@@ -357,7 +357,9 @@ def main() -> None:
         shares = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in r["traffic_share"].items() if share >= 0.005)
         counted = "" if r["traffic_counted_of_xla"] is None else f" ({100 * r['traffic_counted_of_xla']:.0f}% of XLA's bytes counted)"
         print(f"{r['space']} {r['variant']}: memory traffic by layer kind{counted}: {shares}")
-        if "time_share" in r:
+        if r.get("kernels_profiled") == 0:
+            print(f"{r['space']} {r['variant']}: the profile holds no device kernels (a CPU's has none)")
+        elif "time_share" in r:
             shares = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in r["time_share"].items() if share >= 0.005)
             print(f"{r['space']} {r['variant']}: kernel time {r['kernel_ms_per_step']} ms of the {r['step_ms']} ms step "
                   f"({r['kernels_profiled']} kernels), by layer kind: {shares}")
