@@ -1,5 +1,6 @@
 """Retraining with TensorBoard and checkpoints, then filter visualisation, on a tiny network."""
 
+import keras
 import matplotlib.image
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ def retrained(tmp_path_factory):
                       "dataset": "synthetic"}, folder / "results")
     save_json_result({"loss": -0.1, "status": "ok", "model_name": "model_0.1_bbbbb", "space": SMALL_SPACE,
                       "dataset": "synthetic"}, folder / "results")
+    keras.backend.clear_session()  # layer names as in a new process, whatever tests ran before
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         code = retrain.main(["--epochs", "3", "--train-subset", "1000", "--verbose", "0"])
