@@ -133,6 +133,8 @@ def main(argv=None) -> int:
         return 2
     import keras
 
+    import fast_layers  # noqa: F401: registers the project's layers, which saved models hold
+
     try:
         model = keras.saving.load_model(path)
     except Exception as err:  # noqa: BLE001: any load failure is a bad file for the user

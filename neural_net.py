@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from hyperopt import STATUS_FAIL, STATUS_OK
 
+import fast_layers
 from datasets import Dataset
 
 STARTING_L2_REG = 0.0007
@@ -50,19 +51,19 @@ def build_model(
     for block in range(int(space["nb_conv_pool_layers"])):
         x = net.conv(x, n_filters)
         if space["use_BN"]:
-            x = keras.layers.BatchNormalization()(x)
+            x = fast_layers.BatchNormalization()(x)
         if space["residual"] is not None and block >= int(space["conv_pool_res_start_idx"]):
             x = net.residual_units(x, n_filters)
         x = net.pooling(x, n_filters)
-        x = keras.layers.Dropout(space["conv_dropout_drop_proba"])(x)
+        x = fast_layers.Dropout(space["conv_dropout_drop_proba"])(x)
         n_filters *= 2
 
     x = keras.layers.Flatten()(x)
     x = net.dense(x, net.width(1000 * space["fc_units_1_mult"]))
-    x = keras.layers.Dropout(space["fc_dropout_drop_proba"])(x)
+    x = fast_layers.Dropout(space["fc_dropout_drop_proba"])(x)
     if space["one_more_fc"] is not None:
         x = net.dense(x, net.width(750 * space["one_more_fc"]))
-        x = keras.layers.Dropout(space["fc_dropout_drop_proba"])(x)
+        x = fast_layers.Dropout(space["fc_dropout_drop_proba"])(x)
 
     # Heads in float32 so that softmax and the loss stay accurate under mixed precision.
     outputs = {"fine_outputs": net.dense(x, num_fine, "softmax", name="fine_outputs", dtype="float32")}
@@ -126,13 +127,13 @@ class _Builder:
         use_bn = self.space["use_BN"]
         for _ in range(int(round(self.space["residual"]))):
             shortcut = self.conv(x, n_filters, 1, activation="linear")
-            branch = keras.layers.Dropout(self.space["conv_dropout_drop_proba"])(x)
+            branch = fast_layers.Dropout(self.space["conv_dropout_drop_proba"])(x)
             branch = self.conv(branch, n_filters, int(round(self.space["res_conv_kernel_size"])))
             x = keras.layers.add([shortcut, branch])
             if use_bn:
-                x = keras.layers.BatchNormalization()(x)
+                x = fast_layers.BatchNormalization()(x)
         # Without use_BN, 2017 still normalised each residual stack: once here (it did it twice).
-        return x if use_bn else keras.layers.BatchNormalization()(x)
+        return x if use_bn else fast_layers.BatchNormalization()(x)
 
     def pooling(self, x, n_filters):
         kind = self.space["pooling_type"]
@@ -147,7 +148,7 @@ class _Builder:
     def strided_conv(self, x, n_filters):
         """Pooling by a linear stride-2 3x3 convolution (https://arxiv.org/abs/1412.6806)."""
         x = self.conv(x, n_filters, 3, strides=2, activation="linear")
-        return keras.layers.BatchNormalization()(x) if self.space["use_BN"] else x
+        return fast_layers.BatchNormalization()(x) if self.space["use_BN"] else x
 
     def inception_reduction(self, x, n_filters):
         """Three-branch reduction loosely after Inception-v4 (https://arxiv.org/abs/1602.07261)."""

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution, resolve_precision  # noqa: E402
 
@@ -113,13 +114,26 @@ def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+def with_keras_layers(model: keras.Model) -> keras.Model:
+    """The same network with Keras's own batch-norm and dropout in place of `fast_layers`' (weights not copied)."""
+    def clone(layer):
+        if isinstance(layer, (fast_layers.BatchNormalization, fast_layers.Dropout)):
+            return layer.__class__.__base__.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+    return keras.models.clone_model(model, clone_function=clone)
+
+
 def model_2017(space) -> keras.Model:
-    """The same network fed as in 2017: float32 input, per-image flip with tf.map_fn, one-hot labels."""
+    """The same network fed as in 2017: float32 input, per-image flip with tf.map_fn, one-hot labels.
+
+    It trains with Keras's own batch-norm and dropout layers, as a port of the 2017 code would.
+    """
     import tensorflow as tf
 
     ours = build_model(space)
-    after_flip = next(layer for layer in ours.layers if isinstance(layer, keras.layers.RandomFlip))
-    body = keras.Model(after_flip.output, ours.output)
+    keras_layers = with_keras_layers(ours)
+    after_flip = next(layer for layer in keras_layers.layers if isinstance(layer, keras.layers.RandomFlip))
+    body = keras.Model(after_flip.output, keras_layers.output)
     inputs = keras.Input((32, 32, 3), dtype="float32")
     flipped = keras.layers.Lambda(lambda batch: tf.map_fn(tf.image.random_flip_left_right, batch))(inputs)
     model = keras.Model(inputs, body(flipped))

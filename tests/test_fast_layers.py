@@ -1,0 +1,97 @@
+"""The fast batch-norm and dropout: Keras's results through TensorFlow's cheaper kernels."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fast_layers
+
+
+def graph_ops(fn) -> set[str]:
+    """The op types of the graph a tf.function traces for `fn`."""
+    return {op.type for op in tf.function(fn).get_concrete_function().graph.get_operations()}
+
+
+@pytest.fixture(params=["float32", "mixed_bfloat16"])
+def policy(request):
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy("float32")
+
+
+def test_batch_norm_trains_through_the_fused_kernel(policy):
+    fast_bn, keras_bn = fast_layers.BatchNormalization(), keras.layers.BatchNormalization()
+    for layer in (fast_bn, keras_bn):
+        layer.build((4, 6, 6, 8))
+    x = tf.cast(tf.random.normal((4, 6, 6, 8)), fast_bn.compute_dtype)
+
+    assert "FusedBatchNormV3" in graph_ops(lambda: fast_bn(x, training=True))
+    assert "FusedBatchNormV3" not in graph_ops(lambda: keras_bn(x, training=True))
+
+
+def test_batch_norm_matches_keras_outputs_gradients_and_moving_statistics(policy):
+    x = tf.random.normal((8, 5, 5, 7), seed=1) * 3.0 + 1.0
+    keras_bn, fast_bn = keras.layers.BatchNormalization(momentum=0.5), fast_layers.BatchNormalization(momentum=0.5)
+    x = tf.cast(x, fast_bn.compute_dtype)
+    for layer in (keras_bn, fast_bn):
+        layer.build(x.shape)
+        layer.gamma.assign(np.linspace(0.5, 2.0, 7))
+        layer.beta.assign(np.linspace(-1.0, 1.0, 7))
+    weights = tf.random.normal(x.shape, seed=2)  # a loss whose gradients do not cancel out
+
+    def outputs_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * weights)
+        return [y, *tape.gradient(loss, [x, layer.gamma.value, layer.beta.value])]
+
+    tolerance = 1e-5 if policy == "float32" else 2e-2
+    for expected, got in zip(outputs_and_gradients(keras_bn), outputs_and_gradients(fast_bn)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                                   rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(fast_bn.moving_mean.numpy(), keras_bn.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast_bn.moving_variance.numpy(), keras_bn.moving_variance.numpy(), rtol=1e-5)
+    # In inference both use the moving statistics, through Keras's code.
+    np.testing.assert_allclose(np.asarray(fast_bn(x), np.float32), np.asarray(keras_bn(x), np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_drops_the_rate_and_keeps_the_mean(policy):
+    layer = fast_layers.Dropout(0.3, seed=7)
+    ones = tf.ones((125, 99, 81), layer.compute_dtype)  # an odd number of elements: one 16-bit half is unused
+
+    assert "StatelessRandomUniformFullIntV2" in graph_ops(lambda: layer(ones, training=True))
+    out = np.asarray(layer(ones, training=True), np.float64)
+    assert abs((out == 0).mean() - 0.3) < 0.002  # 1,002,375 draws: 4 standard deviations
+    assert abs(out.mean() - 1.0) < 0.005  # kept values are scaled by 1 / (1 - rate)
+    values = np.unique(out)
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.7, rel=5e-3)
+    again = np.asarray(layer(ones, training=True), np.float64)
+    assert (again != out).mean() > 0.3  # a new mask every step
+    np.testing.assert_array_equal(np.asarray(layer(ones, training=False)), np.asarray(ones))
+
+
+def test_dropouts_gradient_flows_through_the_kept_elements_only():
+    layer = fast_layers.Dropout(0.5, seed=3)
+    x = tf.random.normal((16, 8, 8, 3))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        total = tf.reduce_sum(y)
+    gradient = tape.gradient(total, x).numpy()
+    kept = y.numpy() != 0
+    np.testing.assert_allclose(gradient[kept], 2.0)
+    np.testing.assert_array_equal(gradient[~kept], 0.0)
+
+
+def test_a_model_with_the_fast_layers_saves_and_loads_with_its_weights(tmp_path):
+    inputs = keras.Input((6, 6, 2))
+    x = fast_layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))
+    model = keras.Model(inputs, fast_layers.Dropout(0.2)(x))
+    model.layers[2].moving_mean.assign(np.arange(4.0))
+    model.save(tmp_path / "m.keras")
+
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
+    np.testing.assert_array_equal(loaded.layers[2].moving_mean.numpy(), np.arange(4.0))
