@@ -115,7 +115,7 @@ def test_sigterm_exits_143(tmp_path):
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 143 and "SIGTERM" in out
+    assert proc.returncode == 143 and "SIGTERM" in out, out[-3000:]
 
 
 @pytest.mark.parametrize("content, message", [
