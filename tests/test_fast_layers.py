@@ -95,3 +95,16 @@ def test_a_model_with_the_fast_layers_saves_and_loads_with_its_weights(tmp_path)
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
     np.testing.assert_array_equal(loaded.layers[2].moving_mean.numpy(), np.arange(4.0))
+
+
+def test_fit_trains_the_fast_batch_norms_scale_offset_and_moving_statistics():
+    inputs = keras.Input((8, 8, 3))
+    x = fast_layers.BatchNormalization()(keras.layers.Conv2D(16, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(fast_layers.Dropout(0.3)(x))))
+    model.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((64, 8, 8, 3)), rng.random((64, 2)), epochs=2, verbose=0)
+
+    bn = model.layers[2]
+    assert np.abs(bn.gamma.numpy() - 1.0).max() > 1e-3 and np.abs(bn.beta.numpy()).max() > 1e-3
+    assert np.abs(bn.moving_mean.numpy()).max() > 1e-3
