@@ -53,6 +53,8 @@ FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
 MOVES = FREE | {"convert", "transpose", "copy", "reshape", "broadcast"}
 # Names of cuDNN's and cuBLAS's own kernels, for a kernel the profile does not tie to an HLO instruction.
 LIBRARY_KERNEL = re.compile(r"xmma|cudnn|conv|fprop|dgrad|wgrad|implicit_gemm|gemm|cutlass|cublas", re.IGNORECASE)
+# A fusion's kernel is named after its HLO instruction, with '.' and '-' made '_'.
+KERNEL_NAME = str.maketrans(".-", "__")
 # Lines the profiler derives from the kernels (modules, ops, steps): the streams alone hold each kernel once.
 DERIVED_LINES = {"XLA Modules", "XLA Ops", "XLA TraceMe", "Steps", "Framework Name Scope", "Framework Ops",
                  "Source code", "TensorFlow Name Scope", "TensorFlow Ops", "Launch Stats"}
@@ -124,12 +126,17 @@ def kernel_traffic(hlo: str) -> list[tuple[str, int, str]]:
     return kernels
 
 
+def totals_by_kind(pairs) -> dict[str, float]:
+    """The values of (kind, value) pairs summed per kind, largest first."""
+    totals = collections.Counter()
+    for kind, value in pairs:
+        totals[kind] += value
+    return dict(totals.most_common())
+
+
 def bytes_by_layer_kind(kernels: list[tuple[str, int, str]]) -> dict[str, int]:
     """Bytes each Keras layer kind reads and writes, from `kernel_traffic`'s kernels, largest first."""
-    totals = collections.Counter()
-    for kind, moved, _ in kernels:
-        totals[kind] += moved
-    return dict(totals.most_common())
+    return totals_by_kind((kind, moved) for kind, moved, _ in kernels)
 
 
 def device_kernel_times(events: list[dict], steps: int) -> list[tuple[str, str, float]]:
@@ -168,11 +175,10 @@ def time_by_layer_kind(times: list[tuple[str, str, float]], kernels: list[tuple[
     owners = {}
     for kind, moved, line in kernels:
         name = INSTRUCTION.match(line).group(1)
-        # A fusion's kernel is named after its instruction, with '.' and '-' made '_'.
-        owners[name] = owners[re.sub(r"[.\-]", "_", name)] = (kind, moved)
+        owners[name] = owners[name.translate(KERNEL_NAME)] = (kind, moved)
     rows = []
     for kernel, op, us in times:
-        kind, moved = owners.get(op) or owners.get(kernel) or owners.get(re.sub(r"[.\-]", "_", kernel)) or (None, None)
+        kind, moved = owners.get(op) or owners.get(kernel) or owners.get(kernel.translate(KERNEL_NAME)) or (None, None)
         if kind is None:
             kind = "memory copies" if "memcpy" in kernel.lower() or "memset" in kernel.lower() else (
                 "conv2d or dense (library kernel)" if LIBRARY_KERNEL.search(kernel) else "unattributed")
@@ -269,12 +275,10 @@ def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
         if args.profile_steps:
             trace = Path(args.hlo_dir, f"{name}-{variant}-{model.dtype_policy.name}.trace.json.gz") if args.hlo_dir else None
             profiled = time_by_layer_kind(profile_kernels(compiled, state, data, args.profile_steps, trace), kernels)
-            busy = sum(k["us"] for k in profiled)
-            by_kind = collections.Counter()
-            for k in profiled:
-                by_kind[k["kind"]] += k["us"]
+            by_kind = totals_by_kind((k["kind"], k["us"]) for k in profiled)
+            busy = sum(by_kind.values())
             row |= {"kernel_ms_per_step": round(busy / 1e3, 3), "kernels_profiled": len(profiled),
-                    "time_share": {kind: round(us / busy, 4) for kind, us in by_kind.most_common()} if busy else {},
+                    "time_share": {kind: round(us / busy, 4) for kind, us in by_kind.items()} if busy else {},
                     "top_kernels": profiled[:25]}
     if args.peak_tflops:
         row["compute_floor_ms"] = round(1e3 * flops / (args.peak_tflops * 1e12), 3)
