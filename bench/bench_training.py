@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--callbacks", default="none",
                         help="comma-separated: none, trial (a search trial's per-step callbacks), trial-async (those marked async-safe)")
     parser.add_argument("--recipe", choices=["project", "2017"], default="project",
-                        help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps (TensorFlow only)")
+                        help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps, Keras's own batch-norm and dropout (TensorFlow only)")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
     parser.add_argument("--windows", type=int, default=3, help="timed epochs after the warm-up epoch")
