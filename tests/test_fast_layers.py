@@ -70,6 +70,9 @@ def test_dropout_drops_the_rate_and_keeps_the_mean(policy):
     again = np.asarray(layer(ones, training=True), np.float64)
     assert (again != out).mean() > 0.3  # a new mask every step
     np.testing.assert_array_equal(np.asarray(layer(ones, training=False)), np.asarray(ones))
+    # Compiled by XLA, as Keras compiles training steps on a GPU, the mask is XLA's own random numbers.
+    compiled = np.asarray(tf.function(lambda: layer(ones, training=True), jit_compile=True)(), np.float64)
+    assert abs((compiled == 0).mean() - 0.3) < 0.002 and abs(compiled.mean() - 1.0) < 0.005
 
 
 def test_dropouts_gradient_flows_through_the_kept_elements_only():
@@ -97,11 +100,12 @@ def test_a_model_with_the_fast_layers_saves_and_loads_with_its_weights(tmp_path)
     np.testing.assert_array_equal(loaded.layers[2].moving_mean.numpy(), np.arange(4.0))
 
 
-def test_fit_trains_the_fast_batch_norms_scale_offset_and_moving_statistics():
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])  # XLA: Keras's choice on a GPU
+def test_fit_trains_the_fast_batch_norms_scale_offset_and_moving_statistics(jit_compile):
     inputs = keras.Input((8, 8, 3))
     x = fast_layers.BatchNormalization()(keras.layers.Conv2D(16, 3)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(fast_layers.Dropout(0.3)(x))))
-    model.compile("adam", "mse")
+    model.compile("adam", "mse", jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     model.fit(rng.random((64, 8, 8, 3)), rng.random((64, 2)), epochs=2, verbose=0)
 
