@@ -59,6 +59,8 @@ class Dropout(keras.layers.Dropout):
         n = tf.size(inputs)
         words = tf.random.stateless_uniform([(n + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
         bits = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:n], tf.shape(inputs))
-        keep = bits >= tf.constant(threshold, tf.uint16)
-        scale = tf.constant(65536 / (65536 - threshold), inputs.dtype)
-        return tf.where(keep, inputs * scale, tf.zeros_like(inputs))
+        # One multiply by a mask of 0 and 1 / (1 - rate) each way: a select on the full-size inputs
+        # would also need a full-size zeros tensor, and the scaling a pass of its own (on a CPU).
+        kept = tf.where(bits >= tf.constant(threshold, tf.uint16), tf.constant(65536 / (65536 - threshold), inputs.dtype),
+                        tf.constant(0, inputs.dtype))
+        return inputs * kept
