@@ -23,16 +23,15 @@ def should_prune(
 ) -> bool:
     """True when the best-so-far of `curve` is below the median best-so-far of finished trials.
 
-    `curve` holds one validation accuracy per epoch so far; finished trials count only if they
-    reached as many epochs.
+    `curve` holds one validation accuracy per epoch so far. Every finished trial counts with its
+    best up to the same epoch; one that stopped sooner (pruned, or early-stopped) with the best it
+    reached, as Vizier counts stopped trials. Counting only the trials that ran as long would
+    raise the bar epoch by epoch as the weak ones are pruned, and stop late bloomers.
     """
     epoch = len(curve)
-    if epoch < min_epoch:
+    if epoch < min_epoch or len(finished_curves) < min_trials:
         return False
-    peers = [max(c[:epoch]) for c in finished_curves if len(c) >= epoch]
-    if len(peers) < min_trials:
-        return False
-    return max(curve) < statistics.median(peers)
+    return max(curve) < statistics.median(max(c[:epoch]) for c in finished_curves)
 
 
 class MedianStoppingRule(keras.callbacks.Callback):

@@ -205,3 +205,31 @@ def test_roofline_refuses_a_backend_other_than_jax():
     done = subprocess.run([sys.executable, str(ROOFLINE)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert done.returncode == 2 and "KERAS_BACKEND=jax" in done.stderr.splitlines()[-1]
+
+
+LATE_BLOOMER = [0.05, 0.05, 0.05, 0.05, 0.05, 0.9]  # below everyone's median at epoch 5, the best at 6
+STEADY = [[0.3] * 6, [0.4] * 6, [0.5] * 6]
+
+
+def test_the_search_benchmark_replays_the_rule_in_random_orders():
+    import bench_search
+
+    report = bench_search.replay([*STEADY, LATE_BLOOMER], orders=200)
+    # Last of the four (1 order in 4) the late bloomer is pruned at epoch 5: 1 of 24 epochs saved, the best lost.
+    assert report["epochs_saved_min"] == 0 and report["epochs_saved_max"] == pytest.approx(1 / 24, abs=1e-3)
+    assert 0.15 < 1 - report["best_within_2_points"] < 0.35
+    assert report["both_targets"] == 0  # never 40% fewer epochs
+
+
+def test_the_search_benchmark_replays_a_results_folder_without_training(tmp_path):
+    from utils import save_json_result
+
+    for tid, curve in enumerate([*STEADY, LATE_BLOOMER]):
+        save_json_result({"status": "ok", "space": {}, "loss": -max(curve), "tid": tid, "model_name": f"m{tid}",
+                          "history": {"val_fine_outputs_accuracy": curve}}, tmp_path)
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_search.py"), "--replay", str(tmp_path),
+                           "--orders", "40", "--json", str(tmp_path / "replay.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "replayed in 40 random orders (4 trials" in done.stdout
+    assert json.loads((tmp_path / "replay.json").read_text())["orders"] == 40

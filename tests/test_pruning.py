@@ -22,9 +22,15 @@ def test_never_prunes_before_epoch_5():
     assert not should_prune([0.01, 0.01, 0.01, 0.01], FINISHED)
 
 
-def test_needs_3_finished_trials_that_reached_the_epoch():
+def test_needs_3_finished_trials():
     assert not should_prune([0.0] * 5, FINISHED[:2])
-    assert not should_prune([0.0] * 6, FINISHED[:2] + [[0.9] * 5])  # the third stopped at epoch 5
+
+
+def test_a_trial_that_stopped_sooner_counts_with_the_best_it_reached():
+    curve = [0.1, 0.2, 0.3, 0.35, 0.38, 0.40]  # at epoch 6 the finished trials' best: 0.55, 0.35, 0.45
+    assert should_prune(curve, FINISHED)
+    # A weak trial pruned at epoch 2 still lowers the median (0.40): the bar does not rise as the weak go.
+    assert not should_prune(curve, FINISHED + [[0.02, 0.05]])
 
 
 def test_callback_stops_training_and_marks_the_trial_pruned():
