@@ -92,7 +92,7 @@ def run_search(prune: str, args) -> tuple[dict, list[list[float]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=30, help="most epochs per trial (patience stays 15)")
     parser.add_argument("--space", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
