@@ -30,17 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperopt_optimize  # noqa: E402
 from pruning import should_prune  # noqa: E402
-from utils import iter_results, validation_curve  # noqa: E402
+from utils import iter_results  # noqa: E402
 
 WITHIN = 0.02  # the target: the best accuracy within 2 points, with at least 40% fewer epochs
 FEWER = 0.40
-
-
-def finished_curves(results_dir) -> list[list[float]]:
-    """The validation fine accuracy curves of a results folder's finished trials, in trial order."""
-    results = sorted((r for _, r in iter_results(results_dir) if r["status"] == "ok"),
-                     key=lambda r: (r.get("tid") is None, r.get("tid") or 0))
-    return [curve for r in results if (curve := validation_curve(r))]
 
 
 def replay(curves: list[list[float]], orders: int, seed: int = 0) -> dict:
@@ -81,12 +74,11 @@ def run_search(prune: str, args) -> tuple[dict, list[list[float]]]:
             ])
         wall = time.time() - start
         results = [r for _, r in iter_results(f"{folder}/results")]
-        curves = finished_curves(f"{folder}/results")
     ok = [r for r in results if r["status"] == "ok"]
     return {"prune": prune, "exit_code": code, "trials": len(results),
             "epochs": sum(r["epochs_trained"] for r in ok), "pruned_trials": sum(r["pruned"] for r in ok),
             "wall_s": round(wall, 1), "best_val_fine_accuracy": max(-r["loss"] for r in ok) if ok else None,
-            "precision": ok[0]["precision"] if ok else None}, curves
+            "precision": ok[0]["precision"] if ok else None}, hyperopt_optimize.finished_curves(results)
 
 
 def main() -> None:
@@ -104,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.replay:
-        curves = finished_curves(args.replay)
+        curves = hyperopt_optimize.finished_curves(r for _, r in iter_results(args.replay))
         if len(curves) < 2:
             parser.error(f"{args.replay}: fewer than 2 finished trials with validation curves")
         report = replay(curves, args.orders, args.seed)
