@@ -61,6 +61,5 @@ class Dropout(keras.layers.Dropout):
         bits = tf.reshape(tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:n], tf.shape(inputs))
         # One multiply by a mask of 0 and 1 / (1 - rate) each way: a select on the full-size inputs
         # would also need a full-size zeros tensor, and the scaling a pass of its own (on a CPU).
-        kept = tf.where(bits >= tf.constant(threshold, tf.uint16), tf.constant(65536 / (65536 - threshold), inputs.dtype),
-                        tf.constant(0, inputs.dtype))
-        return inputs * kept
+        scale = tf.constant(65536 / (65536 - threshold), inputs.dtype)
+        return inputs * tf.where(bits >= tf.constant(threshold, tf.uint16), scale, tf.zeros_like(scale))
