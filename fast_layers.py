@@ -9,6 +9,8 @@ bits are enough (bench/README.md has the figures).
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 PACKAGE = "cifar100_hyperopt"
@@ -32,15 +34,95 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if not (tf and training and self.trainable and mask is None and len(inputs.shape) == 4
                 and self.axis in (-1, 3) and self.center and self.scale and not self.renorm):
             return super().call(inputs, training=training, mask=mask)
-        # oneDNN (CPU) and cuDNN take bfloat16/float16 inputs and compute the statistics in float32.
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, self.gamma.value, self.beta.value, epsilon=self.epsilon, is_training=True)
-        # The fused kernel returns the unbiased (n - 1) variance for the moving average; Keras uses n.
-        n = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], variance.dtype)
-        variance = variance * (n - 1.0) / n
+        group = _pixel_group(tf, inputs)
+        if group == 1:
+            outputs, mean, variance = _fused_batch_norm(tf, inputs, self.gamma.value, self.beta.value, self.epsilon)
+        else:
+            outputs, mean, variance = _grouped_batch_norm(tf, inputs, self.gamma.value, self.beta.value, self.epsilon, group)
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return tf.cast(outputs, self.compute_dtype)
+
+
+def _fused_batch_norm(tf, x, gamma, beta, epsilon):
+    """Training batch-norm in one fused kernel each way: outputs, batch mean, batch variance (over n)."""
+    # oneDNN (CPU) and cuDNN take bfloat16/float16 inputs and compute the statistics in float32.
+    outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=epsilon, is_training=True)
+    # The fused kernel returns the unbiased (n - 1) variance for the moving average; Keras uses n.
+    n = tf.cast(tf.size(x) // tf.shape(x)[-1], variance.dtype)
+    return outputs, mean, variance * (n - 1.0) / n
+
+
+def _pixel_group(tf, x) -> int:
+    """How many neighbouring pixels `_grouped_batch_norm` takes as one row: 1 for the plain fused kernel.
+
+    oneDNN's fused batch-norm is fast for channels in multiples of 16 and 3-4x slower otherwise
+    (63 channels: 136 against 39 ms a step at 64, bench/README.md). Only on a CPU: cuDNN has no
+    such fast path to reach, and the grouping was measured on oneDNN only.
+    """
+    _, height, width, channels = x.shape
+    if None in (height, width, channels) or tf.config.list_logical_devices("GPU"):
+        return 1
+    group = 16 // math.gcd(channels, 16)
+    while (height * width) % group:  # a row must not straddle two images, whatever the batch size
+        group //= 2
+    return group
+
+
+def _grouped_batch_norm(tf, x, gamma, beta, epsilon, group):
+    """Training batch-norm through fused kernels on rows of `group` pixels: a multiple of 16 channels.
+
+    The inputs viewed as [rows, 1, 1, group * channels] (a free reshape) give each channel `group`
+    columns; their statistics combine into the channel's, the outputs are normalised by those
+    (the fused kernel in inference mode), and the gradient is the inference kernel's plus the
+    terms for the statistics' dependence on the inputs.
+    """
+    channels = x.shape[-1]
+    view = tf.reshape(x, [-1, 1, 1, group * channels])
+    rows = tf.cast(tf.shape(view)[0], tf.float32)
+    n = rows * group
+
+    def per_channel(columns):
+        return tf.reshape(columns, [group, channels])
+
+    def tiled(per_channel_values):
+        return tf.tile(per_channel_values, [group])
+
+    columns = tf.ones([group * channels])
+    _, column_mean, column_variance = tf.compat.v1.nn.fused_batch_norm(
+        view, columns, tf.zeros_like(columns), epsilon=epsilon, is_training=True)
+    column_mean = tf.stop_gradient(column_mean)
+    # Pooled over the columns (all of `rows` values): within-column plus between-column variance.
+    mean = tf.reduce_mean(per_channel(column_mean), 0)
+    variance = tf.reduce_mean(per_channel(tf.stop_gradient(column_variance) * (rows - 1.0) / rows
+                                          + tf.square(column_mean - tiled(mean))), 0)
+    inverse_std = tf.math.rsqrt(variance + epsilon)
+
+    @tf.custom_gradient
+    def normalize(view, gamma, beta):
+        outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            view, tiled(gamma), tiled(beta), mean=tiled(mean), variance=tiled(variance),
+            epsilon=epsilon, is_training=False)
+
+        def gradient(upstream):
+            # Inference-mode gradient: upstream * gamma / std, and per column the sums of
+            # upstream * normalised inputs (d gamma) and of upstream (d beta).
+            partial, d_gamma, d_beta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=upstream, x=view, scale=tiled(gamma), reserve_space_1=tiled(mean),
+                reserve_space_2=tiled(variance), reserve_space_3=tf.zeros([0]), epsilon=epsilon,
+                data_format="NHWC", is_training=False)
+            d_gamma = tf.reduce_sum(per_channel(d_gamma), 0)
+            d_beta = tf.reduce_sum(per_channel(d_beta), 0)
+            # What the batch mean and variance add: -gamma / std * (d_beta + x_hat * d_gamma) / n.
+            scale = gamma * inverse_std
+            correction, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                view, tiled(-scale * d_gamma / n), tiled(-scale * d_beta / n), mean=tiled(mean),
+                variance=tiled(variance), epsilon=epsilon, is_training=False)
+            return partial + correction, d_gamma, d_beta
+
+        return outputs, gradient
+
+    return tf.reshape(normalize(view, gamma, beta), tf.shape(x)), mean, variance
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -30,14 +30,17 @@ def test_batch_norm_trains_through_the_fused_kernel(policy):
     assert "FusedBatchNormV3" not in graph_ops(lambda: keras_bn(x, training=True))
 
 
-def test_batch_norm_matches_keras_outputs_gradients_and_moving_statistics(policy):
-    x = tf.random.normal((8, 5, 5, 7), seed=1) * 3.0 + 1.0
+# 5x5 pixels: one fused kernel; 4x4 pixels of 7 or 12 channels: rows of 16 or 4 pixels (multiples of 16 channels).
+@pytest.mark.parametrize("shape", [(8, 5, 5, 7), (8, 4, 4, 7), (8, 4, 4, 12), (8, 4, 4, 16)], ids=str)
+def test_batch_norm_matches_keras_outputs_gradients_and_moving_statistics(policy, shape):
+    channels = shape[-1]
+    x = tf.random.normal(shape, seed=1) * 3.0 + tf.range(channels, dtype=tf.float32)  # means differ by channel
     keras_bn, fast_bn = keras.layers.BatchNormalization(momentum=0.5), fast_layers.BatchNormalization(momentum=0.5)
     x = tf.cast(x, fast_bn.compute_dtype)
     for layer in (keras_bn, fast_bn):
         layer.build(x.shape)
-        layer.gamma.assign(np.linspace(0.5, 2.0, 7))
-        layer.beta.assign(np.linspace(-1.0, 1.0, 7))
+        layer.gamma.assign(np.linspace(0.5, 2.0, channels))
+        layer.beta.assign(np.linspace(-1.0, 1.0, channels))
     weights = tf.random.normal(x.shape, seed=2)  # a loss whose gradients do not cancel out
 
     def outputs_and_gradients(layer):
@@ -101,9 +104,10 @@ def test_a_model_with_the_fast_layers_saves_and_loads_with_its_weights(tmp_path)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])  # XLA: Keras's choice on a GPU
-def test_fit_trains_the_fast_batch_norms_scale_offset_and_moving_statistics(jit_compile):
+@pytest.mark.parametrize("filters", [16, 12])  # one fused kernel; rows of 4 pixels
+def test_fit_trains_the_fast_batch_norms_scale_offset_and_moving_statistics(jit_compile, filters):
     inputs = keras.Input((8, 8, 3))
-    x = fast_layers.BatchNormalization()(keras.layers.Conv2D(16, 3)(inputs))
+    x = fast_layers.BatchNormalization()(keras.layers.Conv2D(filters, 3)(inputs))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(fast_layers.Dropout(0.3)(x))))
     model.compile("adam", "mse", jit_compile=jit_compile)
     rng = np.random.default_rng(0)
