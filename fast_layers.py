@@ -3,8 +3,9 @@
 Same variables, same maths, same saved weights; only the kernels that train them differ, and only
 on the TensorFlow backend (elsewhere, and for what the fast paths do not cover, Keras's own code
 runs). On a CPU, Keras 3's batch-norm is a dozen element-wise ops in float32 where TensorFlow has
-one fused kernel each way, and Keras's dropout draws a 32-bit random number per element where 16
-bits are enough (bench/README.md has the figures).
+one fused kernel each way (oneDNN's, fast when the channels are a multiple of 16; other widths go
+through it as rows of a few neighbouring pixels), and Keras's dropout draws a 32-bit random
+number per element where 16 bits are enough (bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ def _fused_batch_norm(tf, x, gamma, beta, epsilon):
 def _pixel_group(tf, x) -> int:
     """How many neighbouring pixels `_grouped_batch_norm` takes as one row: 1 for the plain fused kernel.
 
-    oneDNN's fused batch-norm is fast for channels in multiples of 16 and 3-4x slower otherwise
-    (63 channels: 136 against 39 ms a step at 64, bench/README.md). Only on a CPU: cuDNN has no
-    such fast path to reach, and the grouping was measured on oneDNN only.
+    oneDNN's fused batch-norm is fast for channels in multiples of 16 and 2-10x slower otherwise
+    (bench/README.md). Only where TensorFlow sees no GPU: the grouping was measured on oneDNN.
     """
     _, height, width, channels = x.shape
     if None in (height, width, channels) or tf.config.list_logical_devices("GPU"):

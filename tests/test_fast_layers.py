@@ -30,8 +30,9 @@ def test_batch_norm_trains_through_the_fused_kernel(policy):
     assert "FusedBatchNormV3" not in graph_ops(lambda: keras_bn(x, training=True))
 
 
-# 5x5 pixels: one fused kernel; 4x4 pixels of 7 or 12 channels: rows of 16 or 4 pixels (multiples of 16 channels).
-@pytest.mark.parametrize("shape", [(8, 5, 5, 7), (8, 4, 4, 7), (8, 4, 4, 12), (8, 4, 4, 16)], ids=str)
+# 5x5 pixels: one fused kernel; 4x4 pixels of 7 or 12 channels: rows of 16 or 4 pixels (multiples
+# of 16 channels); one image of 4x4 and 7 channels: a single row, whose columns have no variance.
+@pytest.mark.parametrize("shape", [(8, 5, 5, 7), (8, 4, 4, 7), (8, 4, 4, 12), (8, 4, 4, 16), (1, 4, 4, 7)], ids=str)
 def test_batch_norm_matches_keras_outputs_gradients_and_moving_statistics(policy, shape):
     channels = shape[-1]
     x = tf.random.normal(shape, seed=1) * 3.0 + tf.range(channels, dtype=tf.float32)  # means differ by channel
