@@ -57,8 +57,9 @@ def _fused_batch_norm(tf, x, gamma, beta, epsilon):
 def _pixel_group(tf, x) -> int:
     """How many neighbouring pixels `_grouped_batch_norm` takes as one row: 1 for the plain fused kernel.
 
-    oneDNN's fused batch-norm is fast for channels in multiples of 16 and 2-10x slower otherwise
-    (bench/README.md). Only where TensorFlow sees no GPU: the grouping was measured on oneDNN.
+    oneDNN's fused batch-norm is fast for channels in multiples of 16 and several times slower
+    otherwise (63 channels: 116 ms a step against 44 at 64, bench/README.md). Only where
+    TensorFlow sees no GPU: the grouping was measured on oneDNN.
     """
     _, height, width, channels = x.shape
     if None in (height, width, channels) or tf.config.list_logical_devices("GPU"):
@@ -70,7 +71,7 @@ def _pixel_group(tf, x) -> int:
 
 
 def _grouped_batch_norm(tf, x, gamma, beta, epsilon, group):
-    """Training batch-norm through fused kernels on rows of `group` pixels: a multiple of 16 channels.
+    """Training batch-norm through fused kernels on rows of `group` pixels, a multiple of 16 channels if the image allows.
 
     The inputs viewed as [rows, 1, 1, group * channels] (a free reshape) give each channel `group`
     columns; their statistics combine into the channel's, the outputs are normalised by those
