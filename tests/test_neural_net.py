@@ -227,7 +227,10 @@ def test_tensorflow_fuses_8_training_steps_per_call_and_jax_runs_one(synthetic, 
     assert neural_net.default_steps_per_execution() == 1
 
 
-def test_a_finished_trial_leaves_no_training_graph_behind(synthetic):
+# Batch-norm of 12 and 24 channels trains through fast_layers' custom gradient (rows of pixels).
+@pytest.mark.parametrize("space", [SMALL_SPACE, {**SMALL_SPACE, "use_BN": True, "residual": 1, "conv_hiddn_units_mult": 0.3}],
+                         ids=["plain", "batch-norm"])
+def test_a_finished_trial_leaves_no_training_graph_behind(synthetic, space):
     # Each surviving graph of a training step holds tens of MB: a long search would run out of memory.
     import gc
 
@@ -239,7 +242,7 @@ def test_a_finished_trial_leaves_no_training_graph_behind(synthetic):
 
     before = graphs()
     for _ in range(2):
-        model, result = build_and_train(SMALL_SPACE, synthetic, epochs=1)
+        model, result = build_and_train(space, synthetic, epochs=1)
         assert result["status"] == "ok"
         del model
         keras.backend.clear_session()
