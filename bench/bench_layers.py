@@ -70,6 +70,7 @@ def step_ms(layer: keras.layers.Layer, shape: tuple[int, ...], repeats: int) -> 
 
 
 def make_layer(kind: str, rate: float | None, fast: bool) -> keras.layers.Layer:
+    """Keras's or fast_layers' batch-norm or dropout, in the global dtype policy."""
     module = fast_layers if fast else keras.layers
     return module.BatchNormalization() if kind == "batch-norm" else module.Dropout(rate)
 
@@ -89,15 +90,17 @@ def main() -> None:
         parser.error("fast_layers differ from Keras's layers on the TensorFlow backend only")
 
     precision = resolve_precision(args.precision)
-    keras.config.set_dtype_policy(precision)
     print(f"backend tensorflow, precision {precision}, median of {args.repeats} steps, forward and backward")
     print(f"{'network':8} {'layer':10} {'input shape':18} {'rate':>5} {'count':>5} {'Keras ms':>9} {'fast ms':>8} {'speed-up':>8}")
     rows = []
     for network in networks:
         space_name, variant = NETWORKS[network]
-        for kind, shape, rate, count in layer_shapes(VARIANTS[variant](SPACES[space_name]), args.batch_size):
+        shapes = layer_shapes(VARIANTS[variant](SPACES[space_name]), args.batch_size)
+        keras.config.set_dtype_policy(precision)  # after layer_shapes: clear_session() resets it to float32
+        for kind, shape, rate, count in shapes:
             keras_ms, fast_ms = (step_ms(make_layer(kind, rate, fast), shape, args.repeats) for fast in (False, True))
             rows.append({"network": network, "layer": kind, "shape": list(shape), "rate": rate, "count": count,
+                         "dtype_policy": keras.config.dtype_policy().name,
                          "keras_ms": round(keras_ms, 1), "fast_ms": round(fast_ms, 1)})
             rate_text = "" if rate is None else f"{rate:.2f}"
             print(f"{network:8} {kind:10} {'x'.join(map(str, shape)):18} {rate_text:>5} {count:>5} "

@@ -44,12 +44,16 @@ def test_a_trials_callbacks_make_keras_on_jax_wait_for_every_step_unless_marked_
     assert done.stdout.strip() == "{'none': False, 'trial': True, 'trial-async': False}", done.stderr[-2000:]
 
 
-def test_the_layer_benchmark_times_every_batch_norm_and_dropout_shape_of_the_network(tmp_path):
+def test_the_layer_benchmark_times_every_batch_norm_and_dropout_shape_of_the_network_in_its_precision(tmp_path):
     out = tmp_path / "layers.json"
-    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_layers.py"), "--networks", "best", "--batch-size", "2",
-                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_layers.py"), "--networks", "best,demo", "--batch-size", "2",
+                           "--precision", "mixed_bfloat16", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
+    assert {row["dtype_policy"] for row in rows} == {"mixed_bfloat16"}  # building a network resets the policy
+    assert {row["network"] for row in rows} == {"best", "demo"}
+    rows = [row for row in rows if row["network"] == "best"]
     norms = {tuple(row["shape"]): row["count"] for row in rows if row["layer"] == "batch-norm"}
     assert norms == {(2, 32, 32, 63): 4, (2, 16, 16, 126): 4, (2, 8, 8, 252): 4}  # SEED_BEST_SPACE's 12
     assert sum(row["count"] for row in rows if row["layer"] == "dropout") == 13
