@@ -95,30 +95,33 @@ def _grouped_batch_norm(tf, x, gamma, beta, epsilon, group):
     column_mean = tf.stop_gradient(column_mean)
     # Pooled over the columns (all of `rows` values): within-column plus between-column variance.
     mean = tf.reduce_mean(per_channel(column_mean), 0)
+    mean_columns = tiled(mean)
     variance = tf.reduce_mean(per_channel(tf.stop_gradient(column_variance) * (rows - 1.0) / rows
-                                          + tf.square(column_mean - tiled(mean))), 0)
+                                          + tf.square(column_mean - mean_columns)), 0)
+    variance_columns = tiled(variance)
     inverse_std = tf.math.rsqrt(variance + epsilon)
 
     @tf.custom_gradient
     def normalize(view, gamma, beta):
+        gamma_columns = tiled(gamma)
         outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            view, tiled(gamma), tiled(beta), mean=tiled(mean), variance=tiled(variance),
+            view, gamma_columns, tiled(beta), mean=mean_columns, variance=variance_columns,
             epsilon=epsilon, is_training=False)
 
         def gradient(upstream):
             # Inference-mode gradient: upstream * gamma / std, and per column the sums of
             # upstream * normalised inputs (d gamma) and of upstream (d beta).
             partial, d_gamma, d_beta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=upstream, x=view, scale=tiled(gamma), reserve_space_1=tiled(mean),
-                reserve_space_2=tiled(variance), reserve_space_3=tf.zeros([0]), epsilon=epsilon,
+                y_backprop=upstream, x=view, scale=gamma_columns, reserve_space_1=mean_columns,
+                reserve_space_2=variance_columns, reserve_space_3=tf.zeros([0]), epsilon=epsilon,
                 data_format="NHWC", is_training=False)
             d_gamma = tf.reduce_sum(per_channel(d_gamma), 0)
             d_beta = tf.reduce_sum(per_channel(d_beta), 0)
             # What the batch mean and variance add: -gamma / std * (d_beta + x_hat * d_gamma) / n.
             scale = gamma * inverse_std
             correction, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                view, tiled(-scale * d_gamma / n), tiled(-scale * d_beta / n), mean=tiled(mean),
-                variance=tiled(variance), epsilon=epsilon, is_training=False)
+                view, tiled(-scale * d_gamma / n), tiled(-scale * d_beta / n), mean=mean_columns,
+                variance=variance_columns, epsilon=epsilon, is_training=False)
             return partial + correction, d_gamma, d_beta
 
         return outputs, gradient
