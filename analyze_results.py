@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import RESULTS_DIR, is_ok, iter_results, validation_curve, warn
+from utils import RESULTS_DIR, HelpFormatter, is_ok, iter_results, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -23,7 +23,7 @@ HYPERPARAMETERS = NUMERIC + CATEGORICAL
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="folder of result JSON files")
     parser.add_argument("--out", default="analysis", help="folder for trials.csv, importance.csv and the PNGs")
     parser.add_argument("--trials-file", default="results.pkl",

@@ -19,18 +19,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from utils import HelpFormatter  # noqa: E402
+
 BATCH = 32  # filters climbed at once
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="a saved .keras model (default: the newest in weights/)")
     parser.add_argument("--layers", default=None, help="regex of layer names (default: the residual add layers, else the conv layers)")
     parser.add_argument("--steps", type=int, default=40, help="gradient ascent steps per filter")
     parser.add_argument("--step-size", type=float, default=0.01, help="size of one normalised step, in input units")
     parser.add_argument("--max-filters", type=int, default=64, help="filters tried per layer (the first ones)")
     parser.add_argument("--out", default="layers", help="folder for the PNG grids")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the starting images")
     return parser.parse_args(argv)
 
 

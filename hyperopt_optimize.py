@@ -20,9 +20,9 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    from utils import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python.tar.gz (default: Keras's cache, ~/.keras/datasets)")
     parser.add_argument("--max-evals", type=int, default=None, help="total trials, resumed ones included (default: no limit, run until Ctrl-C)")
@@ -38,8 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified) for quick runs")
     parser.add_argument("--space", choices=["full", "tiny"], default="full", help="the real search space, or tiny networks for smoke tests")
     parser.add_argument("--width-multiple", type=int, default=None,
-                        help="round conv filters and hidden units up to a multiple of this; None keeps the space's 8, "
-                             "which suits GPU tensor cores; 1: 2017's exact widths")
+                        help="round conv filters and hidden units up to a multiple of this (default: the space's 8, "
+                             "which suits GPU tensor cores; 1: 2017's exact widths)")
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
                         help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions (AVX512-BF16, AMX), else float32")
     parser.add_argument("--spark-master", default=None,

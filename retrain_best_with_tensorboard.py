@@ -13,12 +13,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from utils import HelpFormatter  # noqa: E402
+
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--result", default=None, help="result JSON to retrain (default: the best in --results-dir by its loss)")
     parser.add_argument("--results-dir", default="results", help="folder of result JSON files")
     parser.add_argument("--epochs", type=int, default=100, help="epochs to train")
@@ -28,8 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--histogram-freq", type=int, default=1, help="weight histograms every N epochs (0: none)")
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
                         help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the data split and the weights")
+    parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     return parser.parse_args(argv)
 
 

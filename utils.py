@@ -1,7 +1,8 @@
-"""Results on disk: atomic writes, result JSON files, the best result, the trials pickle, a run lock."""
+"""Results on disk: atomic writes, result JSON files, the best result, the trials pickle, a run lock; the scripts' --help format."""
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import json
@@ -16,6 +17,17 @@ import numpy as np
 
 RESULTS_DIR = "results"
 TRIALS_FILE = "results.pkl"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as the scripts write it: the description's own line breaks, and each option's default once."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        # None, a flag's False and --help's SUPPRESS say nothing; a help that explains its default has it.
+        if action.default in (None, argparse.SUPPRESS) or action.default is False or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _jsonable(value):

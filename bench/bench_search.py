@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperopt_optimize  # noqa: E402
 from pruning import should_prune  # noqa: E402
-from utils import iter_results  # noqa: E402
+from utils import HelpFormatter, iter_results  # noqa: E402
 
 WITHIN = 0.02  # the target: the best accuracy within 2 points, with at least 40% fewer epochs
 FEWER = 0.40
@@ -82,13 +82,13 @@ def run_search(prune: str, args) -> tuple[dict, list[list[float]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--trials", type=int, default=20, help="trials of each search")
     parser.add_argument("--epochs", type=int, default=30, help="most epochs per trial (patience stays 15)")
-    parser.add_argument("--space", choices=["tiny", "full"], default="tiny")
-    parser.add_argument("--train-subset", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto")
+    parser.add_argument("--space", choices=["tiny", "full"], default="tiny", help="the search space, as hyperopt_optimize.py's --space")
+    parser.add_argument("--train-subset", type=int, default=None, help="train on this many synthetic images (default: all 2,700)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the data and of both searches")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto", help="as hyperopt_optimize.py's")
     parser.add_argument("--orders", type=int, default=200, help="random trial orders to replay the unpruned search in")
     parser.add_argument("--replay", default=None, metavar="RESULTS_DIR",
                         help="only replay the finished trials of this results folder (no training)")

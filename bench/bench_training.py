@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution, resolve_precision  # noqa: E402
+from utils import HelpFormatter  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
 CIFAR_IMAGES = 60_000
@@ -203,7 +204,7 @@ def data_memory(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--spaces", default="demo,best", help="comma-separated: demo, best (empty: memory only)")
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated changes to each network, or all: {', '.join(VARIANTS)}")
@@ -211,7 +212,7 @@ def main() -> None:
                         help="comma-separated: none, trial (a search trial's per-step callbacks), trial-async (those marked async-safe)")
     parser.add_argument("--recipe", choices=["project", "2017"], default="project",
                         help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps, Keras's own batch-norm and dropout (TensorFlow only)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"], help="as hyperopt_optimize.py's")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
     parser.add_argument("--windows", type=int, default=3, help="timed epochs after the warm-up epoch")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")

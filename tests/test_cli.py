@@ -1,0 +1,42 @@
+"""Every script's --help: it runs, explains every option and states each default once."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = ["hyperopt_optimize.py", "analyze_results.py", "retrain_best_with_tensorboard.py",
+           "conv_filters_visualization.py"]
+BENCHMARKS = ["bench/bench_training.py", "bench/bench_layers.py", "bench/bench_roofline.py",
+              "bench/bench_search.py", "bench/bench_trial_memory.py"]
+
+
+def option_helps(help_text: str) -> dict[str, str]:
+    """Each option of argparse's --help output and its help text, continuation lines joined."""
+    options, current = {}, None
+    for line in help_text.split("options:", 1)[1].splitlines():
+        if match := re.match(r"  (-\S+(?: [A-Z_{][^ ]*)?(?:, -\S+(?: [A-Z_{][^ ]*)?)*)(?:\s{2,}(.*))?$", line):
+            names = [word.rstrip(",") for word in match.group(1).split() if word.startswith("-")]
+            current = names[-1]
+            options[current] = match.group(2) or ""
+        elif current and line.startswith(" " * 6):
+            options[current] = f"{options[current]} {line.strip()}".strip()
+    return options
+
+
+@pytest.mark.parametrize("script", SCRIPTS + [pytest.param(b, marks=pytest.mark.slow) for b in BENCHMARKS])
+def test_help_explains_every_option_and_states_each_default_once(script):
+    done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    options = option_helps(done.stdout)
+    assert "--help" in options and len(options) > 3
+    for option, text in options.items():
+        assert text, f"{script} {option} has no help"
+        assert text.count("default") <= 1, f"{script} {option}: {text}"
+        assert "(default: None)" not in text and "(default: False)" not in text, f"{script} {option}: {text}"
+    # A default that argparse knows is shown: --epochs of the search says 100.
+    if script == "hyperopt_optimize.py":
+        assert options["--epochs"].endswith("(default: 100)")
