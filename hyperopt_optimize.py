@@ -12,6 +12,10 @@ import os
 import signal
 import sys
 import zlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from utils import SignalGuard
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -69,42 +73,9 @@ def report(line: str) -> None:
     tqdm.write(line)
 
 
-class SignalGuard:
-    """Turn SIGINT/SIGTERM into KeyboardInterrupt, but never in the middle of saving."""
-
-    def __init__(self):
-        self.signum = None
-        self._saving = False
-        self._pending = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        if self._saving:
-            self._pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def saving(self):
-        """Hold signals back while the block runs; act on them after."""
-        self._saving = True
-        try:
-            yield
-        finally:
-            self._saving = False
-        if self._pending:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        """Put the previous signal handlers back."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from utils import RunLock
+    from utils import RunLock, SignalGuard
 
     lock = RunLock(args.results_dir)
     if not lock.acquire():
@@ -234,7 +205,8 @@ class Search:
                 # Seeded by the trial count too, so that a resumed run asks for new points.
                 rstate=np.random.default_rng([args.seed, done]),
                 early_stop_fn=None if parallelism else self.after_serial_trial,
-                show_progressbar=args.max_evals is not None,
+                # A bar needs a known total, and a terminal: in a log file each redraw is one more line.
+                show_progressbar=args.max_evals is not None and sys.stderr.isatty(),
                 return_argmin=False,
             )
         except AllTrialsFailed:

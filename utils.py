@@ -1,14 +1,20 @@
-"""Results on disk: atomic writes, result JSON files, the best result, the trials pickle, a run lock; the scripts' --help format."""
+"""What keeps a search's results safe, and what the scripts share.
+
+Atomic writes, result JSON files, the best result, the trials pickle, a run lock, signals held
+back while saving; the scripts' --help format.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
 import math
 import os
 import pickle
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -224,3 +230,36 @@ class RunLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+
+class SignalGuard:
+    """Turn SIGINT/SIGTERM into KeyboardInterrupt, but never in the middle of saving."""
+
+    def __init__(self):
+        self.signum = None
+        self._saving = False
+        self._pending = False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        if self._saving:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def saving(self):
+        """Hold signals back while the block runs; act on them after."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._pending:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """Put the previous signal handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
