@@ -24,7 +24,7 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from utils import HelpFormatter
+    from utils import PRECISION_HELP, PRECISIONS, HelpFormatter
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")
@@ -44,8 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width-multiple", type=int, default=None,
                         help="round conv filters and hidden units up to a multiple of this (default: the space's 8, "
                              "which suits GPU tensor cores; 1: 2017's exact widths)")
-    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
-                        help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions (AVX512-BF16, AMX), else float32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--spark-master", default=None,
                         help="run trials in parallel on Spark: local[P] on this machine, or spark://host:7077 (needs pyspark, Java 17+)")
     parser.add_argument("--parallelism", type=int, default=None, help="trials at once under Spark (default: P of local[P], else 2)")

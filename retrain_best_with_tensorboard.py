@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from utils import HelpFormatter  # noqa: E402
+from utils import PRECISION_HELP, PRECISIONS, HelpFormatter  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
@@ -28,8 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python.tar.gz")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified)")
     parser.add_argument("--histogram-freq", type=int, default=1, help="weight histograms every N epochs (0: none)")
-    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto",
-                        help="auto: mixed_bfloat16 on a GPU or a CPU with bfloat16 instructions, else float32")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data split and the weights")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     return parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """What keeps a search's results safe, and what the scripts share.
 
 Atomic writes, result JSON files, the best result, the trials pickle, a run lock, signals held
-back while saving; the scripts' --help format.
+back while saving; the scripts' --help format and precision choices.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ import numpy as np
 
 RESULTS_DIR = "results"
 TRIALS_FILE = "results.pkl"
+
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+PRECISION_HELP = ("Keras dtype policy of training. auto: mixed_bfloat16 on a GPU of compute capability 8.0+ "
+                  "(Ampere on), a TPU, or a CPU with bfloat16 instructions (AVX512-BF16, AMX); mixed_float16, "
+                  "with loss scaling, on a 7.x GPU (Volta, Turing); else float32")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

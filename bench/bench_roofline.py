@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import bench_training  # noqa: E402
 import hyperspace  # noqa: E402
 from neural_net import build_model, resolve_precision  # noqa: E402
-from utils import HelpFormatter  # noqa: E402
+from utils import PRECISIONS, HelpFormatter  # noqa: E402
 
 SPACES = {**bench_training.SPACES, "tiny": {
     **hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}
@@ -310,7 +310,7 @@ def main() -> None:
     parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(SPACES)}")
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated, as in bench_training.py: {', '.join(bench_training.VARIANTS)}, or all")
-    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"], help="as hyperopt_optimize.py's")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (H100 SXM dense bf16: 989)")

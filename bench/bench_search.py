@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperopt_optimize  # noqa: E402
 from pruning import should_prune  # noqa: E402
-from utils import HelpFormatter, iter_results  # noqa: E402
+from utils import PRECISIONS, HelpFormatter, iter_results  # noqa: E402
 
 WITHIN = 0.02  # the target: the best accuracy within 2 points, with at least 40% fewer epochs
 FEWER = 0.40
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--space", choices=["tiny", "full"], default="tiny", help="the search space, as hyperopt_optimize.py's --space")
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many synthetic images (default: all 2,700)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data and of both searches")
-    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16"], default="auto", help="as hyperopt_optimize.py's")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as hyperopt_optimize.py's")
     parser.add_argument("--orders", type=int, default=200, help="random trial orders to replay the unpruned search in")
     parser.add_argument("--replay", default=None, metavar="RESULTS_DIR",
                         help="only replay the finished trials of this results folder (no training)")

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution, resolve_precision  # noqa: E402
-from utils import HelpFormatter  # noqa: E402
+from utils import PRECISIONS, HelpFormatter  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
 CIFAR_IMAGES = 60_000
@@ -212,7 +212,7 @@ def main() -> None:
                         help="comma-separated: none, trial (a search trial's per-step callbacks), trial-async (those marked async-safe)")
     parser.add_argument("--recipe", choices=["project", "2017"], default="project",
                         help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps, Keras's own batch-norm and dropout (TensorFlow only)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"], help="as hyperopt_optimize.py's")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
     parser.add_argument("--windows", type=int, default=3, help="timed epochs after the warm-up epoch")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
@@ -225,7 +225,7 @@ def main() -> None:
 
     if args.recipe == "2017" and keras.backend.backend() != "tensorflow":
         parser.error("--recipe 2017 needs the TensorFlow backend")
-    if args.recipe == "2017" and args.precision == "mixed_bfloat16":
+    if args.recipe == "2017" and args.precision.startswith("mixed"):
         parser.error("--recipe 2017 trains in float32, as 2017 did")
     spaces = [name for name in args.spaces.split(",") if name]
     if unknown := set(spaces) - set(SPACES):

@@ -195,7 +195,7 @@ def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
 def test_auto_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypatch):
     import neural_net
 
-    monkeypatch.setattr(neural_net, "_has_accelerator", lambda: False)
+    monkeypatch.setattr(neural_net, "_accelerator_capabilities", lambda: [])
     monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: False)
     assert neural_net.resolve_precision("auto") == "float32"
     monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: True)
@@ -203,15 +203,42 @@ def test_auto_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypa
     assert neural_net.resolve_precision("float32") == "float32"
 
 
-def test_a_mixed_bfloat16_trial_learns_keeps_float32_weights_and_restores_the_policy(synthetic):
+@pytest.mark.parametrize("capabilities, precision", [
+    ([(9, 0)], "mixed_bfloat16"),  # H100
+    ([(8, 6), (8, 0)], "mixed_bfloat16"),  # RTX 3090, A100
+    ([(7, 0)], "mixed_float16"),  # V100: float16 tensor cores, no bfloat16
+    ([(8, 0), (7, 5)], "mixed_float16"),  # an A100 beside a T4: what both compute natively
+    ([(6, 1)], "float32"),  # GTX 1080 Ti
+    ([None], "mixed_bfloat16"),  # a TPU
+])
+def test_auto_precision_on_accelerators_is_what_every_one_computes_natively(monkeypatch, capabilities, precision):
+    import neural_net
+
+    monkeypatch.setattr(neural_net, "_accelerator_capabilities", lambda: capabilities)
+    monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: False)
+    assert neural_net.resolve_precision("auto") == precision
+
+
+def test_compute_capabilities_read_from_tensorflow_and_jax():
+    from neural_net import _capability
+
+    assert _capability((7, 5)) == (7, 5)
+    assert _capability("9.0") == (9, 0)
+    assert _capability(None) is None
+
+
+@pytest.mark.parametrize("precision, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
+def test_a_mixed_precision_trial_learns_keeps_float32_weights_and_restores_the_policy(synthetic, precision, compute_dtype):
     import keras
 
-    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=2, precision="mixed_bfloat16")
-    assert result["status"] == "ok" and result["precision"] == "mixed_bfloat16"
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=2, precision=precision)
+    assert result["status"] == "ok" and result["precision"] == precision
     assert result["fine_best_accuracy"] > 0.05  # chance is 0.01
     assert {w.dtype for w in model.trainable_weights} == {"float32"}
     assert model.get_layer("fine_outputs").compute_dtype == "float32"
-    assert next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).compute_dtype == "bfloat16"
+    assert next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)).compute_dtype == compute_dtype
+    # float16's gradients would underflow without loss scaling, which Keras adds for this policy.
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
     assert keras.config.dtype_policy().name == "float32"
 
 
