@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -77,7 +78,14 @@ def main(argv=None) -> int:
     from utils import RunLock, SignalGuard
 
     lock = RunLock(args.results_dir)
-    if not lock.acquire():
+    try:
+        # Where results cannot be written, stop before any training.
+        Path(args.trials_file).parent.mkdir(parents=True, exist_ok=True)
+        locked = lock.acquire()
+    except OSError as err:
+        print(f"error: cannot write the results there: {err}", file=sys.stderr)
+        return 2
+    if not locked:
         print(f"error: a search is already running on {args.results_dir}/ ({lock.holder}); "
               "wait for it to end or use another --results-dir", file=sys.stderr)
         return 2
@@ -162,7 +170,7 @@ class Search:
             parallelism = parallelism_of(args.spark_master, args.parallelism)
         try:
             finished = self.load_finished_trials()
-        except TrialsFileError as err:
+        except (TrialsFileError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         done = len(finished.trials)
@@ -228,12 +236,17 @@ class Search:
         """Trials from the pickle, without the ones that never finished; or new Trials."""
         from hyperopt import Trials
 
-        from utils import finished_copy, load_trials
+        from utils import finished_copy, load_trials, result_path, save_json_result
 
         if not os.path.exists(self.args.trials_file):
             print(f"Starting a new search: trials go to {self.args.trials_file}, results to {self.args.results_dir}/")
             return Trials()
         trials = finished_copy(load_trials(self.args.trials_file))
+        # A run that stopped between saving the pickle and a result file (a full disk) left it out.
+        for result in trials.results:
+            if "tid" in result and not result_path(result, self.args.results_dir).exists():
+                save_json_result(result, self.args.results_dir)
+                print(f"Restored the result file of trial {result['tid']} from {self.args.trials_file}")
         best = self.current_best_loss(trials)
         best_text = "none yet" if best is None else f"{-best:.4f}"
         print(f"Resuming: {len(trials.trials)} trials, best fine accuracy {best_text}")
@@ -294,10 +307,15 @@ class Search:
         for trial in new:
             trial["result"]["tid"] = trial["tid"]
         in_main = threading.current_thread() is threading.main_thread()
-        with self.guard.saving() if in_main else contextlib.nullcontext():
-            save_trials(snapshot, self.args.trials_file)
-            for trial in new:
-                save_json_result(trial["result"], self.args.results_dir)
+        try:
+            with self.guard.saving() if in_main else contextlib.nullcontext():
+                save_trials(snapshot, self.args.trials_file)
+                for trial in new:
+                    save_json_result(trial["result"], self.args.results_dir)
+        except OSError as err:  # a full disk, say: what was saved before stays whole
+            self.stop_reason = (f"cannot save trial {new[0]['tid']} ({err}); the trials before it are saved, "
+                                "rerun to resume once it can be written")
+            return True, []
         self.saved_tids.update(t["tid"] for t in new)
         self.objective.finished_curves = finished_curves(snapshot.results)
         self.objective.next_tid = max(self.saved_tids) + 1

@@ -89,9 +89,14 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def result_path(result: dict, results_dir: str | os.PathLike = RESULTS_DIR) -> Path:
+    """Where a result's file lives: `<model_name>.txt.json` in results_dir."""
+    return Path(results_dir) / f"{result['model_name']}.txt.json"
+
+
 def save_json_result(result: dict, results_dir: str | os.PathLike = RESULTS_DIR) -> Path:
-    """Write `<model_name>.txt.json` atomically into results_dir; return its path."""
-    path = Path(results_dir) / f"{result['model_name']}.txt.json"
+    """Write the result's file atomically; return its path."""
+    path = result_path(result, results_dir)
     atomic_write(path, to_json(result).encode())
     return path
 

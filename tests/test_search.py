@@ -195,6 +195,33 @@ def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypat
     assert "3 trials in a row failed with: FloatingPointError" in capsys.readouterr().err
 
 
+def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_file(tmp_path, monkeypatch, capsys):
+    import utils
+
+    def disk_full(result, results_dir):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(utils, "save_json_result", disk_full)
+        assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 1
+    err = capsys.readouterr().err
+    assert "error: cannot save trial 0 ([Errno 28] No space left on device)" in err and "Traceback" not in err
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 1 and not result_files(tmp_path)
+
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    assert "Restored the result file of trial 0" in capsys.readouterr().out
+    assert len(result_files(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("where", [["--results-dir", "a_file/results"], ["--trials-file", "a_file/results.pkl"]])
+def test_a_results_location_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys, where):
+    (tmp_path / "a_file").write_text("")
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", *where) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: cannot write the results there:") and len(captured.err.splitlines()) == 1
+    assert "training" not in captured.out
+
+
 def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
     from hyperopt import Trials
 
