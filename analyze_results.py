@@ -270,7 +270,11 @@ def main(argv=None) -> int:
         print(f"error: no result files in {args.results_dir}/; run hyperopt_optimize.py first", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot write to {out}/: {err}", file=sys.stderr)
+        return 2
     print_leaderboard(rows, args.top)
     ranked = importance(rows)
     print("\nWhat explains validation fine accuracy (|Spearman rho| for numbers, eta^2 for categories):")

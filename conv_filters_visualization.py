@@ -147,7 +147,11 @@ def main(argv=None) -> int:
         print(f"error: no layer of {path} matches {args.layers!r}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot write to {out}/: {err}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     print(f"{path}: {len(layers)} layers: {', '.join(layer.name for layer in layers)}")
     for layer in layers:

@@ -74,7 +74,12 @@ def main(argv=None) -> int:
     name = result["model_name"]
     log_dir = Path(TENSORBOARD_DIR) / name
     checkpoint = Path(WEIGHTS_DIR) / f"{name}.keras"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for folder in (log_dir, checkpoint.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot write the logs and the model: {err}", file=sys.stderr)
+        return 2
     print(f"Retraining {name} (from {path}) on {data.summary()}")
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
 
@@ -94,7 +99,11 @@ def main(argv=None) -> int:
         print(f"error: retraining failed: {retrained['error']}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{name}.retrain", retrained_from=str(path), checkpoint=str(checkpoint))
-    saved = save_json_result(retrained, WEIGHTS_DIR)
+    try:
+        saved = save_json_result(retrained, WEIGHTS_DIR)
+    except OSError as err:
+        print(f"error: cannot save the retrain's result ({err}); the best model is {checkpoint}", file=sys.stderr)
+        return 1
     print_json({k: v for k, v in retrained.items() if k not in ("history", "space")})
     print(f"Best validation fine accuracy {retrained['fine_best_accuracy']:.4f}, test {retrained['test_fine_accuracy']:.4f}; "
           f"result in {saved}")

@@ -71,3 +71,11 @@ def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert analyze_results.main(["--results-dir", str(tmp_path / "empty")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
+def test_an_output_folder_that_cannot_be_written_exits_2(tmp_path, capsys):
+    make_results(tmp_path / "results")
+    (tmp_path / "a_file").write_text("")
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "a_file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write to {tmp_path / 'a_file' / 'out'}/") and len(err.splitlines()) == 1

@@ -110,7 +110,27 @@ def test_gradient_ascent_raises_the_filters_activation(retrained):
     assert (trace[-1] > trace[0]).all()
 
 
+@pytest.mark.parametrize("taken", ["weights", "TensorBoard"])
+def test_retrain_where_logs_or_model_cannot_be_written_exits_2_before_training(tmp_path, monkeypatch, capsys, taken):
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
+                      "dataset": "synthetic"}, tmp_path / "results")
+    (tmp_path / taken).write_text("")  # a file where the folder should be
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--train-subset", "300"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: cannot write the logs and the model:") and "Retraining" not in captured.out
+
+
 def test_visualization_without_a_model_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert viz.main([]) == 2
     assert "no model to load" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_visualization_into_a_folder_that_cannot_be_written_exits_2(retrained, tmp_path, capsys):
+    folder, _ = retrained
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "a_file" / "layers"
+    assert viz.main(["--model", str(folder / "weights" / "model_0.2_aaaaa.keras"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot write to {out}/")
