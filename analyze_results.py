@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import RESULTS_DIR, HelpFormatter, is_ok, iter_results, validation_curve, warn
+from utils import RESULTS_DIR, HelpFormatter, at_least, is_ok, iter_results, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -28,7 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="analysis", help="folder for trials.csv, importance.csv and the PNGs")
     parser.add_argument("--trials-file", default="results.pkl",
                         help="trials pickle that gives the trial order (else results-dir/results.pkl, else file times)")
-    parser.add_argument("--top", type=int, default=10, help="trials in the leaderboard and the per-epoch plot")
+    parser.add_argument("--top", type=at_least(1), default=10, help="trials in the leaderboard and the per-epoch plot")
     return parser.parse_args(argv)
 
 

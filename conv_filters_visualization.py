@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from utils import HelpFormatter  # noqa: E402
+from utils import HelpFormatter, at_least  # noqa: E402
 
 BATCH = 32  # filters climbed at once
 
@@ -28,12 +28,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="a saved .keras model (default: the newest in weights/)")
     parser.add_argument("--layers", default=None, help="regex of layer names (default: the residual add layers, else the conv layers)")
-    parser.add_argument("--steps", type=int, default=40, help="gradient ascent steps per filter")
+    parser.add_argument("--steps", type=at_least(1), default=40, help="gradient ascent steps per filter")
     parser.add_argument("--step-size", type=float, default=0.01, help="size of one normalised step, in input units")
-    parser.add_argument("--max-filters", type=int, default=64, help="filters tried per layer (the first ones)")
+    parser.add_argument("--max-filters", type=at_least(1), default=64, help="filters tried per layer (the first ones)")
     parser.add_argument("--out", default="layers", help="folder for the PNG grids")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the starting images")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.step_size > 0:
+        parser.error(f"--step-size must be positive, got {args.step_size}")
+    if args.layers is not None:
+        try:
+            re.compile(args.layers)
+        except re.error as err:
+            parser.error(f"--layers is not a regular expression: {err}")
+    return args
 
 
 def newest_model(folder: str = "weights") -> Path | None:

@@ -25,14 +25,14 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from utils import PRECISION_HELP, PRECISIONS, HelpFormatter
+    from utils import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python.tar.gz (default: Keras's cache, ~/.keras/datasets)")
-    parser.add_argument("--max-evals", type=int, default=None, help="total trials, resumed ones included (default: no limit, run until Ctrl-C)")
-    parser.add_argument("--epochs", type=int, default=100, help="most epochs per trial")
-    parser.add_argument("--patience", type=int, default=15, help="early stopping: epochs without a better validation fine accuracy (best weights restored)")
+    parser.add_argument("--max-evals", type=at_least(1), default=None, help="total trials, resumed ones included (default: no limit, run until Ctrl-C)")
+    parser.add_argument("--epochs", type=at_least(1), default=100, help="most epochs per trial")
+    parser.add_argument("--patience", type=at_least(1), default=15, help="early stopping: epochs without a better validation fine accuracy (best weights restored)")
     parser.add_argument("--prune", choices=["median", "none"], default="median", help="stop trials that trail the median of finished trials")
     parser.add_argument("--algo", choices=["tpe", "random"], default="tpe", help="hyperopt suggestion algorithm")
     parser.add_argument("--seed", type=int, default=0, help="random seed of suggestions, data split and weights")
@@ -40,23 +40,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials-file", default="results.pkl", help="hyperopt trials pickle, rewritten after every trial")
     parser.add_argument("--select-on", choices=["validation", "test"], default="validation",
                         help="what selects epochs and trials: a validation split, or the test set as in 2017")
-    parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified) for quick runs")
+    parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many images (stratified) for quick runs")
     parser.add_argument("--space", choices=["full", "tiny"], default="full", help="the real search space, or tiny networks for smoke tests")
-    parser.add_argument("--width-multiple", type=int, default=None,
+    parser.add_argument("--width-multiple", type=at_least(1), default=None,
                         help="round conv filters and hidden units up to a multiple of this (default: the space's 8, "
                              "which suits GPU tensor cores; 1: 2017's exact widths)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--spark-master", default=None,
                         help="run trials in parallel on Spark: local[P] on this machine, or spark://host:7077 (needs pyspark, Java 17+)")
-    parser.add_argument("--parallelism", type=int, default=None, help="trials at once under Spark (default: P of local[P], else 2)")
+    parser.add_argument("--parallelism", type=at_least(1), default=None, help="trials at once under Spark (default: P of local[P], else 2)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
-    args = parser.parse_args(argv)
-    for name in ("max_evals", "epochs", "patience", "train_subset", "parallelism", "width_multiple"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def finished_curves(results) -> list[list[float]]:

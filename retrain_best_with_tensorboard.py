@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from utils import PRECISION_HELP, PRECISIONS, HelpFormatter  # noqa: E402
+from utils import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
@@ -23,11 +23,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--result", default=None, help="result JSON to retrain (default: the best in --results-dir by its loss)")
     parser.add_argument("--results-dir", default="results", help="folder of result JSON files")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs to train")
+    parser.add_argument("--epochs", type=at_least(1), default=100, help="epochs to train")
     parser.add_argument("--dataset", default=None, help="cifar100 | cifar10 | synthetic | FILE.npz (default: the result's own)")
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python.tar.gz")
-    parser.add_argument("--train-subset", type=int, default=None, help="train on this many images (stratified)")
-    parser.add_argument("--histogram-freq", type=int, default=1, help="weight histograms every N epochs (0: none)")
+    parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many images (stratified)")
+    parser.add_argument("--histogram-freq", type=at_least(0), default=1, help="weight histograms every N epochs (0: none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data split and the weights")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")

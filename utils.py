@@ -31,6 +31,19 @@ PRECISION_HELP = ("Keras dtype policy of training. auto: mixed_bfloat16 on a GPU
                   "with loss scaling, on a 7.x GPU (Volta, Turing); else float32")
 
 
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than `minimum`."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError is argparse's "invalid int value" error
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help as the scripts write it: the description's own line breaks, and each option's default once."""
 

@@ -40,3 +40,21 @@ def test_help_explains_every_option_and_states_each_default_once(script):
     # A default that argparse knows is shown: --epochs of the search says 100.
     if script == "hyperopt_optimize.py":
         assert options["--epochs"].endswith("(default: 100)")
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("hyperopt_optimize.py", ["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    ("hyperopt_optimize.py", ["--max-evals", "1.5"], "argument --max-evals: invalid int value: '1.5'"),
+    ("retrain_best_with_tensorboard.py", ["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    ("retrain_best_with_tensorboard.py", ["--histogram-freq", "-1"], "argument --histogram-freq: must be at least 0"),
+    ("analyze_results.py", ["--top", "0"], "argument --top: must be at least 1, got 0"),
+    ("conv_filters_visualization.py", ["--max-filters", "0"], "argument --max-filters: must be at least 1, got 0"),
+    ("conv_filters_visualization.py", ["--step-size", "-0.1"], "--step-size must be positive, got -0.1"),
+    ("conv_filters_visualization.py", ["--layers", "conv("], "--layers is not a regular expression"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_bad_numbers_and_patterns_are_one_line_usage_errors(script, args, message, tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{script}: error: ") and message in last and "Traceback" not in done.stderr
