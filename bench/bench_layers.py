@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import fast_layers  # noqa: E402
 from bench_training import SPACES, VARIANTS  # noqa: E402
 from neural_net import build_model, resolve_precision  # noqa: E402
-from utils import PRECISIONS, HelpFormatter  # noqa: E402
+from utils import PRECISIONS, HelpFormatter, at_least  # noqa: E402
 
 NETWORKS = {"best": ("best", "as-is"), "best-x8": ("best", "filters-x8"), "demo": ("demo", "as-is")}
 
@@ -80,8 +80,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--networks", default=",".join(NETWORKS), help=f"comma-separated: {', '.join(NETWORKS)}")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
-    parser.add_argument("--repeats", type=int, default=9, help="timed steps per layer")
+    parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the space's own batch size")
+    parser.add_argument("--repeats", type=at_least(1), default=9, help="timed steps per layer")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     networks = args.networks.split(",")

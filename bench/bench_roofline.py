@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import bench_training  # noqa: E402
 import hyperspace  # noqa: E402
 from neural_net import build_model, resolve_precision  # noqa: E402
-from utils import PRECISIONS, HelpFormatter  # noqa: E402
+from utils import PRECISIONS, HelpFormatter, at_least  # noqa: E402
 
 SPACES = {**bench_training.SPACES, "tiny": {
     **hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}
@@ -311,14 +311,14 @@ def main() -> None:
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated, as in bench_training.py: {', '.join(bench_training.VARIANTS)}, or all")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the space's own batch size")
+    parser.add_argument("--steps", type=at_least(1), default=20, help="timed steps")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (H100 SXM dense bf16: 989)")
     parser.add_argument("--bandwidth-tbs", type=float, default=None, help="device memory bandwidth in TB/s (H100 SXM: 3.35)")
     parser.add_argument("--target-config", default=None,
                         help="compile for the GPU this XLA target config describes (bench/h100_sxm.txtpb) "
                              "instead of this machine's device; nothing is timed")
-    parser.add_argument("--profile-steps", type=int, default=0,
+    parser.add_argument("--profile-steps", type=at_least(0), default=0,
                         help="also time each kernel over this many steps with JAX's profiler (GPU: CUDA's CUPTI)")
     parser.add_argument("--hlo-dir", default=None,
                         help="also write each compiled step's HLO text (and profiler trace) into this folder")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperopt_optimize  # noqa: E402
 from pruning import should_prune  # noqa: E402
-from utils import PRECISIONS, HelpFormatter, iter_results  # noqa: E402
+from utils import PRECISIONS, HelpFormatter, at_least, iter_results  # noqa: E402
 
 WITHIN = 0.02  # the target: the best accuracy within 2 points, with at least 40% fewer epochs
 FEWER = 0.40
@@ -83,13 +83,13 @@ def run_search(prune: str, args) -> tuple[dict, list[list[float]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--trials", type=int, default=20, help="trials of each search")
-    parser.add_argument("--epochs", type=int, default=30, help="most epochs per trial (patience stays 15)")
+    parser.add_argument("--trials", type=at_least(1), default=20, help="trials of each search")
+    parser.add_argument("--epochs", type=at_least(1), default=30, help="most epochs per trial (patience stays 15)")
     parser.add_argument("--space", choices=["tiny", "full"], default="tiny", help="the search space, as hyperopt_optimize.py's --space")
-    parser.add_argument("--train-subset", type=int, default=None, help="train on this many synthetic images (default: all 2,700)")
+    parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many synthetic images (default: all 2,700)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the data and of both searches")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as hyperopt_optimize.py's")
-    parser.add_argument("--orders", type=int, default=200, help="random trial orders to replay the unpruned search in")
+    parser.add_argument("--orders", type=at_least(1), default=200, help="random trial orders to replay the unpruned search in")
     parser.add_argument("--replay", default=None, metavar="RESULTS_DIR",
                         help="only replay the finished trials of this results folder (no training)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")

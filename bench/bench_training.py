@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution, resolve_precision  # noqa: E402
-from utils import PRECISIONS, HelpFormatter  # noqa: E402
+from utils import PRECISIONS, HelpFormatter, at_least  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
 CIFAR_IMAGES = 60_000
@@ -213,10 +213,10 @@ def main() -> None:
     parser.add_argument("--recipe", choices=["project", "2017"], default="project",
                         help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps, Keras's own batch-norm and dropout (TensorFlow only)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
-    parser.add_argument("--steps", type=int, default=20, help="training steps per timed epoch")
-    parser.add_argument("--windows", type=int, default=3, help="timed epochs after the warm-up epoch")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the space's own batch size")
-    parser.add_argument("--steps-per-execution", type=int, default=None, help="default: as a search trains (8 on TensorFlow, 1 on JAX)")
+    parser.add_argument("--steps", type=at_least(1), default=20, help="training steps per timed epoch")
+    parser.add_argument("--windows", type=at_least(1), default=3, help="timed epochs after the warm-up epoch")
+    parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the space's own batch size")
+    parser.add_argument("--steps-per-execution", type=at_least(1), default=None, help="default: as a search trains (8 on TensorFlow, 1 on JAX)")
     parser.add_argument("--xla", choices=["auto", "on", "off"], default="auto", help="compiled training step")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak, for the utilisation column (H100 SXM dense bf16: 989)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the 60,000-image data memory measurement")

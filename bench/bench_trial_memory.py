@@ -27,13 +27,13 @@ import hyperspace  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from bench_training import rss_mb  # noqa: E402
 from neural_net import build_and_train  # noqa: E402
-from utils import HelpFormatter  # noqa: E402
+from utils import HelpFormatter, at_least  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--trials", type=int, default=30, help="trials to train, one after another in this process")
-    parser.add_argument("--warm-up", type=int, default=5, help="trials before growth is counted")
+    parser.add_argument("--trials", type=at_least(1), default=30, help="trials to train, one after another in this process")
+    parser.add_argument("--warm-up", type=at_least(0), default=5, help="trials before growth is counted")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     if args.trials <= args.warm_up:
