@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import RESULTS_DIR, HelpFormatter, at_least, is_ok, iter_results, validation_curve, warn
+from cli import HelpFormatter, at_least
+from utils import RESULTS_DIR, is_ok, iter_results, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",

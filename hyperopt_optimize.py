@@ -25,7 +25,7 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from utils import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least
+    from cli import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from utils import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least  # noqa: E402
+from cli import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"

@@ -1,12 +1,10 @@
-"""What keeps a search's results safe, and what the scripts share.
+"""Results on disk: atomic writes, result JSON files, the best result, the trials pickle, a run lock.
 
-Atomic writes, result JSON files, the best result, the trials pickle, a run lock, signals held
-back while saving; the scripts' --help format and precision choices.
+And the signal guard that keeps a save from being cut in half.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -23,36 +21,6 @@ import numpy as np
 
 RESULTS_DIR = "results"
 TRIALS_FILE = "results.pkl"
-
-
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-PRECISION_HELP = ("Keras dtype policy of training. auto: mixed_bfloat16 on a GPU of compute capability 8.0+ "
-                  "(Ampere on), a TPU, or a CPU with bfloat16 instructions (AVX512-BF16, AMX); mixed_float16, "
-                  "with loss scaling, on a 7.x GPU (Volta, Turing); else float32")
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer no smaller than `minimum`."""
-
-    def parse(text: str) -> int:
-        value = int(text)  # a ValueError is argparse's "invalid int value" error
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """--help as the scripts write it: the description's own line breaks, and each option's default once."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        # None, a flag's False and --help's SUPPRESS say nothing; a help that explains its default has it.
-        if action.default in (None, argparse.SUPPRESS) or action.default is False or "default" in text:
-            return text
-        return f"{text} (default: %(default)s)"
 
 
 def _jsonable(value):

@@ -27,7 +27,7 @@ import hyperspace  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from bench_training import rss_mb  # noqa: E402
 from neural_net import build_and_train  # noqa: E402
-from utils import HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, at_least  # noqa: E402
 
 
 def main() -> None:
