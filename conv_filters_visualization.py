@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The ascent takes its gradients with tf.GradientTape; a saved .keras model loads on any backend.
+os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np  # noqa: E402
 

@@ -1,5 +1,9 @@
 """Retraining with TensorBoard and checkpoints, then filter visualisation, on a tiny network."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import matplotlib.image
 import numpy as np
@@ -96,6 +100,17 @@ def test_filter_images_have_the_grid_size_and_are_not_flat(retrained, tmp_path):
     image = matplotlib.image.imread(pngs[0])
     assert image.shape[:2] == (4 * 32 + 3 * 2, 4 * 32 + 3 * 2)  # 4x4 input-sized images, 2-pixel margins
     assert image.std() > 0.05
+
+
+@pytest.mark.slow
+def test_visualization_runs_on_tensorflow_whatever_the_keras_backend(retrained, tmp_path):
+    folder, _ = retrained
+    env = {**os.environ, "KERAS_BACKEND": "jax"}  # as a user who trained on JAX may have it set
+    done = subprocess.run([sys.executable, viz.__file__, "--model", str(folder / "weights" / "model_0.2_aaaaa.keras"),
+                           "--max-filters", "4", "--steps", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.glob("*.png")] == ["add_best_filters_4_(2x2)_out_of_4.png"]
 
 
 @pytest.mark.slow
