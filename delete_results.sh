@@ -9,6 +9,12 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   exit 0
 fi
 targets=(results results.pkl TensorBoard weights layers analysis model_demo.png model_best.png)
+# A running search holds this lock (see utils.RunLock) and would write its trials back.
+lock=results/.search.lock
+if [[ -f "$lock" ]] && command -v flock >/dev/null && ! flock -n "$lock" true; then
+  echo "error: a search is running on results/ ($(cat "$lock")); stop it first (Ctrl-C), then rerun" >&2
+  exit 1
+fi
 if [[ "${1:-}" != "-y" ]]; then
   echo "This deletes: ${targets[*]}"
   read -r -p "Delete them? [y/N] " answer
