@@ -1,13 +1,8 @@
-"""What every script's command line shares: the --help format, count arguments, the precision choices."""
+"""What every script's command line shares: the --help format and count arguments."""
 
 from __future__ import annotations
 
 import argparse
-
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-PRECISION_HELP = ("Keras dtype policy of training. auto: mixed_bfloat16 on a GPU of compute capability 8.0+ "
-                  "(Ampere on), a TPU, or a CPU with bfloat16 instructions (AVX512-BF16, AMX); mixed_float16, "
-                  "with loss scaling, on a 7.x GPU (Volta, Turing); else float32")
 
 
 def at_least(minimum: int):

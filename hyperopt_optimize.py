@@ -25,7 +25,8 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from cli import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least
+    from cli import HelpFormatter, at_least
+    from precision import PRECISION_HELP, PRECISIONS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")
@@ -251,7 +252,7 @@ class Search:
         """One line: Keras version, backend and the precision trials train in here."""
         import keras
 
-        from neural_net import resolve_precision
+        from precision import resolve_precision
 
         return (f"Training with Keras {keras.__version__} on {keras.backend.backend()}, "
                 f"precision {resolve_precision(self.args.precision)}")

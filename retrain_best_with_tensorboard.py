@@ -13,7 +13,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cli import PRECISION_HELP, PRECISIONS, HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, at_least  # noqa: E402
+from precision import PRECISION_HELP, PRECISIONS  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"

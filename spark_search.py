@@ -12,8 +12,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 # Shipped to every executor, so that workers need neither the repository nor a shared filesystem.
-PROJECT_MODULES = ["datasets.py", "neural_net.py", "fast_layers.py", "pruning.py", "hyperspace.py", "utils.py",
-                   "spark_search.py", "hyperopt_optimize.py"]
+PROJECT_MODULES = ["datasets.py", "neural_net.py", "fast_layers.py", "precision.py", "pruning.py", "hyperspace.py",
+                   "utils.py", "spark_search.py", "hyperopt_optimize.py"]
 _worker_gpu_lock = None
 
 

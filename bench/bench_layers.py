@@ -27,8 +27,9 @@ import keras  # noqa: E402
 
 import fast_layers  # noqa: E402
 from bench_training import SPACES, VARIANTS  # noqa: E402
-from neural_net import build_model, resolve_precision  # noqa: E402
-from cli import PRECISIONS, HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, at_least  # noqa: E402
+from neural_net import build_model  # noqa: E402
+from precision import PRECISIONS, resolve_precision  # noqa: E402
 
 NETWORKS = {"best": ("best", "as-is"), "best-x8": ("best", "filters-x8"), "demo": ("demo", "as-is")}
 

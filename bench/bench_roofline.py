@@ -37,8 +37,9 @@ import numpy as np  # noqa: E402
 
 import bench_training  # noqa: E402
 import hyperspace  # noqa: E402
-from neural_net import build_model, resolve_precision  # noqa: E402
-from cli import PRECISIONS, HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, at_least  # noqa: E402
+from neural_net import build_model  # noqa: E402
+from precision import PRECISIONS, resolve_precision  # noqa: E402
 
 SPACES = {**bench_training.SPACES, "tiny": {
     **hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}

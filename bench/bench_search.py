@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperopt_optimize  # noqa: E402
 from pruning import should_prune  # noqa: E402
-from cli import PRECISIONS, HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, at_least  # noqa: E402
+from precision import PRECISIONS  # noqa: E402
 from utils import iter_results  # noqa: E402
 
 WITHIN = 0.02  # the target: the best accuracy within 2 points, with at least 40% fewer epochs

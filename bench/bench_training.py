@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
-from neural_net import Batches, build_model, default_steps_per_execution, resolve_precision  # noqa: E402
-from cli import PRECISIONS, HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, at_least  # noqa: E402
+from neural_net import Batches, build_model, default_steps_per_execution  # noqa: E402
+from precision import PRECISIONS, resolve_precision  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
 CIFAR_IMAGES = 60_000

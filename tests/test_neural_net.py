@@ -177,56 +177,6 @@ def test_an_exception_fails_the_trial_without_raising(synthetic):
     assert model is None and result["status"] == "fail" and "KeyError" in result["error"]
 
 
-def _cpuinfo(tmp_path, flags: str) -> str:
-    path = tmp_path / "cpuinfo"
-    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n")
-    return str(path)
-
-
-def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
-    from neural_net import cpu_has_native_bfloat16
-
-    assert cpu_has_native_bfloat16(_cpuinfo(tmp_path, "avx512f avx512_bf16"))
-    assert cpu_has_native_bfloat16(_cpuinfo(tmp_path, "amx_tile amx_bf16"))
-    assert not cpu_has_native_bfloat16(_cpuinfo(tmp_path, "avx512f avx512_vnni"))
-    assert not cpu_has_native_bfloat16(str(tmp_path / "missing"))
-
-
-def test_auto_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypatch):
-    import neural_net
-
-    monkeypatch.setattr(neural_net, "_accelerator_capabilities", lambda: [])
-    monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: False)
-    assert neural_net.resolve_precision("auto") == "float32"
-    monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: True)
-    assert neural_net.resolve_precision("auto") == "mixed_bfloat16"
-    assert neural_net.resolve_precision("float32") == "float32"
-
-
-@pytest.mark.parametrize("capabilities, precision", [
-    ([(9, 0)], "mixed_bfloat16"),  # H100
-    ([(8, 6), (8, 0)], "mixed_bfloat16"),  # RTX 3090, A100
-    ([(7, 0)], "mixed_float16"),  # V100: float16 tensor cores, no bfloat16
-    ([(8, 0), (7, 5)], "mixed_float16"),  # an A100 beside a T4: what both compute natively
-    ([(6, 1)], "float32"),  # GTX 1080 Ti
-    ([None], "mixed_bfloat16"),  # a TPU
-])
-def test_auto_precision_on_accelerators_is_what_every_one_computes_natively(monkeypatch, capabilities, precision):
-    import neural_net
-
-    monkeypatch.setattr(neural_net, "_accelerator_capabilities", lambda: capabilities)
-    monkeypatch.setattr(neural_net, "cpu_has_native_bfloat16", lambda: False)
-    assert neural_net.resolve_precision("auto") == precision
-
-
-def test_compute_capabilities_read_from_tensorflow_and_jax():
-    from neural_net import _capability
-
-    assert _capability((7, 5)) == (7, 5)
-    assert _capability("9.0") == (9, 0)
-    assert _capability(None) is None
-
-
 @pytest.mark.parametrize("precision, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
 def test_a_mixed_precision_trial_learns_keeps_float32_weights_and_restores_the_policy(synthetic, precision, compute_dtype):
     import keras

@@ -1,0 +1,52 @@
+"""What --precision auto picks on each kind of hardware."""
+
+import pytest
+
+import precision
+
+
+def _cpuinfo(tmp_path, flags: str) -> str:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 {flags}\n")
+    return str(path)
+
+
+def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
+    assert precision.cpu_has_native_bfloat16(_cpuinfo(tmp_path, "avx512f avx512_bf16"))
+    assert precision.cpu_has_native_bfloat16(_cpuinfo(tmp_path, "amx_tile amx_bf16"))
+    assert not precision.cpu_has_native_bfloat16(_cpuinfo(tmp_path, "avx512f avx512_vnni"))
+    assert not precision.cpu_has_native_bfloat16(str(tmp_path / "missing"))
+
+
+def test_auto_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypatch):
+    monkeypatch.setattr(precision, "_accelerator_capabilities", lambda: [])
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: False)
+    assert precision.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
+    assert precision.resolve_precision("auto") == "mixed_bfloat16"
+    assert precision.resolve_precision("float32") == "float32"
+
+
+@pytest.mark.parametrize("capabilities, expected", [
+    ([(9, 0)], "mixed_bfloat16"),  # H100
+    ([(8, 6), (8, 0)], "mixed_bfloat16"),  # RTX 3090, A100
+    ([(7, 0)], "mixed_float16"),  # V100: float16 tensor cores, no bfloat16
+    ([(8, 0), (7, 5)], "mixed_float16"),  # an A100 beside a T4: what both compute natively
+    ([(6, 1)], "float32"),  # GTX 1080 Ti
+    ([None], "mixed_bfloat16"),  # a TPU
+])
+def test_auto_precision_on_accelerators_is_what_every_one_computes_natively(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(precision, "_accelerator_capabilities", lambda: capabilities)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: False)
+    assert precision.resolve_precision("auto") == expected
+
+
+def test_compute_capabilities_read_from_tensorflow_and_jax():
+    assert precision._capability((7, 5)) == (7, 5)
+    assert precision._capability("9.0") == (9, 0)
+    assert precision._capability(None) is None
+
+
+def test_a_machine_without_accelerators_reports_none():
+    # The tests hide any GPU (conftest): the backend's own device query runs and finds none.
+    assert precision._accelerator_capabilities() == []
