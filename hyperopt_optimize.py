@@ -55,13 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def finished_curves(results) -> list[list[float]]:
-    """Validation fine accuracy per epoch of every finished trial (2017 results too)."""
-    from utils import validation_curve
-
-    return [curve for result in results if result.get("status") == "ok" and (curve := validation_curve(result))]
-
-
 def report(line: str) -> None:
     """Print a line without tearing hyperopt's progress bar."""
     from tqdm import tqdm
@@ -151,7 +144,7 @@ class Search:
 
         import hyperspace
         from datasets import DatasetError, load_dataset
-        from utils import TrialsFileError
+        from utils import TrialsFileError, finished_curves
 
         args = self.args
         parallelism = None
@@ -168,6 +161,9 @@ class Search:
             finished = self.load_finished_trials()
         except (TrialsFileError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        if mismatch := self.mismatched_setting(finished):
+            print(f"error: {mismatch}", file=sys.stderr)
             return 2
         done = len(finished.trials)
         self.saved_tids = {t["tid"] for t in finished.trials}
@@ -248,6 +244,17 @@ class Search:
         print(f"Resuming: {len(trials.trials)} trials, best fine accuracy {best_text}")
         return trials
 
+    def mismatched_setting(self, trials) -> str | None:
+        """Why the finished trials cannot share one TPE history with this run's (another dataset or selection set), or None."""
+        asked = {"dataset": os.path.basename(self.args.dataset), "selected_on": self.args.select_on}
+        for key, value in asked.items():
+            recorded = {r[key] for r in trials.results if r.get(key) is not None}  # 2017's results have neither
+            if recorded - {value}:
+                return (f"{self.args.trials_file} holds trials with {key} {', '.join(sorted(recorded))}, this run asks "
+                        f"for {value}: their accuracies do not compare; resume with the same setting, or start a "
+                        "new search with another --trials-file and --results-dir")
+        return None
+
     def training_summary(self) -> str:
         """One line: Keras version, backend and the precision trials train in here."""
         import keras
@@ -294,7 +301,7 @@ class Search:
         """Save newly finished trials (pickle, then JSON), report them; stop after repeated failures."""
         import threading
 
-        from utils import finished_copy, save_json_result, save_trials
+        from utils import finished_copy, finished_curves, save_json_result, save_trials
 
         snapshot = finished_copy(trials)
         new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]

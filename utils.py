@@ -15,6 +15,7 @@ import pickle
 import signal
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,11 @@ def validation_curve(result: dict, head: str = "fine") -> list[float]:
         if history.get(key):
             return [math.nan if v is None else float(v) for v in history[key]]
     return []
+
+
+def finished_curves(results: Iterable[dict]) -> list[list[float]]:
+    """Validation fine accuracy per epoch of every finished trial (2017's too): what median pruning holds a trial against."""
+    return [curve for result in results if result.get("status") == "ok" and (curve := validation_curve(result))]
 
 
 def is_ok(result: dict) -> bool:

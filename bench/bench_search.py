@@ -32,7 +32,7 @@ import hyperopt_optimize  # noqa: E402
 from pruning import should_prune  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
 from precision import PRECISIONS  # noqa: E402
-from utils import iter_results  # noqa: E402
+from utils import finished_curves, iter_results  # noqa: E402
 
 WITHIN = 0.02  # the target: the best accuracy within 2 points, with at least 40% fewer epochs
 FEWER = 0.40
@@ -80,7 +80,7 @@ def run_search(prune: str, args) -> tuple[dict, list[list[float]]]:
     return {"prune": prune, "exit_code": code, "trials": len(results),
             "epochs": sum(r["epochs_trained"] for r in ok), "pruned_trials": sum(r["pruned"] for r in ok),
             "wall_s": round(wall, 1), "best_val_fine_accuracy": max(-r["loss"] for r in ok) if ok else None,
-            "precision": ok[0]["precision"] if ok else None}, hyperopt_optimize.finished_curves(results)
+            "precision": ok[0]["precision"] if ok else None}, finished_curves(results)
 
 
 def main() -> None:
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.replay:
-        curves = hyperopt_optimize.finished_curves(r for _, r in iter_results(args.replay))
+        curves = finished_curves(r for _, r in iter_results(args.replay))
         if len(curves) < 2:
             parser.error(f"{args.replay}: fewer than 2 finished trials with validation curves")
         report = replay(curves, args.orders, args.seed)

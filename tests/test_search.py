@@ -213,6 +213,17 @@ def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_fil
     assert len(result_files(tmp_path)) == 2
 
 
+def test_a_search_on_other_data_or_another_selection_set_is_refused_untouched(tmp_path, monkeypatch, capsys):
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    before = (tmp_path / "results.pkl").read_bytes()
+    capsys.readouterr()
+    for other in (["--dataset", "mine.npz"], ["--select-on", "test"]):
+        assert in_process(tmp_path, monkeypatch, "--max-evals", "2", *other) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: results.pkl holds trials with") and "do not compare" in err
+    assert (tmp_path / "results.pkl").read_bytes() == before
+
+
 @pytest.mark.parametrize("where", [["--results-dir", "a_file/results"], ["--trials-file", "a_file/results.pkl"]])
 def test_a_results_location_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys, where):
     (tmp_path / "a_file").write_text("")
