@@ -59,6 +59,16 @@ def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_pa
 
 
 @pytest.mark.slow
+def test_the_search_runs_on_the_jax_backend_too(tmp_path):
+    done = subprocess.run([sys.executable, SCRIPT, *QUICK, "--max-evals", "1", "--epochs", "1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0, done.stderr
+    assert "on jax" in done.stdout
+    result = json.loads(result_files(tmp_path)[0].read_text())
+    assert result["status"] == "ok" and result["keras_backend"] == "jax"
+
+
+@pytest.mark.slow
 def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     first = run_cli(tmp_path, "--max-evals", "3", "--epochs", "1")
     assert first.returncode == 0, first.stderr
