@@ -144,6 +144,7 @@ class Search:
 
         import hyperspace
         from datasets import DatasetError, load_dataset
+        from precision import training_line
         from utils import TrialsFileError, finished_curves
 
         args = self.args
@@ -178,7 +179,7 @@ class Search:
             return 2
         self.data = data.selecting_on_test() if args.select_on == "test" else data
         print(self.data.summary())
-        print(self.training_summary())
+        print(training_line(args.precision))
         self.best_loss = self.current_best_loss(finished)
         if not args.no_plot:
             self.plot(hyperspace.DEMO_SPACE, "model_demo.png")
@@ -254,15 +255,6 @@ class Search:
                         f"for {value}: their accuracies do not compare; resume with the same setting, or start a "
                         "new search with another --trials-file and --results-dir")
         return None
-
-    def training_summary(self) -> str:
-        """One line: Keras version, backend and the precision trials train in here."""
-        import keras
-
-        from precision import resolve_precision
-
-        return (f"Training with Keras {keras.__version__} on {keras.backend.backend()}, "
-                f"precision {resolve_precision(self.args.precision)}")
 
     def current_best_loss(self, trials):
         losses = [loss for loss in trials.losses() if loss is not None]

@@ -12,9 +12,9 @@ def resolve_precision(precision: str = "auto") -> str:
     """`auto` is the mixed precision that the hardware computes natively, else float32."""
     if precision != "auto":
         return precision
-    accelerators = _accelerator_capabilities()
-    if accelerators:
-        return precision_for_accelerators(accelerators)
+    found = accelerators()
+    if found:
+        return precision_for_accelerators([capability for _, capability in found])
     return "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
 
 
@@ -30,8 +30,8 @@ def precision_for_accelerators(capabilities: list[tuple[int, int] | None]) -> st
     return "mixed_float16" if lowest >= (7, 0) else "float32"
 
 
-def _accelerator_capabilities() -> list[tuple[int, int] | None]:
-    """The CUDA compute capability of each accelerator the backend sees (None where it has none)."""
+def accelerators() -> list[tuple[str, tuple[int, int] | None]]:
+    """Each accelerator that Keras's backend sees: its name and CUDA compute capability (None where it has none)."""
     import keras
 
     backend = keras.backend.backend()
@@ -40,13 +40,32 @@ def _accelerator_capabilities() -> list[tuple[int, int] | None]:
 
         if jax.default_backend() == "cpu":
             return []
-        return [_capability(getattr(device, "compute_capability", None)) for device in jax.devices()]
+        return [(device.device_kind, _capability(getattr(device, "compute_capability", None))) for device in jax.devices()]
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return [_capability(tf.config.experimental.get_device_details(gpu).get("compute_capability"))
-                for gpu in tf.config.list_physical_devices("GPU")]
+        details = [tf.config.experimental.get_device_details(gpu) for gpu in tf.config.list_physical_devices("GPU")]
+        return [(d.get("device_name", "GPU"), _capability(d.get("compute_capability"))) for d in details]
     return []
+
+
+def training_line(precision: str) -> str:
+    """The line a script prints before training: Keras, its backend, the precision and the hardware."""
+    import keras
+
+    return (f"Training with Keras {keras.__version__} on {keras.backend.backend()}, "
+            f"precision {resolve_precision(precision)}, {describe_hardware()}")
+
+
+def describe_hardware() -> str:
+    """Where training runs, for the first lines a script prints: a search on the CPU by mistake costs days."""
+    import keras
+
+    found = accelerators()
+    if not found:
+        return f"on the CPU: no GPU is visible to {keras.backend.backend()}"
+    names = sorted({name for name, _ in found})
+    return f"on {len(found)} {'accelerator' if len(found) == 1 else 'accelerators'}: {', '.join(names)}"
 
 
 def _capability(value) -> tuple[int, int] | None:

@@ -64,6 +64,7 @@ def main(argv=None) -> int:
 
     from datasets import DatasetError, load_dataset
     from neural_net import MONITOR, build_and_train
+    from precision import training_line
     from utils import print_json, save_json_result
 
     dataset = args.dataset or result.get("dataset") or "cifar100"
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
         print(f"error: cannot write the logs and the model: {err}", file=sys.stderr)
         return 2
     print(f"Retraining {name} (from {path}) on {data.summary()}")
+    print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
 
     callbacks = [

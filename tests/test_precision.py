@@ -19,7 +19,7 @@ def test_cpu_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
 
 
 def test_auto_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypatch):
-    monkeypatch.setattr(precision, "_accelerator_capabilities", lambda: [])
+    monkeypatch.setattr(precision, "accelerators", lambda: [])
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: False)
     assert precision.resolve_precision("auto") == "float32"
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
@@ -36,7 +36,7 @@ def test_auto_precision_is_float32_on_a_cpu_that_would_emulate_bfloat16(monkeypa
     ([None], "mixed_bfloat16"),  # a TPU
 ])
 def test_auto_precision_on_accelerators_is_what_every_one_computes_natively(monkeypatch, capabilities, expected):
-    monkeypatch.setattr(precision, "_accelerator_capabilities", lambda: capabilities)
+    monkeypatch.setattr(precision, "accelerators", lambda: [("a GPU", c) for c in capabilities])
     monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: False)
     assert precision.resolve_precision("auto") == expected
 
@@ -47,6 +47,12 @@ def test_compute_capabilities_read_from_tensorflow_and_jax():
     assert precision._capability(None) is None
 
 
-def test_a_machine_without_accelerators_reports_none():
+def test_a_machine_without_accelerators_reports_none_and_says_so():
     # The tests hide any GPU (conftest): the backend's own device query runs and finds none.
-    assert precision._accelerator_capabilities() == []
+    assert precision.accelerators() == []
+    assert precision.describe_hardware() == "on the CPU: no GPU is visible to tensorflow"
+
+
+def test_the_hardware_line_names_the_gpus(monkeypatch):
+    monkeypatch.setattr(precision, "accelerators", lambda: [("NVIDIA H100 80GB HBM3", (9, 0))] * 2)
+    assert precision.describe_hardware() == "on 2 accelerators: NVIDIA H100 80GB HBM3"
