@@ -1,4 +1,4 @@
-"""The precision that trains fastest on this machine's hardware: mixed bfloat16, mixed float16 or float32."""
+"""The hardware that trains here, and the precision fastest on it: mixed bfloat16, mixed float16 or float32."""
 
 from __future__ import annotations
 
