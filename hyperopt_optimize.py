@@ -55,6 +55,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
+    """Why the finished trials cannot share one TPE history with a run of these settings, or None."""
+    for key, value in asked.items():
+        recorded = {r[key] for r in trials.results if r.get(key) is not None}  # 2017's results have none of them
+        if recorded - {value}:
+            return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(recorded)))}, this run asks "
+                    f"for {value}: their accuracies do not compare; resume with the same setting, or start a "
+                    "new search with another --trials-file and --results-dir")
+    return None
+
+
 def report(line: str) -> None:
     """Print a line without tearing hyperopt's progress bar."""
     from tqdm import tqdm
@@ -163,7 +174,8 @@ class Search:
         except (TrialsFileError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        if mismatch := self.mismatched_setting(finished):
+        if mismatch := mismatched_setting(finished, args.trials_file, dataset=os.path.basename(args.dataset),
+                                          selected_on=args.select_on):
             print(f"error: {mismatch}", file=sys.stderr)
             return 2
         done = len(finished.trials)
@@ -178,6 +190,9 @@ class Search:
             print(f"error: {err}", file=sys.stderr)
             return 2
         self.data = data.selecting_on_test() if args.select_on == "test" else data
+        if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(self.data.x_train)):
+            print(f"error: {mismatch} (--train-subset)", file=sys.stderr)
+            return 2
         print(self.data.summary())
         print(training_line(args.precision))
         self.best_loss = self.current_best_loss(finished)
@@ -244,17 +259,6 @@ class Search:
         best_text = "none yet" if best is None else f"{-best:.4f}"
         print(f"Resuming: {len(trials.trials)} trials, best fine accuracy {best_text}")
         return trials
-
-    def mismatched_setting(self, trials) -> str | None:
-        """Why the finished trials cannot share one TPE history with this run's (another dataset or selection set), or None."""
-        asked = {"dataset": os.path.basename(self.args.dataset), "selected_on": self.args.select_on}
-        for key, value in asked.items():
-            recorded = {r[key] for r in trials.results if r.get(key) is not None}  # 2017's results have neither
-            if recorded - {value}:
-                return (f"{self.args.trials_file} holds trials with {key} {', '.join(sorted(recorded))}, this run asks "
-                        f"for {value}: their accuracies do not compare; resume with the same setting, or start a "
-                        "new search with another --trials-file and --results-dir")
-        return None
 
     def current_best_loss(self, trials):
         losses = [loss for loss in trials.losses() if loss is not None]

@@ -334,6 +334,7 @@ def _result(space, data, history, test, model, callbacks, selected_on) -> dict:
         "pruned": any(getattr(cb, "pruned", False) for cb in callbacks),
         "n_params": model.count_params(),
         "dataset": data.name,
+        "train_images": len(data.x_train),
         "selected_on": selected_on,
         "tid": None,
     }
@@ -348,6 +349,7 @@ def failure(space: dict, data: Dataset | None, err: BaseException) -> dict:
         "space": space,
         "model_name": f"model_failed_{uuid.uuid4().hex[:5]}",
         "dataset": None if data is None else data.name,
+        "train_images": None if data is None else len(data.x_train),
         "pruned": False,
         "tid": None,
     }
