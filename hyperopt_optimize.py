@@ -57,12 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
     """Why the finished trials cannot share one TPE history with a run of these settings, or None."""
+    options = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset"}
     for key, value in asked.items():
         recorded = {r[key] for r in trials.results if r.get(key) is not None}  # 2017's results have none of them
         if recorded - {value}:
             return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(recorded)))}, this run asks "
-                    f"for {value}: their accuracies do not compare; resume with the same setting, or start a "
-                    "new search with another --trials-file and --results-dir")
+                    f"for {value} ({options[key]}): their accuracies do not compare; resume with the same setting, "
+                    "or start a new search with another --trials-file and --results-dir")
     return None
 
 
@@ -191,7 +192,7 @@ class Search:
             return 2
         self.data = data.selecting_on_test() if args.select_on == "test" else data
         if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(self.data.x_train)):
-            print(f"error: {mismatch} (--train-subset)", file=sys.stderr)
+            print(f"error: {mismatch}", file=sys.stderr)
             return 2
         print(self.data.summary())
         print(training_line(args.precision))
