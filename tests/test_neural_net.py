@@ -1,13 +1,16 @@
 """The two-headed CNN: shapes over the space, parameter counts by the 2017 rules, real trials."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from hyperopt.pyll import stochastic
 
 import hyperspace
-from conftest import SMALL_SPACE
+from conftest import REPO, SMALL_SPACE
 from neural_net import build_and_train, build_model
 
 
@@ -202,6 +205,51 @@ def test_tensorflow_fuses_8_training_steps_per_call_and_jax_runs_one(synthetic, 
     # Keras's JAX trainer would only loop over the steps in Python: nothing to fuse.
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     assert neural_net.default_steps_per_execution() == 1
+
+
+def test_training_batches_are_full_and_each_epoch_leaves_out_other_images():
+    from neural_net import Batches
+
+    x = np.arange(70, dtype=np.uint8).reshape(70, 1, 1, 1)
+    train = Batches(x, {"fine_outputs": np.arange(70)}, 32, shuffle=True, seed=0)
+    seen = set()
+    for _ in range(10):
+        assert len(train) == 2
+        for index in range(len(train)):
+            images, labels = train[index]
+            assert len(images) == 32 and (images.ravel() == labels["fine_outputs"]).all()
+            seen.update(labels["fine_outputs"].tolist())
+        train.on_epoch_end()
+    assert seen == set(range(70))
+    tiny = Batches(x[:20], {"fine_outputs": np.arange(20)}, 32, shuffle=True)
+    assert len(tiny) == 1 and len(tiny[0][0]) == 20
+    # Evaluation keeps every image, the last batch smaller.
+    val = Batches(x, {"fine_outputs": np.arange(70)}, 32, shuffle=False)
+    assert [len(val[i][0]) for i in range(len(val))] == [32, 32, 6]
+
+
+@pytest.mark.slow
+def test_on_jax_a_trial_compiles_its_training_step_once(tmp_path):
+    # JAX compiles the step for every batch shape it meets; a smaller last batch costs a second compile.
+    script = """
+import keras
+from conftest import SMALL_SPACE
+from datasets import load_dataset
+from neural_net import build_and_train
+
+traces = []
+train_step = keras.Model.train_step
+keras.Model.train_step = lambda self, *args: (traces.append(1), train_step(self, *args))[1]
+data = load_dataset("synthetic", synthetic_size=1000)
+assert len(data.x_train) % SMALL_SPACE["batch_size"], "the test needs a partial last batch"
+model, result = build_and_train(SMALL_SPACE, data, epochs=2)
+assert result["status"] == "ok" and result["keras_backend"] == "jax", result
+print("traces", len(traces))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
+    assert done.returncode == 0, done.stderr
+    assert "traces 1" in done.stdout
 
 
 # Batch-norm of 12 and 24 channels trains through fast_layers' custom gradient (rows of pixels).
