@@ -17,6 +17,14 @@ import fast_layers
 from datasets import Dataset
 from precision import resolve_precision
 
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    # Each trial's new model traces its steps anew. TensorFlow counts those traces across trials,
+    # by the step function's code, as retraces of one function, and after a few short trials warns
+    # of "excessive retracing" where nothing retraces within a trial.
+    tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
+
 STARTING_L2_REG = 0.0007
 STARTING_LR = 0.001
 FIRST_CONV_FILTERS = 16
