@@ -21,6 +21,7 @@ NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_we
            "res_conv_kernel_size", "fc_units_1_mult", "residual", "one_more_fc"]
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
+LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -142,12 +143,24 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
+def log_ticks(values: list[float]) -> list[float]:
+    """Round numbers to mark a log axis over these values: at least three where they allow."""
+    low, high = min(values), max(values)
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for steps in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0**d for d in decades for m in steps if low <= m * 10.0**d <= high]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
 def plot_all(rows: list[dict], ranked: list[tuple[str, str, float]], out: Path, top: int) -> list[Path]:
     """Write every PNG; return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     ok = [r for r in rows if r["fine_accuracy"] is not None]
     acc = np.array([r["fine_accuracy"] for r in ok])
@@ -173,11 +186,18 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float]], out: Path, 
             ax.scatter(range(len(levels)), means, marker="_", s=600, color="red", label="mean")
             ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
         else:
-            ax.scatter([0.0 if r[name] == "" else float(r[name]) for r in ok], acc, s=12, alpha=0.7)
+            values = [0.0 if r[name] == "" else float(r[name]) for r in ok]
+            ax.scatter(values, acc, s=12, alpha=0.7)
+            if name in LOG_UNIFORM and min(values) > 0:
+                ax.set_xscale("log")
+                ticks = log_ticks(values)
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(name, fontsize=8)
     for ax in list(axes.flat)[len(HYPERPARAMETERS):]:
         ax.axis("off")
-    fig.supylabel("validation fine accuracy")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation fine accuracy", fontsize=8)
     save(fig, "hyperparameters_vs_accuracy.png")
 
     # 2. Scatter matrix of the most influential hyperparameters (and accuracy).

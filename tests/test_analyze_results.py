@@ -5,6 +5,7 @@ import json
 
 import matplotlib.image
 import numpy as np
+import pytest
 
 import analyze_results
 import hyperspace
@@ -79,3 +80,10 @@ def test_an_output_folder_that_cannot_be_written_exits_2(tmp_path, capsys):
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "a_file" / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot write to {tmp_path / 'a_file' / 'out'}/") and len(err.splitlines()) == 1
+
+
+def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
+    assert analyze_results.log_ticks([0.05, 3.0, 20.0]) == pytest.approx([0.1, 1, 10])  # l2_weight_reg_mult's range
+    assert analyze_results.log_ticks([0.6, 1.6]) == pytest.approx([0.7, 1, 1.5])  # lr_rate_mult's
+    assert analyze_results.log_ticks([0.12, 0.5]) == pytest.approx([0.15, 0.2, 0.3, 0.5])
+    assert analyze_results.log_ticks([1.6, 2.5]) == pytest.approx([2])  # all there is
