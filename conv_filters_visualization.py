@@ -117,7 +117,7 @@ def visualize_layer(model, layer, args, rng, out: Path) -> Path:
     n_filters = min(features.output.shape[-1], args.max_filters)
     input_shape = tuple(features.input.shape[1:])
     images, scores = [], []
-    with tqdm(total=n_filters, desc=layer.name, unit="filter") as bar:
+    with tqdm(total=n_filters, desc=layer.name, unit="filter", disable=None) as bar:  # None: only on a terminal
         for start in range(0, n_filters, BATCH):
             chunk = list(range(start, min(start + BATCH, n_filters)))
             climbed, trace = ascend(features, chunk, input_shape, args.steps, args.step_size, rng)

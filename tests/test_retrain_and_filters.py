@@ -113,6 +113,7 @@ def test_visualization_runs_on_tensorflow_whatever_the_keras_backend(retrained, 
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in tmp_path.glob("*.png")] == ["add_best_filters_4_(2x2)_out_of_4.png"]
+    assert "filter/s" not in done.stdout + done.stderr  # output to a file: no progress bar redrawn into it
 
 
 @pytest.mark.slow
