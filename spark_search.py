@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent
 # Shipped to every executor, so that workers need neither the repository nor a shared filesystem.
 PROJECT_MODULES = ["datasets.py", "neural_net.py", "fast_layers.py", "precision.py", "pruning.py", "hyperspace.py",
                    "utils.py", "spark_search.py", "hyperopt_optimize.py"]
+GPU_LOCKS = "/tmp/hyperopt-cnn-gpu-{index}-{slot}.lock"  # held by the worker that trains on that GPU, in that slot
 _worker_gpu_lock = None
 
 
@@ -65,7 +66,7 @@ def make_trials(master: str, parallelism: int, finished_docs: list[dict]):
 
 
 def prepare_worker(parallelism: int) -> None:
-    """In a Spark worker: TensorFlow threads = its share of the cores; one GPU of its own, if any."""
+    """In a Spark worker: TensorFlow threads = its share of the cores; a GPU, shared evenly when trials outnumber GPUs."""
     global _worker_gpu_lock
     if "tensorflow" in sys.modules or os.environ.get("HYPEROPT_CNN_WORKER_READY"):
         return  # too late to change, or done already by this worker process
@@ -75,14 +76,19 @@ def prepare_worker(parallelism: int) -> None:
     if "CUDA_VISIBLE_DEVICES" in os.environ or not shutil.which("nvidia-smi"):
         return
     gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU ")
-    for index in range(gpus):
-        # The worker process keeps this lock (and its GPU) for its whole life.
-        handle = open(f"/tmp/hyperopt-cnn-gpu-{index}.lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _worker_gpu_lock = handle
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-        return
+    slots = -(-parallelism // gpus) if gpus else 0
+    if slots > 1:
+        # Trials share a GPU: each backend then takes memory as it needs it, not most of the GPU at once.
+        os.environ.update(TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    for slot in range(slots):  # the first slot of every GPU, then the second...
+        for index in range(gpus):
+            # The worker process keeps this lock (and its GPU) for its whole life.
+            handle = open(GPU_LOCKS.format(index=index, slot=slot), "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            _worker_gpu_lock = handle
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+            return

@@ -1,5 +1,6 @@
 """Trials in parallel on Spark (local[2]): results, resume in both directions, failed workers."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,28 @@ def test_a_failed_worker_trial_is_recorded_as_failed(tmp_path, monkeypatch, caps
     failed = sorted((tmp_path / "results").glob("model_failed_*.txt.json"))
     assert len(failed) == 3 and "worker exploded" in failed[0].read_text()
     assert "3 trials in a row failed with: RuntimeError: worker exploded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("parallelism, devices, shared", [(2, ["0", "1"], False), (4, ["0", "0", "1", "1"], True)])
+def test_spark_workers_spread_over_the_gpus_and_share_them_only_when_trials_outnumber_them(tmp_path, parallelism, devices, shared):
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "HYPEROPT_CNN_WORKER_READY")}
+    env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
+    worker = ("import os, sys, spark_search; spark_search.GPU_LOCKS = sys.argv[1] + '/gpu-{index}-{slot}.lock'; "
+              f"spark_search.prepare_worker({parallelism}); "
+              "print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH'), "
+              "os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'), flush=True); sys.stdin.read()")
+    # Each worker holds its GPU for its life: all of them stay up until every one has chosen.
+    workers = [subprocess.Popen([sys.executable, "-c", worker, str(tmp_path)], cwd=REPO, env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(parallelism)]
+    chosen = [w.stdout.readline().split() for w in workers]
+    for w in workers:
+        w.communicate("", timeout=60)
+    assert sorted(c[0] for c in chosen) == devices
+    assert all(c[1:] == (["true", "false"] if shared else ["None", "None"]) for c in chosen)
 
 
 def test_missing_java_gets_a_one_line_message(tmp_path, monkeypatch, capsys):
