@@ -228,28 +228,40 @@ def test_training_batches_are_full_and_each_epoch_leaves_out_other_images():
     assert [len(val[i][0]) for i in range(len(val))] == [32, 32, 6]
 
 
+def test_evaluation_batches_divide_the_splits_evenly_where_a_batch_at_least_half_as_big_does():
+    from neural_net import evaluation_batch_size
+
+    assert evaluation_batch_size(320, 5000, 10000) == 250  # CIFAR's validation and test sets
+    assert evaluation_batch_size(700, 5000, 10000) == 625
+    assert evaluation_batch_size(100, 10000, 10000) == 100  # --select-on test
+    assert evaluation_batch_size(320, 300, 600) == 300
+    assert evaluation_batch_size(320, 301, 600) == 320  # only 1 divides both: keep the batch, with remainders
+
+
 @pytest.mark.slow
-def test_on_jax_a_trial_compiles_its_training_step_once(tmp_path):
-    # JAX compiles the step for every batch shape it meets; a smaller last batch costs a second compile.
+def test_on_jax_a_trial_compiles_its_training_and_evaluation_steps_once(tmp_path):
+    # JAX compiles a step for every batch shape it meets: a smaller last batch costs one more compile.
     script = """
 import keras
 from conftest import SMALL_SPACE
 from datasets import load_dataset
 from neural_net import build_and_train
 
-traces = []
-train_step = keras.Model.train_step
-keras.Model.train_step = lambda self, *args: (traces.append(1), train_step(self, *args))[1]
+traces = {"train": 0, "test": 0}
+train_step, test_step = keras.Model.train_step, keras.Model.test_step
+keras.Model.train_step = lambda self, *args: (traces.update(train=traces["train"] + 1), train_step(self, *args))[1]
+keras.Model.test_step = lambda self, *args: (traces.update(test=traces["test"] + 1), test_step(self, *args))[1]
 data = load_dataset("synthetic", synthetic_size=1000)
-assert len(data.x_train) % SMALL_SPACE["batch_size"], "the test needs a partial last batch"
+batch = SMALL_SPACE["batch_size"]
+assert all(len(x) % batch for x in (data.x_train, data.x_val, data.x_test)), "the test needs partial last batches"
 model, result = build_and_train(SMALL_SPACE, data, epochs=2)
 assert result["status"] == "ok" and result["keras_backend"] == "jax", result
-print("traces", len(traces))
+print("traces", traces["train"], traces["test"])
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
     assert done.returncode == 0, done.stderr
-    assert "traces 1" in done.stdout
+    assert "traces 1 1" in done.stdout
 
 
 # Batch-norm of 12 and 24 channels trains through fast_layers' custom gradient (rows of pixels).
