@@ -119,7 +119,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
     print(f"Top {len(ok)} of {len(rows)} trials ({sum(r['status'] != 'ok' for r in rows)} failed, "
           f"{sum(r['pruned'] for r in rows)} pruned):")
     header = f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  "
-    print(header + "  ".join(f"{n[:14]:>14}" for n in varying))
+    print(header + "  ".join(varying))
 
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
@@ -130,7 +130,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
     for rank, r in enumerate(ok, 1):
         print(f"{rank:>4} {r['trial']:>5} {fmt(r['fine_accuracy']):>7} {fmt(r['coarse_accuracy']):>7} "
               f"{fmt(r['test_fine_accuracy']):>7} {str(r['epochs'] or '-'):>6} {'yes' if r['pruned'] else 'no':>6}  "
-              + "  ".join(f"{short(r[n]):>14}" for n in varying))
+              + "  ".join(f"{short(r[n]):>{len(n)}}" for n in varying))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
