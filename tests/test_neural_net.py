@@ -239,7 +239,7 @@ def test_evaluation_batches_divide_the_splits_evenly_where_a_batch_at_least_half
 
 
 @pytest.mark.slow
-def test_on_jax_a_trial_compiles_its_training_and_evaluation_steps_once(tmp_path):
+def test_on_jax_a_trial_compiles_its_training_and_evaluation_steps_once():
     # JAX compiles a step for every batch shape it meets: a smaller last batch costs one more compile.
     script = """
 import keras

@@ -85,6 +85,7 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     assert "Top 5 of 5 trials" in second.stdout
 
 
+@pytest.mark.slow
 def test_short_trials_one_after_another_print_no_retracing_warning(tmp_path):
     # TensorFlow counts each new trial's traces of its steps as retraces of one function.
     done = run_cli(tmp_path, "--max-evals", "3", "--epochs", "1")
