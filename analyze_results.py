@@ -29,13 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="folder of result JSON files")
     parser.add_argument("--out", default="analysis", help="folder for trials.csv, importance.csv and the PNGs")
     parser.add_argument("--trials-file", default="results.pkl",
-                        help="trials pickle that gives the trial order (else results-dir/results.pkl, else file times)")
+                        help="trials pickle that gives the trial order where it holds these results (else results-dir/results.pkl, else file times)")
     parser.add_argument("--top", type=at_least(1), default=10, help="trials in the leaderboard and the per-epoch plot")
     return parser.parse_args(argv)
 
 
-def trial_ids(trials_files) -> dict[str, int]:
-    """model_name -> trial id from the first readable trials pickle (2017 files carry no tid)."""
+def trial_ids(trials_files, model_names) -> dict[str, int]:
+    """model_name -> trial id from the first readable trials pickle that holds any of these results (2017 files carry no tid)."""
     from utils import TrialsFileError, load_trials
 
     for path in trials_files:
@@ -43,15 +43,18 @@ def trial_ids(trials_files) -> dict[str, int]:
             trials = load_trials(path)
         except (OSError, TrialsFileError):
             continue
-        return {t["result"].get("model_name"): t["tid"] for t in trials.trials if t["result"].get("model_name")}
+        tids = {t["result"].get("model_name"): t["tid"] for t in trials.trials if t["result"].get("model_name")}
+        if tids.keys() & set(model_names):  # another search's pickle (./results.pkl beside --results-dir) says nothing
+            return tids
     return {}
 
 
 def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     """One row per result file: order, status, metrics and flattened hyperparameters."""
-    known_tids = trial_ids(trials_files)
+    results = list(iter_results(results_dir))
+    known_tids = trial_ids(trials_files, [result.get("model_name") for _, result in results])
     rows = []
-    for path, result in iter_results(results_dir):
+    for path, result in results:
         space = result.get("space") or {}
         ok = is_ok(result)
         row = {

@@ -6,10 +6,11 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
+from hyperopt import Trials, fmin, hp, tpe
 
 import analyze_results
 import hyperspace
-from utils import save_json_result
+from utils import save_json_result, save_trials
 
 PLOTS = ["hyperparameters_vs_accuracy.png", "scatter_matrix.png", "convergence.png", "top_trials_per_epoch.png",
          "fine_vs_coarse.png", "importance.png"]
@@ -60,11 +61,38 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score")
 
 
+def trials_naming(model_names) -> Trials:
+    """A hyperopt Trials whose trials are these results, in this order."""
+    names = iter(model_names)
+    trials = Trials()
+    fmin(lambda x: {"loss": x, "status": "ok", "model_name": next(names)}, hp.uniform("x", 0, 1), tpe.suggest,
+         max_evals=len(model_names), trials=trials, show_progressbar=False)
+    return trials
+
+
+def test_trial_order_comes_from_the_pickle_of_these_results_not_another_searchs(tmp_path, monkeypatch):
+    make_results(tmp_path / "results")
+    files = sorted((tmp_path / "results").glob("model_0*.json"))
+    for path in files:  # as the 2017 files: no tid, so the order is the pickle's
+        result = json.loads(path.read_text())
+        del result["tid"]
+        path.write_text(json.dumps(result))
+    names = [json.loads(path.read_text())["model_name"] for path in files]
+    order = names[::-1]  # not the files' (accuracy) order
+    save_trials(trials_naming(order), tmp_path / "results" / "results.pkl")
+    monkeypatch.chdir(tmp_path)
+    save_trials(trials_naming(["model_0.5_other", "model_0.4_search"]), tmp_path / "results.pkl")  # ./results.pkl
+    rows = analyze_results.load_trials_table(tmp_path / "results", ["results.pkl", tmp_path / "results" / "results.pkl"])
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert [row["file"].removesuffix(".txt.json") for row in ok] == order
+    assert [row["trial"] for row in ok] == list(range(len(order)))
+
+
 def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert analyze_results.main(["--results-dir", str(reference_dir), "--out", str(tmp_path)]) == 0
     check_outputs(tmp_path, 42)
     first = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("1 "))
-    assert "0.6761" in first
+    assert first.split()[1:3] == ["28", "0.6761"]  # trial 28 of the 2017 pickle
 
 
 def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
