@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import HelpFormatter, at_least
-from utils import RESULTS_DIR, is_ok, iter_results, validation_curve, warn
+from utils import RESULTS_DIR, is_ok, iter_results, trials_file_for, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -28,8 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="folder of result JSON files")
     parser.add_argument("--out", default="analysis", help="folder for trials.csv, importance.csv and the PNGs")
-    parser.add_argument("--trials-file", default="results.pkl",
-                        help="trials pickle that gives the trial order where it holds these results (else results-dir/results.pkl, else file times)")
+    parser.add_argument("--trials-file", default=None,
+                        help="trials pickle that gives the trial order where it holds these results (default: the search's, "
+                             "results.pkl for results/; else results-dir/results.pkl, as the 2017 files have it; else file times)")
     parser.add_argument("--top", type=at_least(1), default=10, help="trials in the leaderboard and the per-epoch plot")
     return parser.parse_args(argv)
 
@@ -44,7 +45,7 @@ def trial_ids(trials_files, model_names) -> dict[str, int]:
         except (OSError, TrialsFileError):
             continue
         tids = {t["result"].get("model_name"): t["tid"] for t in trials.trials if t["result"].get("model_name")}
-        if tids.keys() & set(model_names):  # another search's pickle (./results.pkl beside --results-dir) says nothing
+        if tids.keys() & set(model_names):  # another search's pickle says nothing
             return tids
     return {}
 
@@ -289,7 +290,8 @@ def main(argv=None) -> int:
     if not Path(args.results_dir).is_dir():
         print(f"error: no results folder {args.results_dir}/; run hyperopt_optimize.py first", file=sys.stderr)
         return 2
-    rows = load_trials_table(args.results_dir, [args.trials_file, Path(args.results_dir) / "results.pkl"])
+    pickles = [args.trials_file or trials_file_for(args.results_dir), Path(args.results_dir) / "results.pkl"]
+    rows = load_trials_table(args.results_dir, pickles)
     if not rows:
         print(f"error: no result files in {args.results_dir}/; run hyperopt_optimize.py first", file=sys.stderr)
         return 2

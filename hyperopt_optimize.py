@@ -27,6 +27,7 @@ FAILURES_IN_A_ROW = 3
 def parse_args(argv=None) -> argparse.Namespace:
     from cli import HelpFormatter, at_least
     from precision import PRECISION_HELP, PRECISIONS
+    from utils import trials_file_for
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")
@@ -38,7 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--algo", choices=["tpe", "random"], default="tpe", help="hyperopt suggestion algorithm")
     parser.add_argument("--seed", type=int, default=0, help="random seed of suggestions, data split and weights")
     parser.add_argument("--results-dir", default="results", help="folder of the per-trial result JSON files")
-    parser.add_argument("--trials-file", default="results.pkl", help="hyperopt trials pickle, rewritten after every trial")
+    parser.add_argument("--trials-file", default=None,
+                        help="hyperopt trials pickle, rewritten after every trial (default: the results folder's name + .pkl, "
+                             "results.pkl; so that searches in other folders never share one)")
     parser.add_argument("--select-on", choices=["validation", "test"], default="validation",
                         help="what selects epochs and trials: a validation split, or the test set as in 2017")
     parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many images (stratified) for quick runs")
@@ -52,7 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--parallelism", type=at_least(1), default=None, help="trials at once under Spark (default: P of local[P], else 2)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.results_dir = os.path.normpath(args.results_dir)
+    args.trials_file = args.trials_file or trials_file_for(args.results_dir)
+    return args
 
 
 def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
@@ -63,7 +69,7 @@ def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
         if recorded - {value}:
             return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(recorded)))}, this run asks "
                     f"for {value} ({options[key]}): their accuracies do not compare; resume with the same setting, "
-                    "or start a new search with another --trials-file and --results-dir")
+                    "or start a new search with another --results-dir")
     return None
 
 

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 RESULTS_DIR = "results"
-TRIALS_FILE = "results.pkl"
+
+
+def trials_file_for(results_dir: str | os.PathLike) -> str:
+    """The trials pickle paired with a results folder: results/ -> results.pkl, runs/b/ -> runs/b.pkl."""
+    name = os.path.normpath(results_dir)
+    if os.path.basename(name) in (".", ".."):  # the working folder itself: name the pickle after it, beside it
+        name = os.path.abspath(name)
+    return name + ".pkl"
 
 
 def _jsonable(value):

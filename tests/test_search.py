@@ -244,6 +244,16 @@ def test_a_resume_on_other_data_a_training_subset_or_selection_set_is_refused_un
     assert (tmp_path / "results.pkl").read_bytes() == before
 
 
+def test_a_search_in_another_results_folder_keeps_its_own_trials_pickle(tmp_path, monkeypatch, capsys):
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    before = (tmp_path / "results.pkl").read_bytes()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--results-dir", "runs/b/") == 0
+    assert "Starting a new search: trials go to runs/b.pkl, results to runs/b/\n" in capsys.readouterr().out
+    assert (tmp_path / "results.pkl").read_bytes() == before  # neither resumed nor overwritten
+    assert len(load_trials(tmp_path / "runs" / "b.pkl").trials) == 1
+    assert len(list((tmp_path / "runs" / "b").glob("model_*.txt.json"))) == 1
+
+
 @pytest.mark.parametrize("where", [["--results-dir", "a_file/results"], ["--trials-file", "a_file/results.pkl"]])
 def test_a_results_location_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys, where):
     (tmp_path / "a_file").write_text("")
