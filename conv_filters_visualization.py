@@ -47,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def newest_model(folder: str = "weights") -> Path | None:
-    models = sorted(Path(folder).glob("*.keras"), key=lambda p: p.stat().st_mtime)
+    # Not the hidden temporary file of a save in progress (or killed): utils.replacing.
+    models = sorted((p for p in Path(folder).glob("*.keras") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
     return models[-1] if models else None
 
 

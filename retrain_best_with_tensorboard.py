@@ -7,6 +7,7 @@ the retrain's result JSON beside it.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -42,6 +43,31 @@ def pick_result(args) -> tuple[Path, dict] | None:
     if args.result:
         return Path(args.result), load_json_result(args.result)
     return load_best_result(args.results_dir)
+
+
+def best_model_checkpoint(path: Path, monitor: str):
+    """A callback that saves the full model at every new best of `monitor`, atomically.
+
+    Keras's ModelCheckpoint writes the .keras file in place: a kill or Ctrl-C while it saves would
+    leave a torn file where the best model of hours of training was. Here the previous best stays
+    whole until the new one is on disk.
+    """
+    import keras
+
+    from utils import replacing
+
+    class BestModelCheckpoint(keras.callbacks.Callback):
+        best = -math.inf
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(monitor)
+            if value is None or not value > self.best:
+                return
+            self.best = value
+            with replacing(path) as tmp:
+                self.model.save(tmp)
+
+    return BestModelCheckpoint()
 
 
 def main(argv=None) -> int:
@@ -88,8 +114,7 @@ def main(argv=None) -> int:
 
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=args.histogram_freq, write_graph=True),
-        # Keras writes to a temporary name and renames, so a crash never leaves a torn file.
-        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=MONITOR, mode="max", save_best_only=True),
+        best_model_checkpoint(checkpoint, MONITOR),
     ]
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,

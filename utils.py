@@ -56,15 +56,20 @@ def print_json(result: dict) -> None:
     print(to_json(result))
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never a torn mix."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike):
+    """A temporary path beside `path` to write; once written, it replaces `path` durably (fsync, rename).
+
+    Readers see the old content or the new, never a torn mix; an error or Ctrl-C while writing
+    leaves the old file as it was. The temporary name ends as `path` does, for writers that check.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -76,6 +81,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a torn mix."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def result_path(result: dict, results_dir: str | os.PathLike = RESULTS_DIR) -> Path:

@@ -92,6 +92,27 @@ def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
     assert "no result to retrain" in capsys.readouterr().err
 
 
+def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best_whole(tmp_path, monkeypatch):
+    from neural_net import MONITOR, build_model
+
+    path = tmp_path / "weights" / "model.keras"
+    checkpoint = retrain.best_model_checkpoint(path, MONITOR)
+    checkpoint.set_model(build_model(SMALL_SPACE))
+    checkpoint.on_epoch_end(0, {MONITOR: 0.1})
+    before = path.read_bytes()
+
+    def torn_save(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(before[:100])  # the new model half written...
+        raise KeyboardInterrupt  # ...when Ctrl-C or a kill came
+
+    monkeypatch.setattr(keras.Model, "save", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.on_epoch_end(1, {MONITOR: 0.3})
+    assert path.read_bytes() == before and keras.saving.load_model(path, compile=False).count_params() > 0
+    assert [p.name for p in path.parent.iterdir()] == ["model.keras"]  # no temporary file left behind
+
+
 @pytest.mark.slow
 def test_filter_images_have_the_grid_size_and_are_not_flat(retrained, tmp_path):
     folder, _ = retrained
