@@ -2,7 +2,7 @@
 
 For each chosen layer, images start grey with a little noise (in the model's scaled input range,
 [-0.5, 0.5]) and climb the gradient of the filter's mean activation with normalised steps; the
-n x n filters that reach the highest activation are saved as one grid:
+n x n filters that reach the highest activation are saved as one grid, enlarged for viewing:
 layers/<layer>_best_filters_<n*n>_(<n>x<n>)_out_of_<N>.png
 """
 
@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
 
 BATCH = 32  # filters climbed at once
+TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by default
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=at_least(1), default=40, help="gradient ascent steps per filter")
     parser.add_argument("--step-size", type=float, default=0.01, help="size of one normalised step, in input units")
     parser.add_argument("--max-filters", type=at_least(1), default=64, help="filters tried per layer (the first ones)")
+    parser.add_argument("--zoom", type=at_least(1), default=None,
+                        help="enlarge each pixel to ZOOM x ZOOM in the PNGs (default: tiles of at least 128 pixels, 4 for CIFAR)")
     parser.add_argument("--out", default="layers", help="folder for the PNG grids")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the starting images")
     args = parser.parse_args(argv)
@@ -130,6 +133,8 @@ def visualize_layer(model, layer, args, rng, out: Path) -> Path:
     picture = grid([to_uint8(images[i]) for i in best], n)
     if picture.shape[-1] == 1:
         picture = np.repeat(picture, 3, axis=-1)
+    zoom = args.zoom or max(1, TILE_PIXELS // max(input_shape[:2]))
+    picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)  # 32-pixel images are too small to look at
     path = out / f"{layer.name}_best_filters_{n * n}_({n}x{n})_out_of_{n_filters}.png"
     import matplotlib.image
 

@@ -121,8 +121,12 @@ def test_filter_images_have_the_grid_size_and_are_not_flat(retrained, tmp_path):
     pngs = sorted(tmp_path.glob("*.png"))
     assert [p.name for p in pngs] == ["add_best_filters_16_(4x4)_out_of_16.png"]
     image = matplotlib.image.imread(pngs[0])
-    assert image.shape[:2] == (4 * 32 + 3 * 2, 4 * 32 + 3 * 2)  # 4x4 input-sized images, 2-pixel margins
+    side = (4 * 32 + 3 * 2) * 4  # 4x4 input-sized images, 2-pixel margins, each pixel 4x4 for viewing
+    assert image.shape[:2] == (side, side)
     assert image.std() > 0.05
+    assert viz.main(["--model", str(folder / "weights" / "model_0.2_aaaaa.keras"), "--max-filters", "16",
+                     "--steps", "10", "--out", str(tmp_path), "--zoom", "1"]) == 0
+    assert np.array_equal(matplotlib.image.imread(pngs[0]), image[::4, ::4])  # the same pixels, one for one
 
 
 @pytest.mark.slow
