@@ -197,6 +197,8 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float]], out: Path, 
                 ticks = log_ticks(values)
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            elif all(v == int(v) for v in values) and max(values) - min(values) <= 10:  # kernel sizes, unit counts
+                ax.xaxis.set_major_locator(ticker.MultipleLocator(1))  # no ticks at 2.5
         ax.set_title(name, fontsize=8)
     for ax in list(axes.flat)[len(HYPERPARAMETERS):]:
         ax.axis("off")
