@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -60,6 +61,9 @@ def make_trials(master: str, parallelism: int, finished_docs: list[dict]):
     spark.sparkContext.setLogLevel("ERROR")
     for module in PROJECT_MODULES:
         spark.sparkContext.addPyFile(str(REPO / module))
+    # SparkTrials starts each trial's thread through pyspark without the session, which then warns
+    # that Spark job tags will not be inherited: this search sets none.
+    warnings.filterwarnings("ignore", "Spark session is not provided", UserWarning)
     from utils import holding
 
     return holding(SparkTrials(parallelism=parallelism, spark_session=spark), finished_docs)

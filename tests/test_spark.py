@@ -31,6 +31,7 @@ def test_local_2_runs_4_trials_and_a_sequential_run_continues(tmp_path):
     out = run_cli(tmp_path, "--max-evals", "4", "--spark-master", "local[2]")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Running up to 2 trials at once on Spark" in out.stdout
+    assert "Warning" not in out.stderr  # pyspark's about job tags, which the search does not use
     trials = load_trials(tmp_path / "results.pkl")
     assert sorted(t["tid"] for t in trials.trials) == [0, 1, 2, 3]
     assert all(t["result"]["status"] == "ok" for t in trials.trials)
