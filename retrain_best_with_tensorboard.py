@@ -64,7 +64,7 @@ def best_model_checkpoint(path: Path, monitor: str):
             if value is None or not value > self.best:
                 return
             self.best = value
-            with replacing(path) as tmp:
+            with replacing(path, suffix=".tmp.keras") as tmp:  # Keras saves only to names ending in .keras
                 self.model.save(tmp)
 
     return BestModelCheckpoint()

@@ -57,15 +57,16 @@ def print_json(result: dict) -> None:
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike):
+def replacing(path: str | os.PathLike, suffix: str = ".tmp"):
     """A temporary path beside `path` to write; once written, it replaces `path` durably (fsync, rename).
 
     Readers see the old content or the new, never a torn mix; an error or Ctrl-C while writing
-    leaves the old file as it was. The temporary name ends as `path` does, for writers that check.
+    leaves the old file as it was. The temporary file is hidden and ends in `suffix`, which by
+    default no reader of results globs for, even where a kill leaves it behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -45,6 +45,19 @@ def test_unreadable_result_files_are_skipped_with_a_warning(tmp_path, capsys):
     assert "model_broken.txt.json" in err and "other.json" in err
 
 
+def test_a_result_write_killed_before_its_rename_leaves_nothing_that_reads_as_a_result(tmp_path, monkeypatch, capsys):
+    import utils
+
+    save_json_result(result(0.3, "model_0.3_aaaaa"), tmp_path)
+    with monkeypatch.context() as kill:  # killed after writing, before the rename: nothing cleans up
+        kill.setattr(utils.os, "replace", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+        kill.setattr(utils.os, "unlink", lambda path: None)
+        with pytest.raises(KeyboardInterrupt):
+            save_json_result(result(0.9, "model_0.9_bbbbb"), tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2  # the whole new result, under its temporary name
+    assert load_best_result(tmp_path)[1]["model_name"] == "model_0.3_aaaaa" and not capsys.readouterr().err
+
+
 def test_no_result_gives_none(tmp_path):
     assert load_best_result(tmp_path) is None
 
