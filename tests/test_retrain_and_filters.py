@@ -113,6 +113,13 @@ def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best
     assert [p.name for p in path.parent.iterdir()] == ["model.keras"]  # no temporary file left behind
 
 
+def test_the_default_model_to_visualise_is_the_newest_saved_not_a_save_in_progress(tmp_path):
+    for when, name in enumerate(["model_a.keras", "model_b.keras", ".model_a.keras.x1y2z3.tmp.keras"]):  # last: torn by a kill
+        (tmp_path / name).write_bytes(b"PK")
+        os.utime(tmp_path / name, (when, when))
+    assert viz.newest_model(tmp_path).name == "model_b.keras"
+
+
 @pytest.mark.slow
 def test_filter_images_have_the_grid_size_and_are_not_flat(retrained, tmp_path):
     folder, _ = retrained
