@@ -251,9 +251,14 @@ class Search:
         """Trials from the pickle, without the ones that never finished; or new Trials."""
         from hyperopt import Trials
 
-        from utils import finished_copy, load_trials, result_path, save_json_result
+        from utils import TrialsFileError, finished_copy, iter_results, load_trials, result_path, save_json_result
 
         if not os.path.exists(self.args.trials_file):
+            # A new search there would restart TPE and number its trials from 0 among the old ones.
+            if orphans := sum("tid" in result for _, result in iter_results(self.args.results_dir)):
+                raise TrialsFileError(
+                    f"{self.args.results_dir}/ holds the results of a search ({orphans} trials) whose trials pickle is not "
+                    f"{self.args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
             print(f"Starting a new search: trials go to {self.args.trials_file}, results to {self.args.results_dir}/")
             return Trials()
         trials = finished_copy(load_trials(self.args.trials_file))

@@ -254,6 +254,20 @@ def test_a_search_in_another_results_folder_keeps_its_own_trials_pickle(tmp_path
     assert len(list((tmp_path / "runs" / "b").glob("model_*.txt.json"))) == 1
 
 
+def test_results_whose_trials_pickle_is_elsewhere_are_refused_untouched(tmp_path, monkeypatch, capsys):
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    (tmp_path / "results.pkl").rename(tmp_path / "moved.pkl")
+    before = sorted(p.name for p in (tmp_path / "results").iterdir())
+    capsys.readouterr()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: results/ holds the results of a search (1 trials) whose trials pickle is not results.pkl")
+    assert len(err.splitlines()) == 1 and sorted(p.name for p in (tmp_path / "results").iterdir()) == before
+    assert not (tmp_path / "results.pkl").exists()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--trials-file", "moved.pkl") == 0
+    assert "Resuming: 1 trials" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("where", [["--results-dir", "a_file/results"], ["--trials-file", "a_file/results.pkl"]])
 def test_a_results_location_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys, where):
     (tmp_path / "a_file").write_text("")
