@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of the training benchmarks in one run of at most 9.5 minutes on one H100 (JAX
-# backend): SEED_BEST_SPACE through `fit` with 2017's widths and with widths in multiples of 8, in
+# The GPU figures of the training benchmarks in one run of at most 9.5 minutes on one H100 or H200
+# (JAX backend): SEED_BEST_SPACE through `fit` with 2017's widths and with widths in multiples of 8, in
 # epochs of 40 steps (as the fifth session measured, before the batch feed on JAX stopped using
 # background workers) and of 140 (a CIFAR-100 epoch at batch 320), the latter also with a search
 # trial's per-step callbacks; DEMO_SPACE; the compiled step's profile, then the same step with
@@ -14,7 +14,10 @@ set -u
 out=${1:-gpu-checks}
 mkdir -p "$out/hlo"
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-h100=(--peak-tflops 989 --bandwidth-tbs 3.35)
+# Both chips' dense bf16 peak is 989 TFLOP/s; the H200's memory moves 4.8 TB/s, the H100's 3.35.
+bandwidth=3.35
+nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && bandwidth=4.8
+gpu=(--peak-tflops 989 --bandwidth-tbs "$bandwidth")
 fit=(bench/bench_training.py --peak-tflops 989 --windows 4 --skip-memory)
 
 # One command per figure, each with its own time limit: one slow compile costs only its own.
@@ -35,10 +38,10 @@ step() {
         --precision mixed_bfloat16 --steps 140 --json "$out/training_bf16_140.json"
     step 120 "${fit[@]}" --spaces demo --variants as-is,filters-x8 --precision mixed_bfloat16 --steps 140 \
         --json "$out/training_bf16_demo.json"
-    step 90 bench/bench_roofline.py --spaces best --variants filters-x8 --precision mixed_bfloat16 "${h100[@]}" \
+    step 90 bench/bench_roofline.py --spaces best --variants filters-x8 --precision mixed_bfloat16 "${gpu[@]}" \
         --profile-steps 5 --hlo-dir "$out/hlo" --json "$out/roofline_bf16_filters-x8.json"
     # XLA leaves convolutions out of its CUDA graphs unless asked (openxla/xla#34572).
     (export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=+CONVOLUTION"
-     step 90 bench/bench_roofline.py --spaces best --variants filters-x8 --precision mixed_bfloat16 "${h100[@]}" \
+     step 90 bench/bench_roofline.py --spaces best --variants filters-x8 --precision mixed_bfloat16 "${gpu[@]}" \
         --profile-steps 5 --json "$out/roofline_bf16_filters-x8_conv_graphs.json")
 } 2>&1 | tee "$out/log.txt"
