@@ -226,10 +226,15 @@ def compiled_train_step(space: dict, batch: int, target=None):
 
 
 def step_flops(model: keras.Model, state, data) -> float:
-    """XLA's FLOPs of one train step, from the step as lowered for this machine (before optimisation)."""
+    """XLA's FLOPs of one train step, from the step as lowered (before optimisation) for the CPU.
+
+    The step before optimisation is the same for any device, and JAX 0.11's GPU client has no cost
+    analysis for it (None on an H200).
+    """
     import jax
 
-    state, data = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), (state, data))
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    state, data = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=cpu), (state, data))
     cost = jax.jit(model.train_step).lower(state, data).cost_analysis()
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 

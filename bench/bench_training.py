@@ -4,12 +4,14 @@
 
 Throughput is the median of several timed epochs after a warm-up epoch (compilation), through
 the same `build_model`, batch feeding and `model.fit` path as a search trial: uint8 images
-gathered per batch, sparse labels; with --callbacks trial, also with a trial's per-step callbacks.
+gathered per batch, sparse labels; with --callbacks trial, also with a trial's callbacks and progress log.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -26,6 +28,8 @@ import numpy as np  # noqa: E402
 
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
+import neural_net  # noqa: E402
+import pruning  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
@@ -102,18 +106,19 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
-    """The per-step callbacks a search trial trains with (a NaN check, the progress logger), or none.
+    """A search trial's callbacks but early stopping (the benchmark has no validation), or those with Keras's NaN check, or none.
 
-    On JAX, a callback with a per-step hook makes Keras wait for every step's logs unless it is
-    marked `async_safe` (TensorFlow's trainer always waits, once per `steps_per_execution` steps):
-    "trial" times that, "trial-async" the same callbacks marked, "none" neither.
+    On JAX, a callback with a per-step hook makes Keras wait for every step's logs before it
+    dispatches the next step (TensorFlow's trainer always waits, once per `steps_per_execution`
+    steps): "per-step-nan" times Keras's TerminateOnNaN, which a trial used until the twelfth session.
     """
     if kind == "none":
         return []
-    callbacks = [keras.callbacks.TerminateOnNaN(), keras.callbacks.ProgbarLogger()]  # silent: fit(verbose=0)
-    for callback in callbacks:
-        callback.async_safe = kind == "trial-async"
-    return callbacks
+    nan_check = keras.callbacks.TerminateOnNaN() if kind == "per-step-nan" else neural_net.StopOnNaN()
+    return [nan_check, pruning.MedianStoppingRule([])]
+
+
+CALLBACK_KINDS = ("none", "trial", "per-step-nan")
 
 
 def with_keras_layers(model: keras.Model) -> keras.Model:
@@ -149,20 +154,24 @@ def model_2017(space) -> keras.Model:
 def bench_space(name, space, x, y, args, callbacks: str = "none") -> dict:
     keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it to float32
     batch = args.batch_size or int(space["batch_size"])
-    timer = EpochTimer()
+    fit_callbacks = [EpochTimer(), *step_callbacks(callbacks)]
+    verbose = 0 if callbacks == "none" else 2  # a search trial logs a line per epoch
     n = args.steps * batch
     if args.recipe == "2017":
         model = model_2017(space)
         # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
         x32 = x[:n].astype("float32") / 255.0 - 0.5
         y_hot = {"fine_outputs": np.eye(100, dtype="float32")[y[0][:n]], "coarse_outputs": np.eye(20, dtype="float32")[y[1][:n]]}
-        model.fit(x32, y_hot, batch_size=batch, epochs=1 + args.windows, verbose=0,
-                  callbacks=[timer, *step_callbacks(callbacks)], shuffle=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # the table stays readable
+            model.fit(x32, y_hot, batch_size=batch, epochs=1 + args.windows, verbose=verbose,
+                      callbacks=fit_callbacks, shuffle=True)
     else:
         model = build_model(space, steps_per_execution=args.steps_per_execution,
                             jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
         feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
-        model.fit(feed, epochs=1 + args.windows, verbose=0, callbacks=[timer, *step_callbacks(callbacks)])
+        with contextlib.redirect_stdout(io.StringIO()):
+            model.fit(feed, epochs=1 + args.windows, verbose=verbose, callbacks=fit_callbacks)
+    timer = fit_callbacks[0]
     window = statistics.median(timer.times[1:])
     images_per_s = n / window
     flops = forward_flops(model)
@@ -210,7 +219,7 @@ def main() -> None:
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated changes to each network, or all: {', '.join(VARIANTS)}")
     parser.add_argument("--callbacks", default="none",
-                        help="comma-separated: none, trial (a search trial's per-step callbacks), trial-async (those marked async-safe)")
+                        help="comma-separated: none, trial (a search trial's callbacks and progress log), per-step-nan (the same with Keras's per-step TerminateOnNaN)")
     parser.add_argument("--recipe", choices=["project", "2017"], default="project",
                         help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps, Keras's own batch-norm and dropout (TensorFlow only)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
@@ -235,7 +244,7 @@ def main() -> None:
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     callbacks = args.callbacks.split(",")
-    if unknown := set(callbacks) - {"none", "trial", "trial-async"}:
+    if unknown := set(callbacks) - set(CALLBACK_KINDS):
         parser.error(f"unknown callbacks: {', '.join(sorted(unknown))}")
     # 2017 trained in float32 and fused no steps.
     args.precision = precision = "float32" if args.recipe == "2017" else resolve_precision(args.precision)
@@ -259,11 +268,11 @@ def main() -> None:
 
     print(f"recipe {args.recipe}, backend {report['backend']}, precision {precision}, XLA {args.xla}, "
           f"steps_per_execution {steps_per_execution}")
-    print(f"{'space':6} {'variant':11} {'callbacks':11} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
+    print(f"{'space':6} {'variant':11} {'callbacks':12} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
         dev = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "-"
-        print(f"{r['space']:6} {r['variant']:11} {r['callbacks']:11} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
+        print(f"{r['space']:6} {r['variant']:11} {r['callbacks']:12} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
               f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f}")
     if "memory" in report:
         m = report["memory"]
