@@ -250,8 +250,8 @@ class StopOnNaN(keras.callbacks.Callback):
     """Stops training at the end of an epoch whose loss is NaN or infinite.
 
     Keras's TerminateOnNaN checks every step, so on JAX `fit` waits for each step's loss before it
-    dispatches the next: a search trial trained at 56% of the speed on an H200 (bench/README.md).
-    A diverged network now trains to the end of its epoch, and fails the trial there.
+    dispatches the next (on an H200, with a per-step progress logger too: 30,562 against 54,934
+    images/s; bench/README.md). A diverged network trains to its epoch's end and fails there.
     """
 
     def on_epoch_end(self, epoch, logs=None):

@@ -175,6 +175,19 @@ def test_an_absurd_learning_rate_fails_the_trial_without_raising(synthetic):
     assert "NaN" in result["error"]
 
 
+def test_a_diverged_network_stops_at_the_end_of_its_first_nan_epoch():
+    import keras
+
+    from neural_net import StopOnNaN
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(1e30), loss="mse")
+    x = np.ones((64, 4), "float32")
+    history = model.fit(x, 1e20 * x[:, :1], batch_size=8, epochs=5, verbose=0, callbacks=[StopOnNaN()]).history
+    assert len(history["loss"]) == 1 and not math.isfinite(history["loss"][0])
+
+
 def test_an_exception_fails_the_trial_without_raising(synthetic):
     model, result = build_and_train({**SMALL_SPACE, "optimizer": "SGD-that-does-not-exist"}, synthetic, epochs=1)
     assert model is None and result["status"] == "fail" and "KeyError" in result["error"]
