@@ -106,7 +106,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
-    """A search trial's callbacks but early stopping (the benchmark has no validation), or those with Keras's NaN check, or none.
+    """A search trial's callbacks less early stopping (the benchmark has no validation), or those with Keras's NaN check, or none.
 
     On JAX, a callback with a per-step hook makes Keras wait for every step's logs before it
     dispatches the next step (TensorFlow's trainer always waits, once per `steps_per_execution`
