@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The GPU figures of the training benchmarks in one run of at most 9.5 minutes on one H100 or H200
 # (JAX backend): SEED_BEST_SPACE through `fit` with 2017's widths and with widths in multiples of 8, in
-# epochs of 40 steps (as the fifth session measured, before the batch feed on JAX stopped using
-# background workers) and of 140 (a CIFAR-100 epoch at batch 320), the latter also with a search
-# trial's per-step callbacks; DEMO_SPACE; the compiled step's profile, then the same step with
-# cuDNN's convolutions in CUDA graphs too (the profile shows 1.3 ms a step between kernels, and
-# each convolution is launched from the host).
+# epochs of 40 steps (as the fifth and twelfth sessions measured) and of 140 (a CIFAR-100 epoch at
+# batch 320), the latter with a search trial's callbacks, with Keras's per-step NaN check (which the
+# twelfth session found cost 44% with a per-step logger) and with none, in that order (that
+# session ran none first, and found the two callbacks as slow when marked async-safe); a network's
+# first epoch (mostly its compile) without and with JAX's persistent compilation cache, which also
+# keeps XLA's kernel autotuning; the compiled step's profile, then the same step with cuDNN's
+# convolutions in CUDA graphs too (the H100's profile showed 1.3 ms a step between kernels, and
+# each convolution launched from the host).
 # Files go to OUT_DIR (eight at most, as the device tool returns): log.txt, one JSON per
 # benchmark, and hlo/ with the compiled step and its profiler trace.
 #
@@ -33,11 +36,14 @@ step() {
     python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
     step 100 "${fit[@]}" --spaces best --variants as-is,filters-x8 --precision mixed_bfloat16 --steps 40 \
         --json "$out/training_bf16_40.json"
-    # A search trial's callbacks, and those with Keras's per-step NaN check, which makes Keras wait for every step on JAX.
-    step 110 "${fit[@]}" --spaces best --variants filters-x8 --callbacks none,trial,per-step-nan \
+    step 110 "${fit[@]}" --spaces best --variants filters-x8 --callbacks trial,per-step-nan,none \
         --precision mixed_bfloat16 --steps 140 --json "$out/training_bf16_140.json"
-    step 120 "${fit[@]}" --spaces demo --variants as-is,filters-x8 --precision mixed_bfloat16 --steps 140 \
-        --json "$out/training_bf16_demo.json"
+    # The same network in two processes: the second finds the first's compile and autotuning on disk.
+    (export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+     for run in cold warm; do
+         echo "== $run compilation cache"
+         step 60 "${fit[@]}" --spaces best --variants filters-x8 --precision mixed_bfloat16 --steps 40 --windows 1
+     done)
     step 90 bench/bench_roofline.py --spaces best --variants filters-x8 --precision mixed_bfloat16 "${gpu[@]}" \
         --profile-steps 5 --hlo-dir "$out/hlo" --json "$out/roofline_bf16_filters-x8.json"
     # XLA leaves convolutions out of its CUDA graphs unless asked (openxla/xla#34572).
