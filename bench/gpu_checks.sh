@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The GPU figures of the training benchmarks in one run of at most 9.5 minutes on one H100 or H200
-# (JAX backend): SEED_BEST_SPACE through `fit` with 2017's widths and with widths in multiples of 8, in
-# epochs of 40 steps (as the fifth and twelfth sessions measured) and of 140 (a CIFAR-100 epoch at
-# batch 320), the latter with a search trial's callbacks, with Keras's per-step NaN check (which the
-# twelfth session found cost 44% with a per-step logger) and with none, in that order (that
-# session ran none first, and found the two callbacks as slow when marked async-safe); a network's
-# first epoch (mostly its compile) without and with JAX's persistent compilation cache, which also
-# keeps XLA's kernel autotuning; the compiled step's profile, then the same step with cuDNN's
-# convolutions in CUDA graphs too (the H100's profile showed 1.3 ms a step between kernels, and
-# each convolution launched from the host).
+# The GPU figures of the training benchmarks in one run of at most 9.5 minutes (570 s of limits)
+# on one H100 or H200 (JAX backend): SEED_BEST_SPACE through `fit` with 2017's widths and with
+# widths in multiples of 8, in epochs of 40 steps (as the fifth and twelfth sessions measured) and
+# of 140 (a CIFAR-100 epoch at batch 320); the latter in float32 too, and with a search trial's
+# callbacks, with Keras's per-step NaN check (which the twelfth session found cost 44%, with a
+# per-step logger) and with none, in that order (that session ran none first, and found the two
+# callbacks as slow when marked async-safe); a network's first epoch (mostly its compile) without
+# and with JAX's persistent compilation cache, which also keeps XLA's kernel autotuning; the
+# compiled step's profile, then the same step with cuDNN's convolutions in CUDA graphs too (the
+# H100's profile showed 1.3 ms a step between kernels, and each convolution launched from the host).
 # Files go to OUT_DIR (eight at most, as the device tool returns): log.txt, one JSON per
 # benchmark, and hlo/ with the compiled step and its profiler trace.
 #
@@ -38,6 +38,8 @@ step() {
         --json "$out/training_bf16_40.json"
     step 110 "${fit[@]}" --spaces best --variants filters-x8 --callbacks trial,per-step-nan,none \
         --precision mixed_bfloat16 --steps 140 --json "$out/training_bf16_140.json"
+    step 60 "${fit[@]}" --spaces best --variants filters-x8 --precision float32 --steps 140 \
+        --json "$out/training_f32_140.json"
     # The same network in two processes: the second finds the first's compile and autotuning on disk.
     (export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
      for run in cold warm; do
