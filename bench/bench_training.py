@@ -154,24 +154,23 @@ def model_2017(space) -> keras.Model:
 def bench_space(name, space, x, y, args, callbacks: str = "none") -> dict:
     keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it to float32
     batch = args.batch_size or int(space["batch_size"])
-    fit_callbacks = [EpochTimer(), *step_callbacks(callbacks)]
+    timer = EpochTimer()
+    fit_callbacks = [timer, *step_callbacks(callbacks)]
     verbose = 0 if callbacks == "none" else 2  # a search trial logs a line per epoch
     n = args.steps * batch
-    if args.recipe == "2017":
-        model = model_2017(space)
-        # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
-        x32 = x[:n].astype("float32") / 255.0 - 0.5
-        y_hot = {"fine_outputs": np.eye(100, dtype="float32")[y[0][:n]], "coarse_outputs": np.eye(20, dtype="float32")[y[1][:n]]}
-        with contextlib.redirect_stdout(io.StringIO()):  # the table stays readable
+    with contextlib.redirect_stdout(io.StringIO()):  # the table stays readable
+        if args.recipe == "2017":
+            model = model_2017(space)
+            # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
+            x32 = x[:n].astype("float32") / 255.0 - 0.5
+            y_hot = {"fine_outputs": np.eye(100, dtype="float32")[y[0][:n]], "coarse_outputs": np.eye(20, dtype="float32")[y[1][:n]]}
             model.fit(x32, y_hot, batch_size=batch, epochs=1 + args.windows, verbose=verbose,
                       callbacks=fit_callbacks, shuffle=True)
-    else:
-        model = build_model(space, steps_per_execution=args.steps_per_execution,
-                            jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
-        feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
-        with contextlib.redirect_stdout(io.StringIO()):
+        else:
+            model = build_model(space, steps_per_execution=args.steps_per_execution,
+                                jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
+            feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
             model.fit(feed, epochs=1 + args.windows, verbose=verbose, callbacks=fit_callbacks)
-    timer = fit_callbacks[0]
     window = statistics.median(timer.times[1:])
     images_per_s = n / window
     flops = forward_flops(model)
