@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU figures of the training benchmarks in one run of at most 9.5 minutes (570 s of limits)
-# on one H100 or H200 (JAX backend): SEED_BEST_SPACE through `fit` with 2017's widths and with
-# widths in multiples of 8, in epochs of 40 steps (as the fifth and twelfth sessions measured) and
-# of 140 (a CIFAR-100 epoch at batch 320); the latter in float32 too, and with a search trial's
-# callbacks, with Keras's per-step NaN check (which the twelfth session found cost 44%, with a
-# per-step logger) and with none, in that order (that session ran none first, and found the two
-# callbacks as slow when marked async-safe); a network's first epoch (mostly its compile) without
-# and with JAX's persistent compilation cache, which also keeps XLA's kernel autotuning; the
+# The GPU figures of the training benchmarks in one run of at most 9 minutes (530 s of limits) on
+# one H100 or H200 (JAX backend). SEED_BEST_SPACE, widths in multiples of 8, bfloat16, through
+# `fit` in epochs of 140 steps (a CIFAR-100 epoch at batch 320): with a search trial's callbacks,
+# with Keras's per-step NaN check (which the twelfth session found cost 44%, with a per-step
+# logger) and with none, in that order (that session ran none first, and found the two callbacks
+# as slow when marked async-safe); then its first epoch (mostly the compile, 17-49 s on the H200,
+# as much as 10-60 epochs) with XLA's kernel autotuning off and without its correctness checks,
+# against the first row's full autotuning, each with what it does to the epochs after; the first
+# epoch without and with JAX's persistent compilation cache, which also keeps the autotuning; the
 # compiled step's profile, then the same step with cuDNN's convolutions in CUDA graphs too (the
 # H100's profile showed 1.3 ms a step between kernels, and each convolution launched from the host).
 # Files go to OUT_DIR (eight at most, as the device tool returns): log.txt, one JSON per
@@ -34,12 +35,14 @@ step() {
 {
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
     python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
-    step 100 "${fit[@]}" --spaces best --variants as-is,filters-x8 --precision mixed_bfloat16 --steps 40 \
-        --json "$out/training_bf16_40.json"
     step 110 "${fit[@]}" --spaces best --variants filters-x8 --callbacks trial,per-step-nan,none \
         --precision mixed_bfloat16 --steps 140 --json "$out/training_bf16_140.json"
-    step 60 "${fit[@]}" --spaces best --variants filters-x8 --precision float32 --steps 140 \
-        --json "$out/training_f32_140.json"
+    # Autotuning levels (XLA's --xla_gpu_autotune_level, default 4): 0 off, 1 without correctness checks.
+    for level in 0 1; do
+        (export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=$level"
+         step 60 "${fit[@]}" --spaces best --variants filters-x8 --precision mixed_bfloat16 --steps 140 \
+             --json "$out/training_bf16_140_autotune_$level.json")
+    done
     # The same network in two processes: the second finds the first's compile and autotuning on disk.
     (export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
      for run in cold warm; do
