@@ -1,27 +1,64 @@
 #!/usr/bin/env bash
-# Remove every result and generated artefact of the search, then recreate the empty folders.
-# Usage: ./delete_results.sh [-y]     (-y: do not ask)
+# Remove every result and generated artefact of the search, then recreate the empty folders; or,
+# given the results folder of a search run with --results-dir, remove only what that search wrote.
+# Usage: ./delete_results.sh [-y] [RESULTS_DIR]     (-y: do not ask)
 set -euo pipefail
-cd "$(dirname "$0")"
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  echo "Usage: ./delete_results.sh [-y]  removes results/, results.pkl, TensorBoard/, weights/, layers/,"
-  echo "analysis/ and the model plots, then recreates the empty folders; -y skips the question."
-  exit 0
+usage="Usage: ./delete_results.sh [-y] [RESULTS_DIR]
+  Without RESULTS_DIR: removes results/, results.pkl, TensorBoard/, weights/, layers/, analysis/ and
+  the model plots beside this script, then recreates the empty folders.
+  With RESULTS_DIR (a search's --results-dir): removes its result files and its trials pickle
+  (RESULTS_DIR.pkl), and the folder if nothing else is left in it.
+  -y: do not ask first."
+yes=false
+dir=
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) echo "$usage"; exit 0 ;;
+    -y) yes=true ;;
+    -*) echo "error: unknown option $arg" >&2; echo "$usage" >&2; exit 2 ;;
+    *) [[ -z "$dir" ]] || { echo "error: give one results folder at most" >&2; exit 2; }
+       dir=${arg%/} ;;
+  esac
+done
+if [[ -z "$dir" ]]; then
+  cd "$(dirname "$0")"
+  lock=results/.search.lock
+  targets=(results results.pkl TensorBoard weights layers analysis model_demo.png model_best.png)
+else
+  # Only what a search writes there, so that a mistyped folder loses nothing else.
+  lock=$dir/.search.lock
+  shopt -s nullglob
+  results=("$dir"/model_*.txt.json)
+  targets=("${results[@]}" "$dir"/.model_*.tmp)
+  shopt -u nullglob
+  [[ -f "$lock" ]] && targets+=("$lock")
+  [[ -f "$dir.pkl" ]] && targets+=("$dir.pkl")
+  if ((${#results[@]} == 0)) && [[ ! -f "$dir.pkl" ]]; then
+    echo "error: $dir/ holds no search results and there is no $dir.pkl; nothing to delete" >&2
+    exit 2
+  fi
 fi
-targets=(results results.pkl TensorBoard weights layers analysis model_demo.png model_best.png)
 # A running search holds this lock (see utils.RunLock) and would write its trials back.
-lock=results/.search.lock
 if [[ -f "$lock" ]] && command -v flock >/dev/null && ! flock -n "$lock" true; then
-  echo "error: a search is running on results/ ($(cat "$lock")); stop it first (Ctrl-C), then rerun" >&2
+  echo "error: a search is running on ${dir:-results}/ ($(cat "$lock")); stop it first (Ctrl-C), then rerun" >&2
   exit 1
 fi
-if [[ "${1:-}" != "-y" ]]; then
-  echo "This deletes: ${targets[*]}"
+if [[ "$yes" != true ]]; then
+  if [[ -z "$dir" ]]; then
+    echo "This deletes: ${targets[*]}"
+  else
+    echo "This deletes ${#results[@]} result file(s) in $dir/$([[ -f "$dir.pkl" ]] && echo " and $dir.pkl")"
+  fi
   read -r -p "Delete them? [y/N] " answer
   [[ "$answer" =~ ^[Yy]$ ]] || { echo "Nothing deleted."; exit 0; }
 fi
 rm -rf -- "${targets[@]}"
-for folder in results TensorBoard weights layers; do
-  mkdir -p "$folder" && touch "$folder/.gitkeep"
-done
-echo "Deleted; empty results/, TensorBoard/, weights/ and layers/ recreated."
+if [[ -z "$dir" ]]; then
+  for folder in results TensorBoard weights layers; do
+    mkdir -p "$folder" && touch "$folder/.gitkeep"
+  done
+  echo "Deleted; empty results/, TensorBoard/, weights/ and layers/ recreated."
+else
+  rmdir "$dir" 2>/dev/null || true
+  echo "Deleted the search in $dir/ (${#results[@]} result file(s))."
+fi

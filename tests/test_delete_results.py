@@ -44,3 +44,51 @@ def test_dash_y_deletes_and_recreates_empty_folders(tmp_path):
     assert not (tmp_path / "results.pkl").exists() and not (tmp_path / "model_best.png").exists()
     for folder in ("results", "TensorBoard", "weights", "layers"):
         assert sorted(p.name for p in (tmp_path / folder).iterdir()) == [".gitkeep"]
+
+
+def test_a_named_results_folder_loses_only_what_its_search_wrote(tmp_path):
+    make_project(tmp_path)
+    runs = tmp_path / "runs"
+    (runs / "a").mkdir(parents=True)
+    for f in ("a/model_0.7_12345.txt.json", "a/model_failed_54321.txt.json", "a.pkl", "a/notes.md"):
+        (runs / f).write_text("x")
+    out = subprocess.run(["bash", "delete_results.sh", "-y", "runs/a/"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (runs / "a").iterdir()) == ["notes.md"]
+    assert not (runs / "a.pkl").exists()
+    assert (tmp_path / "results.pkl").exists() and (tmp_path / "results/model_0.5_abcde.txt.json").exists()
+
+
+def test_a_named_results_folder_left_empty_is_removed(tmp_path):
+    make_project(tmp_path)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/model_0.7_12345.txt.json").write_text("x")
+    (tmp_path / "b.pkl").write_text("x")
+    out = subprocess.run(["bash", "delete_results.sh", "b"], cwd=tmp_path, input="y\n", capture_output=True, text=True)
+    assert "This deletes 1 result file(s) in b/ and b.pkl" in out.stdout
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.pkl").exists()
+
+
+def test_a_folder_without_search_results_is_refused(tmp_path):
+    make_project(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos/cat.png").write_text("x")
+    out = subprocess.run(["bash", "delete_results.sh", "-y", "photos"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "photos/ holds no search results" in out.stderr
+    assert (tmp_path / "photos/cat.png").exists()
+
+
+def test_a_running_search_in_a_named_folder_is_not_deleted(tmp_path):
+    from utils import RunLock
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c/model_0.7_12345.txt.json").write_text("x")
+    shutil.copy(REPO / "delete_results.sh", tmp_path)
+    lock = RunLock(tmp_path / "c")
+    assert lock.acquire()
+    try:
+        out = subprocess.run(["bash", "delete_results.sh", "-y", "c"], cwd=tmp_path, capture_output=True, text=True)
+    finally:
+        lock.release()
+    assert out.returncode == 1 and "a search is running on c/" in out.stderr
+    assert (tmp_path / "c/model_0.7_12345.txt.json").exists()
