@@ -151,15 +151,26 @@ def model_2017(space) -> keras.Model:
     return model
 
 
-def bench_space(name, space, x, y, args, callbacks: str = "none") -> dict:
-    keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it to float32
+RECIPES = ("project", "2017")
+
+
+def recipe_settings(recipe: str, args) -> tuple[str, int]:
+    """The precision and steps per call a recipe trains with: 2017 trained in float32 and fused no steps."""
+    if recipe == "2017":
+        return "float32", 1
+    return resolve_precision(args.precision), args.steps_per_execution or default_steps_per_execution()
+
+
+def bench_space(name, space, x, y, args, callbacks: str = "none", recipe: str = "project") -> dict:
+    precision, steps_per_execution = recipe_settings(recipe, args)
+    keras.config.set_dtype_policy(precision)  # per model: clear_session() resets it to float32
     batch = args.batch_size or int(space["batch_size"])
     timer = EpochTimer()
     fit_callbacks = [timer, *step_callbacks(callbacks)]
     verbose = 0 if callbacks == "none" else 2  # a search trial logs a line per epoch
     n = args.steps * batch
     with contextlib.redirect_stdout(io.StringIO()):  # the table stays readable
-        if args.recipe == "2017":
+        if recipe == "2017":
             model = model_2017(space)
             # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
             x32 = x[:n].astype("float32") / 255.0 - 0.5
@@ -167,7 +178,7 @@ def bench_space(name, space, x, y, args, callbacks: str = "none") -> dict:
             model.fit(x32, y_hot, batch_size=batch, epochs=1 + args.windows, verbose=verbose,
                       callbacks=fit_callbacks, shuffle=True)
         else:
-            model = build_model(space, steps_per_execution=args.steps_per_execution,
+            model = build_model(space, steps_per_execution=steps_per_execution,
                                 jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
             feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
             model.fit(feed, epochs=1 + args.windows, verbose=verbose, callbacks=fit_callbacks)
@@ -176,7 +187,7 @@ def bench_space(name, space, x, y, args, callbacks: str = "none") -> dict:
     flops = forward_flops(model)
     achieved = 3 * flops * images_per_s / 1e12  # forward + backward ~ 3x forward
     row = {
-        "space": name, "params": model.count_params(), "batch_size": batch, "dtype_policy": model.dtype_policy.name,
+        "space": name, "recipe": recipe, "steps_per_execution": steps_per_execution, "params": model.count_params(), "batch_size": batch, "dtype_policy": model.dtype_policy.name,
         "images_per_s": round(images_per_s, 1), "first_epoch_s": round(timer.times[0], 2),
         "gflops_per_image_fwd": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 3),
         "peak_fraction": round(achieved / args.peak_tflops, 4) if args.peak_tflops else None,
@@ -192,9 +203,10 @@ def data_memory(args) -> dict:
     The model is built and its train and evaluation steps compiled on a small dataset first, so
     what is measured is the dataset: its arrays and whatever feeding it to `fit` adds.
     """
-    keras.config.set_dtype_policy(args.precision)
+    precision, steps_per_execution = recipe_settings("project", args)
+    keras.config.set_dtype_policy(precision)
     space = {**hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.1, "fc_units_1_mult": 0.05, "residual": None}
-    model = build_model(space, steps_per_execution=args.steps_per_execution)
+    model = build_model(space, steps_per_execution=steps_per_execution)
 
     def fit(n_train: int, n_val: int) -> tuple[int, float]:
         """Train a few steps on a new random dataset; its size and the process memory while it lives."""
@@ -212,6 +224,19 @@ def data_memory(args) -> dict:
             "process_mb_above_baseline": round(during - base, 1)}
 
 
+def print_speedups(rows: list[dict]) -> None:
+    """Each network's mean images/s under the project's recipe against the 2017 recipe's, over the rounds."""
+    means: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        key = (r["space"], r["variant"], r["callbacks"])
+        means.setdefault(key, {}).setdefault(r["recipe"], []).append(r["images_per_s"])
+    for (space, variant, kind), by_recipe in means.items():
+        if {"project", "2017"} <= set(by_recipe):
+            ours, theirs = (statistics.mean(by_recipe[recipe]) for recipe in ("project", "2017"))
+            print(f"{space} {variant} ({kind} callbacks): project {ours:.1f} images/s against 2017's {theirs:.1f}, "
+                  f"{ours / theirs:.2f}x (mean of {len(by_recipe['project'])} rounds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--spaces", default="demo,best", help="comma-separated: demo, best (empty: memory only)")
@@ -219,8 +244,11 @@ def main() -> None:
                         help=f"comma-separated changes to each network, or all: {', '.join(VARIANTS)}")
     parser.add_argument("--callbacks", default="none",
                         help="comma-separated: none, trial (a search trial's callbacks and progress log), per-step-nan (the same with Keras's per-step TerminateOnNaN)")
-    parser.add_argument("--recipe", choices=["project", "2017"], default="project",
-                        help="2017: float32 data, one-hot labels, tf.map_fn flip, no fused steps, Keras's own batch-norm and dropout (TensorFlow only)")
+    parser.add_argument("--recipe", default="project",
+                        help="comma-separated: project, 2017 (float32 data, one-hot labels, tf.map_fn flip, float32, no fused "
+                             "steps, Keras's own batch-norm and dropout; TensorFlow only). project,2017: side by side")
+    parser.add_argument("--rounds", type=at_least(1), default=1,
+                        help="times to run every row; every other round in reverse order, so that the machine's drift hits all rows alike")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
     parser.add_argument("--steps", type=at_least(1), default=20, help="training steps per timed epoch")
     parser.add_argument("--windows", type=at_least(1), default=3, help="timed epochs after the warm-up epoch")
@@ -232,9 +260,12 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
-    if args.recipe == "2017" and keras.backend.backend() != "tensorflow":
+    recipes = args.recipe.split(",")
+    if unknown := set(recipes) - set(RECIPES):
+        parser.error(f"unknown recipes: {', '.join(sorted(unknown))}")
+    if "2017" in recipes and keras.backend.backend() != "tensorflow":
         parser.error("--recipe 2017 needs the TensorFlow backend")
-    if args.recipe == "2017" and args.precision.startswith("mixed"):
+    if recipes == ["2017"] and args.precision.startswith("mixed"):
         parser.error("--recipe 2017 trains in float32, as 2017 did")
     spaces = [name for name in args.spaces.split(",") if name]
     if unknown := set(spaces) - set(SPACES):
@@ -245,34 +276,32 @@ def main() -> None:
     callbacks = args.callbacks.split(",")
     if unknown := set(callbacks) - set(CALLBACK_KINDS):
         parser.error(f"unknown callbacks: {', '.join(sorted(unknown))}")
-    # 2017 trained in float32 and fused no steps.
-    args.precision = precision = "float32" if args.recipe == "2017" else resolve_precision(args.precision)
-    args.steps_per_execution = steps_per_execution = (
-        1 if args.recipe == "2017" else args.steps_per_execution or default_steps_per_execution())
     rng = np.random.default_rng(0)
     n = args.steps * max(int(s["batch_size"]) for s in SPACES.values()) if args.batch_size is None else args.steps * args.batch_size
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 100, n), rng.integers(0, 20, n)
 
-    report = {"backend": keras.backend.backend(), "recipe": args.recipe, "precision": precision, "xla": args.xla,
-              "steps_per_execution": steps_per_execution, "rows": []}
+    report = {"backend": keras.backend.backend(), "xla": args.xla, "rows": []}
     if not args.skip_memory:
         report["memory"] = data_memory(args)
-    for name in spaces:
-        for variant in variants:
-            for kind in callbacks:
-                row = bench_space(name, VARIANTS[variant](SPACES[name]), x, y, args, kind)
-                report["rows"].append({**row, "variant": variant, "callbacks": kind})
+    rows = [(name, variant, kind, recipe) for name in spaces for variant in variants for kind in callbacks for recipe in recipes]
+    for round_ in range(args.rounds):
+        for name, variant, kind, recipe in rows if round_ % 2 == 0 else reversed(rows):
+            row = bench_space(name, VARIANTS[variant](SPACES[name]), x, y, args, kind, recipe)
+            report["rows"].append({**row, "variant": variant, "callbacks": kind, "round": round_ + 1})
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
-    print(f"recipe {args.recipe}, backend {report['backend']}, precision {precision}, XLA {args.xla}, "
-          f"steps_per_execution {steps_per_execution}")
-    print(f"{'space':6} {'variant':11} {'callbacks':12} {'params':>10} {'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
+    print(f"backend {report['backend']}, XLA {args.xla}")
+    print(f"{'space':6} {'variant':11} {'callbacks':12} {'recipe':7} {'precision':14} {'spe':>3} {'round':>5} {'params':>10} "
+          f"{'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
         dev = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "-"
-        print(f"{r['space']:6} {r['variant']:11} {r['callbacks']:12} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
+        print(f"{r['space']:6} {r['variant']:11} {r['callbacks']:12} {r['recipe']:7} {r['dtype_policy']:14} "
+              f"{r['steps_per_execution']:>3} {r['round']:>5} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
               f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f}")
+    if len(recipes) > 1:
+        print_speedups(report["rows"])
     if "memory" in report:
         m = report["memory"]
         print(f"data memory: {m['dataset_images']} uint8 images ({m['dataset_mb']} MB) cost the process "

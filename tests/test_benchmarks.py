@@ -15,18 +15,19 @@ sys.path.insert(0, str(BENCH.parent))  # the benchmarks' own functions, for the 
 QUICK = ["--spaces", "best", "--batch-size", "4", "--steps", "1", "--windows", "1"]
 
 
-def run_bench(tmp_path, *args) -> dict:
+def run_bench(tmp_path, *args) -> tuple[dict, str]:
+    """The benchmark's JSON report and what it printed."""
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(BENCH), *QUICK, *args, "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()), done.stdout
 
 
 @pytest.mark.slow
 def test_every_network_of_a_run_trains_in_the_requested_precision(tmp_path):
     # Keras's clear_session() between networks resets the dtype policy to float32.
-    report = run_bench(tmp_path, "--variants", "as-is,filters-x8", "--precision", "mixed_bfloat16", "--skip-memory")
+    report, _ = run_bench(tmp_path, "--variants", "as-is,filters-x8", "--precision", "mixed_bfloat16", "--skip-memory")
     assert [row["variant"] for row in report["rows"]] == ["as-is", "filters-x8"]
     assert [row["dtype_policy"] for row in report["rows"]] == ["mixed_bfloat16", "mixed_bfloat16"]
     assert report["rows"][0]["params"] == 7_059_352
@@ -63,10 +64,14 @@ def test_the_layer_benchmark_times_every_batch_norm_and_dropout_shape_of_the_net
 
 
 @pytest.mark.slow
-def test_the_2017_recipe_trains_in_float32_one_step_per_call(tmp_path):
-    report = run_bench(tmp_path, "--recipe", "2017", "--skip-memory")
-    assert report["precision"] == "float32" and report["steps_per_execution"] == 1
-    assert report["rows"][0]["dtype_policy"] == "float32"
+def test_side_by_side_the_2017_recipe_trains_in_float32_one_step_per_call_in_alternating_rounds(tmp_path):
+    report, printed = run_bench(tmp_path, "--recipe", "project,2017", "--rounds", "2", "--precision", "mixed_bfloat16",
+                                "--skip-memory")
+    rows = [(row["recipe"], row["round"], row["dtype_policy"], row["steps_per_execution"]) for row in report["rows"]]
+    assert rows == [("project", 1, "mixed_bfloat16", 8), ("2017", 1, "float32", 1),
+                    ("2017", 2, "float32", 1), ("project", 2, "mixed_bfloat16", 8)]
+    assert len({row["params"] for row in report["rows"]}) == 1  # the same network
+    assert "best as-is (none callbacks): project " in printed and "x (mean of 2 rounds)" in printed
 
 
 @pytest.mark.slow
