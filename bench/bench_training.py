@@ -187,7 +187,8 @@ def bench_space(name, space, x, y, args, callbacks: str = "none", recipe: str = 
     flops = forward_flops(model)
     achieved = 3 * flops * images_per_s / 1e12  # forward + backward ~ 3x forward
     row = {
-        "space": name, "recipe": recipe, "steps_per_execution": steps_per_execution, "params": model.count_params(), "batch_size": batch, "dtype_policy": model.dtype_policy.name,
+        "space": name, "recipe": recipe, "dtype_policy": model.dtype_policy.name, "steps_per_execution": steps_per_execution,
+        "params": model.count_params(), "batch_size": batch,
         "images_per_s": round(images_per_s, 1), "first_epoch_s": round(timer.times[0], 2),
         "gflops_per_image_fwd": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 3),
         "peak_fraction": round(achieved / args.peak_tflops, 4) if args.peak_tflops else None,
