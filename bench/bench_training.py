@@ -94,6 +94,36 @@ def device_peak_mb() -> float | None:
     return None
 
 
+COMPILE_EVENTS = {"trace_s": "/jax/core/compile/jaxpr_trace_duration",
+                  "lower_s": "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "xla_compile_s": "/jax/core/compile/backend_compile_duration"}
+
+
+class CompileTimes:
+    """Seconds JAX spends tracing, lowering and compiling (XLA, its autotuning included), from JAX's own events."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(COMPILE_EVENTS, 0.0)
+        if keras.backend.backend() == "jax":
+            import jax.monitoring
+
+            jax.monitoring.register_event_duration_secs_listener(self._record)
+
+    def _record(self, event: str, seconds: float, **_) -> None:
+        for key, name in COMPILE_EVENTS.items():
+            if event == name:
+                self.seconds[key] += seconds
+
+    def take(self) -> dict:
+        """The seconds since the last take (None off JAX)."""
+        taken = {key: round(value, 2) if keras.backend.backend() == "jax" else None for key, value in self.seconds.items()}
+        self.seconds = dict.fromkeys(COMPILE_EVENTS, 0.0)
+        return taken
+
+
+COMPILE_TIMES = CompileTimes()
+
+
 class EpochTimer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
@@ -103,6 +133,7 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.times = []
+        COMPILE_TIMES.take()  # what compiled before is the model's build, not its steps
 
 
 def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
@@ -192,7 +223,7 @@ def bench_space(name, space, x, y, args, callbacks: str = "none", recipe: str = 
         "images_per_s": round(images_per_s, 1), "first_epoch_s": round(timer.times[0], 2),
         "gflops_per_image_fwd": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 3),
         "peak_fraction": round(achieved / args.peak_tflops, 4) if args.peak_tflops else None,
-        "device_peak_mb": device_peak_mb(),
+        "device_peak_mb": device_peak_mb(), **COMPILE_TIMES.take(),
     }
     keras.backend.clear_session()
     return row
@@ -294,13 +325,16 @@ def main() -> None:
 
     print(f"backend {report['backend']}, XLA {args.xla}")
     print(f"{'space':6} {'variant':11} {'callbacks':12} {'recipe':7} {'precision':14} {'spe':>3} {'round':>5} {'params':>10} "
-          f"{'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11}")
+          f"{'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11} "
+          f"{'trace+lower, XLA s':>18}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
         dev = f"{r['device_peak_mb']:.0f}" if r["device_peak_mb"] else "-"
+        compile_s = "-" if r["xla_compile_s"] is None else f"{r['trace_s'] + r['lower_s']:.1f}, {r['xla_compile_s']:.1f}"
         print(f"{r['space']:6} {r['variant']:11} {r['callbacks']:12} {r['recipe']:7} {r['dtype_policy']:14} "
               f"{r['steps_per_execution']:>3} {r['round']:>5} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
-              f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f}")
+              f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f} "
+              f"{compile_s:>18}")
     if len(recipes) > 1:
         print_speedups(report["rows"])
     if "memory" in report:

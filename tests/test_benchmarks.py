@@ -72,6 +72,18 @@ def test_side_by_side_the_2017_recipe_trains_in_float32_one_step_per_call_in_alt
                     ("2017", 2, "float32", 1), ("project", 2, "mixed_bfloat16", 8)]
     assert len({row["params"] for row in report["rows"]}) == 1  # the same network
     assert "best as-is (none callbacks): project " in printed and "x (mean of 2 rounds)" in printed
+    assert {row["xla_compile_s"] for row in report["rows"]} == {None}  # JAX's compile events: none on TensorFlow
+
+
+@pytest.mark.slow
+def test_on_jax_a_row_splits_its_compile_into_tracing_lowering_and_xla(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(BENCH), *QUICK, "--skip-memory", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["trace_s"] > 0 and row["lower_s"] > 0 and row["xla_compile_s"] > 0
+    assert row["trace_s"] + row["lower_s"] + row["xla_compile_s"] <= row["first_epoch_s"] + 0.05  # inside the first epoch
 
 
 @pytest.mark.slow
