@@ -51,9 +51,11 @@ step() {
     done
     # Two trainings at once on the one GPU, as `--spark-master local[2]` runs two trials: is there room
     # for a second (the H100's step left 1.3 ms between kernels; a trial's compile leaves the GPU idle)?
+    # Both find the network compiled in the cache of the first rows, so that their epochs overlap.
     echo "== two at once"
     for i in 1 2; do
-        XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 80 python3 "${fit[@]}" --spaces best --variants filters-x8 \
+        XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache \
+            timeout 80 python3 "${fit[@]}" --spaces best --variants filters-x8 \
             --precision mixed_bfloat16 --steps 140 --windows 10 > "/tmp/pair_$i.txt" 2>&1 &
     done
     wait
