@@ -105,6 +105,41 @@ def test_the_2017_recipe_refuses_bfloat16():
     assert done.returncode == 2 and "float32" in done.stderr.splitlines()[-1]
 
 
+def test_the_gpu_checks_fit_one_device_call_and_ask_only_for_options_the_benchmarks_have(tmp_path):
+    # A GPU machine comes to one session in ten, for one call: a mistyped option or an overlong run there loses it.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls, limits = tmp_path / "calls.txt", tmp_path / "limits.txt"
+    (fake / "python3").write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
+    (fake / "nvidia-smi").write_text("#!/bin/bash\necho 'NVIDIA H200'\n")
+    # Each command's limit and when it ran, to tell the commands that run side by side.
+    (fake / "timeout").write_text(f'#!/bin/bash\nstart=$(date +%s.%N); sleep 0.3\necho "$1 $start $(date +%s.%N)" >> {limits}\n'
+                                  'shift; exec "$@"\n')
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    done = subprocess.run(["bash", str(BENCH.parent / "gpu_checks.sh"), str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120, cwd=BENCH.parent.parent, env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    commands = [line.split() for line in calls.read_text().splitlines() if line.startswith("bench/")]
+    assert {command[0] for command in commands} == {"bench/bench_training.py", "bench/bench_roofline.py"}
+    for path in {command[0] for command in commands}:
+        usage = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True, timeout=300,
+                               cwd=BENCH.parent.parent).stdout
+        asked = {token for command in commands if command[0] == path for token in command if token.startswith("--")}
+        assert {option for option in asked if f"{option} " not in usage and f"{option}\n" not in usage} == set()
+    assert all("--bandwidth-tbs 4.8" in " ".join(c) for c in commands if c[0] == "bench/bench_roofline.py")  # an H200
+    # The limits add up to less than the call's 600 s; of the commands that ran side by side, the longest counts.
+    runs = sorted((float(start), float(end), int(limit)) for limit, start, end in map(str.split, limits.read_text().splitlines()))
+    total, group_end, group_limit = 0, -1.0, 0
+    for start, end, limit in runs:
+        if start >= group_end:
+            total, group_limit = total + group_limit, 0
+        group_end, group_limit = max(group_end, end), max(group_limit, limit)
+    assert len(runs) == len(commands) and total + group_limit <= 570
+    outputs = {c[c.index("--json") + 1] for c in commands if "--json" in c}
+    assert len(outputs) + 2 * sum("--hlo-dir" in c for c in commands) + 1 <= 8  # the JSONs, the HLO and trace, the log
+
+
 ROOFLINE = BENCH.parent / "bench_roofline.py"
 # The tiny space's train step (batch 320, mixed_bfloat16) as XLA compiled it on an H100, and JAX's profile of 5
 # of its steps there (host events' arguments dropped), from the fifth session's device run of bench/gpu_checks.sh:
