@@ -94,30 +94,30 @@ def device_peak_mb() -> float | None:
     return None
 
 
-COMPILE_EVENTS = {"trace_s": "/jax/core/compile/jaxpr_trace_duration",
-                  "lower_s": "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                  "xla_compile_s": "/jax/core/compile/backend_compile_duration"}
+COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+                  "/jax/core/compile/backend_compile_duration": "xla_compile_s"}
 
 
 class CompileTimes:
     """Seconds JAX spends tracing, lowering and compiling (XLA, its autotuning included), from JAX's own events."""
 
     def __init__(self):
-        self.seconds = dict.fromkeys(COMPILE_EVENTS, 0.0)
-        if keras.backend.backend() == "jax":
+        self.on_jax = keras.backend.backend() == "jax"
+        self.seconds = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
+        if self.on_jax:
             import jax.monitoring
 
             jax.monitoring.register_event_duration_secs_listener(self._record)
 
     def _record(self, event: str, seconds: float, **_) -> None:
-        for key, name in COMPILE_EVENTS.items():
-            if event == name:
-                self.seconds[key] += seconds
+        if event in COMPILE_EVENTS:
+            self.seconds[COMPILE_EVENTS[event]] += seconds
 
     def take(self) -> dict:
         """The seconds since the last take (None off JAX)."""
-        taken = {key: round(value, 2) if keras.backend.backend() == "jax" else None for key, value in self.seconds.items()}
-        self.seconds = dict.fromkeys(COMPILE_EVENTS, 0.0)
+        taken = {key: round(value, 2) if self.on_jax else None for key, value in self.seconds.items()}
+        self.seconds = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
         return taken
 
 
