@@ -15,11 +15,12 @@ sys.path.insert(0, str(BENCH.parent))  # the benchmarks' own functions, for the 
 QUICK = ["--spaces", "best", "--batch-size", "4", "--steps", "1", "--windows", "1"]
 
 
-def run_bench(tmp_path, *args) -> tuple[dict, str]:
+def run_bench(tmp_path, *args, backend: str | None = None) -> tuple[dict, str]:
     """The benchmark's JSON report and what it printed."""
     out = tmp_path / "bench.json"
+    env = {**os.environ, "KERAS_BACKEND": backend} if backend else None
     done = subprocess.run([sys.executable, str(BENCH), *QUICK, *args, "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(out.read_text()), done.stdout
 
@@ -77,11 +78,8 @@ def test_side_by_side_the_2017_recipe_trains_in_float32_one_step_per_call_in_alt
 
 @pytest.mark.slow
 def test_on_jax_a_row_splits_its_compile_into_tracing_lowering_and_xla(tmp_path):
-    out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, str(BENCH), *QUICK, "--skip-memory", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
-    assert done.returncode == 0, done.stderr[-2000:]
-    row = json.loads(out.read_text())["rows"][0]
+    report, _ = run_bench(tmp_path, "--skip-memory", backend="jax")
+    row = report["rows"][0]
     assert row["trace_s"] > 0 and row["lower_s"] > 0 and row["xla_compile_s"] > 0
     assert row["trace_s"] + row["lower_s"] + row["xla_compile_s"] <= row["first_epoch_s"] + 0.05  # inside the first epoch
 
