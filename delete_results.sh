@@ -27,14 +27,16 @@ if [[ -z "$dir" ]]; then
 else
   # Only what a search writes there, so that a mistyped folder loses nothing else.
   lock=$dir/.search.lock
+  # Its pickle is named as utils.trials_file_for names it: runs/a -> runs/a.pkl; "." after the folder.
+  case "$(basename "$dir")" in .|..) pickle=$(cd "$dir" && pwd).pkl ;; *) pickle=$dir.pkl ;; esac
   shopt -s nullglob
   results=("$dir"/model_*.txt.json)
   targets=("${results[@]}" "$dir"/.model_*.tmp)
   shopt -u nullglob
   [[ -f "$lock" ]] && targets+=("$lock")
-  [[ -f "$dir.pkl" ]] && targets+=("$dir.pkl")
-  if ((${#results[@]} == 0)) && [[ ! -f "$dir.pkl" ]]; then
-    echo "error: $dir/ holds no search results and there is no $dir.pkl; nothing to delete" >&2
+  [[ -f "$pickle" ]] && targets+=("$pickle")
+  if ((${#results[@]} == 0)) && [[ ! -f "$pickle" ]]; then
+    echo "error: $dir/ holds no search results and there is no $pickle; nothing to delete" >&2
     exit 2
   fi
 fi
@@ -47,7 +49,7 @@ if [[ "$yes" != true ]]; then
   if [[ -z "$dir" ]]; then
     echo "This deletes: ${targets[*]}"
   else
-    echo "This deletes ${#results[@]} result file(s) in $dir/$([[ -f "$dir.pkl" ]] && echo " and $dir.pkl")"
+    echo "This deletes ${#results[@]} result file(s) in $dir/$([[ -f "$pickle" ]] && echo " and $pickle")"
   fi
   read -r -p "Delete them? [y/N] " answer
   [[ "$answer" =~ ^[Yy]$ ]] || { echo "Nothing deleted."; exit 0; }
