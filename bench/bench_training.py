@@ -335,8 +335,7 @@ def main() -> None:
               f"{r['steps_per_execution']:>3} {r['round']:>5} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
               f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f} "
               f"{compile_s:>18}")
-    if len(recipes) > 1:
-        print_speedups(report["rows"])
+    print_speedups(report["rows"])
     if "memory" in report:
         m = report["memory"]
         print(f"data memory: {m['dataset_images']} uint8 images ({m['dataset_mb']} MB) cost the process "
