@@ -44,6 +44,24 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return tf.cast(outputs, self.compute_dtype)
 
+    def _moments(self, inputs, mask):
+        """The batch's mean and variance from one read of the inputs where Keras's code reads them twice.
+
+        The sums of the inputs and of their squares take one pass, which XLA fuses into one kernel
+        (and their gradients into one more): on an H100 this saved a sixteenth of a training step's
+        memory traffic (bench/README.md). The inputs are first shifted by the moving mean, so that
+        once it has followed the batches the variance is not the difference of two large numbers.
+        """
+        if mask is not None:
+            return super()._moments(inputs, mask)
+        shape = [1] * len(inputs.shape)
+        shape[self.axis] = inputs.shape[self.axis]
+        shift = keras.ops.stop_gradient(keras.ops.cast(self.moving_mean, inputs.dtype))
+        shifted = inputs - keras.ops.reshape(shift, shape)
+        mean = keras.ops.mean(shifted, self._reduction_axes)
+        variance = keras.ops.mean(keras.ops.square(shifted), self._reduction_axes) - keras.ops.square(mean)
+        return mean + shift, keras.ops.maximum(variance, 0.0)
+
 
 def _fused_batch_norm(tf, x, gamma, beta, epsilon):
     """Training batch-norm in one fused kernel each way: outputs, batch mean, batch variance (over n)."""

@@ -1,5 +1,11 @@
 """The fast batch-norm and dropout: Keras's results through TensorFlow's cheaper kernels."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -31,8 +37,10 @@ def test_batch_norm_trains_through_the_fused_kernel(policy):
 
 
 # 5x5 pixels: one fused kernel; 4x4 pixels of 7 or 12 channels: rows of 16 or 4 pixels (multiples
-# of 16 channels); one image of 4x4 and 7 channels: a single row, whose columns have no variance.
-@pytest.mark.parametrize("shape", [(8, 5, 5, 7), (8, 4, 4, 7), (8, 4, 4, 12), (8, 4, 4, 16), (1, 4, 4, 7)], ids=str)
+# of 16 channels); one image of 4x4 and 7 channels: a single row, whose columns have no variance;
+# 2-D inputs: Keras's own code with the one-pass statistics (what JAX runs for every shape).
+@pytest.mark.parametrize("shape", [(8, 5, 5, 7), (8, 4, 4, 7), (8, 4, 4, 12), (8, 4, 4, 16), (1, 4, 4, 7), (64, 7)],
+                         ids=str)
 def test_batch_norm_matches_keras_outputs_gradients_and_moving_statistics(policy, shape):
     channels = shape[-1]
     x = tf.random.normal(shape, seed=1) * 3.0 + tf.range(channels, dtype=tf.float32)  # means differ by channel
@@ -61,6 +69,67 @@ def test_batch_norm_matches_keras_outputs_gradients_and_moving_statistics(policy
     tolerance = 1e-3 if policy == "mixed_float16" else 1e-5
     np.testing.assert_allclose(np.asarray(fast_bn(x), np.float32), np.asarray(keras_bn(x), np.float32),
                                rtol=tolerance, atol=tolerance)
+
+
+def two_pass_variance(x: np.ndarray) -> np.ndarray:
+    """Each channel's variance (over n), in float64."""
+    x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    return ((x - x.mean(0)) ** 2).mean(0)
+
+
+def test_one_pass_batch_statistics_stay_accurate_for_inputs_far_from_zero():
+    rng = np.random.default_rng(0)
+    layer = fast_layers.BatchNormalization()
+    layer.build((None, 4))
+
+    # A first step, whose moving mean is still 0: means 10 standard deviations from zero.
+    x = (rng.normal(size=(20_000, 4)) + 10.0).astype(np.float32)
+    mean, variance = layer._moments(tf.constant(x), None)
+    np.testing.assert_allclose(mean.numpy(), x.mean(0, dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(variance.numpy(), two_pass_variance(x), rtol=1e-3)
+
+    # Once the moving mean has followed the batches, 10,000 standard deviations are as accurate:
+    # unshifted, the sums of squares (1e8) would leave the variance (1) to float32's rounding.
+    x = (rng.normal(size=(20_000, 4)) + 1e4).astype(np.float32)
+    layer.moving_mean.assign(x.mean(0) + 0.5)
+    mean, variance = layer._moments(tf.constant(x), None)
+    np.testing.assert_allclose(variance.numpy(), two_pass_variance(x), rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_on_jax_the_batch_norm_gives_keras_outputs_gradients_and_moving_statistics():
+    check = textwrap.dedent("""
+        import jax, jax.numpy as jnp, keras, numpy as np
+        import fast_layers
+
+        def run(layer, x, weights):
+            def loss(trainable, x):
+                y, non_trainable = layer.stateless_call(trainable, [v.value for v in layer.non_trainable_variables],
+                                                        x, training=True)
+                return jnp.sum(y.astype("float32") * weights), (y, non_trainable)
+            grads, (y, moving) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+                [v.value for v in layer.trainable_variables], x)
+            return [y, grads[1], *grads[0], *moving]
+
+        rng = np.random.default_rng(1)
+        for policy, tolerance in (("float32", 1e-4), ("mixed_bfloat16", 2e-2)):
+            keras.config.set_dtype_policy(policy)
+            x = rng.normal(size=(8, 5, 5, 16)) * 3.0 + np.arange(16)  # means differ by channel
+            ours, theirs = fast_layers.BatchNormalization(momentum=0.5), keras.layers.BatchNormalization(momentum=0.5)
+            x = jnp.asarray(x, ours.compute_dtype)
+            for layer in (ours, theirs):
+                layer.build(x.shape)
+                layer.gamma.assign(np.linspace(0.5, 2.0, 16))
+                layer.beta.assign(np.linspace(-1.0, 1.0, 16))
+            weights = jnp.asarray(rng.normal(size=x.shape), "float32")
+            for got, expected in zip(run(ours, x, weights), run(theirs, x, weights), strict=True):
+                np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                                           rtol=tolerance, atol=tolerance)
+        print("same")
+        """)
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+                          cwd=Path(fast_layers.__file__).parent, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.stdout.strip() == "same", done.stderr[-3000:]
 
 
 def test_dropout_drops_the_rate_and_keeps_the_mean(policy):
