@@ -36,13 +36,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_training  # noqa: E402
-import hyperspace  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
 from neural_net import build_model  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
 
-SPACES = {**bench_training.SPACES, "tiny": {
-    **hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
@@ -256,7 +253,7 @@ def time_steps(compiled, state, data, steps: int) -> float:
 def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
     """One network's figures: FLOPs, bytes, floors, the measured step and its traffic by layer kind."""
     keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it
-    space = bench_training.VARIANTS[variant](SPACES[name])
+    space = bench_training.VARIANTS[variant](bench_training.SPACES[name])
     batch = args.batch_size or int(space["batch_size"])
     model, compiled, state, data, compile_s = compiled_train_step(space, batch, args.target)
     hlo = compiled.as_text()
@@ -313,7 +310,7 @@ def _cell(row: dict, key: str, percent: bool = False) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(SPACES)}")
+    parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(bench_training.SPACES)}")
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated, as in bench_training.py: {', '.join(bench_training.VARIANTS)}, or all")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
@@ -333,7 +330,7 @@ def main() -> None:
     if keras.backend.backend() != "jax":
         parser.error("the roofline reads XLA's compiled step: run it with KERAS_BACKEND=jax")
     spaces = [s for s in args.spaces.split(",") if s]
-    if unknown := set(spaces) - set(SPACES):
+    if unknown := set(spaces) - set(bench_training.SPACES):
         parser.error(f"unknown spaces: {', '.join(sorted(unknown))}")
     variants = list(bench_training.VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
     if unknown := set(variants) - set(bench_training.VARIANTS):

@@ -34,7 +34,9 @@ from cli import HelpFormatter, at_least  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
 
-SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE}
+SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE,
+          # SEED_BEST_SPACE's layers with a fraction of its widths and one residual unit: for the tests.
+          "tiny": {**hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}
 CIFAR_IMAGES = 60_000
 
 
@@ -271,7 +273,7 @@ def print_speedups(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--spaces", default="demo,best", help="comma-separated: demo, best (empty: memory only)")
+    parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(SPACES)} (empty: memory only)")
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated changes to each network, or all: {', '.join(VARIANTS)}")
     parser.add_argument("--callbacks", default="none",

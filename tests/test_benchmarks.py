@@ -66,19 +66,19 @@ def test_the_layer_benchmark_times_every_batch_norm_and_dropout_shape_of_the_net
 
 @pytest.mark.slow
 def test_side_by_side_the_2017_recipe_trains_in_float32_one_step_per_call_in_alternating_rounds(tmp_path):
-    report, printed = run_bench(tmp_path, "--recipe", "project,2017", "--rounds", "2", "--precision", "mixed_bfloat16",
-                                "--skip-memory")
+    report, printed = run_bench(tmp_path, "--spaces", "tiny", "--recipe", "project,2017", "--rounds", "2",
+                                "--precision", "mixed_bfloat16", "--skip-memory")
     rows = [(row["recipe"], row["round"], row["dtype_policy"], row["steps_per_execution"]) for row in report["rows"]]
     assert rows == [("project", 1, "mixed_bfloat16", 8), ("2017", 1, "float32", 1),
                     ("2017", 2, "float32", 1), ("project", 2, "mixed_bfloat16", 8)]
     assert len({row["params"] for row in report["rows"]}) == 1  # the same network
-    assert "best as-is (none callbacks): project " in printed and "x (mean of 2 rounds)" in printed
+    assert "tiny as-is (none callbacks): project " in printed and "x (mean of 2 rounds)" in printed
     assert {row["xla_compile_s"] for row in report["rows"]} == {None}  # JAX's compile events: none on TensorFlow
 
 
 @pytest.mark.slow
 def test_on_jax_a_row_splits_its_compile_into_tracing_lowering_and_xla(tmp_path):
-    report, _ = run_bench(tmp_path, "--skip-memory", backend="jax")
+    report, _ = run_bench(tmp_path, "--spaces", "tiny", "--skip-memory", backend="jax")
     row = report["rows"][0]
     assert row["trace_s"] > 0 and row["lower_s"] > 0 and row["xla_compile_s"] > 0
     assert row["trace_s"] + row["lower_s"] + row["xla_compile_s"] <= row["first_epoch_s"] + 0.05  # inside the first epoch
@@ -255,8 +255,7 @@ def test_roofline_flops_agree_with_the_layer_by_layer_count(tmp_path):
         capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "jax"})
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads(out.read_text())["rows"][0]
-    from bench_roofline import SPACES
-    from bench_training import forward_flops
+    from bench_training import SPACES, forward_flops
 
     from neural_net import build_model
 

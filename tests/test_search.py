@@ -95,7 +95,8 @@ def test_short_trials_one_after_another_print_no_retracing_warning(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_during_training_loses_only_the_running_trial(tmp_path):
-    proc = start_cli(tmp_path, "--max-evals", "20", "--epochs", "30", "--prune", "none")
+    # Trial 0 finishes in seconds; trial 1, killed 1.5 s in, is still compiling or training its first epochs.
+    proc = start_cli(tmp_path, "--max-evals", "20", "--epochs", "4", "--prune", "none")
     wait_for_line(proc, "Trial 1: training")
     time.sleep(1.5)
     proc.kill()
@@ -112,7 +113,7 @@ def test_sigkill_during_training_loses_only_the_running_trial(tmp_path):
 
 @pytest.mark.slow
 def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
-    proc = start_cli(tmp_path, "--epochs", "30", "--prune", "none")
+    proc = start_cli(tmp_path, "--epochs", "4", "--prune", "none")  # trials one after another until the signal
     wait_for_line(proc, "Trial 1: training")
     rival = run_cli(tmp_path, "--max-evals", "1")
     assert rival.returncode == 2 and "already running" in rival.stderr
