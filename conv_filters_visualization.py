@@ -15,7 +15,9 @@ import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from precision import tensorflow_defaults
+
+tensorflow_defaults()
 # The ascent takes its gradients with tf.GradientTape; a saved .keras model loads on any backend.
 os.environ["KERAS_BACKEND"] = "tensorflow"
 

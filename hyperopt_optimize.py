@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from utils import SignalGuard
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from precision import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 FAILURES_IN_A_ROW = 3

@@ -1,11 +1,26 @@
-"""The hardware that trains here, and the precision fastest on it: mixed bfloat16, mixed float16 or float32."""
+"""The hardware that trains here, and what is fastest on it: the precision, and oneDNN's kernels on x86 CPUs."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 PRECISION_HELP = ("Keras dtype policy of training. auto: mixed_bfloat16 on a GPU of compute capability 8.0+ "
                   "(Ampere on), a TPU, or a CPU with bfloat16 instructions (AVX512-BF16, AMX); mixed_float16, "
                   "with loss scaling, on a 7.x GPU (Volta, Turing); else float32")
+
+
+def tensorflow_defaults() -> None:
+    """Before TensorFlow loads: only its warnings and errors, and oneDNN's kernels on every x86 CPU.
+
+    TensorFlow turns oneDNN on by itself only where a CPU has AVX512-VNNI, AVX512-BF16 or AMX; on
+    an AVX2-only CPU its own kernels trained SEED_BEST_SPACE (float32) at 31 images/s, oneDNN's at
+    55-61 (bench/README.md). A value the user set stays; elsewhere than x86 nothing changes.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 def resolve_precision(precision: str = "auto") -> str:

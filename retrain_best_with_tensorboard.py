@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults
+
+tensorflow_defaults()
 
 from cli import HelpFormatter, at_least  # noqa: E402
-from precision import PRECISION_HELP, PRECISIONS  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"

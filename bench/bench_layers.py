@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+
+from precision import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()
 
 import keras  # noqa: E402
 

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import random
 import statistics
 import sys
@@ -25,8 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from precision import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()
 
 import hyperopt_optimize  # noqa: E402
 from pruning import should_prune  # noqa: E402

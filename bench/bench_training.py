@@ -20,8 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from precision import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

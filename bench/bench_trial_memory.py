@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+
+from precision import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

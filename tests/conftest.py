@@ -4,12 +4,14 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference-results"
 sys.path.insert(0, str(REPO))
+
+from precision import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()  # TensorFlow as the scripts load it
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
 

@@ -1,8 +1,14 @@
-"""What --precision auto picks on each kind of hardware."""
+"""What --precision auto picks on each kind of hardware, and the kernels TensorFlow loads."""
+
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 
 import precision
+from conftest import REPO
 
 
 def _cpuinfo(tmp_path, flags: str) -> str:
@@ -56,3 +62,27 @@ def test_a_machine_without_accelerators_reports_none_and_says_so():
 def test_the_hardware_line_names_the_gpus(monkeypatch):
     monkeypatch.setattr(precision, "accelerators", lambda: [("NVIDIA H100 80GB HBM3", (9, 0))] * 2)
     assert precision.describe_hardware() == "on 2 accelerators: NVIDIA H100 80GB HBM3"
+
+
+def test_onednn_is_turned_on_for_x86_cpus_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    precision.tensorflow_defaults()
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    precision.tensorflow_defaults()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    precision.tensorflow_defaults()
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="oneDNN is turned on for x86 CPUs only")
+@pytest.mark.parametrize("script", ["hyperopt_optimize", "retrain_best_with_tensorboard"])
+def test_the_training_scripts_run_tensorflow_with_onednn_on_an_x86_cpu(script):
+    # TensorFlow itself turns oneDNN on only for CPUs with AVX512-VNNI, AVX512-BF16 or AMX.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    code = f"import {script}; from tensorflow.python.util import _pywrap_util_port as port; print(port.IsMklEnabled())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "True"
