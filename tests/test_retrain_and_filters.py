@@ -148,6 +148,17 @@ def test_visualization_runs_on_tensorflow_whatever_the_keras_backend(retrained, 
     assert "filter/s" not in done.stdout + done.stderr  # output to a file: no progress bar redrawn into it
 
 
+def test_the_retrains_callbacks_let_keras_on_jax_dispatch_the_next_step_without_waiting(tmp_path):
+    # Keras's own TensorBoard callback has per-step hooks, so Keras on JAX waited for every step of a retrain.
+    check = ("import keras, retrain_best_with_tensorboard as r; from pathlib import Path; "
+             f"mine = [r.epoch_tensorboard(Path({str(tmp_path)!r}), 1), r.best_model_checkpoint(Path('m.keras'), 'val_loss')]; "
+             "print(keras.callbacks.CallbackList(mine)._async_train, "
+             "keras.callbacks.CallbackList([keras.callbacks.TensorBoard()])._async_train)")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(retrain.__file__), env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_gradient_ascent_raises_the_filters_activation(retrained):
     import keras
