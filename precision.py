@@ -15,8 +15,8 @@ def tensorflow_defaults() -> None:
     """Before TensorFlow loads: only its warnings and errors, and oneDNN's kernels on every x86 CPU.
 
     TensorFlow turns oneDNN on by itself only where a CPU has AVX512-VNNI, AVX512-BF16 or AMX; on
-    an AVX2-only CPU its own kernels trained SEED_BEST_SPACE (float32) at 31 images/s, oneDNN's at
-    55-61 (bench/README.md). A value the user set stays; elsewhere than x86 nothing changes.
+    an AVX2-only CPU its own kernels trained SEED_BEST_SPACE (float32) at 29-31 images/s, oneDNN's
+    at 55-66 (bench/README.md). A value the user set stays; elsewhere than x86 nothing changes.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if platform.machine().lower() in ("x86_64", "amd64"):
