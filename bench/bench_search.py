@@ -26,11 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from precision import tensorflow_defaults  # noqa: E402
-
-tensorflow_defaults()
-
-import hyperopt_optimize  # noqa: E402
+import hyperopt_optimize  # noqa: E402  (sets TensorFlow's defaults before TensorFlow loads)
 from pruning import should_prune  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
 from precision import PRECISIONS  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 
 import conv_filters_visualization as viz
 import retrain_best_with_tensorboard as retrain
-from conftest import SMALL_SPACE
+from conftest import REPO, SMALL_SPACE
 from utils import load_json_result, save_json_result
 
 RESIDUAL_SPACE = {**SMALL_SPACE, "residual": 1.0, "conv_pool_res_start_idx": 1.0}
@@ -155,7 +155,7 @@ def test_the_retrains_callbacks_let_keras_on_jax_dispatch_the_next_step_without_
              "print(keras.callbacks.CallbackList(mine)._async_train, "
              "keras.callbacks.CallbackList([keras.callbacks.TensorBoard()])._async_train)")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
-                          cwd=os.path.dirname(retrain.__file__), env={**os.environ, "KERAS_BACKEND": "jax"})
+                          cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"})
     assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
 
 
