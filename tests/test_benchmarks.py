@@ -97,6 +97,26 @@ def test_data_memory_counts_the_dataset_itself(monkeypatch):
     assert memory["process_mb_above_baseline"] >= memory["dataset_mb"]
 
 
+@pytest.mark.slow
+def test_the_op_profile_credits_every_convolution_kernel_to_its_layer(tmp_path):
+    out = tmp_path / "ops.json"
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_tf_ops.py"), "--space", "tiny", "--steps", "2",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    convs = report["convolutions"]
+    assert len(convs) == 10  # the first conv, then per block its conv and a residual unit's 1x1 shortcut and 2x2 branch
+    assert [c["kernel"] for c in convs[1:4]] == ["3x3", "1x1", "2x2"]
+    # The images need no gradient, so the first convolution has no input-gradient kernel; every other has all three.
+    assert convs[0]["input gradient"]["ms"] == 0 and convs[0]["forward"]["ms"] > 0
+    assert all(c[kernel]["ms"] > 0 for c in convs[1:] for kernel in ("forward", "input gradient", "filter gradient"))
+    # Every convolution op in the trace was credited to a layer.
+    conv_ops = sum(ms for op, ms in report["op_types"].items() if "Conv2D" in op)
+    credited = sum(c[kernel]["ms"] for c in convs for kernel in ("forward", "input gradient", "filter gradient"))
+    assert credited == pytest.approx(conv_ops, rel=0.01)
+    assert sum(report["op_types"].values()) == pytest.approx(report["op_ms_per_step"], rel=0.01)
+
+
 def test_the_2017_recipe_refuses_bfloat16():
     done = subprocess.run([sys.executable, str(BENCH), "--recipe", "2017", "--precision", "mixed_bfloat16"],
                           capture_output=True, text=True, timeout=300)

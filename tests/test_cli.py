@@ -11,7 +11,7 @@ from conftest import REPO
 SCRIPTS = ["hyperopt_optimize.py", "analyze_results.py", "retrain_best_with_tensorboard.py",
            "conv_filters_visualization.py"]
 BENCHMARKS = ["bench/bench_training.py", "bench/bench_layers.py", "bench/bench_roofline.py",
-              "bench/bench_search.py", "bench/bench_trial_memory.py"]
+              "bench/bench_search.py", "bench/bench_trial_memory.py", "bench/bench_tf_ops.py"]
 
 
 def option_helps(help_text: str) -> dict[str, str]:
