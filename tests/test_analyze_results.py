@@ -58,7 +58,39 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
-    assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score")
+    assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value")
+
+
+def importance_rows(accuracies, **varying) -> list[dict]:
+    """Rows as load_trials_table makes them: these accuracies, the varying hyperparameters, the others constant."""
+    rows = [{name: 1.0 for name in analyze_results.NUMERIC} | {name: "a" for name in analyze_results.CATEGORICAL}
+            | {"fine_accuracy": float(acc)} for acc in accuracies]
+    for name, values in varying.items():
+        for row, value in zip(rows, values):
+            row[name] = value
+    return rows
+
+
+def test_importance_p_values_tell_what_drives_accuracy_from_chance():
+    rng = np.random.default_rng(0)
+    lr = rng.uniform(0.6, 1.6, 30)
+    accuracy = 0.2 * lr + rng.normal(0, 0.02, 30)
+    optimizer = ["Adam" if a > np.median(accuracy) else "Nadam" for a in accuracy]
+    scores = {name: (score, p) for name, _, score, p in analyze_results.importance(importance_rows(
+        accuracy, lr_rate_mult=lr, batch_size=rng.uniform(100, 450, 30), optimizer=optimizer,
+        activation=rng.choice(["relu", "elu"], 30)))}
+    assert scores["lr_rate_mult"][0] > 0.9 and scores["lr_rate_mult"][1] < 0.001
+    assert scores["optimizer"][0] > 0.5 and scores["optimizer"][1] < 0.001
+    assert scores["batch_size"][1] > 0.05 and scores["activation"][1] > 0.05  # drawn independently of accuracy
+
+
+def test_importance_of_a_few_trials_is_never_significant():
+    # Three trials in the same order as a hyperparameter: 2 of their 6 orderings score |rho| = 1, so p = 1/3,
+    # where the usual t approximation says p = 0. A category holding the best trial alone scores as high when it
+    # holds the worst instead: p = 2/3.
+    ranked = analyze_results.importance(importance_rows([0.1, 0.2, 0.3], lr_rate_mult=[1, 2, 3], use_BN=[False, False, True]))
+    assert [(name, score, p) for name, _, score, p in ranked] == [
+        ("lr_rate_mult", pytest.approx(1.0), pytest.approx(1 / 3)), ("use_BN", pytest.approx(0.75), pytest.approx(2 / 3))]
 
 
 def trials_naming(model_names) -> Trials:
