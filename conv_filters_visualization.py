@@ -153,11 +153,11 @@ def main(argv=None) -> int:
         return 2
     import keras
 
-    import fast_layers  # noqa: F401: registers the project's layers, which saved models hold
+    import fast_layers  # noqa: F401 -- registers the project's layers, which saved models hold
 
     try:
         model = keras.saving.load_model(path, compile=False)  # no training here: the optimizer's state can stay
-    except Exception as err:  # noqa: BLE001: any load failure is a bad file for the user
+    except Exception as err:  # noqa: BLE001 -- any load failure is a bad file for the user
         print(f"error: cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
         return 2
     layers = chosen_layers(model, args.layers)

@@ -395,7 +395,7 @@ class Search:
                                 horizontal_flip=self.data.horizontal_flip)
             keras.utils.plot_model(model, to_file=path, show_shapes=True)
             report(f"Drew {path}")
-        except Exception as err:  # noqa: BLE001: a broken plot must not stop the search
+        except Exception as err:  # noqa: BLE001 -- a broken plot must not stop the search
             self.plot_broken = True
             warn(f"cannot draw {path} ({type(err).__name__}: {err})")
         finally:

@@ -308,7 +308,7 @@ def build_and_train(
             raise FloatingPointError(f"loss is NaN or infinite at epoch {bad[0]}")
         test = model.evaluate(batches(data, "test", evaluation), verbose=0, return_dict=True)
         result = _result(space, data, history, test, model, callbacks, selected_on)
-    except Exception as err:  # noqa: BLE001: a trial must never crash the search
+    except Exception as err:  # noqa: BLE001 -- a trial must never crash the search
         del model
         model = None
         result = failure(space, data, err)

@@ -105,8 +105,6 @@ def main(argv=None) -> int:
         print(f"error: {path} has no 'space' to rebuild the network from", file=sys.stderr)
         return 2
 
-    import keras
-
     from datasets import DatasetError, load_dataset
     from neural_net import MONITOR, build_and_train
     from precision import training_line

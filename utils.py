@@ -169,7 +169,7 @@ def load_trials(path: str | os.PathLike):
             trials = pickle.load(f)
     except FileNotFoundError:
         raise
-    except Exception as err:  # noqa: BLE001: any unpickling failure means a broken file
+    except Exception as err:  # noqa: BLE001 -- any unpickling failure means a broken file
         raise TrialsFileError(
             f"{path} is corrupt or truncated ({type(err).__name__}); move it away to start a new search"
         ) from None

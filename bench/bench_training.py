@@ -94,7 +94,7 @@ def device_peak_mb() -> float | None:
 
         if tf.config.list_physical_devices("GPU"):
             return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 1e6
-    except Exception:  # noqa: BLE001: memory figures are best effort
+    except Exception:  # noqa: BLE001 -- memory figures are best effort
         return None
     return None
 

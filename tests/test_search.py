@@ -307,7 +307,7 @@ def test_a_search_on_a_grayscale_npz_without_coarse_labels(tmp_path, monkeypatch
     from datasets import make_synthetic
 
     x, fine, _, x_test, fine_test, _ = make_synthetic(1000, seed=3)
-    gray = lambda images: images.mean(axis=-1).astype(np.uint8)[:, 4:28, 2:30]  # noqa: E731: 24x28x1
+    gray = lambda images: images.mean(axis=-1).astype(np.uint8)[:, 4:28, 2:30]  # noqa: E731 -- 24x28x1
     np.savez(tmp_path / "gray.npz", x_train=gray(x), y_train_fine=fine % 10, x_test=gray(x_test),
              y_test_fine=fine_test % 10)
     monkeypatch.chdir(tmp_path)
