@@ -142,6 +142,10 @@ def main() -> None:
     args = parser.parse_args()
     if keras.backend.backend() != "tensorflow":
         parser.error("this reads TensorFlow's profiler; for JAX, bench_roofline.py --profile-steps")
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        parser.error("this times the ops that run on the CPU: on a GPU its host trace holds only their launches")
 
     keras.config.set_dtype_policy(resolve_precision(args.precision))
     space = VARIANTS[args.variant](SPACES[args.space])
