@@ -334,7 +334,7 @@ def main(argv=None) -> int:
     with open(out / "importance.csv", "w", newline="") as f:
         csv.writer(f).writerows([("hyperparameter", "method", "score", "p_value"), *ranked])
     write_csv(rows, out / "trials.csv")
-    if sum(r["fine_accuracy"] is not None for r in rows) == 0:
+    if n_ok == 0:
         warn("no successful trial: no plots")
         return 0
     written = plot_all(rows, ranked, out, args.top)

@@ -30,7 +30,7 @@ tensorflow_defaults()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_training import SPACES, VARIANTS  # noqa: E402
+from bench_training import SPACES, VARIANTS, conv_flops  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
@@ -98,11 +98,9 @@ def conv_rows(model: keras.Model, by_conv: collections.Counter, steps: int, batc
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Conv2D):
             continue
-        _, height, width, filters = layer.output.shape
-        k_h, k_w = layer.kernel_size
-        gflop = 2 * batch * height * width * filters * k_h * k_w * layer.input.shape[-1] / 1e9
-        row = {"layer": layer.name, "kernel": f"{k_h}x{k_w}", "input": "x".join(map(str, layer.input.shape[1:])),
-               "filters": filters, "gflop": round(gflop, 2)}
+        gflop = batch * conv_flops(layer) / 1e9
+        row = {"layer": layer.name, "kernel": "x".join(map(str, layer.kernel_size)),
+               "input": "x".join(map(str, layer.input.shape[1:])), "filters": layer.filters, "gflop": round(gflop, 2)}
         for kernel in CONV_KERNELS:
             ms = by_conv[(layer.name, kernel)] / steps
             row[kernel] = {"ms": round(ms, 1), "gflop_per_s": round(gflop / ms * 1e3, 1) if ms else None}

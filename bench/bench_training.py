@@ -67,6 +67,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
+def conv_flops(layer: keras.layers.Conv2D) -> int:
+    """Multiply-adds x 2 of one convolution's forward pass, per image."""
+    _, h, w, c_out = layer.output.shape
+    k_h, k_w = layer.kernel_size
+    return 2 * h * w * c_out * k_h * k_w * layer.input.shape[-1]
+
+
 def forward_flops(model: keras.Model) -> int:
     """Multiply-adds x 2 of the convolutions and dense layers, per image."""
     total = 0
@@ -74,9 +81,7 @@ def forward_flops(model: keras.Model) -> int:
         if isinstance(layer, keras.Model):  # a nested network (the 2017 recipe's body)
             total += forward_flops(layer)
         elif isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            k_h, k_w = layer.kernel_size
-            total += 2 * h * w * c_out * k_h * k_w * layer.input.shape[-1]
+            total += conv_flops(layer)
         elif isinstance(layer, keras.layers.Dense):
             total += 2 * layer.input.shape[-1] * layer.units
     return int(total)
