@@ -58,7 +58,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
-    assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value")
+    assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value,q_value")
 
 
 def importance_rows(accuracies, **varying) -> list[dict]:
@@ -76,7 +76,7 @@ def test_importance_p_values_tell_what_drives_accuracy_from_chance():
     lr = rng.uniform(0.6, 1.6, 30)
     accuracy = 0.2 * lr + rng.normal(0, 0.02, 30)
     optimizer = ["Adam" if a > np.median(accuracy) else "Nadam" for a in accuracy]
-    scores = {name: (score, p) for name, _, score, p in analyze_results.importance(importance_rows(
+    scores = {name: (score, p) for name, _, score, p, _ in analyze_results.importance(importance_rows(
         accuracy, lr_rate_mult=lr, batch_size=rng.uniform(100, 450, 30), optimizer=optimizer,
         activation=rng.choice(["relu", "elu"], 30)))}
     assert scores["lr_rate_mult"][0] > 0.9 and scores["lr_rate_mult"][1] < 0.001
@@ -89,8 +89,25 @@ def test_importance_of_a_few_trials_is_never_significant():
     # where the usual t approximation says p = 0. A category holding the best trial alone scores as high when it
     # holds the worst instead: p = 2/3.
     ranked = analyze_results.importance(importance_rows([0.1, 0.2, 0.3], lr_rate_mult=[1, 2, 3], use_BN=[False, False, True]))
-    assert [(name, score, p) for name, _, score, p in ranked] == [
+    assert [(name, score, p) for name, _, score, p, _ in ranked] == [
         ("lr_rate_mult", pytest.approx(1.0), pytest.approx(1 / 3)), ("use_BN", pytest.approx(0.75), pytest.approx(2 / 3))]
+
+
+def test_importance_q_values_discount_chance_among_many_hyperparameters():
+    # Accuracy follows the learning rate; the 18 other hyperparameters are drawn independently of it, so one of them
+    # scoring p < 0.05 is what chance does among 18: its q, adjusted for testing all 19, is not a discovery.
+    rng = np.random.default_rng(0)
+    lr = rng.uniform(0.6, 1.6, 30)
+    accuracy = 0.2 * lr + rng.normal(0, 0.02, 30)
+    unrelated = {name: rng.uniform(0, 1, 30) for name in analyze_results.NUMERIC if name != "lr_rate_mult"}
+    unrelated |= {name: rng.choice(["a", "b", "c"], 30) for name in analyze_results.CATEGORICAL}
+    ranked = analyze_results.importance(importance_rows(accuracy, lr_rate_mult=lr, **unrelated))
+    assert len(ranked) == 19
+    scores = {name: (p, q) for name, _, _, p, q in ranked}
+    assert scores["lr_rate_mult"][1] < 0.01
+    chance = min((p, q) for name, (p, q) in scores.items() if name != "lr_rate_mult")
+    assert chance[0] < 0.05 < chance[1]
+    assert all(q >= p for p, q in scores.values())
 
 
 def trials_naming(model_names) -> Trials:
