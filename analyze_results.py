@@ -332,7 +332,9 @@ def main(argv=None) -> int:
     print_leaderboard(rows, args.top)
     ranked = importance(rows)
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)
-    print(f"\nWhat explains validation fine accuracy over {n_ok} trials (|Spearman rho| for numbers, eta^2 for "
+    n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)
+    counted = f"{n_ok} trials, {n_pruned} of them pruned at their accuracy when stopped" if n_pruned else f"{n_ok} trials"
+    print(f"\nWhat explains validation fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
           "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted for "
           f"testing {len(ranked)} at once):")
     for name, method, score, p, q in ranked:
