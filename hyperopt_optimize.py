@@ -165,7 +165,7 @@ class Search:
         import hyperspace
         from datasets import DatasetError, load_dataset
         from precision import training_line
-        from utils import TrialsFileError, finished_curves
+        from utils import TrialsFileError, finished_curves, warn
 
         args = self.args
         parallelism = None
@@ -193,6 +193,10 @@ class Search:
             print(f"Nothing to do: {done} trials already, --max-evals {args.max_evals}.")
             self.print_leaderboard(finished)
             return 0
+        if budgets := {r["max_epochs"] for r in finished.results if r.get("max_epochs")} - {args.epochs}:
+            # Unlike another dataset, a new budget can be a deliberate choice: said, not refused.
+            warn(f"{args.trials_file} holds trials that could train for {', '.join(map(str, sorted(budgets)))} epochs, "
+                 f"this run's for {args.epochs} (--epochs): TPE will compare accuracies reached in different budgets")
         try:
             data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
         except DatasetError as err:

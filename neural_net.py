@@ -318,6 +318,7 @@ def build_and_train(
             keras.backend.clear_session()
             gc.collect()
     result["train_seconds"] = round(time.time() - start, 2)
+    result["max_epochs"] = epochs
     result["keras_backend"] = keras.backend.backend()
     result["precision"] = precision
     return model, result

@@ -245,6 +245,16 @@ def test_a_resume_on_other_data_a_training_subset_or_selection_set_is_refused_un
     assert (tmp_path / "results.pkl").read_bytes() == before
 
 
+def test_a_resume_with_another_epoch_budget_is_warned_about_and_goes_on(tmp_path, monkeypatch, capsys):
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--epochs", "2") == 0
+    err = capsys.readouterr().err
+    assert "warning: results.pkl holds trials that could train for 1 epochs, this run's for 2 (--epochs)" in err
+    assert [r["max_epochs"] for r in load_trials(tmp_path / "results.pkl").results] == [1, 1, 2]
+
+
 def test_a_search_in_another_results_folder_keeps_its_own_trials_pickle(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     before = (tmp_path / "results.pkl").read_bytes()
