@@ -195,8 +195,8 @@ class Search:
             return 0
         if budgets := {r["max_epochs"] for r in finished.results if r.get("max_epochs")} - {args.epochs}:
             # Unlike another dataset, a new budget can be a deliberate choice: said, not refused.
-            warn(f"{args.trials_file} holds trials that could train for {', '.join(map(str, sorted(budgets)))} epochs, "
-                 f"this run's for {args.epochs} (--epochs): TPE will compare accuracies reached in different budgets")
+            warn(f"{args.trials_file} holds trials of --epochs {', '.join(map(str, sorted(budgets)))}, this run's is "
+                 f"{args.epochs}: TPE will compare accuracies reached in different budgets")
         try:
             data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
         except DatasetError as err:

@@ -251,7 +251,7 @@ def test_a_resume_with_another_epoch_budget_is_warned_about_and_goes_on(tmp_path
     assert "warning" not in capsys.readouterr().err
     assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--epochs", "2") == 0
     err = capsys.readouterr().err
-    assert "warning: results.pkl holds trials that could train for 1 epochs, this run's for 2 (--epochs)" in err
+    assert "warning: results.pkl holds trials of --epochs 1, this run's is 2: TPE will compare" in err
     assert [r["max_epochs"] for r in load_trials(tmp_path / "results.pkl").results] == [1, 1, 2]
 
 
