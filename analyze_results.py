@@ -114,8 +114,6 @@ def importance(rows: list[dict]) -> list[tuple[str, str, float, float, float]]:
             test = permutation_test((acc,), lambda a, axis: eta_squared(members, a), permutation_type="pairings",
                                     vectorized=True, n_resamples=PERMUTATIONS, alternative="greater", rng=0)
             scores.append((name, "eta^2", float(test.statistic), float(test.pvalue)))
-    if not scores:
-        return scores
     q = false_discovery_control([p for *_, p in scores], method="bh")
     return sorted(((*score, float(q_value)) for score, q_value in zip(scores, q)), key=lambda s: -s[2])
 

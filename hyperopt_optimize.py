@@ -63,13 +63,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def recorded(trials, key: str) -> set:
+    """The values of a result key among the finished trials (2017's results have none of this project's keys)."""
+    return {r[key] for r in trials.results if r.get(key) is not None}
+
+
 def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
     """Why the finished trials cannot share one TPE history with a run of these settings, or None."""
     options = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset"}
     for key, value in asked.items():
-        recorded = {r[key] for r in trials.results if r.get(key) is not None}  # 2017's results have none of them
-        if recorded - {value}:
-            return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(recorded)))}, this run asks "
+        if (values := recorded(trials, key)) - {value}:
+            return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(values)))}, this run asks "
                     f"for {value} ({options[key]}): their accuracies do not compare; resume with the same setting, "
                     "or start a new search with another --results-dir")
     return None
@@ -193,7 +197,7 @@ class Search:
             print(f"Nothing to do: {done} trials already, --max-evals {args.max_evals}.")
             self.print_leaderboard(finished)
             return 0
-        if budgets := {r["max_epochs"] for r in finished.results if r.get("max_epochs")} - {args.epochs}:
+        if budgets := recorded(finished, "max_epochs") - {args.epochs}:
             # Unlike another dataset, a new budget can be a deliberate choice: said, not refused.
             warn(f"{args.trials_file} holds trials of --epochs {', '.join(map(str, sorted(budgets)))}, this run's is "
                  f"{args.epochs}: TPE will compare accuracies reached in different budgets")
