@@ -4,10 +4,10 @@
 # Usage: ./delete_results.sh [-y] [RESULTS_DIR]     (-y: do not ask)
 set -euo pipefail
 usage="Usage: ./delete_results.sh [-y] [RESULTS_DIR]
-  Without RESULTS_DIR: removes results/, results.pkl, TensorBoard/, weights/, layers/, analysis/ and
-  the model plots beside this script, then recreates the empty folders.
-  With RESULTS_DIR (a search's --results-dir): removes its result files and its trials pickle
-  (RESULTS_DIR.pkl), and the folder if nothing else is left in it.
+  Without RESULTS_DIR: removes results/, results.pkl, TensorBoard/, weights/, layers/ and analysis/
+  beside this script, then recreates the empty folders.
+  With RESULTS_DIR (a search's --results-dir): removes its result files, its model plots and its
+  trials pickle (RESULTS_DIR.pkl), and the folder if nothing else is left in it.
   -y: do not ask first."
 yes=false
 dir=
@@ -23,7 +23,7 @@ done
 if [[ -z "$dir" ]]; then
   cd "$(dirname "$0")"
   lock=results/.search.lock
-  targets=(results results.pkl TensorBoard weights layers analysis model_demo.png model_best.png)
+  targets=(results results.pkl TensorBoard weights layers analysis)
 else
   # Only what a search writes there, so that a mistyped folder loses nothing else.
   lock=$dir/.search.lock
@@ -31,7 +31,7 @@ else
   case "$(basename "$dir")" in .|..) pickle=$(cd "$dir" && pwd).pkl ;; *) pickle=$dir.pkl ;; esac
   shopt -s nullglob
   results=("$dir"/model_*.txt.json)
-  targets=("${results[@]}" "$dir"/.model_*.tmp)
+  targets=("${results[@]}" "$dir"/.model_*.tmp "$dir"/model_demo.png "$dir"/model_best.png)
   shopt -u nullglob
   [[ -f "$lock" ]] && targets+=("$lock")
   [[ -f "$pickle" ]] && targets+=("$pickle")

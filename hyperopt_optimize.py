@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--spark-master", default=None,
                         help="run trials in parallel on Spark: local[P] on this machine, or spark://host:7077 (needs pyspark, Java 17+)")
     parser.add_argument("--parallelism", type=at_least(1), default=None, help="trials at once under Spark (default: P of local[P], else 2)")
-    parser.add_argument("--no-plot", action="store_true", help="do not draw model_demo.png and model_best.png")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the results folder's model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     args = parser.parse_args(argv)
     args.results_dir = os.path.normpath(args.results_dir)
@@ -384,8 +384,8 @@ class Search:
     def resume_command(self) -> str:
         return "python3 " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
 
-    def plot(self, space: dict, path: str) -> None:
-        """Draw the network of `space`; without Graphviz, warn once and go on."""
+    def plot(self, space: dict, name: str) -> None:
+        """Draw the network of `space` into the results folder; without Graphviz, warn once and go on."""
         if self.plot_broken:
             return
         import keras
@@ -394,6 +394,7 @@ class Search:
         from neural_net import build_model
         from utils import warn
 
+        path = os.path.join(self.args.results_dir, name)
         if not check_graphviz():
             self.plot_broken = True
             warn(f"cannot draw {path}: install Graphviz (apt install graphviz) and pydot for model plots")

@@ -11,7 +11,8 @@ def make_project(tmp_path):
     for folder in ("results", "TensorBoard/run", "weights", "layers"):
         (tmp_path / folder).mkdir(parents=True)
     for f in ("results/model_0.5_abcde.txt.json", "results.pkl", "weights/m.keras", "layers/a.png",
-              "model_demo.png", "model_best.png", "TensorBoard/run/events"):
+              "results/model_demo.png", "results/model_best.png",
+              "TensorBoard/run/events"):
         (tmp_path / f).write_text("x")
 
 
@@ -41,7 +42,7 @@ def test_a_running_search_is_not_deleted_from_under_it(tmp_path):
 def test_dash_y_deletes_and_recreates_empty_folders(tmp_path):
     make_project(tmp_path)
     subprocess.run(["bash", "delete_results.sh", "-y"], cwd=tmp_path, check=True, capture_output=True)
-    assert not (tmp_path / "results.pkl").exists() and not (tmp_path / "model_best.png").exists()
+    assert not (tmp_path / "results.pkl").exists()
     for folder in ("results", "TensorBoard", "weights", "layers"):
         assert sorted(p.name for p in (tmp_path / folder).iterdir()) == [".gitkeep"]
 
@@ -50,7 +51,7 @@ def test_a_named_results_folder_loses_only_what_its_search_wrote(tmp_path):
     make_project(tmp_path)
     runs = tmp_path / "runs"
     (runs / "a").mkdir(parents=True)
-    for f in ("a/model_0.7_12345.txt.json", "a/model_failed_54321.txt.json", "a.pkl", "a/notes.md"):
+    for f in ("a/model_0.7_12345.txt.json", "a/model_failed_54321.txt.json", "a/model_best.png", "a.pkl", "a/notes.md"):
         (runs / f).write_text("x")
     out = subprocess.run(["bash", "delete_results.sh", "-y", "runs/a/"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

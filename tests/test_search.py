@@ -297,7 +297,7 @@ def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
     assert "Nothing to do: 1 trials already" in capsys.readouterr().out
 
 
-def test_model_plots_are_drawn(tmp_path, monkeypatch):
+def test_model_plots_are_drawn_into_each_searchs_own_results_folder(tmp_path, monkeypatch):
     from keras.src.utils.model_visualization import check_graphviz
 
     if not check_graphviz():
@@ -307,8 +307,11 @@ def test_model_plots_are_drawn(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [a for a in QUICK if a != "--no-plot"]
     assert hyperopt_optimize.main([*args, "--epochs", "1", "--max-evals", "1"]) == 0
-    assert (tmp_path / "model_demo.png").stat().st_size > 1000
-    assert (tmp_path / "model_best.png").stat().st_size > 1000
+    assert hyperopt_optimize.main([*args, "--epochs", "1", "--max-evals", "1", "--results-dir", "runs/a"]) == 0
+    for folder in ("results", "runs/a"):
+        assert (tmp_path / folder / "model_demo.png").stat().st_size > 1000
+        assert (tmp_path / folder / "model_best.png").stat().st_size > 1000
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_a_search_on_a_grayscale_npz_without_coarse_labels(tmp_path, monkeypatch):
