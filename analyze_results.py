@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import HelpFormatter, at_least
+from cli import HelpFormatter, at_least, plural
 from utils import RESULTS_DIR, is_ok, iter_results, trials_file_for, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     ranked = importance(rows)
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)
     n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)
-    counted = f"{n_ok} trials, {n_pruned} of them pruned at their accuracy when stopped" if n_pruned else f"{n_ok} trials"
+    counted = plural(n_ok, "trial") + (f", {n_pruned} of them pruned at their accuracy when stopped" if n_pruned else "")
     print(f"\nWhat explains validation fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
           "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted for "
           f"testing {len(ranked)} at once):")

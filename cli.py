@@ -1,4 +1,4 @@
-"""What every script's command line shares: the --help format and count arguments."""
+"""What every script's command line shares: the --help format, count arguments, counts in messages."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def at_least(minimum: int):
 
     parse.__name__ = "int"
     return parse
+
+
+def plural(count: int, noun: str) -> str:
+    """`count` and `noun`, the noun with an s unless the count is one: "1 trial", "3 trials"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

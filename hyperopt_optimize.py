@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from utils import SignalGuard
 
+from cli import plural  # noqa: E402
 from precision import tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()
@@ -139,7 +140,7 @@ class Objective:
 
         s = self.settings
         label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
-        report(f"{label}: training for up to {s['epochs']} epochs")
+        report(f"{label}: training for up to {plural(s['epochs'], 'epoch')}")
         callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
         model, result = build_and_train(
             space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
@@ -194,7 +195,7 @@ class Search:
         done = len(finished.trials)
         self.saved_tids = {t["tid"] for t in finished.trials}
         if args.max_evals is not None and done >= args.max_evals:
-            print(f"Nothing to do: {done} trials already, --max-evals {args.max_evals}.")
+            print(f"Nothing to do: {plural(done, 'trial')} already, --max-evals {args.max_evals}.")
             self.print_leaderboard(finished)
             return 0
         if budgets := recorded(finished, "max_epochs") - {args.epochs}:
@@ -267,7 +268,7 @@ class Search:
             # A new search there would restart TPE and number its trials from 0 among the old ones.
             if orphans := sum("tid" in result for _, result in iter_results(self.args.results_dir)):
                 raise TrialsFileError(
-                    f"{self.args.results_dir}/ holds the results of a search ({orphans} trials) whose trials pickle is not "
+                    f"{self.args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
                     f"{self.args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
             print(f"Starting a new search: trials go to {self.args.trials_file}, results to {self.args.results_dir}/")
             return Trials()
@@ -279,7 +280,7 @@ class Search:
                 print(f"Restored the result file of trial {result['tid']} from {self.args.trials_file}")
         best = self.current_best_loss(trials)
         best_text = "none yet" if best is None else f"{-best:.4f}"
-        print(f"Resuming: {len(trials.trials)} trials, best fine accuracy {best_text}")
+        print(f"Resuming: {plural(len(trials.trials), 'trial')}, best fine accuracy {best_text}")
         return trials
 
     def current_best_loss(self, trials):
@@ -362,7 +363,7 @@ class Search:
         coarse_text = "n/a" if coarse is None else f"{coarse:.4f}"
         return (
             f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} "
-            f"{self.args.select_on} accuracy, {result['epochs_trained']} epochs"
+            f"{self.args.select_on} accuracy, {plural(result['epochs_trained'], 'epoch')}"
             f"{', pruned' if result['pruned'] else ''}, {result['train_seconds']:.0f} s; best so far {best}"
         )
 

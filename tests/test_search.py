@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from cli import plural
 from conftest import REPO
 from utils import load_trials, save_trials
 
@@ -107,7 +108,7 @@ def test_sigkill_during_training_loses_only_the_running_trial(tmp_path):
 
     again = run_cli(tmp_path, "--max-evals", str(finished + 1), "--epochs", "1")
     assert again.returncode == 0, again.stderr
-    assert f"Resuming: {finished} trials" in again.stdout
+    assert f"Resuming: {plural(finished, 'trial')}," in again.stdout
     assert len(load_trials(tmp_path / "results.pkl").trials) == finished + 1
 
 
@@ -272,11 +273,11 @@ def test_results_whose_trials_pickle_is_elsewhere_are_refused_untouched(tmp_path
     capsys.readouterr()
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: results/ holds the results of a search (1 trials) whose trials pickle is not results.pkl")
+    assert err.startswith("error: results/ holds the results of a search (1 trial) whose trials pickle is not results.pkl")
     assert len(err.splitlines()) == 1 and sorted(p.name for p in (tmp_path / "results").iterdir()) == before
     assert not (tmp_path / "results.pkl").exists()
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--trials-file", "moved.pkl") == 0
-    assert "Resuming: 1 trials" in capsys.readouterr().out
+    assert "Resuming: 1 trial," in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("where", [["--results-dir", "a_file/results"], ["--trials-file", "a_file/results.pkl"]])
@@ -294,7 +295,7 @@ def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
     save_trials(Trials(), tmp_path / "results.pkl")
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0  # one trial
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
-    assert "Nothing to do: 1 trials already" in capsys.readouterr().out
+    assert "Nothing to do: 1 trial already" in capsys.readouterr().out
 
 
 def test_model_plots_are_drawn_into_each_searchs_own_results_folder(tmp_path, monkeypatch):
