@@ -247,7 +247,7 @@ class Search:
         except KeyboardInterrupt:
             self.stop_poller(poller)
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"
-            print(f"\n{name}: stopped; running trials are dropped, {len(self.saved_tids)} finished trials are saved.")
+            print(f"\n{name}: stopped; {plural(len(self.saved_tids), 'finished trial')} saved, running trials dropped.")
             self.print_leaderboard(self.trials)
             print(f"Resume with: {self.resume_command()}")
             return EXIT_SIGTERM if self.guard.signum == signal.SIGTERM else EXIT_SIGINT

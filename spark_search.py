@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
-# Shipped to every executor, so that workers need neither the repository nor a shared filesystem.
-PROJECT_MODULES = ["datasets.py", "neural_net.py", "fast_layers.py", "precision.py", "pruning.py", "hyperspace.py",
-                   "utils.py", "spark_search.py", "hyperopt_optimize.py"]
+# Shipped to every executor, so that workers need neither the repository nor a shared filesystem:
+# all of the project's modules, so that a new import cannot be forgotten here.
+PROJECT_MODULES = sorted(path.name for path in REPO.glob("*.py"))
 GPU_LOCKS = "/tmp/hyperopt-cnn-gpu-{index}-{slot}.lock"  # held by the worker that trains on that GPU, in that slot
 _worker_gpu_lock = None
 

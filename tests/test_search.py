@@ -122,8 +122,9 @@ def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    assert "SIGINT" in out and "Resume with: python3 hyperopt_optimize.py" in out
-    assert len(load_trials(tmp_path / "results.pkl").trials) >= 1
+    saved = len(load_trials(tmp_path / "results.pkl").trials)
+    assert saved >= 1 and f"SIGINT: stopped; {plural(saved, 'finished trial')} saved" in out
+    assert "Resume with: python3 hyperopt_optimize.py" in out
 
     # The lock died with the process: a new run starts.
     assert run_cli(tmp_path, "--max-evals", "2", "--epochs", "1").returncode == 0
