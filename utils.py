@@ -14,7 +14,7 @@ import os
 import pickle
 import signal
 import sys
-import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -66,10 +66,11 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp"):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}"
+    # Created as open() creates files, readable as the umask allows (mkstemp's would stay 0600).
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

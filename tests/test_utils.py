@@ -1,7 +1,9 @@
 """Results on disk: atomic JSON, choosing the best by `loss`, the trials pickle and the run lock."""
 
 import json
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -56,6 +58,18 @@ def test_a_result_write_killed_before_its_rename_leaves_nothing_that_reads_as_a_
             save_json_result(result(0.9, "model_0.9_bbbbb"), tmp_path)
     assert len(list(tmp_path.iterdir())) == 2  # the whole new result, under its temporary name
     assert load_best_result(tmp_path)[1]["model_name"] == "model_0.3_aaaaa" and not capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_results_and_pickle_are_as_readable_as_the_umask_allows(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        path = save_json_result(result(0.3, "model_0.3_aaaaa"), tmp_path)
+        save_trials(Trials(), tmp_path / "results.pkl")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "results.pkl").stat().st_mode) == mode
 
 
 def test_no_result_gives_none(tmp_path):
