@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import zlib
@@ -249,7 +250,7 @@ class Search:
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"
             print(f"\n{name}: stopped; {plural(len(self.saved_tids), 'finished trial')} saved, running trials dropped.")
             self.print_leaderboard(self.trials)
-            print(f"Resume with: {self.resume_command()}")
+            print(f"Resume with: {shlex.join(['python3', *sys.argv])}")  # quoted, so that it pastes back as it ran
             return EXIT_SIGTERM if self.guard.signum == signal.SIGTERM else EXIT_SIGINT
         self.stop_poller(poller)
         self.print_leaderboard(self.trials)
@@ -381,9 +382,6 @@ class Search:
             print(f"{rank:>4} {str(r.get('tid', '-')):>5} {fmt(-r['loss']):>7} {fmt(r.get('coarse_best_accuracy')):>7} "
                   f"{fmt(r.get('test_fine_accuracy')):>7} {str(r.get('epochs_trained', '-')):>6} "
                   f"{'yes' if r.get('pruned') else 'no':>6}  {r.get('model_name', '')}")
-
-    def resume_command(self) -> str:
-        return "python3 " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:])
 
     def plot(self, space: dict, name: str) -> None:
         """Draw the network of `space` into the results folder; without Graphviz, warn once and go on."""

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import subprocess
@@ -114,20 +115,22 @@ def test_sigkill_during_training_loses_only_the_running_trial(tmp_path):
 
 @pytest.mark.slow
 def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
-    proc = start_cli(tmp_path, "--epochs", "4", "--prune", "none")  # trials one after another until the signal
+    folder = ["--results-dir", "my runs"]  # a space, which the resume command must quote
+    proc = start_cli(tmp_path, "--epochs", "4", "--prune", "none", *folder)  # trials one after another until the signal
     wait_for_line(proc, "Trial 1: training")
-    rival = run_cli(tmp_path, "--max-evals", "1")
+    rival = run_cli(tmp_path, "--max-evals", "1", *folder)
     assert rival.returncode == 2 and "already running" in rival.stderr
 
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    saved = len(load_trials(tmp_path / "results.pkl").trials)
+    saved = len(load_trials(tmp_path / "my runs.pkl").trials)
     assert saved >= 1 and f"SIGINT: stopped; {plural(saved, 'finished trial')} saved" in out
-    assert "Resume with: python3 hyperopt_optimize.py" in out
+    resume = next(line for line in out.splitlines() if line.startswith("Resume with: "))
+    assert shlex.split(resume.removeprefix("Resume with: ")) == ["python3", SCRIPT, *QUICK, "--epochs", "4", "--prune", "none", *folder]
 
     # The lock died with the process: a new run starts.
-    assert run_cli(tmp_path, "--max-evals", "2", "--epochs", "1").returncode == 0
+    assert run_cli(tmp_path, "--max-evals", "2", "--epochs", "1", *folder).returncode == 0
 
 
 @pytest.mark.slow
