@@ -170,6 +170,8 @@ def load_trials(path: str | os.PathLike):
             trials = pickle.load(f)
     except FileNotFoundError:
         raise
+    except OSError as err:  # a folder, no permission: the file may be fine
+        raise TrialsFileError(f"cannot read {path}: {err.strerror}") from None
     except Exception as err:  # noqa: BLE001 -- any unpickling failure means a broken file
         raise TrialsFileError(
             f"{path} is corrupt or truncated ({type(err).__name__}); move it away to start a new search"

@@ -86,6 +86,12 @@ def test_the_2017_trials_pickle_loads(reference_dir):
     assert len(trials.trials) == 42 and min(trials.losses()) == pytest.approx(-0.6761, abs=1e-4)
 
 
+def test_a_folder_given_as_the_trials_pickle_is_not_called_corrupt(tmp_path):
+    (tmp_path / "results").mkdir()
+    with pytest.raises(TrialsFileError, match=r"^cannot read .*results: Is a directory$"):
+        load_trials(tmp_path / "results")
+
+
 def test_trials_round_trip(tmp_path):
     save_trials(Trials(), tmp_path / "t.pkl")
     assert isinstance(load_trials(tmp_path / "t.pkl"), Trials)
