@@ -72,7 +72,7 @@ def recorded(trials, key: str) -> set:
 
 def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
     """Why the finished trials cannot share one TPE history with a run of these settings, or None."""
-    options = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset"}
+    options = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset", "search_space": "--space"}
     for key, value in asked.items():
         if (values := recorded(trials, key)) - {value}:
             return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(values)))}, this run asks "
@@ -124,7 +124,7 @@ class Objective:
 
     def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
         self.data = data
-        self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "select_on", "precision", "seed")}
+        self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "select_on", "precision", "seed", "space")}
         self.parallelism = parallelism
         self.finished_curves: list[list[float]] = []
         self.next_tid = 0
@@ -150,6 +150,7 @@ class Objective:
         )
         del model
         keras.backend.clear_session()
+        result["search_space"] = s["space"]
         return result
 
 
@@ -190,7 +191,7 @@ class Search:
             print(f"error: {err}", file=sys.stderr)
             return 2
         if mismatch := mismatched_setting(finished, args.trials_file, dataset=os.path.basename(args.dataset),
-                                          selected_on=args.select_on):
+                                          selected_on=args.select_on, search_space=args.space):
             print(f"error: {mismatch}", file=sys.stderr)
             return 2
         done = len(finished.trials)
