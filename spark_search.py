@@ -86,13 +86,32 @@ def prepare_worker(parallelism: int) -> None:
         os.environ.update(TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false")
     for slot in range(slots):  # the first slot of every GPU, then the second...
         for index in range(gpus):
-            # The worker process keeps this lock (and its GPU) for its whole life.
-            handle = open(GPU_LOCKS.format(index=index, slot=slot), "a")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+            lock = _open_lock(GPU_LOCKS.format(index=index, slot=slot))
+            if lock is None:
                 continue
-            _worker_gpu_lock = handle
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock)
+                continue
+            _worker_gpu_lock = lock  # the worker process keeps this lock (and its GPU) for its whole life
             os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
             return
+
+
+def _open_lock(path: str) -> int | None:
+    """A read-only descriptor of the lock file at path, created if missing; None if another user's is unreadable."""
+    # Read-only, which flock needs no more than, so that one user's workers can take the lock files that
+    # another user's search left in /tmp; and no O_CREAT on a file that exists, which Linux refuses
+    # there for another user's file where fs.protected_regular is on.
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            return None  # made under a umask such as 077: that user's workers coordinate among themselves
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue  # another worker made it in between

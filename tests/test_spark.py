@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -69,26 +71,67 @@ def test_a_failed_worker_trial_is_recorded_as_failed(tmp_path, monkeypatch, caps
     assert "3 trials in a row failed with: RuntimeError: worker exploded" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("parallelism, devices, shared", [(2, ["0", "1"], False), (4, ["0", "0", "1", "1"], True)])
-def test_spark_workers_spread_over_the_gpus_and_share_them_only_when_trials_outnumber_them(tmp_path, parallelism, devices, shared):
-    fake = tmp_path / "bin" / "nvidia-smi"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
-    fake.chmod(0o755)
+# A Spark worker as prepare_worker leaves it: its GPU and memory settings on one line; then it holds its
+# lock until its stdin closes. Run as the user whose id is argv[3] (0: as it is).
+WORKER = """
+import os, sys, spark_search
+spark_search.GPU_LOCKS = sys.argv[1] + "/gpu-{index}-{slot}.lock"
+if int(sys.argv[3]):
+    os.setgid(int(sys.argv[3]))
+    os.setuid(int(sys.argv[3]))
+os.umask(0o022)
+spark_search.prepare_worker(int(sys.argv[2]))
+print(os.environ["CUDA_VISIBLE_DEVICES"], os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH"),
+      os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"), flush=True)
+sys.stdin.read()
+"""
+
+
+def start_worker(lock_dir, parallelism, uid=0):
+    """A worker process on a machine with two (fake) GPUs, whose lock files lie in lock_dir."""
+    fake = lock_dir / "bin" / "nvidia-smi"
+    if not fake.exists():
+        fake.parent.mkdir()
+        fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 (UUID: GPU-b)'\n")
+        fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "HYPEROPT_CNN_WORKER_READY")}
     env["PATH"] = f"{fake.parent}{os.pathsep}{env['PATH']}"
-    worker = ("import os, sys, spark_search; spark_search.GPU_LOCKS = sys.argv[1] + '/gpu-{index}-{slot}.lock'; "
-              f"spark_search.prepare_worker({parallelism}); "
-              "print(os.environ['CUDA_VISIBLE_DEVICES'], os.environ.get('TF_FORCE_GPU_ALLOW_GROWTH'), "
-              "os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'), flush=True); sys.stdin.read()")
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(lock_dir), str(parallelism), str(uid)], cwd=REPO,
+                            env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def chosen_gpu(worker):
+    """What the worker chose: its CUDA_VISIBLE_DEVICES, memory growth and preallocation."""
+    return worker.stdout.readline().split()
+
+
+@pytest.mark.parametrize("parallelism, devices, shared", [(2, ["0", "1"], False), (4, ["0", "0", "1", "1"], True)])
+def test_spark_workers_spread_over_the_gpus_and_share_them_only_when_trials_outnumber_them(tmp_path, parallelism, devices, shared):
     # Each worker holds its GPU for its life: all of them stay up until every one has chosen.
-    workers = [subprocess.Popen([sys.executable, "-c", worker, str(tmp_path)], cwd=REPO, env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(parallelism)]
-    chosen = [w.stdout.readline().split() for w in workers]
+    workers = [start_worker(tmp_path, parallelism) for _ in range(parallelism)]
+    chosen = [chosen_gpu(w) for w in workers]
     for w in workers:
         w.communicate("", timeout=60)
     assert sorted(c[0] for c in chosen) == devices
     assert all(c[1:] == (["true", "false"] if shared else ["None", "None"]) for c in chosen)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="plays two users, which needs root")
+def test_a_second_users_workers_share_the_gpu_lock_files_of_the_first():
+    first_user, second_user = 60001, 60002
+    with tempfile.TemporaryDirectory() as shared:  # not in tmp_path, which only pytest's user may enter
+        lock_dir = Path(shared)
+        lock_dir.chmod(0o1777)  # like /tmp: anyone may make files there, and only their owner remove them
+        first = start_worker(lock_dir, 2, first_user)
+        assert chosen_gpu(first)[0] == "0"
+        second = start_worker(lock_dir, 2, second_user)
+        assert chosen_gpu(second)[0] == "1"  # GPU 0 is the first user's while that worker lives
+        first.communicate("", timeout=60)
+        third = start_worker(lock_dir, 2, second_user)
+        assert chosen_gpu(third)[0] == "0"  # through the lock file the first user left
+        for w in (second, third):
+            w.communicate("", timeout=60)
+    assert [w.returncode for w in (first, second, third)] == [0, 0, 0]
 
 
 def test_missing_java_gets_a_one_line_message(tmp_path, monkeypatch, capsys):
