@@ -1,12 +1,13 @@
 """Retrain the best network of the search (or a given result) with TensorBoard logs and a checkpoint.
 
 Logs go to TensorBoard/<model_name>/, the best epoch's full model to weights/<model_name>.keras and
-the retrain's result JSON beside it.
+the retrain's result JSON beside it; a later retrain of the same model to <model_name>-2, -3...
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -43,6 +44,24 @@ def pick_result(args) -> tuple[Path, dict] | None:
     if args.result:
         return Path(args.result), load_json_result(args.result)
     return load_best_result(args.results_dir)
+
+
+def claim_run(name: str) -> str:
+    """This retrain's run: the model's name, or <name>-2, -3... where an earlier retrain of it left its files.
+
+    An earlier retrain's best model can be hours of training: a new one must neither overwrite it
+    with its own first, worse, epoch nor write its logs into the earlier run's. Making the run's
+    log folder claims the name, so that two retrains started at once take two.
+    """
+    for number in itertools.count(1):
+        run = name if number == 1 else f"{name}-{number}"
+        if any((Path(WEIGHTS_DIR) / file).exists() for file in (f"{run}.keras", f"{run}.retrain.txt.json")):
+            continue
+        try:
+            (Path(TENSORBOARD_DIR) / run).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return run
 
 
 def best_model_checkpoint(path: Path, monitor: str):
@@ -116,16 +135,16 @@ def main(argv=None) -> int:
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    name = result["model_name"]
-    log_dir = Path(TENSORBOARD_DIR) / name
-    checkpoint = Path(WEIGHTS_DIR) / f"{name}.keras"
     try:
-        for folder in (log_dir, checkpoint.parent):
-            folder.mkdir(parents=True, exist_ok=True)
+        Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
+        run = claim_run(result["model_name"])
     except OSError as err:
         print(f"error: cannot write the logs and the model: {err}", file=sys.stderr)
         return 2
-    print(f"Retraining {name} (from {path}) on {data.summary()}")
+    log_dir = Path(TENSORBOARD_DIR) / run
+    checkpoint = Path(WEIGHTS_DIR) / f"{run}.keras"
+    again = "" if run == result["model_name"] else f" as {run}, beside the earlier retrains"
+    print(f"Retraining {result['model_name']} (from {path}){again} on {data.summary()}")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
 
@@ -143,7 +162,7 @@ def main(argv=None) -> int:
     if retrained["status"] != "ok":
         print(f"error: retraining failed: {retrained['error']}", file=sys.stderr)
         return 1
-    retrained.update(model_name=f"{name}.retrain", retrained_from=str(path), checkpoint=str(checkpoint))
+    retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint))
     try:
         saved = save_json_result(retrained, WEIGHTS_DIR)
     except OSError as err:

@@ -86,6 +86,24 @@ def test_an_interrupted_retrain_keeps_the_best_model_so_far(tmp_path, monkeypatc
     assert keras.saving.load_model(checkpoint).count_params() > 0
 
 
+def test_a_second_retrain_of_a_model_keeps_the_first_ones_best_model_and_logs(tmp_path, monkeypatch, capsys):
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
+                      "dataset": "synthetic"}, tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    quick = ["--epochs", "1", "--train-subset", "300", "--verbose", "0", "--precision", "float32"]
+    assert retrain.main(quick) == 0
+    first_model = (tmp_path / "weights" / "model_0.2_aaaaa.keras").read_bytes()
+    first_logs = {p: p.stat().st_size for p in (tmp_path / "TensorBoard" / "model_0.2_aaaaa").rglob("*")}
+    assert retrain.main([*quick, "--seed", "1"]) == 0
+    assert "(from results/model_0.2_aaaaa.txt.json) as model_0.2_aaaaa-2, beside the earlier retrains" in capsys.readouterr().out
+    assert (tmp_path / "weights" / "model_0.2_aaaaa.keras").read_bytes() == first_model
+    assert {p: p.stat().st_size for p in (tmp_path / "TensorBoard" / "model_0.2_aaaaa").rglob("*")} == first_logs
+    second = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa-2.retrain.txt.json")
+    assert second["checkpoint"] == os.path.join("weights", "model_0.2_aaaaa-2.keras")
+    assert keras.saving.load_model(tmp_path / second["checkpoint"]).count_params() > 0
+    assert scalar_tags(tmp_path / "TensorBoard" / "model_0.2_aaaaa-2")
+
+
 def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert retrain.main([]) == 2
