@@ -257,17 +257,21 @@ def _load_npz(path: str):
         y = contents.get(key)
         return None if y is None else (y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y)
 
-    flip = bool(contents["horizontal_flip"]) if "horizontal_flip" in contents else False
+    flip = contents.get("horizontal_flip", np.array(False))
+    if flip.shape != ():
+        raise DatasetError(f"{path}: horizontal_flip must be one true or false value, got shape {flip.shape}")
     arrays = (
         images("x_train"), labels("y_train_fine"), labels("y_train_coarse"),
         images("x_test"), labels("y_test_fine"), labels("y_test_coarse"),
     )
-    return arrays, flip
+    return arrays, bool(flip)
 
 
 def _check_arrays(name, x_train, yf_train, yc_train, x_test, yf_test, yc_test):
     """Raise DatasetError naming the first problem with the arrays."""
     for key, x in (("x_train", x_train), ("x_test", x_test)):
+        if not len(x):
+            raise DatasetError(f"{name}: {key} holds no images")
         if x.dtype != np.uint8:
             raise DatasetError(f"{name}: {key} must be uint8 images (0-255), got dtype {x.dtype}")
         if x.ndim != 4 or x.shape[-1] not in (1, 3):

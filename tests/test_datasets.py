@@ -141,6 +141,9 @@ def test_npz_can_ask_for_horizontal_flips(tmp_path):
         ({"x_test": np.zeros((40, 21, 24), np.uint8)}, "x_test images are"),
         ({"x_train": np.zeros((200, 20, 24, 2), np.uint8)}, "C 1 or 3"),
         ({"y_test_coarse": None}, "both y_train_coarse and y_test_coarse"),
+        ({"x_test": np.zeros((0, 20, 24), np.uint8), "y_test_fine": np.zeros(0, int), "y_test_coarse": np.zeros(0, int)},
+         "x_test holds no images"),
+        ({"horizontal_flip": np.array([True, False])}, "horizontal_flip must be one true or false value, got shape (2,)"),
     ],
 )
 def test_bad_npz_gets_a_one_line_error(tmp_path, overrides, message):
