@@ -23,7 +23,7 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np  # noqa: E402
 
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, at_least, plural  # noqa: E402
 
 BATCH = 32  # filters climbed at once
 TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by default
@@ -32,7 +32,8 @@ TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by def
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="a saved .keras model (default: the newest in weights/)")
-    parser.add_argument("--layers", default=None, help="regex of layer names (default: the residual add layers, else the conv layers)")
+    parser.add_argument("--layers", default=None, help="regex of layer names; a dense layer climbs each unit, a head each class "
+                        "(default: the residual add layers, else the conv layers)")
     parser.add_argument("--steps", type=at_least(1), default=40, help="gradient ascent steps per filter")
     parser.add_argument("--step-size", type=float, default=0.01, help="size of one normalised step, in input units")
     parser.add_argument("--max-filters", type=at_least(1), default=64, help="filters tried per layer (the first ones)")
@@ -57,14 +58,23 @@ def newest_model(folder: str = "weights") -> Path | None:
     return models[-1] if models else None
 
 
-def chosen_layers(model, pattern: str | None):
-    """Layers matching `pattern`; by default the residual adds, else the convolutions."""
+def climbable_layers(model) -> list:
+    """The layers after the model's input scaling, whose images the ascent climbs; none without a Rescaling layer."""
     import keras
 
+    scalings = [i for i, layer in enumerate(model.layers) if isinstance(layer, keras.layers.Rescaling)]
+    return model.layers[scalings[0] + 1:] if scalings else []
+
+
+def chosen_layers(model, pattern: str | None) -> list:
+    """Climbable layers matching `pattern`; by default the residual adds, else the convolutions."""
+    import keras
+
+    layers = climbable_layers(model)
     if pattern:
-        return [layer for layer in model.layers if re.search(pattern, layer.name)]
-    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
-    return adds or [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+        return [layer for layer in layers if re.search(pattern, layer.name)]
+    adds = [layer for layer in layers if isinstance(layer, keras.layers.Add)]
+    return adds or [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
 
 
 def feature_model(model, layer):
@@ -83,20 +93,23 @@ def ascend(features, filters: list[int], input_shape, steps: int, step_size: flo
     images = tf.Variable(rng.normal(0.0, 0.02, (n, *input_shape)).astype("float32"))
     one_hot = tf.one_hot(filters, features.output.shape[-1])  # picks filter i for image i
 
+    def activation():
+        out = tf.cast(features(images, training=False), tf.float32)
+        means = tf.reduce_mean(out, axis=list(range(1, len(out.shape) - 1))) if len(out.shape) > 2 else out
+        return tf.reduce_sum(means * one_hot, axis=-1)  # a feature map's mean, or a dense unit's value
+
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            out = tf.cast(features(images, training=False), tf.float32)
-            activation = tf.reduce_sum(tf.reduce_mean(out, axis=[1, 2]) * one_hot, axis=-1)
-        grads = tape.gradient(activation, images)
+            climbed = activation()
+        grads = tape.gradient(climbed, images)
         # Normalise per image, so that every filter climbs at the same pace.
         grads /= tf.sqrt(tf.reduce_mean(tf.square(grads), axis=[1, 2, 3], keepdims=True)) + 1e-8
         images.assign(tf.clip_by_value(images + step_size * grads, -0.5, 0.5))
-        return activation
+        return climbed
 
     trace = [step().numpy() for _ in range(steps)]
-    final = tf.reduce_sum(tf.reduce_mean(tf.cast(features(images, training=False), tf.float32), axis=[1, 2]) * one_hot, -1)
-    trace.append(final.numpy())
+    trace.append(activation().numpy())
     return images.numpy(), np.stack(trace)
 
 
@@ -160,9 +173,12 @@ def main(argv=None) -> int:
     except Exception as err:  # noqa: BLE001 -- any load failure is a bad file for the user
         print(f"error: cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
         return 2
+    if not climbable_layers(model):
+        print(f"error: {path} has no Rescaling layer after its input: not a network of this project", file=sys.stderr)
+        return 2
     layers = chosen_layers(model, args.layers)
     if not layers:
-        print(f"error: no layer of {path} matches {args.layers!r}", file=sys.stderr)
+        print(f"error: no layer of {path} after its input's scaling matches {args.layers!r}", file=sys.stderr)
         return 2
     out = Path(args.out)
     try:
@@ -171,7 +187,7 @@ def main(argv=None) -> int:
         print(f"error: cannot write to {out}/: {err}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(args.seed)
-    print(f"{path}: {len(layers)} layers: {', '.join(layer.name for layer in layers)}")
+    print(f"{path}: {plural(len(layers), 'layer')}: {', '.join(layer.name for layer in layers)}")
     for layer in layers:
         print(f"  wrote {visualize_layer(model, layer, args, rng, out)}")
     return 0

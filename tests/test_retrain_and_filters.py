@@ -178,13 +178,17 @@ def test_the_retrains_callbacks_let_keras_on_jax_dispatch_the_next_step_without_
 
 
 @pytest.mark.slow
-def test_gradient_ascent_raises_the_filters_activation(retrained):
+@pytest.mark.parametrize("layer", ["the first conv", "fine_outputs"])  # a filter's mean activation, a class's probability
+def test_gradient_ascent_raises_the_filters_activation(retrained, layer):
     import keras
 
     folder, _ = retrained
     model = keras.saving.load_model(folder / "weights" / "model_0.2_aaaaa.keras")
-    conv = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][0]
-    features = viz.feature_model(model, conv)
+    if layer == "the first conv":
+        climbed = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)][0]
+    else:
+        climbed = model.get_layer(layer)
+    features = viz.feature_model(model, climbed)
     _, trace = viz.ascend(features, list(range(8)), (32, 32, 3), 15, 0.01, np.random.default_rng(0))
     alive = trace[0] != 0  # a filter that no pixel of the start image excites has no gradient to climb
     assert alive.sum() >= 3
@@ -200,6 +204,20 @@ def test_retrain_where_logs_or_model_cannot_be_written_exits_2_before_training(t
     assert retrain.main(["--train-subset", "300"]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: cannot write the logs and the model:") and "Retraining" not in captured.out
+
+
+def test_visualization_of_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys):
+    from neural_net import build_model
+
+    ours, plain = tmp_path / "ours.keras", tmp_path / "plain.keras"
+    build_model(SMALL_SPACE).save(ours)
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)).save(plain)
+    assert viz.main(["--model", str(ours), "--layers", "^(images|rescaling)$", "--out", str(tmp_path)]) == 2
+    assert f"no layer of {ours} after its input's scaling matches" in capsys.readouterr().err
+    assert viz.main(["--model", str(plain), "--out", str(tmp_path)]) == 2
+    assert "has no Rescaling layer after its input: not a network of this project" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_visualization_without_a_model_exits_2(tmp_path, monkeypatch, capsys):
