@@ -43,7 +43,10 @@ def trial_ids(trials_files, model_names) -> dict[str, int]:
     for path in trials_files:
         try:
             trials = load_trials(path)
-        except (OSError, TrialsFileError):
+        except FileNotFoundError:
+            continue
+        except (OSError, TrialsFileError) as err:
+            warn(f"{err} (the trial order comes from another pickle, or the file times)")
             continue
         tids = {t["result"].get("model_name"): t["tid"] for t in trials.trials if t["result"].get("model_name")}
         if tids.keys() & set(model_names):  # another search's pickle says nothing
@@ -315,6 +318,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not Path(args.results_dir).is_dir():
         print(f"error: no results folder {args.results_dir}/; run hyperopt_optimize.py first", file=sys.stderr)
+        return 2
+    if args.trials_file and not Path(args.trials_file).exists():
+        print(f"error: no trials pickle {args.trials_file}", file=sys.stderr)
         return 2
     pickles = [args.trials_file or trials_file_for(args.results_dir), Path(args.results_dir) / "results.pkl"]
     rows = load_trials_table(args.results_dir, pickles)

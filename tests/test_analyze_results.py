@@ -138,6 +138,16 @@ def test_trial_order_comes_from_the_pickle_of_these_results_not_another_searchs(
     assert [row["trial"] for row in ok] == list(range(len(order)))
 
 
+def test_a_trials_file_that_is_missing_exits_2_and_one_that_is_corrupt_is_said(tmp_path, capsys):
+    make_results(tmp_path / "results")
+    args = ["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]
+    assert analyze_results.main([*args, "--trials-file", str(tmp_path / "typo.pkl")]) == 2
+    assert capsys.readouterr().err == f"error: no trials pickle {tmp_path / 'typo.pkl'}\n"
+    (tmp_path / "torn.pkl").write_bytes(b"\x80\x04\x95")
+    assert analyze_results.main([*args, "--trials-file", str(tmp_path / "torn.pkl")]) == 0
+    assert f"warning: {tmp_path / 'torn.pkl'} is corrupt or truncated" in capsys.readouterr().err
+
+
 def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert analyze_results.main(["--results-dir", str(reference_dir), "--out", str(tmp_path)]) == 0
     check_outputs(tmp_path, 42)
