@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 
 
-def at_least(minimum: int):
-    """An argparse type: an integer no smaller than `minimum`."""
+def at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer no smaller than `minimum` (and no larger than `maximum`, if given)."""
 
     def parse(text: str) -> int:
         value = int(text)  # a ValueError is argparse's "invalid int value" error
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}, got {value}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
 
     parse.__name__ = "int"
     return parse
+
+
+SEED = at_least(0, 2**32 - 1)  # what numpy's and Keras's seeding take
 
 
 def plural(count: int, noun: str) -> str:

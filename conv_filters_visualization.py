@@ -23,7 +23,7 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np  # noqa: E402
 
-from cli import HelpFormatter, at_least, plural  # noqa: E402
+from cli import HelpFormatter, SEED, at_least, plural  # noqa: E402
 
 BATCH = 32  # filters climbed at once
 TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by default
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--zoom", type=at_least(1), default=None,
                         help="enlarge each pixel to ZOOM x ZOOM in the PNGs (default: tiles of at least 128 pixels, 4 for CIFAR)")
     parser.add_argument("--out", default="layers", help="folder for the PNG grids")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the starting images")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed of the starting images")
     args = parser.parse_args(argv)
     if not args.step_size > 0:
         parser.error(f"--step-size must be positive, got {args.step_size}")

@@ -29,7 +29,7 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from cli import HelpFormatter, at_least
+    from cli import HelpFormatter, SEED, at_least
     from precision import PRECISION_HELP, PRECISIONS
     from utils import trials_file_for
 
@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patience", type=at_least(1), default=15, help="early stopping: epochs without a better validation fine accuracy (best weights restored)")
     parser.add_argument("--prune", choices=["median", "none"], default="median", help="stop trials that trail the median of finished trials")
     parser.add_argument("--algo", choices=["tpe", "random"], default="tpe", help="hyperopt suggestion algorithm")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of suggestions, data split and weights")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed of suggestions, data split and weights")
     parser.add_argument("--results-dir", default="results", help="folder of the per-trial result JSON files")
     parser.add_argument("--trials-file", default=None,
                         help="hyperopt trials pickle, rewritten after every trial (default: the results folder's name + .pkl, "

@@ -16,7 +16,7 @@ from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults
 
 tensorflow_defaults()
 
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, SEED, at_least  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many images (stratified)")
     parser.add_argument("--histogram-freq", type=at_least(0), default=1, help="weight histograms every N epochs (0: none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the data split and the weights")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed of the data split and the weights")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     return parser.parse_args(argv)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperopt_optimize  # noqa: E402  (sets TensorFlow's defaults before TensorFlow loads)
 from pruning import should_prune  # noqa: E402
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import HelpFormatter, SEED, at_least  # noqa: E402
 from precision import PRECISIONS  # noqa: E402
 from utils import finished_curves, iter_results  # noqa: E402
 
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=at_least(1), default=30, help="most epochs per trial (patience stays 15)")
     parser.add_argument("--space", choices=["tiny", "full"], default="tiny", help="the search space, as hyperopt_optimize.py's --space")
     parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many synthetic images (default: all 2,700)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of the data and of both searches")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed of the data and of both searches")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="as hyperopt_optimize.py's")
     parser.add_argument("--orders", type=at_least(1), default=200, help="random trial orders to replay the unpruned search in")
     parser.add_argument("--replay", default=None, metavar="RESULTS_DIR",
