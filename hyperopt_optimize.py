@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-plot", action="store_true", help="do not draw the results folder's model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     args = parser.parse_args(argv)
+    if args.parallelism and not args.spark_master:
+        parser.error("--parallelism runs trials at once on Spark: give --spark-master too (local[P] on this machine)")
     args.results_dir = os.path.normpath(args.results_dir)
     args.trials_file = args.trials_file or trials_file_for(args.results_dir)
     return args
