@@ -60,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-plot", action="store_true", help="do not draw the results folder's model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     args = parser.parse_args(argv)
+    if args.spark_master:
+        from spark_search import MASTER_URL
+
+        if not MASTER_URL.fullmatch(args.spark_master):
+            parser.error(f"--spark-master {args.spark_master}: not a Spark master; local[P], spark://HOST:PORT, k8s://... or yarn")
     if args.parallelism and not args.spark_master:
         parser.error("--parallelism runs trials at once on Spark: give --spark-master too (local[P] on this machine)")
     args.results_dir = os.path.normpath(args.results_dir)
@@ -228,7 +233,11 @@ class Search:
             from spark_search import make_trials
 
             print(f"Running up to {parallelism} trials at once on Spark ({args.spark_master})")
-            self.trials = make_trials(args.spark_master, parallelism, finished.trials)
+            try:
+                self.trials = make_trials(args.spark_master, parallelism, finished.trials)
+            except SparkUnavailable as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
         else:
             self.trials = finished
         poller = self.start_poller() if parallelism else None

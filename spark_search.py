@@ -19,8 +19,12 @@ GPU_LOCKS = "/tmp/hyperopt-cnn-gpu-{index}-{slot}.lock"  # held by the worker th
 _worker_gpu_lock = None
 
 
+# What Spark takes as a master (https://spark.apache.org/docs/latest/submitting-applications.html#master-urls).
+MASTER_URL = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|(spark|k8s)://\S+|yarn")
+
+
 class SparkUnavailable(Exception):
-    """Spark cannot run here; the message says what to install."""
+    """Spark cannot run here; the message says what to install or to check."""
 
 
 def check_requirements() -> None:
@@ -56,8 +60,12 @@ def make_trials(master: str, parallelism: int, finished_docs: list[dict]):
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = (SparkSession.builder.master(master).appName("hyperopt-cnn-search")
-             .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+    try:
+        spark = (SparkSession.builder.master(master).appName("hyperopt-cnn-search")
+                 .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+    except Exception as err:  # noqa: BLE001 -- Spark's own log, above, says why: this says what to check
+        raise SparkUnavailable(f"cannot start Spark on {master} ({type(err).__name__}): is that master up and "
+                               "reachable from here? Spark's log above says more") from None
     spark.sparkContext.setLogLevel("ERROR")
     for module in PROJECT_MODULES:
         spark.sparkContext.addPyFile(str(REPO / module))

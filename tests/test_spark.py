@@ -134,6 +134,20 @@ def test_a_second_users_workers_share_the_gpu_lock_files_of_the_first():
     assert [w.returncode for w in (first, second, third)] == [0, 0, 0]
 
 
+def test_a_spark_master_that_cannot_be_reached_gets_a_one_line_message(tmp_path, monkeypatch, capsys):
+    from pyspark.sql import SparkSession
+
+    def unreachable(builder):  # as Spark gives up after a minute of retries on a master that is down
+        raise RuntimeError("Cannot call methods on a stopped SparkContext.\nThis stopped SparkContext was created at:")
+
+    monkeypatch.setattr(SparkSession.Builder, "getOrCreate", unreachable)
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "1", "--spark-master", "spark://nowhere:7077"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: cannot start Spark on spark://nowhere:7077 (RuntimeError): is that master up and reachable "
+                   "from here? Spark's log above says more\n")
+
+
 def test_missing_java_gets_a_one_line_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))
     monkeypatch.chdir(tmp_path)
