@@ -230,7 +230,7 @@ class Search:
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
         if parallelism:
-            from spark_search import make_trials
+            from spark_search import Poller, make_trials
 
             print(f"Running up to {parallelism} trials at once on Spark ({args.spark_master})")
             try:
@@ -238,9 +238,9 @@ class Search:
             except SparkUnavailable as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
+            poller = Poller(self.trials, lambda trials: self.stop_reason if self.after_trials(trials)[0] else None)
         else:
-            self.trials = finished
-        poller = self.start_poller() if parallelism else None
+            self.trials, poller = finished, None
         try:
             fmin(
                 self.objective,
@@ -258,13 +258,15 @@ class Search:
         except AllTrialsFailed:
             pass  # fmin's closing argmin; the failures are reported below
         except KeyboardInterrupt:
-            self.stop_poller(poller)
+            if poller:
+                poller.stop()
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"
             print(f"\n{name}: stopped; {plural(len(self.saved_tids), 'finished trial')} saved, running trials dropped.")
             self.print_leaderboard(self.trials)
             print(f"Resume with: {shlex.join(['python3', *sys.argv])}")  # quoted, so that it pastes back as it ran
             return EXIT_SIGTERM if self.guard.signum == signal.SIGTERM else EXIT_SIGINT
-        self.stop_poller(poller)
+        if poller:
+            poller.stop()
         self.print_leaderboard(self.trials)
         if self.stop_reason:
             print(f"error: {self.stop_reason}", file=sys.stderr)
@@ -299,29 +301,6 @@ class Search:
     def current_best_loss(self, trials):
         losses = [loss for loss in trials.losses() if loss is not None]
         return min(losses) if losses else None
-
-    def start_poller(self):
-        """Under Spark, trials finish on other threads: save them as they come, every second."""
-        import threading
-
-        stop = threading.Event()
-
-        def poll():
-            while not stop.wait(1.0):
-                if self.after_trials(self.trials)[0]:
-                    self.trials._fmin_cancelled = True
-                    self.trials._fmin_cancelled_reason = self.stop_reason
-        thread = threading.Thread(target=poll, daemon=True)
-        thread.start()
-        return stop, thread
-
-    def stop_poller(self, poller) -> None:
-        if poller is None:
-            return
-        stop, thread = poller
-        stop.set()
-        thread.join()
-        self.after_trials(self.trials)  # the last ones
 
     def after_serial_trial(self, trials, *args):
         """After each trial fmin ran itself: stop if a signal came (C code may have made its KeyboardInterrupt an error)."""

@@ -8,7 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -75,6 +77,31 @@ def make_trials(master: str, parallelism: int, finished_docs: list[dict]):
     from utils import holding
 
     return holding(SparkTrials(parallelism=parallelism, spark_session=spark), finished_docs)
+
+
+class Poller:
+    """Under Spark, trials finish on other threads: hands them to `save` every second, and once more at stop().
+
+    `save(trials)` returns why the search must stop, or None; SparkTrials then cancels it.
+    """
+
+    def __init__(self, trials, save: Callable[[object], str | None]):
+        self.trials, self.save = trials, save
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            if reason := self.save(self.trials):
+                self.trials._fmin_cancelled = True
+                self.trials._fmin_cancelled_reason = reason
+
+    def stop(self) -> None:
+        """Stop polling, then save the trials that finished since the last poll."""
+        self._stop.set()
+        self._thread.join()
+        self.save(self.trials)
 
 
 def prepare_worker(parallelism: int) -> None:
