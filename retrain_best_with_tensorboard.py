@@ -120,9 +120,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     path, result = picked
-    if "space" not in result:
+    if not isinstance(result, dict) or not isinstance(result.get("space"), dict):
         print(f"error: {path} has no 'space' to rebuild the network from", file=sys.stderr)
         return 2
+    name = result.get("model_name") or path.name.removesuffix(".json").removesuffix(".txt")
 
     from datasets import DatasetError, load_dataset
     from neural_net import MONITOR, build_and_train
@@ -137,14 +138,14 @@ def main(argv=None) -> int:
         return 2
     try:
         Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
-        run = claim_run(result["model_name"])
+        run = claim_run(name)
     except OSError as err:
         print(f"error: cannot write the logs and the model: {err}", file=sys.stderr)
         return 2
     log_dir = Path(TENSORBOARD_DIR) / run
     checkpoint = Path(WEIGHTS_DIR) / f"{run}.keras"
-    again = "" if run == result["model_name"] else f" as {run}, beside the earlier retrains"
-    print(f"Retraining {result['model_name']} (from {path}){again} on {data.summary()}")
+    again = "" if run == name else f" as {run}, beside the earlier retrains"
+    print(f"Retraining {name} (from {path}){again} on {data.summary()}")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
 

@@ -1,5 +1,6 @@
 """Retraining with TensorBoard and checkpoints, then filter visualisation, on a tiny network."""
 
+import json
 import os
 import subprocess
 import sys
@@ -102,6 +103,22 @@ def test_a_second_retrain_of_a_model_keeps_the_first_ones_best_model_and_logs(tm
     assert second["checkpoint"] == os.path.join("weights", "model_0.2_aaaaa-2.keras")
     assert keras.saving.load_model(tmp_path / second["checkpoint"]).count_params() > 0
     assert scalar_tags(tmp_path / "TensorBoard" / "model_0.2_aaaaa-2")
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '{"status": "fail", "space": null, "model_name": "model_failed_abcde"}'])
+def test_retrain_of_a_result_without_a_network_exits_2(tmp_path, monkeypatch, capsys, content):
+    (tmp_path / "r.txt.json").write_text(content)
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--result", "r.txt.json"]) == 2
+    assert capsys.readouterr().err == "error: r.txt.json has no 'space' to rebuild the network from\n"
+
+
+def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
+    (tmp_path / "mine.txt.json").write_text(json.dumps({"loss": -0.2, "status": "ok", "space": SMALL_SPACE,
+                                                         "dataset": "synthetic"}))
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--result", "mine.txt.json", "--epochs", "1", "--train-subset", "300", "--verbose", "0"]) == 0
+    assert (tmp_path / "weights" / "mine.keras").is_file() and (tmp_path / "TensorBoard" / "mine").is_dir()
 
 
 def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
