@@ -71,6 +71,8 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "fine_accuracy": result.get("fine_best_accuracy", -result["loss"]) if ok else None,
             "coarse_accuracy": result.get("coarse_best_accuracy") if ok else None,
             "test_fine_accuracy": result.get("test_fine_accuracy"),
+            # What the fine and coarse accuracies were measured on: 2017's files have no key, and the test set.
+            "selected_on": result.get("selected_on", "test") if ok else None,
             "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
             "fine_curve": validation_curve(result, "fine"),
             "coarse_curve": validation_curve(result, "coarse"),
@@ -133,6 +135,11 @@ def _p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def selection_set(rows: list[dict]) -> str:
+    """What the finished trials were selected on: "validation", "test" (2017's, --select-on test), or both."""
+    return " or ".join(sorted({r["selected_on"] for r in rows if r["fine_accuracy"] is not None})) or "validation"
+
+
 def print_leaderboard(rows: list[dict], top: int) -> None:
     ok = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
     # The hyperparameters that vary most among the leaders, relative to their spread in the whole search.
@@ -164,7 +171,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               "epochs", *HYPERPARAMETERS]
+               "selected_on", "epochs", *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -193,6 +200,7 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
 
     ok = [r for r in rows if r["fine_accuracy"] is not None]
     acc = np.array([r["fine_accuracy"] for r in ok])
+    split = selection_set(rows)
     rng = np.random.default_rng(0)
     written = []
 
@@ -228,7 +236,7 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
     for ax in list(axes.flat)[len(HYPERPARAMETERS):]:
         ax.axis("off")
     for ax in axes[:, 0]:
-        ax.set_ylabel("validation fine accuracy", fontsize=8)
+        ax.set_ylabel(f"{split} fine accuracy", fontsize=8)
     save(fig, "hyperparameters_vs_accuracy.png")
 
     # 2. Scatter matrix of the most influential hyperparameters (and accuracy).
@@ -267,19 +275,19 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
     failed = [r["trial"] for r in rows if r["fine_accuracy"] is None]
     ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
     ax.set_xlabel("trial")
-    ax.set_ylabel("validation fine accuracy")
+    ax.set_ylabel(f"{split} fine accuracy")
     ax.legend()
     save(fig, "convergence.png")
 
-    # 4. Per-epoch validation accuracy of the top trials.
+    # 4. Per-epoch accuracy of the top trials.
     leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
     fig, (ax_f, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
     for r in leaders:
         ax_f.plot(range(1, len(r["fine_curve"]) + 1), r["fine_curve"], label=f"trial {r['trial']}")
         if r["coarse_curve"]:
             ax_c.plot(range(1, len(r["coarse_curve"]) + 1), r["coarse_curve"])
-    ax_f.set_title("validation fine accuracy")
-    ax_c.set_title("validation coarse accuracy")
+    ax_f.set_title(f"{split} fine accuracy")
+    ax_c.set_title(f"{split} coarse accuracy")
     for ax in (ax_f, ax_c):
         ax.set_xlabel("epoch")
     ax_f.legend(fontsize=6)
@@ -289,8 +297,8 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
     fig, ax = plt.subplots(figsize=(5, 5))
     both = [r for r in ok if r["coarse_accuracy"] is not None]
     ax.scatter([r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], s=14)
-    ax.set_xlabel("validation fine accuracy")
-    ax.set_ylabel("validation coarse accuracy")
+    ax.set_xlabel(f"{split} fine accuracy")
+    ax.set_ylabel(f"{split} coarse accuracy")
     save(fig, "fine_vs_coarse.png")
 
     # 6. Importance ranking.
@@ -298,7 +306,7 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
     bars = ax.barh([f"{n} ({m})" for n, m, *_ in ranked][::-1], [s for _, _, s, _, _ in ranked][::-1])
     ax.bar_label(bars, [f"p {_p_text(p)}, q {_p_text(q)}" for *_, p, q in ranked][::-1], padding=2, fontsize=7)
     ax.set_xlim(0, 1.15)
-    ax.set_xlabel("how much it explains validation fine accuracy\np: so much by chance; q: p adjusted for testing them all")
+    ax.set_xlabel(f"how much it explains {split} fine accuracy\np: so much by chance; q: p adjusted for testing them all")
     save(fig, "importance.png")
     return written
 
@@ -338,7 +346,7 @@ def main(argv=None) -> int:
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)
     n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)
     counted = plural(n_ok, "trial") + (f", {n_pruned} of them pruned at their accuracy when stopped" if n_pruned else "")
-    print(f"\nWhat explains validation fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
+    print(f"\nWhat explains {selection_set(rows)} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
           "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted for "
           f"testing {len(ranked)} at once):")
     for name, method, score, p, q in ranked:

@@ -26,7 +26,7 @@ def make_results(folder, n=8):
         save_json_result({
             "loss": -acc, "status": "ok", "fine_best_accuracy": acc, "coarse_best_accuracy": acc + 0.1,
             "test_fine_accuracy": acc - 0.01, "epochs_trained": 6, "pruned": tid == 3, "tid": tid,
-            "model_name": f"model_{acc}_{tid:05d}", "space": space,
+            "model_name": f"model_{acc}_{tid:05d}", "space": space, "selected_on": "validation",
             "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
         }, folder)
     save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n,
@@ -58,7 +58,8 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
-    assert "accuracy over 8 trials, 1 of them pruned at their accuracy when stopped" in captured.out
+    assert "What explains validation fine accuracy over 8 trials, 1 of them pruned at their accuracy when stopped" in captured.out
+    assert {r["selected_on"] for r in rows} == {"validation", ""}  # a failed trial was selected on nothing
     assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value,q_value")
 
 
@@ -150,8 +151,11 @@ def test_a_trials_file_that_is_missing_exits_2_and_one_that_is_corrupt_is_said(t
 
 def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert analyze_results.main(["--results-dir", str(reference_dir), "--out", str(tmp_path)]) == 0
-    check_outputs(tmp_path, 42)
-    first = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("1 "))
+    rows = check_outputs(tmp_path, 42)
+    assert {r["selected_on"] for r in rows if r["status"] == "ok"} == {"test"}  # 2017 selected epochs and trials on it
+    out = capsys.readouterr().out
+    assert "What explains test fine accuracy over" in out
+    first = next(line for line in out.splitlines() if line.strip().startswith("1 "))
     assert first.split()[1:3] == ["28", "0.6761"]  # trial 28 of the 2017 pickle
 
 
