@@ -123,6 +123,8 @@ def load_dataset(
     horizontal_flip: bool | None = None,
 ) -> Dataset:
     """Load `cifar100`, `cifar10`, `synthetic` or a `.npz` file, with a stratified validation split."""
+    if data_dir is not None and name != "cifar100":
+        raise DatasetError(f"--data-dir is where cifar100's archive lies; {name} does not read it")
     if name == "cifar100":
         arrays, flip, names = _load_cifar100(data_dir), True, (CIFAR100_FINE_NAMES, CIFAR100_COARSE_NAMES)
     elif name == "cifar10":

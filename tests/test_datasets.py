@@ -161,3 +161,5 @@ def test_missing_or_unreadable_npz_and_unknown_names(tmp_path):
         load_dataset(str(tmp_path / "junk.npz"))
     with pytest.raises(DatasetError, match="unknown dataset"):
         load_dataset("imagenet")
+    with pytest.raises(DatasetError, match="--data-dir is where cifar100's archive lies; cifar10 does not read it"):
+        load_dataset("cifar10", data_dir=str(tmp_path))
