@@ -134,7 +134,9 @@ def main(argv=None) -> int:
     try:
         data = load_dataset(dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
     except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # A result names its .npz file without the folder it was in.
+        hint = "" if args.dataset else f" (the dataset {path} was trained on: give its path with --dataset)"
+        print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     try:
         Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,15 @@ def test_retrain_of_a_result_without_a_network_exits_2(tmp_path, monkeypatch, ca
     assert capsys.readouterr().err == "error: r.txt.json has no 'space' to rebuild the network from\n"
 
 
+def test_a_result_whose_npz_is_not_here_asks_for_its_path(tmp_path, monkeypatch, capsys):
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
+                      "dataset": "mine.npz"}, tmp_path / "results")  # as a search on --dataset /data/mine.npz records it
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main([]) == 2
+    assert capsys.readouterr().err == ("error: dataset file mine.npz does not exist (the dataset "
+                                       "results/model_0.2_aaaaa.txt.json was trained on: give its path with --dataset)\n")
+
+
 def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
     (tmp_path / "mine.txt.json").write_text(json.dumps({"loss": -0.2, "status": "ok", "space": SMALL_SPACE,
                                                          "dataset": "synthetic"}))
