@@ -188,8 +188,12 @@ def main(argv=None) -> int:
         return 2
     rng = np.random.default_rng(args.seed)
     print(f"{path}: {plural(len(layers), 'layer')}: {', '.join(layer.name for layer in layers)}")
-    for layer in layers:
-        print(f"  wrote {visualize_layer(model, layer, args, rng, out)}")
+    try:
+        for layer in layers:
+            print(f"  wrote {visualize_layer(model, layer, args, rng, out)}")
+    except KeyboardInterrupt:
+        print("\nInterrupted: the grids written above are complete", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -246,6 +246,19 @@ def test_visualization_of_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys
     assert not list(tmp_path.glob("*.png"))
 
 
+def test_an_interrupted_visualization_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+    from neural_net import build_model
+
+    build_model(SMALL_SPACE).save(tmp_path / "ours.keras")
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(viz, "visualize_layer", ctrl_c)
+    assert viz.main(["--model", str(tmp_path / "ours.keras"), "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "\nInterrupted: the grids written above are complete\n"
+
+
 def test_visualization_without_a_model_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert viz.main([]) == 2
