@@ -116,7 +116,13 @@ def test_spark_workers_spread_over_the_gpus_and_share_them_only_when_trials_outn
     assert all(c[1:] == (["true", "false"] if shared else ["None", "None"]) for c in chosen)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="plays two users, which needs root")
+def can_become(uid: int) -> bool:
+    """Whether a process of ours may switch to that user (root, with the capability a container may drop)."""
+    become = f"import os; os.setgid({uid}); os.setuid({uid})"
+    return os.geteuid() == 0 and subprocess.run([sys.executable, "-c", become], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not (can_become(60001) and can_become(60002)), reason="plays two users, which needs root")
 def test_a_second_users_workers_share_the_gpu_lock_files_of_the_first():
     first_user, second_user = 60001, 60002
     with tempfile.TemporaryDirectory() as shared:  # not in tmp_path, which only pytest's user may enter
