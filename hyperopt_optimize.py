@@ -132,6 +132,8 @@ class Objective:
     def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
         self.data = data
         self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "select_on", "precision", "seed", "space")}
+        # A .npz is recorded by its name (what a resume compares) and here by its path, which the retrain opens.
+        self.dataset_file = os.path.abspath(args.dataset) if args.dataset.endswith(".npz") else None
         self.parallelism = parallelism
         self.finished_curves: list[list[float]] = []
         self.next_tid = 0
@@ -158,6 +160,8 @@ class Objective:
         del model
         keras.backend.clear_session()
         result["search_space"] = s["space"]
+        if self.dataset_file:
+            result["dataset_file"] = self.dataset_file
         return result
 
 

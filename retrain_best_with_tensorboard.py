@@ -130,11 +130,10 @@ def main(argv=None) -> int:
     from precision import training_line
     from utils import print_json, save_json_result
 
-    dataset = args.dataset or result.get("dataset") or "cifar100"
+    dataset = args.dataset or result.get("dataset_file") or result.get("dataset") or "cifar100"
     try:
         data = load_dataset(dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
     except DatasetError as err:
-        # A result names its .npz file without the folder it was in.
         hint = "" if args.dataset else f" (the dataset {path} was trained on: give its path with --dataset)"
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2

@@ -337,4 +337,14 @@ def test_a_search_on_a_grayscale_npz_without_coarse_labels(tmp_path, monkeypatch
     results = [t["result"] for t in load_trials(tmp_path / "results.pkl").trials]
     assert [r["status"] for r in results] == ["ok", "ok"]
     assert all(r["coarse_best_accuracy"] is None and r["test_coarse_accuracy"] is None for r in results)
-    assert all(r["dataset"] == "gray.npz" for r in results)
+    assert all(r["dataset"] == "gray.npz" and r["dataset_file"] == str(tmp_path / "gray.npz") for r in results)
+
+    # The retrain finds the file from anywhere, by the path the results record.
+    import retrain_best_with_tensorboard
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert retrain_best_with_tensorboard.main(["--results-dir", str(tmp_path / "results"), "--epochs", "1",
+                                               "--verbose", "0", "--histogram-freq", "0"]) == 0
+    assert len(list((elsewhere / "weights").glob("*.keras"))) == 1
