@@ -179,6 +179,7 @@ def load_dataset(
 
 def _load_cifar100(data_dir: str | None):
     """Keras's loader (its cache, or a download), else the official archive found on disk."""
+    tried = "" if data_dir else "CIFAR-100 could not be downloaded and "
     if data_dir is None:
         try:
             import keras
@@ -192,7 +193,7 @@ def _load_cifar100(data_dir: str | None):
     archive = Path(data_dir) / CIFAR100_ARCHIVE
     if not archive.is_file():
         raise DatasetError(
-            f"CIFAR-100 could not be downloaded and {archive} does not exist: put the official "
+            f"{tried}{archive} does not exist: put the official "
             f"{CIFAR100_ARCHIVE} there (or pass --data-dir DIR), or try --dataset synthetic"
         )
     return read_cifar100_archive(archive)

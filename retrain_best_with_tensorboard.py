@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     try:
         data = load_dataset(dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
     except DatasetError as err:
-        hint = "" if args.dataset else f" (the dataset {path} was trained on: give its path with --dataset)"
+        moved = not args.dataset and dataset.endswith(".npz")
+        hint = f" (the dataset {path} was trained on: give its path with --dataset)" if moved else ""
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2
     try:

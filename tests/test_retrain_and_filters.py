@@ -120,6 +120,12 @@ def test_a_result_whose_npz_is_not_here_asks_for_its_path(tmp_path, monkeypatch,
     assert retrain.main([]) == 2
     assert capsys.readouterr().err == ("error: dataset file mine.npz does not exist (the dataset "
                                        "results/model_0.2_aaaaa.txt.json was trained on: give its path with --dataset)\n")
+    # CIFAR-100's own message says where its archive goes: no advice to pass a path.
+    save_json_result({"loss": -0.1, "status": "ok", "model_name": "model_0.1_bbbbb", "space": SMALL_SPACE,
+                      "dataset": "cifar100"}, tmp_path / "results")
+    assert retrain.main(["--result", "results/model_0.1_bbbbb.txt.json", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'cifar-100-python.tar.gz'} does not exist") and "--dataset)" not in err
 
 
 def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
