@@ -61,6 +61,7 @@ class Dataset:
     fine_names: list[str] | None = None
     coarse_names: list[str] | None = None
     horizontal_flip: bool = True
+    selects_on: str = "validation"  # what x_val holds: the validation split, or the test set (2017's protocol)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -86,16 +87,18 @@ class Dataset:
             x_val=self.x_test,
             y_val_fine=self.y_test_fine,
             y_val_coarse=self.y_test_coarse,
+            selects_on="test",
         )
 
     def summary(self) -> str:
         """One line: sizes and classes."""
         coarse = f", {self.num_coarse} coarse classes" if self.has_coarse else ", no coarse labels"
-        return (
-            f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} validation / "
-            f"{len(self.x_test)} test images of {'x'.join(map(str, self.input_shape))}, "
-            f"{self.num_fine} fine classes{coarse}"
-        )
+        if self.selects_on == "test":
+            split, selection = f"{len(self.x_train)} train (the validation split included)", "; the test images select epochs and trials"
+        else:
+            split, selection = f"{len(self.x_train)} train / {len(self.x_val)} validation", ""
+        return (f"{self.name}: {split} / {len(self.x_test)} test images of {'x'.join(map(str, self.input_shape))}, "
+                f"{self.num_fine} fine classes{coarse}{selection}")
 
 
 def stratified_split(labels: np.ndarray, n_first: int, rng: np.random.Generator):
