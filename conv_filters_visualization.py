@@ -37,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=at_least(1), default=40, help="gradient ascent steps per filter")
     parser.add_argument("--step-size", type=float, default=0.01, help="size of one normalised step, in input units")
     parser.add_argument("--max-filters", type=at_least(1), default=64, help="filters tried per layer (the first ones)")
-    parser.add_argument("--zoom", type=at_least(1), default=None,
-                        help="enlarge each pixel to ZOOM x ZOOM in the PNGs (default: tiles of at least 128 pixels, 4 for CIFAR)")
+    parser.add_argument("--zoom", type=at_least(1, 64), default=None,
+                        help="enlarge each pixel to ZOOM x ZOOM, 1 to 64, in the PNGs (default: tiles of at least 128 pixels, 4 for CIFAR)")
     parser.add_argument("--out", default="layers", help="folder for the PNG grids")
     parser.add_argument("--seed", type=SEED, default=0, help="random seed of the starting images")
     args = parser.parse_args(argv)

@@ -54,6 +54,7 @@ def test_help_explains_every_option_and_states_each_default_once(script):
     ("retrain_best_with_tensorboard.py", ["--histogram-freq", "-1"], "argument --histogram-freq: must be at least 0"),
     ("analyze_results.py", ["--top", "0"], "argument --top: must be at least 1, got 0"),
     ("conv_filters_visualization.py", ["--max-filters", "0"], "argument --max-filters: must be at least 1, got 0"),
+    ("conv_filters_visualization.py", ["--zoom", "1000"], "argument --zoom: must be between 1 and 64, got 1000"),
     ("conv_filters_visualization.py", ["--step-size", "-0.1"], "--step-size must be positive, got -0.1"),
     ("conv_filters_visualization.py", ["--layers", "conv("], "--layers is not a regular expression"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
