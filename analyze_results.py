@@ -190,8 +190,9 @@ def log_ticks(values: list[float]) -> list[float]:
     return ticks
 
 
-def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]], out: Path, top: int) -> list[Path]:
-    """Write every PNG; return their paths."""
+def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]], out: Path, top: int,
+             split: str) -> list[Path]:
+    """Write every PNG, accuracies labelled as on `split` (selection_set); return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +201,6 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
 
     ok = [r for r in rows if r["fine_accuracy"] is not None]
     acc = np.array([r["fine_accuracy"] for r in ok])
-    split = selection_set(rows)
     rng = np.random.default_rng(0)
     written = []
 
@@ -346,7 +346,8 @@ def main(argv=None) -> int:
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)
     n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)
     counted = plural(n_ok, "trial") + (f", {n_pruned} of them pruned at their accuracy when stopped" if n_pruned else "")
-    print(f"\nWhat explains {selection_set(rows)} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
+    split = selection_set(rows)
+    print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
           "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted for "
           f"testing {len(ranked)} at once):")
     for name, method, score, p, q in ranked:
@@ -357,7 +358,7 @@ def main(argv=None) -> int:
     if n_ok == 0:
         warn("no successful trial: no plots")
         return 0
-    written = plot_all(rows, ranked, out, args.top)
+    written = plot_all(rows, ranked, out, args.top, split)
     print(f"\nWrote {out / 'trials.csv'}, {out / 'importance.csv'} and {len(written)} plots: "
           + ", ".join(p.name for p in written))
     return 0

@@ -66,11 +66,10 @@ def climbable_layers(model) -> list:
     return model.layers[scalings[0] + 1:] if scalings else []
 
 
-def chosen_layers(model, pattern: str | None) -> list:
-    """Climbable layers matching `pattern`; by default the residual adds, else the convolutions."""
+def chosen_layers(layers: list, pattern: str | None) -> list:
+    """The layers (climbable_layers) matching `pattern`; by default the residual adds, else the convolutions."""
     import keras
 
-    layers = climbable_layers(model)
     if pattern:
         return [layer for layer in layers if re.search(pattern, layer.name)]
     adds = [layer for layer in layers if isinstance(layer, keras.layers.Add)]
@@ -173,10 +172,11 @@ def main(argv=None) -> int:
     except Exception as err:  # noqa: BLE001 -- any load failure is a bad file for the user
         print(f"error: cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", file=sys.stderr)
         return 2
-    if not climbable_layers(model):
+    climbable = climbable_layers(model)
+    if not climbable:
         print(f"error: {path} has no Rescaling layer after its input: not a network of this project", file=sys.stderr)
         return 2
-    layers = chosen_layers(model, args.layers)
+    layers = chosen_layers(climbable, args.layers)
     if not layers:
         print(f"error: no layer of {path} after its input's scaling matches {args.layers!r}", file=sys.stderr)
         return 2

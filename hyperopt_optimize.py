@@ -234,7 +234,7 @@ class Search:
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
         if parallelism:
-            from spark_search import Poller, make_trials
+            from spark_search import Poller, SparkUnavailable, make_trials
 
             print(f"Running up to {parallelism} trials at once on Spark ({args.spark_master})")
             try:
