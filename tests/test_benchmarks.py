@@ -28,11 +28,11 @@ def run_bench(tmp_path, *args, backend: str | None = None) -> tuple[dict, str]:
 @pytest.mark.slow
 def test_every_network_of_a_run_trains_in_the_requested_precision(tmp_path):
     # Keras's clear_session() between networks resets the dtype policy to float32.
-    report, _ = run_bench(tmp_path, "--variants", "as-is,filters-x8", "--precision", "mixed_bfloat16", "--skip-memory")
+    report, _ = run_bench(tmp_path, "--spaces", "tiny", "--variants", "as-is,filters-x8", "--precision", "mixed_bfloat16",
+                          "--skip-memory")
     assert [row["variant"] for row in report["rows"]] == ["as-is", "filters-x8"]
     assert [row["dtype_policy"] for row in report["rows"]] == ["mixed_bfloat16", "mixed_bfloat16"]
-    assert report["rows"][0]["params"] == 7_059_352
-    assert report["rows"][1]["params"] > report["rows"][0]["params"]  # 64/128/256 filters instead of 63/126/252
+    assert report["rows"][1]["params"] > report["rows"][0]["params"]  # 56 hidden units instead of 50
     assert all(row["images_per_s"] > 0 for row in report["rows"])
 
 
@@ -48,6 +48,7 @@ def test_a_search_trials_callbacks_let_keras_on_jax_dispatch_the_next_step_witho
     assert done.stdout.strip() == "True {'none': True, 'trial': True, 'per-step-nan': False}", done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_the_layer_benchmark_times_every_batch_norm_and_dropout_shape_of_the_network_in_its_precision(tmp_path):
     out = tmp_path / "layers.json"
     done = subprocess.run([sys.executable, str(BENCH.parent / "bench_layers.py"), "--networks", "best,demo", "--batch-size", "2",
@@ -123,6 +124,7 @@ def test_the_2017_recipe_refuses_bfloat16():
     assert done.returncode == 2 and "float32" in done.stderr.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_the_gpu_checks_fit_one_device_call_and_ask_only_for_options_the_benchmarks_have(tmp_path):
     # A GPU machine comes to one session in ten, for one call: a mistyped option or an overlong run there loses it.
     fake = tmp_path / "bin"

@@ -193,6 +193,7 @@ def test_an_exception_fails_the_trial_without_raising(synthetic):
     assert model is None and result["status"] == "fail" and "KeyError" in result["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
 def test_a_mixed_precision_trial_learns_keeps_float32_weights_and_restores_the_policy(synthetic, precision, compute_dtype):
     import keras
@@ -278,6 +279,7 @@ print("traces", traces["train"], traces["test"])
 
 
 # Batch-norm of 12 and 24 channels trains through fast_layers' custom gradient (rows of pixels).
+@pytest.mark.slow
 @pytest.mark.parametrize("space", [SMALL_SPACE, {**SMALL_SPACE, "use_BN": True, "residual": 1, "conv_hiddn_units_mult": 0.3}],
                          ids=["plain", "batch-norm"])
 def test_a_finished_trial_leaves_no_training_graph_behind(synthetic, space):

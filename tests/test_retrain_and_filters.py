@@ -87,6 +87,7 @@ def test_an_interrupted_retrain_keeps_the_best_model_so_far(tmp_path, monkeypatc
     assert keras.saving.load_model(checkpoint).count_params() > 0
 
 
+@pytest.mark.slow
 def test_a_second_retrain_of_a_model_keeps_the_first_ones_best_model_and_logs(tmp_path, monkeypatch, capsys):
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
                       "dataset": "synthetic"}, tmp_path / "results")

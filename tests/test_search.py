@@ -50,6 +50,7 @@ def result_files(tmp_path):
     return sorted((tmp_path / "results").glob("model_*.txt.json"))
 
 
+@pytest.mark.slow
 def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_path):
     done = run_cli(tmp_path, "--max-evals", "1", "--epochs", "1", "--precision", "float32", "--width-multiple", "16")
     assert done.returncode == 0, done.stderr
@@ -75,6 +76,8 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     first = run_cli(tmp_path, "--max-evals", "3", "--epochs", "1")
     assert first.returncode == 0, first.stderr
     assert len(load_trials(tmp_path / "results.pkl").trials) == 3 and len(result_files(tmp_path)) == 3
+    # TensorFlow counts each new trial's traces of its steps as retraces of one function: none is said.
+    assert "retracing" not in first.stdout + first.stderr
 
     second = run_cli(tmp_path, "--max-evals", "5", "--epochs", "1")
     assert second.returncode == 0, second.stderr
@@ -85,14 +88,6 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     first_points = [t["misc"]["vals"] for t in trials.trials[:3]]
     assert all(t["misc"]["vals"] not in first_points for t in trials.trials[3:])
     assert "Top 5 of 5 trials" in second.stdout
-
-
-@pytest.mark.slow
-def test_short_trials_one_after_another_print_no_retracing_warning(tmp_path):
-    # TensorFlow counts each new trial's traces of its steps as retraces of one function.
-    done = run_cli(tmp_path, "--max-evals", "3", "--epochs", "1")
-    assert done.returncode == 0, done.stderr
-    assert "retracing" not in done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -172,6 +167,7 @@ def in_process(tmp_path, monkeypatch, *args):
     return hyperopt_optimize.main([*QUICK, "--epochs", "1", *args])
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
     import neural_net
 
@@ -208,6 +204,7 @@ def test_a_signal_that_a_trial_swallowed_still_stops_the_search(tmp_path, monkey
     assert not (tmp_path / "results.pkl").exists() and not result_files(tmp_path)
 
 
+@pytest.mark.slow
 def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypatch, capsys):
     import neural_net
 
@@ -219,6 +216,7 @@ def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypat
     assert "3 trials in a row failed with: FloatingPointError" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_file(tmp_path, monkeypatch, capsys):
     import utils
 
@@ -251,6 +249,7 @@ def test_a_resume_on_other_data_a_training_subset_selection_set_or_space_is_refu
     assert (tmp_path / "results.pkl").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_resume_with_another_epoch_budget_is_warned_about_and_goes_on(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
@@ -261,6 +260,7 @@ def test_a_resume_with_another_epoch_budget_is_warned_about_and_goes_on(tmp_path
     assert [r["max_epochs"] for r in load_trials(tmp_path / "results.pkl").results] == [1, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_search_in_another_results_folder_keeps_its_own_trials_pickle(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     before = (tmp_path / "results.pkl").read_bytes()
@@ -271,6 +271,7 @@ def test_a_search_in_another_results_folder_keeps_its_own_trials_pickle(tmp_path
     assert len(list((tmp_path / "runs" / "b").glob("model_*.txt.json"))) == 1
 
 
+@pytest.mark.slow
 def test_results_whose_trials_pickle_is_elsewhere_are_refused_untouched(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     (tmp_path / "results.pkl").rename(tmp_path / "moved.pkl")
@@ -303,6 +304,7 @@ def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
     assert "Nothing to do: 1 trial already" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_model_plots_are_drawn_into_each_searchs_own_results_folder(tmp_path, monkeypatch):
     from keras.src.utils.model_visualization import check_graphviz
 
@@ -320,6 +322,7 @@ def test_model_plots_are_drawn_into_each_searchs_own_results_folder(tmp_path, mo
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.slow
 def test_a_search_on_a_grayscale_npz_without_coarse_labels(tmp_path, monkeypatch):
     import numpy as np
 
