@@ -88,6 +88,12 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     return rows
 
 
+def shaping(rows: list[dict]) -> list[str]:
+    """The hyperparameters that shaped these trials: all, but the coarse head's weight where no trial had that head."""
+    coarse = any(r["coarse_accuracy"] is not None for r in rows)
+    return [name for name in HYPERPARAMETERS if coarse or name != "coarse_labels_weight"]
+
+
 def importance(rows: list[dict]) -> list[tuple[str, str, float, float, float]]:
     """(hyperparameter, method, score in [0, 1], p-value, q-value) sorted by score: |Spearman rho| or eta squared.
 
@@ -104,14 +110,15 @@ def importance(rows: list[dict]) -> list[tuple[str, str, float, float, float]]:
     scores = []
     if len(ok) < 3:
         return scores
-    for name in NUMERIC:
+    names = shaping(rows)
+    for name in (n for n in NUMERIC if n in names):
         # Empty (the nested choice's None) counts as 0: "no residual units", "no second FC layer".
         values = np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
         if np.ptp(values) > 0 and np.ptp(acc) > 0:
             # Spearman's rho is Pearson's r of the ranks; scipy's own p-value for rho holds for hundreds of trials only.
             test = pearsonr(rankdata(values), rankdata(acc), method=PermutationMethod(n_resamples=PERMUTATIONS, rng=0))
             scores.append((name, "|spearman|", abs(float(test.statistic)), float(test.pvalue)))
-    for name in CATEGORICAL:
+    for name in (n for n in CATEGORICAL if n in names):
         categories = [str(r[name]) for r in ok]
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
             members = np.array([[c == group for group in sorted(set(categories))] for c in categories], dtype=float)
@@ -144,7 +151,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
     ok = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
     # The hyperparameters that vary most among the leaders, relative to their spread in the whole search.
     spread = []
-    for name in HYPERPARAMETERS:
+    for name in shaping(rows):
         if name in CATEGORICAL:
             ratio = len({str(r[name]) for r in ok}) / max(1, len({str(r[name]) for r in rows}))
         else:
@@ -212,9 +219,9 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
         written.append(path)
 
     # 1. Each hyperparameter against fine accuracy.
-    cols = 5
-    fig, axes = plt.subplots(math.ceil(len(HYPERPARAMETERS) / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(len(HYPERPARAMETERS) / cols)))
-    for ax, name in zip(axes.flat, HYPERPARAMETERS):
+    names, cols = shaping(rows), 5
+    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(len(names) / cols)))
+    for ax, name in zip(axes.flat, names):
         if name in CATEGORICAL:
             levels = sorted({str(r[name]) for r in ok})
             x = np.array([levels.index(str(r[name])) for r in ok], dtype=float)
@@ -233,7 +240,7 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
             elif all(v == int(v) for v in values) and max(values) - min(values) <= 10:  # kernel sizes, unit counts
                 ax.xaxis.set_major_locator(ticker.MultipleLocator(1))  # no ticks at 2.5
         ax.set_title(name, fontsize=8)
-    for ax in list(axes.flat)[len(HYPERPARAMETERS):]:
+    for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{split} fine accuracy", fontsize=8)
@@ -279,27 +286,28 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
     ax.legend()
     save(fig, "convergence.png")
 
-    # 4. Per-epoch accuracy of the top trials.
+    # 4. Per-epoch accuracy of the top trials (a coarse panel where they had a coarse head).
     leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
-    fig, (ax_f, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in leaders:
-        ax_f.plot(range(1, len(r["fine_curve"]) + 1), r["fine_curve"], label=f"trial {r['trial']}")
-        if r["coarse_curve"]:
-            ax_c.plot(range(1, len(r["coarse_curve"]) + 1), r["coarse_curve"])
-    ax_f.set_title(f"{split} fine accuracy")
-    ax_c.set_title(f"{split} coarse accuracy")
-    for ax in (ax_f, ax_c):
+    heads = ["fine", "coarse"] if any(r["coarse_curve"] for r in leaders) else ["fine"]
+    fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), squeeze=False)
+    for ax, head in zip(axes[0], heads):
+        for r in leaders:
+            curve = r[f"{head}_curve"]
+            # A trial of one epoch is a point, which a line alone does not draw.
+            ax.plot(range(1, len(curve) + 1), curve, marker="." if len(curve) == 1 else None, label=f"trial {r['trial']}")
+        ax.set_title(f"{split} {head} accuracy")
         ax.set_xlabel("epoch")
-    ax_f.legend(fontsize=6)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    axes[0][0].legend(fontsize=6)
     save(fig, "top_trials_per_epoch.png")
 
-    # 5. Fine against coarse accuracy.
-    fig, ax = plt.subplots(figsize=(5, 5))
-    both = [r for r in ok if r["coarse_accuracy"] is not None]
-    ax.scatter([r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], s=14)
-    ax.set_xlabel(f"{split} fine accuracy")
-    ax.set_ylabel(f"{split} coarse accuracy")
-    save(fig, "fine_vs_coarse.png")
+    # 5. Fine against coarse accuracy, where trials had both.
+    if both := [r for r in ok if r["coarse_accuracy"] is not None]:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.scatter([r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], s=14)
+        ax.set_xlabel(f"{split} fine accuracy")
+        ax.set_ylabel(f"{split} coarse accuracy")
+        save(fig, "fine_vs_coarse.png")
 
     # 6. Importance ranking.
     fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(ranked), 1) + 1))

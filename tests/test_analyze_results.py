@@ -66,7 +66,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
 def importance_rows(accuracies, **varying) -> list[dict]:
     """Rows as load_trials_table makes them: these accuracies, the varying hyperparameters, the others constant."""
     rows = [{name: 1.0 for name in analyze_results.NUMERIC} | {name: "a" for name in analyze_results.CATEGORICAL}
-            | {"fine_accuracy": float(acc)} for acc in accuracies]
+            | {"fine_accuracy": float(acc), "coarse_accuracy": float(acc) + 0.1} for acc in accuracies]
     for name, values in varying.items():
         for row, value in zip(rows, values):
             row[name] = value
@@ -157,6 +157,25 @@ def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert "What explains test fine accuracy over" in out
     first = next(line for line in out.splitlines() if line.strip().startswith("1 "))
     assert first.split()[1:3] == ["28", "0.6761"]  # trial 28 of the 2017 pickle
+
+
+def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights_importance(tmp_path, capsys):
+    # A .npz without coarse labels: the model has the fine head only, coarse_labels_weight shapes nothing.
+    make_results(tmp_path / "results")
+    for path in (tmp_path / "results").glob("model_0*.txt.json"):
+        result = json.loads(path.read_text())
+        result["coarse_best_accuracy"] = None
+        del result["history"]["val_coarse_outputs_accuracy"]
+        result["space"]["coarse_labels_weight"] = float(len(path.name) % 3)  # varies, as TPE samples it
+        path.write_text(json.dumps(result))
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    assert not (tmp_path / "out" / "fine_vs_coarse.png").exists()
+    per_epoch = matplotlib.image.imread(tmp_path / "out" / "top_trials_per_epoch.png")
+    assert per_epoch.shape[1] < per_epoch.shape[0] * 1.8  # one panel, not a fine and an empty coarse one
+    importance = (tmp_path / "out" / "importance.csv").read_text()
+    assert "lr_rate_mult" in importance and "coarse_labels_weight" not in importance
+    out = capsys.readouterr().out
+    assert "coarse_labels_weight" not in out and "5 plots" in out and "fine_vs_coarse" not in out
 
 
 def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
