@@ -17,7 +17,7 @@ for arg in "$@"; do
     -y) yes=true ;;
     -*) echo "error: unknown option $arg" >&2; echo "$usage" >&2; exit 2 ;;
     *) [[ -z "$dir" ]] || { echo "error: give one results folder at most" >&2; exit 2; }
-       dir=${arg%/} ;;
+       dir=${arg%/}; dir=${dir:-/} ;;  # "/" stays a folder, not the default of everything
   esac
 done
 if [[ -z "$dir" ]]; then
@@ -36,7 +36,7 @@ else
   [[ -f "$lock" ]] && targets+=("$lock")
   [[ -f "$pickle" ]] && targets+=("$pickle")
   if ((${#results[@]} == 0)) && [[ ! -f "$pickle" ]]; then
-    echo "error: $dir/ holds no search results and there is no $pickle; nothing to delete" >&2
+    echo "error: ${dir%/}/ holds no search results and there is no $pickle; nothing to delete" >&2
     exit 2
   fi
 fi

@@ -77,6 +77,10 @@ def test_a_folder_without_search_results_is_refused(tmp_path):
     out = subprocess.run(["bash", "delete_results.sh", "-y", "photos"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 2 and "photos/ holds no search results" in out.stderr
     assert (tmp_path / "photos/cat.png").exists()
+    # "/" names a folder too: not the default of deleting everything beside the script.
+    out = subprocess.run(["bash", "delete_results.sh", "-y", "/"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "holds no search results" in out.stderr
+    assert (tmp_path / "results.pkl").exists() and (tmp_path / "results/model_0.5_abcde.txt.json").exists()
 
 
 def test_a_running_search_in_a_named_folder_is_not_deleted(tmp_path):
