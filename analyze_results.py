@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import HelpFormatter, at_least, plural
+from cli import HelpFormatter, at_least, plural, run
 from utils import RESULTS_DIR, is_ok, iter_results, trials_file_for, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
@@ -373,4 +373,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

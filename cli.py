@@ -1,8 +1,10 @@
-"""What every script's command line shares: the --help format, count arguments, counts in messages."""
+"""What every script's command line shares: the --help format, count arguments, counts in messages, Ctrl-C."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
 
 def at_least(minimum: int, maximum: int | None = None):
@@ -37,3 +39,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if action.default in (None, argparse.SUPPRESS) or action.default is False or "default" in text:
             return text
         return f"{text} (default: %(default)s)"
+
+
+def run(main: Callable[[], int]) -> None:
+    """Exit with main()'s status; a Ctrl-C that main does not handle itself ends in one line and 130, not a traceback."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        status = 130
+    sys.exit(status)

@@ -23,7 +23,7 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np  # noqa: E402
 
-from cli import HelpFormatter, SEED, at_least, plural  # noqa: E402
+from cli import HelpFormatter, SEED, at_least, plural, run  # noqa: E402
 
 BATCH = 32  # filters climbed at once
 TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by default
@@ -198,4 +198,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from utils import SignalGuard
 
-from cli import plural  # noqa: E402
+from cli import plural, run  # noqa: E402
 from precision import tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()
@@ -406,4 +406,4 @@ class Search:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

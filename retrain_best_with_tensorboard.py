@@ -16,7 +16,7 @@ from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults
 
 tensorflow_defaults()
 
-from cli import HelpFormatter, SEED, at_least  # noqa: E402
+from cli import HelpFormatter, SEED, at_least, run  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
@@ -179,4 +179,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

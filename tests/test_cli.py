@@ -1,12 +1,14 @@
 """Every script's --help: it runs, explains every option and states each default once."""
 
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, SMALL_SPACE
 
 SCRIPTS = ["hyperopt_optimize.py", "analyze_results.py", "retrain_best_with_tensorboard.py",
            "conv_filters_visualization.py"]
@@ -64,3 +66,18 @@ def test_bad_numbers_and_patterns_are_one_line_usage_errors(script, args, messag
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"{script}: error: ") and message in last and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("script", ["retrain_best_with_tensorboard.py", "conv_filters_visualization.py"])
+def test_ctrl_c_while_a_script_starts_is_one_line_and_exit_130(script, tmp_path):
+    from utils import save_json_result
+
+    save_json_result({"loss": -0.5, "status": "ok", "model_name": "m", "space": SMALL_SPACE}, tmp_path / "results")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "m.keras").write_bytes(b"")
+    proc = subprocess.Popen([sys.executable, str(REPO / script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1)  # loading TensorFlow: before the training or the climbing, which say what they kept
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "Interrupted." and "Traceback" not in err
