@@ -116,6 +116,18 @@ def test_best_2017_network_size_is_within_2_percent_of_the_original():
     assert 6_500_000 < ours < 7_500_000
 
 
+def test_a_keras_config_of_channels_first_builds_the_same_network():
+    import keras
+
+    keras.config.set_image_data_format("channels_first")  # as a ~/.keras/keras.json can say
+    try:
+        model = build_model(hyperspace.SEED_BEST_SPACE)
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    assert model.count_params() == 7_059_352
+    assert model.get_layer("fine_outputs").output.shape == (None, 100)
+
+
 def test_searched_networks_round_filters_and_hidden_units_up_to_multiples_of_8():
     def widths(space):
         layers = build_model(space).layers
