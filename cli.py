@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable
+
+KERAS_BACKENDS = ("tensorflow", "jax")  # what the networks, fast_layers and the TensorBoard logs run on
 
 
 def at_least(minimum: int, maximum: int | None = None):
@@ -23,6 +27,34 @@ def at_least(minimum: int, maximum: int | None = None):
 
 
 SEED = at_least(0, 2**32 - 1)  # what numpy's and Keras's seeding take
+
+
+def keras_backend() -> tuple[str, str]:
+    """The backend Keras will load and what says so, found as Keras finds it without loading it.
+
+    KERAS_BACKEND, else keras.json's "backend" in KERAS_HOME (by default ~/.keras, or /tmp/.keras
+    where home cannot be written), else tensorflow.
+    """
+    if backend := os.environ.get("KERAS_BACKEND"):
+        return backend, "KERAS_BACKEND"
+    home = os.path.expanduser("~")
+    config = os.path.join(os.environ.get("KERAS_HOME") or os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras"),
+                          "keras.json")
+    try:
+        with open(config) as f:
+            backend = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        backend = None
+    return (backend, config) if isinstance(backend, str) and backend else ("tensorflow", "Keras's default")
+
+
+def unsupported_backend() -> str | None:
+    """Why the networks cannot train on the backend Keras would load (torch, numpy...), or None."""
+    backend, source = keras_backend()
+    if backend in KERAS_BACKENDS:
+        return None
+    return (f"Keras is set to its {backend} backend ({source}); these networks train on {' or '.join(KERAS_BACKENDS)}: "
+            "run with KERAS_BACKEND=tensorflow")
 
 
 def plural(count: int, noun: str) -> str:

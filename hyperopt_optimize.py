@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from utils import SignalGuard
 
-from cli import plural, run  # noqa: E402
+from cli import plural, run, unsupported_backend  # noqa: E402
 from precision import tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()
@@ -97,6 +97,9 @@ def report(line: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if problem := unsupported_backend():
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from utils import RunLock, SignalGuard
 
     lock = RunLock(args.results_dir)

@@ -16,7 +16,7 @@ from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults
 
 tensorflow_defaults()
 
-from cli import HelpFormatter, SEED, at_least, run  # noqa: E402
+from cli import HelpFormatter, SEED, at_least, run, unsupported_backend  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
@@ -110,6 +110,9 @@ def epoch_tensorboard(log_dir: Path, histogram_freq: int):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if problem := unsupported_backend():
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         picked = pick_result(args)
     except (OSError, ValueError) as err:

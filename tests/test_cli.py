@@ -1,5 +1,6 @@
 """Every script's --help: it runs, explains every option and states each default once."""
 
+import os
 import re
 import signal
 import subprocess
@@ -81,3 +82,16 @@ def test_ctrl_c_while_a_script_starts_is_one_line_and_exit_130(script, tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "Interrupted." and "Traceback" not in err
+
+
+@pytest.mark.parametrize("script", ["hyperopt_optimize.py", "retrain_best_with_tensorboard.py"])
+def test_a_keras_backend_other_than_tensorflow_or_jax_is_a_one_line_error(script, tmp_path):
+    # A PyTorch user's shell or keras.json: without this, an ImportError traceback (no torch) or failing trials.
+    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    settings = [({"KERAS_BACKEND": "torch"}, "KERAS_BACKEND"), ({"KERAS_HOME": str(tmp_path)}, tmp_path / "keras.json")]
+    for setting, named in settings:
+        done = subprocess.run([sys.executable, str(REPO / script)], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                              env={**env, **setting})
+        assert done.returncode == 2 and done.stderr.startswith(f"error: Keras is set to its torch backend ({named})")
+        assert len(done.stderr.splitlines()) == 1
