@@ -360,10 +360,12 @@ class Search:
             return f"Trial {result['tid']} FAILED: {result.get('error')} ({result.get('train_seconds', 0):.0f} s); best so far {best}"
         coarse = result.get("coarse_best_accuracy")
         coarse_text = "n/a" if coarse is None else f"{coarse:.4f}"
+        diverged = result.get("diverged_at_epoch")
         return (
             f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} "
             f"{self.args.select_on} accuracy, {plural(result['epochs_trained'], 'epoch')}"
-            f"{', pruned' if result['pruned'] else ''}, {result['train_seconds']:.0f} s; best so far {best}"
+            f"{', pruned' if result['pruned'] else ''}{f', diverged in epoch {diverged}' if diverged else ''}, "
+            f"{result['train_seconds']:.0f} s; best so far {best}"
         )
 
     def print_leaderboard(self, trials, top: int = 5) -> None:

@@ -254,7 +254,7 @@ class StopOnNaN(keras.callbacks.Callback):
 
     Keras's TerminateOnNaN checks every step, so on JAX `fit` waits for each step's loss before it
     dispatches the next (on an H200, with a per-step progress logger too: 30,562 against 54,934
-    images/s; bench/README.md). A diverged network trains to its epoch's end and fails there.
+    images/s; bench/README.md). A diverged network trains to its epoch's end and stops there.
     """
 
     def on_epoch_end(self, epoch, logs=None):
@@ -306,11 +306,13 @@ def build_and_train(
                 callbacks=trial_callbacks(epochs, patience, callbacks),
             ).history
         history = {key: [float(v) for v in values] for key, values in history.items()}
-        bad = [i + 1 for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(f"loss is NaN or infinite at epoch {bad[0]}")
+        diverged = next((i + 1 for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)), None)
+        # A network that diverges after learning counts with its best epoch before, whose weights
+        # early stopping restored: hours of a long trial are not thrown away, and TPE learns from them.
+        if diverged is not None and diverged <= 1 + history[MONITOR].index(max(history[MONITOR])):
+            raise FloatingPointError(f"loss is NaN or infinite at epoch {diverged}")
         test = model.evaluate(batches(data, "test", evaluation), verbose=0, return_dict=True)
-        result = _result(space, data, history, test, model, callbacks, selected_on)
+        result = _result(space, data, history, test, model, callbacks, selected_on) | {"diverged_at_epoch": diverged}
     except Exception as err:  # noqa: BLE001 -- a trial must never crash the search
         del model
         model = None
@@ -363,11 +365,11 @@ def _result(space, data, history, test, model, callbacks, selected_on) -> dict:
         "loss": -best_fine,
         "real_loss": history["val_loss"][-1],
         "fine_best_accuracy": best_fine,
-        "fine_best_loss": min(history["val_fine_outputs_loss"]),
+        "fine_best_loss": _finite_min(history["val_fine_outputs_loss"]),
         "fine_end_accuracy": fine_acc[-1],
         "fine_end_loss": history["val_fine_outputs_loss"][-1],
         "coarse_best_accuracy": max(coarse_acc) if has_coarse else None,
-        "coarse_best_loss": min(coarse_loss) if has_coarse else None,
+        "coarse_best_loss": _finite_min(coarse_loss) if has_coarse else None,
         "coarse_end_accuracy": coarse_acc[-1] if has_coarse else None,
         "coarse_end_loss": coarse_loss[-1] if has_coarse else None,
         "test_fine_accuracy": float(test["fine_outputs_accuracy"]),
@@ -384,6 +386,11 @@ def _result(space, data, history, test, model, callbacks, selected_on) -> dict:
         "selected_on": selected_on,
         "tid": None,
     }
+
+
+def _finite_min(values: list[float]) -> float | None:
+    """The smallest finite value (a diverged epoch's NaN loss is none), or None."""
+    return min((v for v in values if math.isfinite(v)), default=None)
 
 
 def failure(space: dict, data: Dataset | None, err: BaseException) -> dict:

@@ -187,6 +187,25 @@ def test_an_absurd_learning_rate_fails_the_trial_without_raising(synthetic):
     assert "NaN" in result["error"]
 
 
+def test_a_network_that_diverges_after_learning_counts_with_its_best_epoch_before(synthetic):
+    import keras
+
+    class Diverge(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:  # after two epochs that learned
+                self.model.optimizer.learning_rate.assign(1e35)
+
+    model, result = build_and_train({**SMALL_SPACE, "lr_rate_mult": 3.0}, synthetic, epochs=6, callbacks=[Diverge()])
+    history = result["history"]
+    assert result["status"] == "ok" and result["diverged_at_epoch"] == 3 and result["epochs_trained"] == 3
+    assert not math.isfinite(history["loss"][2])  # stopped at the end of the epoch that diverged
+    assert result["fine_best_accuracy"] == max(history["val_fine_outputs_accuracy"][:2]) > 0.05
+    assert result["fine_best_loss"] == min(history["val_fine_outputs_loss"][:2])
+    # Its best epoch's weights, restored, are what the test set measured.
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert result["test_fine_accuracy"] > 0.05
+
+
 def test_a_diverged_network_stops_at_the_end_of_its_first_nan_epoch():
     import keras
 
