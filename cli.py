@@ -38,8 +38,8 @@ def keras_backend() -> tuple[str, str]:
     if backend := os.environ.get("KERAS_BACKEND"):
         return backend, "KERAS_BACKEND"
     home = os.path.expanduser("~")
-    config = os.path.join(os.environ.get("KERAS_HOME") or os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras"),
-                          "keras.json")
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    config = os.path.join(keras_home, "keras.json")
     try:
         with open(config) as f:
             backend = json.load(f).get("backend")
