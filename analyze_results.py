@@ -355,9 +355,12 @@ def main(argv=None) -> int:
     n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)
     counted = plural(n_ok, "trial") + (f", {n_pruned} of them pruned at their accuracy when stopped" if n_pruned else "")
     split = selection_set(rows)
-    print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
-          "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted for "
-          f"testing {len(ranked)} at once):")
+    if n_ok < 3:
+        print(f"\nWhat explains {split} fine accuracy: not said over {counted}; it takes 3 finished trials at least")
+    else:
+        print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
+              "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "
+              f"for testing {len(ranked)} at once):")
     for name, method, score, p, q in ranked:
         print(f"  {name:24} {method:11} {score:.3f}  p {_p_text(p):7}  q {_p_text(q)}")
     with open(out / "importance.csv", "w", newline="") as f:

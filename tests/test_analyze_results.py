@@ -178,6 +178,15 @@ def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights
     assert "coarse_labels_weight" not in out and "5 plots" in out and "fine_vs_coarse" not in out
 
 
+def test_two_trials_get_their_leaderboard_and_no_importance_ranking(tmp_path, capsys):
+    make_results(tmp_path / "results", n=2)
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "Top 2 of 3 trials" in out
+    assert "What explains validation fine accuracy: not said over 2 trials; it takes 3 finished trials at least" in out
+    assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value"
+
+
 def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
     assert analyze_results.main(["--results-dir", str(tmp_path / "none")]) == 2
     (tmp_path / "empty").mkdir()
