@@ -356,7 +356,7 @@ def main(argv=None) -> int:
     counted = plural(n_ok, "trial") + (f", {n_pruned} of them pruned at their accuracy when stopped" if n_pruned else "")
     split = selection_set(rows)
     if n_ok < 3:
-        print(f"\nWhat explains {split} fine accuracy: not said over {counted}; it takes 3 finished trials at least")
+        print(f"\nWhat explains {split} fine accuracy: too few finished trials to say ({counted}; it takes 3)")
     else:
         print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
               "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "

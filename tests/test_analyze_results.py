@@ -183,7 +183,7 @@ def test_two_trials_get_their_leaderboard_and_no_importance_ranking(tmp_path, ca
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "Top 2 of 3 trials" in out
-    assert "What explains validation fine accuracy: not said over 2 trials; it takes 3 finished trials at least" in out
+    assert "What explains validation fine accuracy: too few finished trials to say (2 trials; it takes 3)" in out
     assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value"
 
 
