@@ -153,9 +153,11 @@ class _Builder:
             return self.strided_conv(x, n_filters)
         if kind == "inception":
             return self.inception_reduction(x, n_filters)
+        # Padded, as the strided convolutions are: every pooling type halves H and W rounding up,
+        # so that images of any size, down to 1x1, pass every depth (2017's "valid" cut 7 to 3, 1 to 0).
         if kind == "avg":
-            return keras.layers.AveragePooling2D(2)(x)
-        return keras.layers.MaxPooling2D(2)(x)
+            return keras.layers.AveragePooling2D(2, padding="same")(x)
+        return keras.layers.MaxPooling2D(2, padding="same")(x)
 
     def strided_conv(self, x, n_filters):
         """Pooling by a linear stride-2 3x3 convolution (https://arxiv.org/abs/1412.6806)."""

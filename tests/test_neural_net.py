@@ -50,18 +50,15 @@ def count_params_2017(space, input_shape=(32, 32, 3), num_fine=100, num_coarse=2
             if double_bn and not use_bn:
                 total += bn(n)
         pooling = space["pooling_type"]
-        if pooling in ("max", "avg"):
-            h, w = h // 2, w // 2
-        elif pooling == "all_conv":
+        if pooling == "all_conv":
             total += conv(c, n, 3) + (bn(n) if use_bn else 0)
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        else:  # inception: strided conv | 1x1 -> 3x3 -> strided conv | 1x1 -> max pool
+        elif pooling == "inception":  # strided conv | 1x1 -> 3x3 -> strided conv | 1x1 -> max pool
             na, nb = int(n * 0.33 + 1), int(n * 0.4 + 1)
             total += conv(c, nb, 3) + (bn(nb) if use_bn else 0)
             total += conv(c, na, 1) + conv(na, nb, 3) + conv(nb, nb, 3) + (bn(nb) if use_bn else 0)
             total += conv(c, nb, 1)
             c = 3 * nb
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        h, w = math.ceil(h / 2), math.ceil(w / 2)  # every pooling type, odd sizes rounded up
         n *= 2
     features = h * w * c
     fc = width(1000 * space["fc_units_1_mult"])
@@ -107,6 +104,14 @@ def test_every_sampled_point_builds_two_heads_with_the_2017_parameter_count():
 @pytest.mark.parametrize("space", [hyperspace.DEMO_SPACE, hyperspace.SEED_BEST_SPACE] + pooling_points()[:4])
 def test_parameter_count_matches_the_2017_rules(space):
     assert build_model(space).count_params() == count_params_2017(space)
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg", "all_conv", "inception"])
+def test_every_pooling_type_takes_small_and_odd_images_to_the_full_depth(pooling):
+    space = {**hyperspace.SEED_BEST_SPACE, "pooling_type": pooling}
+    for input_shape in [(1, 1, 3), (7, 5, 1)]:
+        model = build_model(space, input_shape, num_fine=10, num_coarse=None)
+        assert model.count_params() == count_params_2017(space, input_shape, num_fine=10, num_coarse=None)
 
 
 def test_best_2017_network_size_is_within_2_percent_of_the_original():
