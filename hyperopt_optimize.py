@@ -148,12 +148,13 @@ class Objective:
             prepare_worker(self.parallelism)
         import keras
 
+        from hyperspace import describe
         from neural_net import build_and_train
         from pruning import MedianStoppingRule
 
         s = self.settings
         label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
-        report(f"{label}: training for up to {plural(s['epochs'], 'epoch')}")
+        report(f"{label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=self.data.has_coarse)}")
         callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
         model, result = build_and_train(
             space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],

@@ -97,3 +97,35 @@ SEED_BEST_SPACE = {
     "residual": 3.0,
     "use_BN": True,
 }
+
+
+def rounded_width(units: float, multiple: int = 1) -> int:
+    """The 2017 width, int(units), rounded up to a multiple of the space's `width_multiple`."""
+    return -(-int(units) // multiple) * multiple
+
+
+def describe(point: dict, *, coarse_head: bool = True) -> str:
+    """One line of the network a point of the space builds and how it trains, for the search's log."""
+    multiple = int(point.get("width_multiple", 1))
+    blocks = int(point["nb_conv_pool_layers"])
+    filters = rounded_width(40 * point["conv_hiddn_units_mult"], multiple)
+    k = int(round(point["conv_kernel_size"]))
+    layers = [] if point["first_conv"] is None else [f"conv{point['first_conv']} 16"]
+    block = [f"{blocks} blocks of conv{k} {'/'.join(str(filters * 2**b) for b in range(blocks))}"]
+    if point["use_BN"]:
+        block.append("BN")
+    start = int(point["conv_pool_res_start_idx"])
+    if point["residual"] is not None and start < blocks:
+        units = int(round(point["residual"]))
+        first = "" if start == 0 else f" from block {start + 1}"
+        block.append(f"{units} residual unit{'s' * (units > 1)} conv{int(round(point['res_conv_kernel_size']))}{first}")
+    block.append(f"{point['pooling_type']} pooling")
+    layers.append(" + ".join(block))
+    fc = [rounded_width(1000 * point["fc_units_1_mult"], multiple)]
+    if point["one_more_fc"] is not None:
+        fc.append(rounded_width(750 * point["one_more_fc"], multiple))
+    layers.append(f"FC {'/'.join(map(str, fc))}")
+    return (f"{' > '.join(layers)}; {point['activation']}, {point['optimizer']} lr {0.001 * point['lr_rate_mult']:.2g}, "
+            f"L2 {0.0007 * point['l2_weight_reg_mult']:.2g}, batch {int(point['batch_size'])}, "
+            f"dropout {point['conv_dropout_drop_proba']:.2f} conv, {point['fc_dropout_drop_proba']:.2f} FC"
+            + (f", coarse weight {point['coarse_labels_weight']:.2f}" if coarse_head else ""))

@@ -15,6 +15,7 @@ from hyperopt import STATUS_FAIL, STATUS_OK
 
 import fast_layers
 from datasets import Dataset
+from hyperspace import rounded_width
 from precision import resolve_precision
 
 if keras.backend.backend() == "tensorflow":
@@ -117,8 +118,7 @@ class _Builder:
         self.multiple = int(space.get("width_multiple", 1))
 
     def width(self, units: float) -> int:
-        """The 2017 width, int(units), rounded up to a multiple of the space's `width_multiple`."""
-        return -(-int(units) // self.multiple) * self.multiple
+        return rounded_width(units, self.multiple)
 
     def conv(self, x, filters, kernel_size=None, strides=1, activation=None):
         k = int(round(self.space["conv_kernel_size"])) if kernel_size is None else kernel_size

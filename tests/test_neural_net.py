@@ -114,6 +114,21 @@ def test_every_pooling_type_takes_small_and_odd_images_to_the_full_depth(pooling
         assert model.count_params() == count_params_2017(space, input_shape, num_fine=10, num_coarse=None)
 
 
+def test_the_trial_line_names_the_layers_and_widths_that_are_built():
+    space = {**hyperspace.SEED_BEST_SPACE, "width_multiple": 8}
+    assert hyperspace.describe(space) == (
+        "conv3 16 > 3 blocks of conv3 64/128/256 + BN + 3 residual units conv2 + avg pooling > FC 1312; "
+        "elu, Nadam lr 0.00065, L2 0.00029, batch 320, dropout 0.26 conv, 0.43 FC, coarse weight 0.31")
+    layers = build_model(space).layers
+    assert {layer.filters for layer in layers if layer.__class__.__name__ == "Conv2D"} == {16, 64, 128, 256}
+    assert {layer.units for layer in layers if layer.__class__.__name__ == "Dense"} == {1312, 100, 20}
+
+    # Residual units from a block past the last are none.
+    late = {**space, "nb_conv_pool_layers": 2, "conv_pool_res_start_idx": 2.0, "first_conv": None}
+    assert hyperspace.describe(late, coarse_head=False).startswith("2 blocks of conv3 64/128 + BN + avg pooling > FC")
+    assert not [layer for layer in build_model(late).layers if layer.__class__.__name__ == "Add"]
+
+
 def test_best_2017_network_size_is_within_2_percent_of_the_original():
     ours = build_model(hyperspace.SEED_BEST_SPACE).count_params()
     original = count_params_2017(hyperspace.SEED_BEST_SPACE, double_bn=True)

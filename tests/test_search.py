@@ -14,6 +14,7 @@ import pytest
 
 from cli import plural
 from conftest import REPO
+from hyperspace import describe
 from utils import load_trials, save_trials
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -59,6 +60,7 @@ def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_pa
     result = json.loads(result_files(tmp_path)[0].read_text())
     assert result["precision"] == "float32"
     assert result["space"]["width_multiple"] == 16  # what a retrain of this result rebuilds with
+    assert f"Trial 0, up to 1 epoch: {describe(result['space'])}\n" in done.stdout
 
 
 @pytest.mark.slow
