@@ -6,6 +6,7 @@ Reads every result JSON in --results-dir (this project's and the 2017 project's 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import math
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import HelpFormatter, at_least, plural, run
-from utils import RESULTS_DIR, is_ok, iter_results, trials_file_for, validation_curve, warn
+from utils import RESULTS_DIR, SETTINGS, is_ok, iter_results, trials_file_for, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -71,6 +72,9 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "fine_accuracy": result.get("fine_best_accuracy", -result["loss"]) if ok else None,
             "coarse_accuracy": result.get("coarse_best_accuracy") if ok else None,
             "test_fine_accuracy": result.get("test_fine_accuracy"),
+            "dataset": result.get("dataset"),
+            "train_images": result.get("train_images"),
+            "search_space": result.get("search_space"),
             # What the fine and coarse accuracies were measured on: 2017's files have no key, and the test set.
             "selected_on": result.get("selected_on", "test") if ok else None,
             "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
@@ -142,6 +146,16 @@ def _p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def mixed_settings(rows: list[dict]) -> list[str]:
+    """Each setting in which the finished trials differ, with its values and their counts: such accuracies do not compare."""
+    mixed = []
+    for key in SETTINGS:
+        counts = collections.Counter(r[key] for r in rows if r["fine_accuracy"] is not None and r[key] is not None)
+        if len(counts) > 1:
+            mixed.append(f"{key} " + ", ".join(f"{value} ({n})" for value, n in sorted(counts.items(), key=str)))
+    return mixed
+
+
 def selection_set(rows: list[dict]) -> str:
     """What the finished trials were selected on: "validation", "test" (2017's, --select-on test), or both."""
     return " or ".join(sorted({r["selected_on"] for r in rows if r["fine_accuracy"] is not None})) or "validation"
@@ -178,7 +192,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               "selected_on", "epochs", *HYPERPARAMETERS]
+               *SETTINGS, "epochs", *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -349,6 +363,9 @@ def main(argv=None) -> int:
     except OSError as err:
         print(f"error: cannot write to {out}/: {err}", file=sys.stderr)
         return 2
+    if mixed := mixed_settings(rows):
+        warn(f"{args.results_dir}/ holds trials of more than one search, whose accuracies do not compare: "
+             f"{'; '.join(mixed)}. Keep each search in its own --results-dir")
     print_leaderboard(rows, args.top)
     ranked = importance(rows)
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)

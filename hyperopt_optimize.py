@@ -79,11 +79,12 @@ def recorded(trials, key: str) -> set:
 
 def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
     """Why the finished trials cannot share one TPE history with a run of these settings, or None."""
-    options = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset", "search_space": "--space"}
+    from utils import SETTINGS
+
     for key, value in asked.items():
         if (values := recorded(trials, key)) - {value}:
             return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(values)))}, this run asks "
-                    f"for {value} ({options[key]}): their accuracies do not compare; resume with the same setting, "
+                    f"for {value} ({SETTINGS[key]}): their accuracies do not compare; resume with the same setting, "
                     "or start a new search with another --results-dir")
     return None
 

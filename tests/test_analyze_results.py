@@ -16,7 +16,7 @@ PLOTS = ["hyperparameters_vs_accuracy.png", "scatter_matrix.png", "convergence.p
          "fine_vs_coarse.png", "importance.png"]
 
 
-def make_results(folder, n=8):
+def make_results(folder, n=8, dataset="synthetic"):
     rng = np.random.default_rng(0)
     for tid in range(n):
         acc = float(rng.uniform(0.1, 0.6))
@@ -27,6 +27,7 @@ def make_results(folder, n=8):
             "loss": -acc, "status": "ok", "fine_best_accuracy": acc, "coarse_best_accuracy": acc + 0.1,
             "test_fine_accuracy": acc - 0.01, "epochs_trained": 6, "pruned": tid == 3, "tid": tid,
             "model_name": f"model_{acc}_{tid:05d}", "space": space, "selected_on": "validation",
+            "dataset": dataset, "train_images": 2700, "search_space": "full",
             "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
         }, folder)
     save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n,
@@ -55,6 +56,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert {r["residual"] for r in rows if r["status"] == "ok"} == {"", "2.0"}  # nested choice: a value or empty
     captured = capsys.readouterr()
     assert "broken.txt.json" in captured.err and "foreign.json" in captured.err
+    assert "more than one search" not in captured.err
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
@@ -153,10 +155,23 @@ def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert analyze_results.main(["--results-dir", str(reference_dir), "--out", str(tmp_path)]) == 0
     rows = check_outputs(tmp_path, 42)
     assert {r["selected_on"] for r in rows if r["status"] == "ok"} == {"test"}  # 2017 selected epochs and trials on it
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "more than one search" not in err
     assert "What explains test fine accuracy over" in out
     first = next(line for line in out.splitlines() if line.strip().startswith("1 "))
     assert first.split()[1:3] == ["28", "0.6761"]  # trial 28 of the 2017 pickle
+
+
+def test_a_folder_mixing_two_searches_is_warned_about_with_what_differs(tmp_path, capsys):
+    make_results(tmp_path / "results")
+    make_results(tmp_path / "other", n=3, dataset="digits.npz")
+    for path in (tmp_path / "other").glob("model_0*.txt.json"):
+        path.rename(tmp_path / "results" / path.name.replace("_0000", "_9999"))
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "holds trials of more than one search, whose accuracies do not compare: dataset digits.npz (3), synthetic (8)." in err
+    with open(tmp_path / "out" / "trials.csv") as f:
+        assert {r["dataset"] for r in csv.DictReader(f)} == {"digits.npz", "synthetic", ""}  # the failed trial's is unknown
 
 
 def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights_importance(tmp_path, capsys):
