@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import zipfile
 from pathlib import Path
 
 from precision import tensorflow_defaults
@@ -162,6 +163,10 @@ def main(argv=None) -> int:
     if path is None or not path.is_file():
         print(f"error: no model to load ({args.model or 'weights/*.keras'}); run retrain_best_with_tensorboard.py "
               "first or pass --model PATH", file=sys.stderr)
+        return 2
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        print(f"error: {path} is not a whole .keras model: a .keras file is a zip archive, this one is not "
+              "(cut short, or another file)", file=sys.stderr)
         return 2
     import keras
 

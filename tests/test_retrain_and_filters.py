@@ -239,7 +239,7 @@ def test_retrain_where_logs_or_model_cannot_be_written_exits_2_before_training(t
     assert captured.err.startswith("error: cannot write the logs and the model:") and "Retraining" not in captured.out
 
 
-def test_visualization_of_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys):
+def test_visualization_of_a_torn_model_or_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys):
     from neural_net import build_model
 
     ours, plain = tmp_path / "ours.keras", tmp_path / "plain.keras"
@@ -250,6 +250,11 @@ def test_visualization_of_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys
     assert f"no layer of {ours} after its input's scaling matches" in capsys.readouterr().err
     assert viz.main(["--model", str(plain), "--out", str(tmp_path)]) == 2
     assert "has no Rescaling layer after its input: not a network of this project" in capsys.readouterr().err
+    torn = tmp_path / "torn.keras"
+    torn.write_bytes(ours.read_bytes()[:3000])  # a copy cut short
+    assert viz.main(["--model", str(torn), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: {torn} is not a whole .keras model: a .keras file is a zip archive, "
+                                       "this one is not (cut short, or another file)\n")
     assert not list(tmp_path.glob("*.png"))
 
 
