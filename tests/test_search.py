@@ -96,7 +96,7 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
 def test_sigkill_during_training_loses_only_the_running_trial(tmp_path):
     # Trial 0 finishes in seconds; trial 1, killed 1.5 s in, is still compiling or training its first epochs.
     proc = start_cli(tmp_path, "--max-evals", "20", "--epochs", "4", "--prune", "none")
-    wait_for_line(proc, "Trial 1: training")
+    wait_for_line(proc, "Trial 1, up to")
     time.sleep(1.5)
     proc.kill()
     proc.wait()
@@ -114,7 +114,7 @@ def test_sigkill_during_training_loses_only_the_running_trial(tmp_path):
 def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
     folder = ["--results-dir", "my runs"]  # a space, which the resume command must quote
     proc = start_cli(tmp_path, "--epochs", "4", "--prune", "none", *folder)  # trials one after another until the signal
-    wait_for_line(proc, "Trial 1: training")
+    wait_for_line(proc, "Trial 1, up to")
     rival = run_cli(tmp_path, "--max-evals", "1", *folder)
     assert rival.returncode == 2 and "already running" in rival.stderr
 
@@ -133,7 +133,7 @@ def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
 @pytest.mark.slow
 def test_sigterm_exits_143(tmp_path):
     proc = start_cli(tmp_path, "--epochs", "30")
-    wait_for_line(proc, "Trial 0: training")
+    wait_for_line(proc, "Trial 0, up to")
     time.sleep(1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
