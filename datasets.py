@@ -73,28 +73,11 @@ class Dataset:
         """Whether the dataset has coarse labels (and the model a coarse head)."""
         return self.num_coarse is not None
 
-    def selecting_on_test(self) -> "Dataset":
-        """The 2017 protocol: train on train+validation, select epochs and trials on the test set."""
-
-        def cat(a, b):
-            return None if a is None else np.concatenate([a, b])
-
-        return dataclasses.replace(
-            self,
-            x_train=cat(self.x_train, self.x_val),
-            y_train_fine=cat(self.y_train_fine, self.y_val_fine),
-            y_train_coarse=cat(self.y_train_coarse, self.y_val_coarse),
-            x_val=self.x_test,
-            y_val_fine=self.y_test_fine,
-            y_val_coarse=self.y_test_coarse,
-            selects_on="test",
-        )
-
     def summary(self) -> str:
         """One line: sizes and classes."""
         coarse = f", {self.num_coarse} coarse classes" if self.has_coarse else ", no coarse labels"
         if self.selects_on == "test":
-            split, selection = f"{len(self.x_train)} train (the validation split included)", "; the test images select epochs and trials"
+            split, selection = f"{len(self.x_train)} train (no validation split)", "; the test images select epochs and trials"
         else:
             split, selection = f"{len(self.x_train)} train / {len(self.x_val)} validation", ""
         return (f"{self.name}: {split} / {len(self.x_test)} test images of {'x'.join(map(str, self.input_shape))}, "
@@ -124,8 +107,15 @@ def load_dataset(
     data_dir: str | None = None,
     synthetic_size: int = SYNTHETIC_DEFAULT_SIZE,
     horizontal_flip: bool | None = None,
+    select_on: str = "validation",
 ) -> Dataset:
-    """Load `cifar100`, `cifar10`, `synthetic` or a `.npz` file, with a stratified validation split."""
+    """Load `cifar100`, `cifar10`, `synthetic` or a `.npz` file, with a stratified validation split.
+
+    `select_on="test"` is the 2017 protocol: no validation split, every training image trains
+    (`train_subset` of them), and the test set selects epochs and trials.
+    """
+    if select_on not in ("validation", "test"):
+        raise ValueError(f"select_on must be 'validation' or 'test', got {select_on!r}")
     if data_dir is not None and name != "cifar100":
         raise DatasetError(f"--data-dir is where cifar100's archive lies; {name} does not read it")
     if name == "cifar100":
@@ -150,8 +140,11 @@ def load_dataset(
     num_coarse = None if yc_train is None else int(max(yc_train.max(), yc_test.max())) + 1
 
     rng = np.random.default_rng(seed)
-    n_val = max(1, round(len(x_train) * VALIDATION_FRACTION))
-    val_idx, train_idx = stratified_split(yf_train, n_val, rng)
+    if select_on == "test":
+        val_idx, train_idx = np.arange(0), np.arange(len(x_train))
+    else:
+        n_val = max(1, round(len(x_train) * VALIDATION_FRACTION))
+        val_idx, train_idx = stratified_split(yf_train, n_val, rng)
     if train_subset is not None:
         if not 0 < train_subset <= len(train_idx):
             raise DatasetError(f"--train-subset must be between 1 and {len(train_idx)}, got {train_subset}")
@@ -161,14 +154,18 @@ def load_dataset(
     def take(a, idx):
         return None if a is None else a[idx]
 
+    if select_on == "test":
+        x_val, yf_val, yc_val = x_test, yf_test, yc_test
+    else:
+        x_val, yf_val, yc_val = x_train[val_idx], yf_train[val_idx], take(yc_train, val_idx)
     return Dataset(
         name=label,
         x_train=x_train[train_idx],
         y_train_fine=yf_train[train_idx],
         y_train_coarse=take(yc_train, train_idx),
-        x_val=x_train[val_idx],
-        y_val_fine=yf_train[val_idx],
-        y_val_coarse=take(yc_train, val_idx),
+        x_val=x_val,
+        y_val_fine=yf_val,
+        y_val_coarse=yc_val,
         x_test=x_test,
         y_test_fine=yf_test,
         y_test_coarse=yc_test,
@@ -177,6 +174,7 @@ def load_dataset(
         fine_names=None if names[0] is None else list(names[0]),
         coarse_names=None if names[1] is None else list(names[1]),
         horizontal_flip=flip,
+        selects_on=select_on,
     )
 
 

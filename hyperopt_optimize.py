@@ -221,11 +221,11 @@ class Search:
             warn(f"{args.trials_file} holds trials of --epochs {', '.join(map(str, sorted(budgets)))}, this run's is "
                  f"{args.epochs}: TPE will compare accuracies reached in different budgets")
         try:
-            data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
+            self.data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
+                                     data_dir=args.data_dir, select_on=args.select_on)
         except DatasetError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        self.data = data.selecting_on_test() if args.select_on == "test" else data
         if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(self.data.x_train)):
             print(f"error: {mismatch}", file=sys.stderr)
             return 2

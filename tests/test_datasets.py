@@ -85,14 +85,16 @@ def test_train_subset_is_stratified():
     assert np.bincount(data.y_train_fine, minlength=100).tolist() == [5] * 100
 
 
-def test_selecting_on_test_trains_on_the_validation_split_too_and_says_so():
+def test_selecting_on_test_trains_on_every_training_image_or_the_subset_asked_and_says_so():
     data = load_dataset("synthetic", train_subset=300)
-    on_test = data.selecting_on_test()
-    assert len(on_test.x_train) == len(data.x_train) + len(data.x_val)
-    assert np.array_equal(on_test.x_val, data.x_test) and np.array_equal(on_test.y_val_fine, data.y_test_fine)
     assert data.summary().startswith("synthetic: 300 train / 300 validation / 600 test images of 32x32x3")
-    assert on_test.summary() == ("synthetic: 600 train (the validation split included) / 600 test images of 32x32x3, "
+    on_test = load_dataset("synthetic", select_on="test")
+    assert len(on_test.x_train) == 3000  # the validation split's images train too
+    assert np.array_equal(on_test.x_val, data.x_test) and np.array_equal(on_test.y_val_fine, data.y_test_fine)
+    assert on_test.summary() == ("synthetic: 3000 train (no validation split) / 600 test images of 32x32x3, "
                                  "100 fine classes, 20 coarse classes; the test images select epochs and trials")
+    subset = load_dataset("synthetic", select_on="test", train_subset=300)
+    assert len(subset.x_train) == 300 and np.bincount(subset.y_train_fine, minlength=100).tolist() == [3] * 100
 
 
 def test_synthetic_is_deterministic_per_seed_and_grouped_5_per_coarse():
