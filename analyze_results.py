@@ -23,6 +23,7 @@ NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_we
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
 PERMUTATIONS = 9_999  # shufflings behind each importance p-value
+LEGEND_ENTRIES = 10  # trials named in the per-epoch plot's legend
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
 
 
@@ -305,14 +306,16 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
     heads = ["fine", "coarse"] if any(r["coarse_curve"] for r in leaders) else ["fine"]
     fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), squeeze=False)
     for ax, head in zip(axes[0], heads):
-        for r in leaders:
+        for rank, r in enumerate(leaders):
             curve = r[f"{head}_curve"]
             # A trial of one epoch is a point, which a line alone does not draw.
-            ax.plot(range(1, len(curve) + 1), curve, marker="." if len(curve) == 1 else None, label=f"trial {r['trial']}")
+            ax.plot(range(1, len(curve) + 1), curve, marker="." if len(curve) == 1 else None,
+                    label=f"trial {r['trial']}" if rank < LEGEND_ENTRIES else None)
         ax.set_title(f"{split} {head} accuracy")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
-    axes[0][0].legend(fontsize=6)
+    more = len(leaders) > LEGEND_ENTRIES  # a --top of hundreds would make the legend taller than the figure
+    axes[0][0].legend(fontsize=6, title=f"best {LEGEND_ENTRIES} of {len(leaders)}" if more else None, title_fontsize=6)
     save(fig, "top_trials_per_epoch.png")
 
     # 5. Fine against coarse accuracy, where trials had both.

@@ -202,6 +202,14 @@ def test_two_trials_get_their_leaderboard_and_no_importance_ranking(tmp_path, ca
     assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value"
 
 
+def test_a_long_top_keeps_the_per_epoch_plots_legend_within_the_figure(tmp_path):
+    make_results(tmp_path / "results", n=80)
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                                 "--top", "80"]) == 0
+    height, width, _ = matplotlib.image.imread(tmp_path / "out" / "top_trials_per_epoch.png").shape
+    assert height < width / 2
+
+
 def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
     assert analyze_results.main(["--results-dir", str(tmp_path / "none")]) == 2
     (tmp_path / "empty").mkdir()
