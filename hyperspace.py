@@ -5,6 +5,11 @@ Labels and nesting are those of the 2017 project, so its `results.pkl` resumes h
 
 from hyperopt import hp
 
+# What the multipliers of the space scale, and the optional first convolution's width (2017's values).
+STARTING_LR = 0.001
+STARTING_L2_REG = 0.0007
+FIRST_CONV_FILTERS = 16
+
 space = {
     # Learning rate multiplier, log-scaled because its effect is multiplicative:
     "lr_rate_mult": hp.loguniform("lr_rate_mult", -0.5, 0.5),
@@ -110,7 +115,7 @@ def describe(point: dict, *, coarse_head: bool = True) -> str:
     blocks = int(point["nb_conv_pool_layers"])
     filters = rounded_width(40 * point["conv_hiddn_units_mult"], multiple)
     k = int(round(point["conv_kernel_size"]))
-    layers = [] if point["first_conv"] is None else [f"conv{point['first_conv']} 16"]
+    layers = [] if point["first_conv"] is None else [f"conv{point['first_conv']} {FIRST_CONV_FILTERS}"]
     block = [f"{blocks} blocks of conv{k} {'/'.join(str(filters * 2**b) for b in range(blocks))}"]
     if point["use_BN"]:
         block.append("BN")
@@ -125,7 +130,7 @@ def describe(point: dict, *, coarse_head: bool = True) -> str:
     if point["one_more_fc"] is not None:
         fc.append(rounded_width(750 * point["one_more_fc"], multiple))
     layers.append(f"FC {'/'.join(map(str, fc))}")
-    return (f"{' > '.join(layers)}; {point['activation']}, {point['optimizer']} lr {0.001 * point['lr_rate_mult']:.2g}, "
-            f"L2 {0.0007 * point['l2_weight_reg_mult']:.2g}, batch {int(point['batch_size'])}, "
+    return (f"{' > '.join(layers)}; {point['activation']}, {point['optimizer']} lr {STARTING_LR * point['lr_rate_mult']:.2g}, "
+            f"L2 {STARTING_L2_REG * point['l2_weight_reg_mult']:.2g}, batch {int(point['batch_size'])}, "
             f"dropout {point['conv_dropout_drop_proba']:.2f} conv, {point['fc_dropout_drop_proba']:.2f} FC"
             + (f", coarse weight {point['coarse_labels_weight']:.2f}" if coarse_head else ""))

@@ -15,7 +15,7 @@ from hyperopt import STATUS_FAIL, STATUS_OK
 
 import fast_layers
 from datasets import Dataset
-from hyperspace import rounded_width
+from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width
 from precision import resolve_precision
 
 if keras.backend.backend() == "tensorflow":
@@ -26,9 +26,6 @@ if keras.backend.backend() == "tensorflow":
     # of "excessive retracing" where nothing retraces within a trial.
     tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
 
-STARTING_L2_REG = 0.0007
-STARTING_LR = 0.001
-FIRST_CONV_FILTERS = 16
 MONITOR = "val_fine_outputs_accuracy"
 
 OPTIMIZERS = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam, "RMSprop": keras.optimizers.RMSprop}
