@@ -139,25 +139,22 @@ def load_dataset(
     num_fine = int(max(yf_train.max(), yf_test.max())) + 1
     num_coarse = None if yc_train is None else int(max(yc_train.max(), yc_test.max())) + 1
 
+    def take(a, idx):
+        return None if a is None else a[idx]
+
     rng = np.random.default_rng(seed)
     if select_on == "test":
-        val_idx, train_idx = np.arange(0), np.arange(len(x_train))
+        train_idx = np.arange(len(x_train))
+        x_val, yf_val, yc_val = x_test, yf_test, yc_test
     else:
         n_val = max(1, round(len(x_train) * VALIDATION_FRACTION))
         val_idx, train_idx = stratified_split(yf_train, n_val, rng)
+        x_val, yf_val, yc_val = x_train[val_idx], yf_train[val_idx], take(yc_train, val_idx)
     if train_subset is not None:
         if not 0 < train_subset <= len(train_idx):
             raise DatasetError(f"--train-subset must be between 1 and {len(train_idx)}, got {train_subset}")
         keep, _ = stratified_split(yf_train[train_idx], train_subset, rng)
         train_idx = train_idx[keep]
-
-    def take(a, idx):
-        return None if a is None else a[idx]
-
-    if select_on == "test":
-        x_val, yf_val, yc_val = x_test, yf_test, yc_test
-    else:
-        x_val, yf_val, yc_val = x_train[val_idx], yf_train[val_idx], take(yc_train, val_idx)
     return Dataset(
         name=label,
         x_train=x_train[train_idx],
