@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pickle
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -201,10 +202,9 @@ def read_cifar100_archive(archive: str | os.PathLike):
     """Parse the official `cifar-100-python.tar.gz` with Keras's own batch reader."""
     from keras.src.datasets.cifar import load_batch
 
-    import tempfile
-
     try:
-        with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive) as tar:
+        # "r:gz", the official format: auto-detection would list one failure per compression.
+        with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")
             arrays = []
             for split in ("train", "test"):

@@ -71,6 +71,18 @@ def test_missing_cifar100_names_where_to_put_it(tmp_path, monkeypatch):
     assert "cifar-100-python.tar.gz" in message and "--dataset synthetic" in message and "\n" not in message
 
 
+@pytest.mark.parametrize("damage", ["cut short", "not gzip"])
+def test_damaged_cifar100_archive_is_refused_in_one_line(tmp_path, damage):
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    write_cifar100_archive(archive)
+    blob = archive.read_bytes()
+    archive.write_bytes(blob[: len(blob) // 2] if damage == "cut short" else b"<html>404</html>" * 50)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar100", data_dir=str(tmp_path))
+    message = str(err.value)
+    assert "is not a readable CIFAR-100 archive" in message and "\n" not in message
+
+
 def test_validation_split_is_stratified_and_disjoint():
     data = load_dataset("synthetic", synthetic_size=2000)
     assert len(data.x_val) == 200
