@@ -29,7 +29,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=at_least(1), default=100, help="epochs to train")
     parser.add_argument("--dataset", default=None, help="cifar100 | cifar10 | synthetic | FILE.npz (default: the result's own)")
     parser.add_argument("--data-dir", default=None, help="folder holding cifar-100-python.tar.gz")
-    parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many images (stratified)")
+    parser.add_argument("--select-on", choices=("validation", "test"), default=None,
+                        help="what selects the best epoch: a validation split, or the test set as in 2017 "
+                             "(default: the result's own; test for 2017 files)")
+    parser.add_argument("--train-subset", type=at_least(1), default=None,
+                        help="train on this many images (stratified) (default: all, whatever the search trained on)")
     parser.add_argument("--histogram-freq", type=at_least(0), default=1, help="weight histograms every N epochs (0: none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--seed", type=SEED, default=0, help="random seed of the data split and the weights")
@@ -134,8 +138,11 @@ def main(argv=None) -> int:
     from utils import print_json, save_json_result
 
     dataset = args.dataset or result.get("dataset_file") or result.get("dataset") or "cifar100"
+    # 2017's files, which have no dataset either, were selected on the test set.
+    select_on = args.select_on or result.get("selected_on", "validation" if "dataset" in result else "test")
     try:
-        data = load_dataset(dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir)
+        data = load_dataset(dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir,
+                            select_on=select_on)
     except DatasetError as err:
         moved = not args.dataset and dataset.endswith(".npz")
         hint = f" (the dataset {path} was trained on: give its path with --dataset)" if moved else ""
@@ -160,7 +167,8 @@ def main(argv=None) -> int:
     ]
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
-                                           verbose=args.verbose, precision=args.precision, seed=args.seed)
+                                           verbose=args.verbose, precision=args.precision, seed=args.seed,
+                                           selected_on=select_on)
     except KeyboardInterrupt:
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         print(f"\nInterrupted: {kept}; logs in {log_dir}/", file=sys.stderr)
@@ -175,8 +183,8 @@ def main(argv=None) -> int:
         print(f"error: cannot save the retrain's result ({err}); the best model is {checkpoint}", file=sys.stderr)
         return 1
     print_json({k: v for k, v in retrained.items() if k not in ("history", "space")})
-    print(f"Best validation fine accuracy {retrained['fine_best_accuracy']:.4f}, test {retrained['test_fine_accuracy']:.4f}; "
-          f"result in {saved}")
+    test = "" if select_on == "test" else f", test {retrained['test_fine_accuracy']:.4f}"
+    print(f"Best {select_on} fine accuracy {retrained['fine_best_accuracy']:.4f}{test}; result in {saved}")
     print("See the logs with: tensorboard --logdir=TensorBoard/")
     return 0
 

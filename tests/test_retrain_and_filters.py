@@ -13,6 +13,7 @@ import pytest
 import conv_filters_visualization as viz
 import retrain_best_with_tensorboard as retrain
 from conftest import REPO, SMALL_SPACE
+from test_datasets import write_cifar100_archive
 from utils import load_json_result, save_json_result
 
 RESIDUAL_SPACE = {**SMALL_SPACE, "residual": 1.0, "conv_pool_res_start_idx": 1.0}
@@ -127,6 +128,22 @@ def test_a_result_whose_npz_is_not_here_asks_for_its_path(tmp_path, monkeypatch,
     assert retrain.main(["--result", "results/model_0.1_bbbbb.txt.json", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'cifar-100-python.tar.gz'} does not exist") and "--dataset)" not in err
+
+
+@pytest.mark.parametrize("args, select_on, train_images", [([], "test", 300), (["--select-on", "validation"], "validation", 270)])
+def test_a_2017_result_retrains_selecting_on_the_test_set_as_its_search_did(tmp_path, monkeypatch, capsys,
+                                                                            args, select_on, train_images):
+    write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
+    # 2017's files have neither the dataset nor what selected them: CIFAR-100's test set did.
+    (tmp_path / "model_2017.txt.json").write_text(json.dumps({"loss": -0.6, "status": "ok", "space": SMALL_SPACE}))
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--result", "model_2017.txt.json", "--data-dir", ".", "--epochs", "1", "--verbose", "0",
+                         "--histogram-freq", "0", *args]) == 0
+    out = capsys.readouterr().out
+    result = load_json_result(tmp_path / "weights" / "model_2017.retrain.txt.json")
+    assert (result["selected_on"], result["train_images"]) == (select_on, train_images)
+    assert ("the test images select epochs" in out) == (select_on == "test")
+    assert f"Best {select_on} fine accuracy {result['fine_best_accuracy']:.4f}" in out
 
 
 def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
