@@ -16,27 +16,7 @@ CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
 VALIDATION_FRACTION = 0.1
 SYNTHETIC_DEFAULT_SIZE = 3000
 
-CIFAR100_FINE_NAMES = (
-    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
-    "butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch "
-    "crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo "
-    "keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse "
-    "mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy "
-    "porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper "
-    "snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television "
-    "tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
-).split()
-CIFAR100_COARSE_NAMES = (
-    "aquatic_mammals fish flowers food_containers fruit_and_vegetables "
-    "household_electrical_devices household_furniture insects large_carnivores "
-    "large_man-made_outdoor_things large_natural_outdoor_scenes large_omnivores_and_herbivores "
-    "medium_mammals non-insect_invertebrates people reptiles small_mammals trees vehicles_1 "
-    "vehicles_2"
-).split()
-CIFAR10_FINE_NAMES = (
-    "airplane automobile bird cat deer dog frog horse ship truck".split()
-)
-CIFAR10_VEHICLES = (0, 1, 8, 9)
+CIFAR10_VEHICLES = (0, 1, 8, 9)  # airplane, automobile, ship, truck
 
 
 class DatasetError(ValueError):
@@ -59,8 +39,6 @@ class Dataset:
     y_test_coarse: np.ndarray | None
     num_fine: int
     num_coarse: int | None
-    fine_names: list[str] | None = None
-    coarse_names: list[str] | None = None
     horizontal_flip: bool = True
     selects_on: str = "validation"  # what x_val holds: the validation split, or the test set (2017's protocol)
 
@@ -120,14 +98,13 @@ def load_dataset(
     if data_dir is not None and name != "cifar100":
         raise DatasetError(f"--data-dir is where cifar100's archive lies; {name} does not read it")
     if name == "cifar100":
-        arrays, flip, names = _load_cifar100(data_dir), True, (CIFAR100_FINE_NAMES, CIFAR100_COARSE_NAMES)
+        arrays, flip = _load_cifar100(data_dir), True
     elif name == "cifar10":
-        arrays, flip, names = _load_cifar10(), True, (CIFAR10_FINE_NAMES, ["vehicle", "animal"])
+        arrays, flip = _load_cifar10(), True
     elif name == "synthetic":
-        arrays, flip, names = make_synthetic(synthetic_size, seed=seed), True, (None, None)
+        arrays, flip = make_synthetic(synthetic_size, seed=seed), True
     elif name.endswith(".npz"):
         arrays, flip = _load_npz(name)
-        names = (None, None)
     else:
         raise DatasetError(
             f"unknown dataset {name!r}: use cifar100, cifar10, synthetic or a path to a .npz file"
@@ -169,8 +146,6 @@ def load_dataset(
         y_test_coarse=yc_test,
         num_fine=num_fine,
         num_coarse=num_coarse,
-        fine_names=None if names[0] is None else list(names[0]),
-        coarse_names=None if names[1] is None else list(names[1]),
         horizontal_flip=flip,
         selects_on=select_on,
     )
