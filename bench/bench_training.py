@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import resource
 import statistics
@@ -110,25 +111,39 @@ COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
 
 
 class CompileTimes:
-    """Seconds JAX spends tracing, lowering and compiling (XLA, its autotuning included), from JAX's own events."""
+    """Seconds JAX spends tracing, lowering and compiling (XLA, its autotuning included), from JAX's own events.
+
+    Each kind's seconds are the time its events cover, not their sum: JAX before 0.10 also reports
+    a trace nested in another (a jitted function inside a jitted one), whose time the outer one holds.
+    """
 
     def __init__(self):
         self.on_jax = keras.backend.backend() == "jax"
-        self.seconds = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
+        self.spans = {kind: [] for kind in COMPILE_EVENTS.values()}
         if self.on_jax:
             import jax.monitoring
 
             jax.monitoring.register_event_duration_secs_listener(self._record)
 
     def _record(self, event: str, seconds: float, **_) -> None:
-        if event in COMPILE_EVENTS:
-            self.seconds[COMPILE_EVENTS[event]] += seconds
+        if event in COMPILE_EVENTS:  # reported as the event ends
+            end = time.perf_counter()
+            self.spans[COMPILE_EVENTS[event]].append((end - seconds, end))
 
     def take(self) -> dict:
         """The seconds since the last take (None off JAX)."""
-        taken = {key: round(value, 2) if self.on_jax else None for key, value in self.seconds.items()}
-        self.seconds = dict.fromkeys(COMPILE_EVENTS.values(), 0.0)
+        taken = {kind: round(covered(spans), 2) if self.on_jax else None for kind, spans in self.spans.items()}
+        self.spans = {kind: [] for kind in COMPILE_EVENTS.values()}
         return taken
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals."""
+    total, reached = 0.0, -math.inf
+    for start, end in sorted(spans):
+        total += max(0.0, end - max(start, reached))
+        reached = max(reached, end)
+    return total
 
 
 COMPILE_TIMES = CompileTimes()

@@ -85,6 +85,14 @@ def test_on_jax_a_row_splits_its_compile_into_tracing_lowering_and_xla(tmp_path)
     assert row["trace_s"] + row["lower_s"] + row["xla_compile_s"] <= row["first_epoch_s"] + 0.05  # inside the first epoch
 
 
+def test_a_compile_phase_nested_in_another_counts_once():
+    from bench_training import covered
+
+    # JAX before 0.10 reported a jitted function traced inside another as an event of its own.
+    assert covered([(0.0, 4.0), (1.0, 2.0), (3.0, 5.0), (7.0, 8.0)]) == pytest.approx(6.0)
+    assert covered([]) == 0.0
+
+
 @pytest.mark.slow
 def test_data_memory_counts_the_dataset_itself(monkeypatch):
     import argparse
