@@ -135,7 +135,7 @@ class Objective:
 
     def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
         self.data = data
-        self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "select_on", "precision", "seed", "space")}
+        self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "precision", "seed", "space")}
         # A .npz is recorded by its name (what a resume compares) and here by its path, which the retrain opens.
         self.dataset_file = os.path.abspath(args.dataset) if args.dataset.endswith(".npz") else None
         self.parallelism = parallelism
@@ -159,7 +159,7 @@ class Objective:
         callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
         model, result = build_and_train(
             space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
-            verbose=s["verbose"], selected_on=s["select_on"], precision=s["precision"],
+            verbose=s["verbose"], precision=s["precision"],
             seed=(s["seed"] * 100003 + zlib.crc32(repr(sorted(space.items())).encode())) % 2**31,
         )
         del model

@@ -277,7 +277,6 @@ def build_and_train(
     callbacks=(),
     patience: int | None = None,
     verbose: int = 0,
-    selected_on: str = "validation",
     precision: str = "auto",
     seed: int | None = None,
 ) -> tuple[keras.Model | None, dict]:
@@ -311,7 +310,7 @@ def build_and_train(
         if diverged is not None and diverged <= 1 + history[MONITOR].index(max(history[MONITOR])):
             raise FloatingPointError(f"loss is NaN or infinite at epoch {diverged}")
         test = model.evaluate(batches(data, "test", evaluation), verbose=0, return_dict=True)
-        result = _result(space, data, history, test, model, callbacks, selected_on) | {"diverged_at_epoch": diverged}
+        result = _result(space, data, history, test, model, callbacks) | {"diverged_at_epoch": diverged}
     except Exception as err:  # noqa: BLE001 -- a trial must never crash the search
         del model
         model = None
@@ -351,7 +350,7 @@ def _unregistering_custom_gradients():
                 del registry[name]
 
 
-def _result(space, data, history, test, model, callbacks, selected_on) -> dict:
+def _result(space, data, history, test, model, callbacks) -> dict:
     fine_acc = history[MONITOR]
     best_fine = max(fine_acc)
     has_coarse = data.has_coarse
@@ -382,7 +381,7 @@ def _result(space, data, history, test, model, callbacks, selected_on) -> dict:
         "n_params": model.count_params(),
         "dataset": data.name,
         "train_images": len(data.x_train),
-        "selected_on": selected_on,
+        "selected_on": data.selects_on,
         "tid": None,
     }
 

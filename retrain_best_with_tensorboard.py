@@ -167,8 +167,7 @@ def main(argv=None) -> int:
     ]
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
-                                           verbose=args.verbose, precision=args.precision, seed=args.seed,
-                                           selected_on=select_on)
+                                           verbose=args.verbose, precision=args.precision, seed=args.seed)
     except KeyboardInterrupt:
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         print(f"\nInterrupted: {kept}; logs in {log_dir}/", file=sys.stderr)
