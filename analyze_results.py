@@ -76,6 +76,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "dataset": result.get("dataset"),
             "train_images": result.get("train_images"),
             "search_space": result.get("search_space"),
+            "seed": result.get("seed"),
             # What the fine and coarse accuracies were measured on: 2017's files have no key, and the test set.
             "selected_on": result.get("selected_on", "test") if ok else None,
             "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,

@@ -165,6 +165,7 @@ class Objective:
         del model
         keras.backend.clear_session()
         result["search_space"] = s["space"]
+        result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
         return result
@@ -207,7 +208,7 @@ class Search:
             print(f"error: {err}", file=sys.stderr)
             return 2
         if mismatch := mismatched_setting(finished, args.trials_file, dataset=os.path.basename(args.dataset),
-                                          selected_on=args.select_on, search_space=args.space):
+                                          selected_on=args.select_on, search_space=args.space, seed=args.seed):
             print(f"error: {mismatch}", file=sys.stderr)
             return 2
         done = len(finished.trials)

@@ -36,7 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train on this many images (stratified) (default: all, whatever the search trained on)")
     parser.add_argument("--histogram-freq", type=at_least(0), default=1, help="weight histograms every N epochs (0: none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
-    parser.add_argument("--seed", type=SEED, default=0, help="random seed of the data split and the weights")
+    parser.add_argument("--seed", type=SEED, default=None,
+                        help="random seed of the data split and the weights (default: the result's search's, so that "
+                             "it validates on the same images; else 0)")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     return parser.parse_args(argv)
 
@@ -140,8 +142,9 @@ def main(argv=None) -> int:
     dataset = args.dataset or result.get("dataset_file") or result.get("dataset") or "cifar100"
     # 2017's files, which have no dataset either, were selected on the test set.
     select_on = args.select_on or result.get("selected_on", "validation" if "dataset" in result else "test")
+    seed = result.get("seed", 0) if args.seed is None else args.seed
     try:
-        data = load_dataset(dataset, train_subset=args.train_subset, seed=args.seed, data_dir=args.data_dir,
+        data = load_dataset(dataset, train_subset=args.train_subset, seed=seed, data_dir=args.data_dir,
                             select_on=select_on)
     except DatasetError as err:
         moved = not args.dataset and dataset.endswith(".npz")
@@ -167,7 +170,7 @@ def main(argv=None) -> int:
     ]
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
-                                           verbose=args.verbose, precision=args.precision, seed=args.seed)
+                                           verbose=args.verbose, precision=args.precision, seed=seed)
     except KeyboardInterrupt:
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         print(f"\nInterrupted: {kept}; logs in {log_dir}/", file=sys.stderr)
@@ -175,7 +178,7 @@ def main(argv=None) -> int:
     if retrained["status"] != "ok":
         print(f"error: retraining failed: {retrained['error']}", file=sys.stderr)
         return 1
-    retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint))
+    retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed)
     try:
         saved = save_json_result(retrained, WEIGHTS_DIR)
     except OSError as err:

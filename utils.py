@@ -23,7 +23,8 @@ import numpy as np
 RESULTS_DIR = "results"
 # What a trial's accuracy depends on besides its hyperparameters, and the search option that sets it:
 # a search refuses to resume over trials of other settings, and the analysis warns of a folder mixing them.
-SETTINGS = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset", "search_space": "--space"}
+SETTINGS = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset", "search_space": "--space",
+            "seed": "--seed"}
 
 
 def trials_file_for(results_dir: str | os.PathLike) -> str:

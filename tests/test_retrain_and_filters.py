@@ -146,6 +146,23 @@ def test_a_2017_result_retrains_selecting_on_the_test_set_as_its_search_did(tmp_
     assert f"Best {select_on} fine accuracy {result['fine_best_accuracy']:.4f}" in out
 
 
+def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch):
+    from datasets import load_dataset
+    from neural_net import targets
+
+    # --seed draws the validation split and, on synthetic data, the images themselves.
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
+                      "dataset": "synthetic", "selected_on": "validation", "seed": 5}, tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]) == 0
+    result = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa.retrain.txt.json")
+    assert result["seed"] == 5
+    data = load_dataset("synthetic", train_subset=300, seed=5)
+    model = keras.saving.load_model(tmp_path / "weights" / "model_0.2_aaaaa.keras")
+    scores = model.evaluate(data.x_val, targets(data, "val"), verbose=0, return_dict=True)
+    assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
+
+
 def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
     (tmp_path / "mine.txt.json").write_text(json.dumps({"loss": -0.2, "status": "ok", "space": SMALL_SPACE,
                                                          "dataset": "synthetic"}))

@@ -237,14 +237,15 @@ def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_fil
     assert len(result_files(tmp_path)) == 2
 
 
-def test_a_resume_on_other_data_a_training_subset_selection_set_or_space_is_refused_untouched(tmp_path, monkeypatch, capsys):
+def test_a_resume_on_other_data_a_training_subset_selection_set_space_or_seed_is_refused_untouched(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     before = (tmp_path / "results.pkl").read_bytes()
     capsys.readouterr()
     for other, setting in ((["--dataset", "mine.npz"], "dataset synthetic, this run asks for mine.npz"),
                            (["--select-on", "test"], "selected_on validation, this run asks for test"),
                            (["--train-subset", "200"], "train_images 300, this run asks for 200"),
-                           (["--space", "full"], "search_space tiny, this run asks for full (--space)")):
+                           (["--space", "full"], "search_space tiny, this run asks for full (--space)"),
+                           (["--seed", "1"], "seed 0, this run asks for 1 (--seed)")):
         assert in_process(tmp_path, monkeypatch, "--max-evals", "2", *other) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: results.pkl holds trials with {setting}") and "do not compare" in err
