@@ -401,6 +401,7 @@ def failure(space: dict, data: Dataset | None, err: BaseException) -> dict:
         "model_name": f"model_failed_{uuid.uuid4().hex[:5]}",
         "dataset": None if data is None else data.name,
         "train_images": None if data is None else len(data.x_train),
+        "selected_on": None if data is None else data.selects_on,
         "pruned": False,
         "tid": None,
     }

@@ -244,6 +244,15 @@ def test_an_exception_fails_the_trial_without_raising(synthetic):
     assert model is None and result["status"] == "fail" and "KeyError" in result["error"]
 
 
+def test_a_failed_trial_records_the_settings_a_resume_compares():
+    from datasets import load_dataset
+
+    # A search of only failures, selected on the test set, must refuse a resume selecting on validation.
+    data = load_dataset("synthetic", synthetic_size=300, select_on="test")
+    _, result = build_and_train({**SMALL_SPACE, "optimizer": "SGD-that-does-not-exist"}, data, epochs=1)
+    assert (result["status"], result["dataset"], result["selected_on"], result["train_images"]) == ("fail", "synthetic", "test", 300)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("precision, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
 def test_a_mixed_precision_trial_learns_keeps_float32_weights_and_restores_the_policy(synthetic, precision, compute_dtype):
