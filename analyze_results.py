@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import HelpFormatter, at_least, plural, run
-from utils import RESULTS_DIR, SETTINGS, is_ok, iter_results, trials_file_for, validation_curve, warn
+from utils import RESULTS_DIR, SETTINGS, is_ok, iter_results, setting, trials_file_for, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -73,12 +73,9 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "fine_accuracy": result.get("fine_best_accuracy", -result["loss"]) if ok else None,
             "coarse_accuracy": result.get("coarse_best_accuracy") if ok else None,
             "test_fine_accuracy": result.get("test_fine_accuracy"),
-            "dataset": result.get("dataset"),
-            "train_images": result.get("train_images"),
-            "search_space": result.get("search_space"),
-            "seed": result.get("seed"),
-            # What the fine and coarse accuracies were measured on: 2017's files have no key, and the test set.
-            "selected_on": result.get("selected_on", "test") if ok else None,
+            **{key: setting(result, key) for key in SETTINGS},
+            # What the fine and coarse accuracies were measured on.
+            "selected_on": setting(result, "selected_on") if ok else None,
             "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
             "fine_curve": validation_curve(result, "fine"),
             "coarse_curve": validation_curve(result, "coarse"),

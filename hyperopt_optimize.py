@@ -73,8 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def recorded(trials, key: str) -> set:
-    """The values of a result key among the finished trials (2017's results have none of this project's keys)."""
-    return {r[key] for r in trials.results if r.get(key) is not None}
+    """The values of a setting among the finished trials, 2017's included."""
+    from utils import setting
+
+    return {setting(r, key) for r in trials.results} - {None}
 
 
 def mismatched_setting(trials, trials_file: str, **asked) -> str | None:

@@ -137,11 +137,10 @@ def main(argv=None) -> int:
     from datasets import DatasetError, load_dataset
     from neural_net import MONITOR, build_and_train
     from precision import training_line
-    from utils import print_json, save_json_result
+    from utils import print_json, save_json_result, setting
 
-    dataset = args.dataset or result.get("dataset_file") or result.get("dataset") or "cifar100"
-    # 2017's files, which have no dataset either, were selected on the test set.
-    select_on = args.select_on or result.get("selected_on", "validation" if "dataset" in result else "test")
+    dataset = args.dataset or result.get("dataset_file") or setting(result, "dataset") or "cifar100"
+    select_on = args.select_on or setting(result, "selected_on") or "validation"
     seed = result.get("seed", 0) if args.seed is None else args.seed
     try:
         data = load_dataset(dataset, train_subset=args.train_subset, seed=seed, data_dir=args.data_dir,

@@ -25,6 +25,15 @@ RESULTS_DIR = "results"
 # a search refuses to resume over trials of other settings, and the analysis warns of a folder mixing them.
 SETTINGS = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset", "search_space": "--space",
             "seed": "--seed"}
+# The 2017 project's results record none of them, nor their epoch budget: it trained on all of
+# CIFAR-100's 50,000 training images, 100 epochs, in the full space, and selected on the test set.
+SETTINGS_2017 = {"dataset": "cifar100", "selected_on": "test", "train_images": 50_000, "search_space": "full",
+                 "max_epochs": 100}
+
+
+def setting(result: dict, key: str):
+    """What a result records of a setting (`dataset`, `selected_on`...); for a 2017 result, what its search had."""
+    return result.get(key) if "dataset" in result else SETTINGS_2017.get(key)
 
 
 def trials_file_for(results_dir: str | os.PathLike) -> str:

@@ -30,8 +30,9 @@ def make_results(folder, n=8, dataset="synthetic"):
             "dataset": dataset, "train_images": 2700, "search_space": "full",
             "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
         }, folder)
-    save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n,
-                      "model_name": "model_failed_abcde", "space": hyperspace.DEMO_SPACE}, folder)
+    save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n, "model_name": "model_failed_abcde",
+                      "space": hyperspace.DEMO_SPACE, "dataset": dataset, "train_images": 2700, "search_space": "full",
+                      "selected_on": "validation"}, folder)
 
 
 def check_outputs(out, n_rows):
@@ -171,7 +172,17 @@ def test_a_folder_mixing_two_searches_is_warned_about_with_what_differs(tmp_path
     err = capsys.readouterr().err
     assert "holds trials of more than one search, whose accuracies do not compare: dataset digits.npz (3), synthetic (8)." in err
     with open(tmp_path / "out" / "trials.csv") as f:
-        assert {r["dataset"] for r in csv.DictReader(f)} == {"digits.npz", "synthetic", ""}  # the failed trial's is unknown
+        assert {r["dataset"] for r in csv.DictReader(f)} == {"digits.npz", "synthetic"}
+
+
+def test_2017_files_beside_a_new_search_are_warned_about_as_the_cifar100_test_set_search_they_were(tmp_path, capsys,
+                                                                                                    reference_dir):
+    make_results(tmp_path / "results")
+    for path in sorted(reference_dir.glob("model_*.txt.json"))[:2]:
+        (tmp_path / "results" / path.name).write_bytes(path.read_bytes())
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "dataset cifar100 (2), synthetic (8); selected_on test (2), validation (8); train_images 2700 (8), 50000 (2)" in err
 
 
 def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights_importance(tmp_path, capsys):

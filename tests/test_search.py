@@ -154,12 +154,33 @@ def test_a_broken_trials_pickle_is_refused_untouched(tmp_path, content, message)
 
 
 @pytest.mark.slow
-def test_the_2017_trials_pickle_resumes(tmp_path, reference_dir):
+def test_the_2017_trials_pickle_resumes_as_2017_searched_and_only_so(tmp_path, monkeypatch, capsys, reference_dir):
+    import numpy as np
+
+    import datasets
+    import hyperopt_optimize
+    import neural_net
+
     shutil.copy(reference_dir / "results.pkl", tmp_path / "results.pkl")
-    out = run_cli(tmp_path, "--max-evals", "43", "--epochs", "1")
-    assert out.returncode == 0, out.stderr
-    assert "Resuming: 42 trials, best fine accuracy 0.6761" in out.stdout
-    assert len(load_trials(tmp_path / "results.pkl").trials) == 43
+    monkeypatch.chdir(tmp_path)
+    # The quick runs' synthetic data would have TPE compare them with 2017's CIFAR-100 test accuracies.
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "43"]) == 2
+    assert "results.pkl holds trials with dataset cifar100, this run asks for synthetic" in capsys.readouterr().err
+
+    def cifar100(name, **kwargs):  # CIFAR-100's sizes, without its images (not downloadable here)
+        images = np.broadcast_to(np.zeros((1, 32, 32, 3), np.uint8), (50_000, 32, 32, 3))
+        fine = np.arange(50_000) % 100
+        return datasets.Dataset(name, images, fine, fine // 5, images[:10_000], fine[:10_000], fine[:10_000] // 5,
+                                images[:10_000], fine[:10_000], fine[:10_000] // 5, 100, 20, selects_on=kwargs["select_on"])
+
+    monkeypatch.setattr(datasets, "load_dataset", cifar100)
+    monkeypatch.setattr(neural_net, "build_and_train",
+                        lambda space, data, **_: (None, neural_net.failure(space, data, RuntimeError("not trained here"))))
+    as_2017 = ["--select-on", "test", "--max-evals", "43", "--no-plot", "--verbose", "0"]
+    assert hyperopt_optimize.main(as_2017) == 0
+    assert "Resuming: 42 trials, best fine accuracy 0.6761" in capsys.readouterr().out
+    trials = load_trials(tmp_path / "results.pkl")
+    assert len(trials.trials) == 43 and trials.results[-1]["selected_on"] == "test"
 
 
 def in_process(tmp_path, monkeypatch, *args):
