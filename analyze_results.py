@@ -162,6 +162,10 @@ def selection_set(rows: list[dict]) -> str:
 
 def print_leaderboard(rows: list[dict], top: int) -> None:
     ok = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
+    failed = sum(r["status"] != "ok" for r in rows)
+    if not ok:
+        print(f"No trial finished: {plural(len(rows), 'trial')}, {failed} failed.")
+        return
     # The hyperparameters that vary most among the leaders, relative to their spread in the whole search.
     spread = []
     for name in shaping(rows):
@@ -172,8 +176,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
             ratio = np.std([_numeric(r[name]) for r in ok]) / everyone if everyone > 0 else 0.0
         spread.append((ratio, name))
     varying = [name for ratio, name in sorted(spread, reverse=True)[:4] if ratio > 0]
-    print(f"Top {len(ok)} of {len(rows)} trials ({sum(r['status'] != 'ok' for r in rows)} failed, "
-          f"{sum(r['pruned'] for r in rows)} pruned):")
+    print(f"Top {len(ok)} of {len(rows)} trials ({failed} failed, {sum(r['pruned'] for r in rows)} pruned):")
     header = f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  "
     print(header + "  ".join(varying))
 
@@ -385,7 +388,7 @@ def main(argv=None) -> int:
         csv.writer(f).writerows([("hyperparameter", "method", "score", "p_value", "q_value"), *ranked])
     write_csv(rows, out / "trials.csv")
     if n_ok == 0:
-        warn("no successful trial: no plots")
+        print(f"\nWrote {out / 'trials.csv'} and {out / 'importance.csv'}; no plots without a finished trial")
         return 0
     written = plot_all(rows, ranked, out, args.top, split)
     print(f"\nWrote {out / 'trials.csv'}, {out / 'importance.csv'} and {len(written)} plots: "

@@ -185,6 +185,18 @@ def test_2017_files_beside_a_new_search_are_warned_about_as_the_cifar100_test_se
     assert "dataset cifar100 (2), synthetic (8); selected_on test (2), validation (8); train_images 2700 (8), 50000 (2)" in err
 
 
+def test_a_search_of_failures_only_is_said_so_without_an_empty_leaderboard(tmp_path, capsys):
+    for tid in range(2):
+        save_json_result({"status": "fail", "error": "ResourceExhaustedError: OOM", "tid": tid, "model_name": f"model_failed_{tid}",
+                          "space": hyperspace.DEMO_SPACE, "dataset": "synthetic"}, tmp_path / "results")
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("No trial finished: 2 trials, 2 failed.\n") and "rank" not in out
+    assert "no plots without a finished trial" in out
+    with open(tmp_path / "out" / "trials.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["fail", "fail"]
+
+
 def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights_importance(tmp_path, capsys):
     # A .npz without coarse labels: the model has the fine head only, coarse_labels_weight shapes nothing.
     make_results(tmp_path / "results")
