@@ -72,25 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def recorded(trials, key: str) -> set:
-    """The values of a setting among the finished trials, 2017's included."""
-    from utils import setting
-
-    return {setting(r, key) for r in trials.results} - {None}
-
-
-def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
-    """Why the finished trials cannot share one TPE history with a run of these settings, or None."""
-    from utils import SETTINGS
-
-    for key, value in asked.items():
-        if (values := recorded(trials, key)) - {value}:
-            return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(values)))}, this run asks "
-                    f"for {value} ({SETTINGS[key]}): their accuracies do not compare; resume with the same setting, "
-                    "or start a new search with another --results-dir")
-    return None
-
-
 def report(line: str) -> None:
     """Print a line without tearing hyperopt's progress bar."""
     from tqdm import tqdm
@@ -191,7 +172,7 @@ class Search:
         import hyperspace
         from datasets import DatasetError, load_dataset
         from precision import training_line
-        from utils import TrialsFileError, finished_curves, warn
+        from utils import TrialsFileError, finished_curves, mismatched_setting, recorded, warn
 
         args = self.args
         parallelism = None

@@ -1,4 +1,4 @@
-"""Results on disk: atomic writes, result JSON files, the best result, the trials pickle, a run lock.
+"""Results on disk: atomic writes, result JSON files and their settings, the best result, the trials pickle, a run lock.
 
 And the signal guard that keeps a save from being cut in half.
 """
@@ -34,6 +34,21 @@ SETTINGS_2017 = {"dataset": "cifar100", "selected_on": "test", "train_images": 5
 def setting(result: dict, key: str):
     """What a result records of a setting (`dataset`, `selected_on`...); for a 2017 result, what its search had."""
     return result.get(key) if "dataset" in result else SETTINGS_2017.get(key)
+
+
+def recorded(trials, key: str) -> set:
+    """The values of a setting among the finished trials, 2017's included."""
+    return {setting(r, key) for r in trials.results} - {None}
+
+
+def mismatched_setting(trials, trials_file: str, **asked) -> str | None:
+    """Why the finished trials cannot share one TPE history with a run of these settings, or None."""
+    for key, value in asked.items():
+        if (values := recorded(trials, key)) - {value}:
+            return (f"{trials_file} holds trials with {key} {', '.join(map(str, sorted(values)))}, this run asks "
+                    f"for {value} ({SETTINGS[key]}): their accuracies do not compare; resume with the same setting, "
+                    "or start a new search with another --results-dir")
+    return None
 
 
 def trials_file_for(results_dir: str | os.PathLike) -> str:
