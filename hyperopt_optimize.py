@@ -12,7 +12,6 @@ import os
 import shlex
 import signal
 import sys
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,6 +134,7 @@ class Objective:
         from hyperspace import describe
         from neural_net import build_and_train
         from pruning import MedianStoppingRule
+        from utils import weights_seed
 
         s = self.settings
         label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
@@ -143,7 +143,7 @@ class Objective:
         model, result = build_and_train(
             space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
             verbose=s["verbose"], precision=s["precision"],
-            seed=(s["seed"] * 100003 + zlib.crc32(repr(sorted(space.items())).encode())) % 2**31,
+            seed=weights_seed(s["seed"], space),
         )
         del model
         keras.backend.clear_session()

@@ -37,8 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--histogram-freq", type=at_least(0), default=1, help="weight histograms every N epochs (0: none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--seed", type=SEED, default=None,
-                        help="random seed of the data split and the weights (default: the result's search's, so that "
-                             "it validates on the same images; else 0)")
+                        help="random seed of the data split and, with the network, of the weights, as in the search "
+                             "(default: the result's search's, so that the retrain repeats its trial; else 0)")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     return parser.parse_args(argv)
 
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     from datasets import DatasetError, load_dataset
     from neural_net import MONITOR, build_and_train
     from precision import training_line
-    from utils import print_json, save_json_result, setting
+    from utils import print_json, save_json_result, setting, weights_seed
 
     dataset = args.dataset or result.get("dataset_file") or setting(result, "dataset") or "cifar100"
     select_on = args.select_on or setting(result, "selected_on") or "validation"
@@ -169,7 +169,8 @@ def main(argv=None) -> int:
     ]
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
-                                           verbose=args.verbose, precision=args.precision, seed=seed)
+                                           verbose=args.verbose, precision=args.precision,
+                                           seed=weights_seed(seed, result["space"]))
     except KeyboardInterrupt:
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         print(f"\nInterrupted: {kept}; logs in {log_dir}/", file=sys.stderr)

@@ -15,6 +15,7 @@ import pickle
 import signal
 import sys
 import uuid
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,6 +35,11 @@ SETTINGS_2017 = {"dataset": "cifar100", "selected_on": "test", "train_images": 5
 def setting(result: dict, key: str):
     """What a result records of a setting (`dataset`, `selected_on`...); for a 2017 result, what its search had."""
     return result.get(key) if "dataset" in result else SETTINGS_2017.get(key)
+
+
+def weights_seed(seed: int, space: dict) -> int:
+    """The seed of a trial's weights and batch order: its search's `--seed` and its network, so that a retrain repeats it."""
+    return (seed * 100003 + zlib.crc32(repr(sorted(space.items())).encode())) % 2**31
 
 
 def recorded(trials, key: str) -> set:

@@ -163,6 +163,21 @@ def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch)
     assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_a_retrain_on_its_trials_images_repeats_the_trial(tmp_path, monkeypatch):
+    import hyperopt_optimize
+
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main(["--dataset", "synthetic", "--space", "tiny", "--train-subset", "300", "--seed", "3",
+                                   "--max-evals", "1", "--epochs", "2", "--verbose", "0", "--no-plot"]) == 0
+    (trial,) = [load_json_result(path) for path in (tmp_path / "results").glob("*.json")]
+    assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]) == 0
+    (retrained,) = [load_json_result(path) for path in (tmp_path / "weights").glob("*.json")]
+    # The same weights, batches and images: the same curve, to the float rounding of threaded reductions.
+    for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
+        assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
+
+
 def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
     (tmp_path / "mine.txt.json").write_text(json.dumps({"loss": -0.2, "status": "ok", "space": SMALL_SPACE,
                                                          "dataset": "synthetic"}))
