@@ -95,20 +95,16 @@ def load_dataset(
     """
     if select_on not in ("validation", "test"):
         raise ValueError(f"select_on must be 'validation' or 'test', got {select_on!r}")
-    if data_dir is not None and name != "cifar100":
-        raise DatasetError(f"--data-dir is where cifar100's archive lies; {name} does not read it")
+    if problem := source_problem(name, data_dir):
+        raise DatasetError(problem)
     if name == "cifar100":
         arrays, flip = _load_cifar100(data_dir), True
     elif name == "cifar10":
         arrays, flip = _load_cifar10(), True
     elif name == "synthetic":
         arrays, flip = make_synthetic(synthetic_size, seed=seed), True
-    elif name.endswith(".npz"):
-        arrays, flip = _load_npz(name)
     else:
-        raise DatasetError(
-            f"unknown dataset {name!r}: use cifar100, cifar10, synthetic or a path to a .npz file"
-        )
+        arrays, flip = _load_npz(name)
     if horizontal_flip is not None:
         flip = horizontal_flip
     x_train, yf_train, yc_train, x_test, yf_test, yc_test = arrays
@@ -149,6 +145,17 @@ def load_dataset(
         horizontal_flip=flip,
         selects_on=select_on,
     )
+
+
+def source_problem(name: str, data_dir: str | None = None) -> str | None:
+    """Why a dataset cannot load whatever its content (checked before a search claims a folder), or None."""
+    if data_dir is not None and name != "cifar100":
+        return f"--data-dir is where cifar100's archive lies; {name} does not read it"
+    if name.endswith(".npz"):
+        return None if os.path.isfile(name) else f"dataset file {name} does not exist"
+    if name not in ("cifar100", "cifar10", "synthetic"):
+        return f"unknown dataset {name!r}: use cifar100, cifar10, synthetic or a path to a .npz file"
+    return None
 
 
 def _load_cifar100(data_dir: str | None):
@@ -211,8 +218,6 @@ def _load_cifar10():
 
 
 def _load_npz(path: str):
-    if not os.path.isfile(path):
-        raise DatasetError(f"dataset file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as npz:
             contents = {key: npz[key] for key in npz.files}

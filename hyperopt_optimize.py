@@ -79,12 +79,13 @@ def report(line: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if problem := unsupported_backend():
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+    from datasets import source_problem
     from utils import RunLock, SignalGuard
 
+    args = parse_args(argv)
+    if problem := unsupported_backend() or source_problem(args.dataset, args.data_dir):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     lock = RunLock(args.results_dir)
     try:
         # Where results cannot be written, stop before any training.

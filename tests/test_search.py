@@ -261,6 +261,7 @@ def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_fil
 def test_a_resume_on_other_data_a_training_subset_selection_set_space_or_seed_is_refused_untouched(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     before = (tmp_path / "results.pkl").read_bytes()
+    (tmp_path / "mine.npz").touch()  # refused for its name, before it is read
     capsys.readouterr()
     for other, setting in ((["--dataset", "mine.npz"], "dataset synthetic, this run asks for mine.npz"),
                            (["--select-on", "test"], "selected_on validation, this run asks for test"),
@@ -317,6 +318,16 @@ def test_a_results_location_that_cannot_be_written_is_refused_before_training(tm
     captured = capsys.readouterr()
     assert captured.err.startswith("error: cannot write the results there:") and len(captured.err.splitlines()) == 1
     assert "training" not in captured.out
+
+
+@pytest.mark.parametrize("dataset, message", [("cifar1000", "unknown dataset 'cifar1000'"),
+                                              ("gone.npz", "dataset file gone.npz does not exist")])
+def test_a_dataset_that_cannot_be_loaded_is_refused_before_a_results_folder_is_made(tmp_path, monkeypatch, capsys,
+                                                                                   dataset, message):
+    assert in_process(tmp_path, monkeypatch, "--dataset", dataset) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {message}") and len(captured.err.splitlines()) == 1
+    assert captured.out == "" and not list(tmp_path.iterdir())
 
 
 def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
