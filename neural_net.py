@@ -17,6 +17,7 @@ import fast_layers
 from datasets import Dataset
 from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width
 from precision import resolve_precision
+from pruning import MONITOR, Progress, trial_callbacks
 
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
@@ -25,8 +26,6 @@ if keras.backend.backend() == "tensorflow":
     # by the step function's code, as retraces of one function, and after a few short trials warns
     # of "excessive retracing" where nothing retraces within a trial.
     tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
-
-MONITOR = "val_fine_outputs_accuracy"
 
 OPTIMIZERS = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam, "RMSprop": keras.optimizers.RMSprop}
 
@@ -248,27 +247,6 @@ def targets(data: Dataset, split: str) -> dict:
     return labels
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stops training at the end of an epoch whose loss is NaN or infinite.
-
-    Keras's TerminateOnNaN checks every step, so on JAX `fit` waits for each step's loss before it
-    dispatches the next (on an H200, with a per-step progress logger too: 30,562 against 54,934
-    images/s; bench/README.md). A diverged network trains to its epoch's end and stops there.
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite((logs or {}).get("loss", 0.0)):
-            self.model.stop_training = True
-
-
-def trial_callbacks(epochs: int, patience: int | None, callbacks=()) -> list[keras.callbacks.Callback]:
-    """A trial's callbacks: the NaN stop, early stopping that keeps the best epoch's weights, and the caller's."""
-    keeper = keras.callbacks.EarlyStopping(
-        monitor=MONITOR, mode="max", patience=patience or epochs, restore_best_weights=True
-    )
-    return [StopOnNaN(), keeper, *callbacks]
-
-
 def build_and_train(
     space: dict,
     data: Dataset,
@@ -279,8 +257,13 @@ def build_and_train(
     verbose: int = 0,
     precision: str = "auto",
     seed: int | None = None,
+    before: Progress | None = None,
 ) -> tuple[keras.Model | None, dict]:
-    """Train one network; return it (best epoch's weights) and its result dict, or (None, failure)."""
+    """Train one network; return it (best epoch's weights) and its result dict, or (None, failure).
+
+    `before`, with a `callbacks` entry that restores the interrupted training's state (Keras's
+    BackupAndRestore), continues that training: the result covers its epochs too.
+    """
     start = time.time()
     model = None
     precision = resolve_precision(precision)
@@ -301,9 +284,10 @@ def build_and_train(
             history = model.fit(
                 train, epochs=epochs, verbose=verbose,
                 validation_data=batches(data, "val", evaluation),
-                callbacks=trial_callbacks(epochs, patience, callbacks),
+                callbacks=trial_callbacks(epochs, patience, callbacks, before),
             ).history
-        history = {key: [float(v) for v in values] for key, values in history.items()}
+        earlier = before.history if before else {}
+        history = {key: earlier.get(key, []) + [float(v) for v in history.get(key, [])] for key in earlier | history}
         diverged = next((i + 1 for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)), None)
         # A network that diverges after learning counts with its best epoch before, whose weights
         # early stopping restored: hours of a long trial are not thrown away, and TPE learns from them.

@@ -2,13 +2,16 @@
 
 Logs go to TensorBoard/<model_name>/, the best epoch's full model to weights/<model_name>.keras and
 the retrain's result JSON beside it; a later retrain of the same model to <model_name>-2, -3...
+An interrupted retrain resumes where it stopped when the same command runs again.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,6 +23,10 @@ from cli import HelpFormatter, SEED, at_least, run, unsupported_backend  # noqa:
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
+SETTINGS_FILE, HISTORY_LOG = "settings.json", "history.csv"
+# What a resumed retrain must share with the interrupted one (besides the network), by option.
+RESUME_OPTIONS = {"dataset": "--dataset", "select_on": "--select-on", "seed": "--seed", "train_images": "--train-subset",
+                  "precision": "--precision"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,26 +59,79 @@ def pick_result(args) -> tuple[Path, dict] | None:
     return load_best_result(args.results_dir)
 
 
-def claim_run(name: str) -> str:
-    """This retrain's run: the model's name, or <name>-2, -3... where an earlier retrain of it left its files.
+def backup_folder(run: str) -> Path:
+    """Where a retrain keeps what resuming it needs, until it ends: Keras's backup, the history log, its settings."""
+    return Path(WEIGHTS_DIR) / f"{run}.backup"
 
-    An earlier retrain's best model can be hours of training: a new one must neither overwrite it
-    with its own first, worse, epoch nor write its logs into the earlier run's. Making the run's
-    log folder claims the name, so that two retrains started at once take two.
+
+def claim_run(name: str, settings: dict):
+    """This retrain's run, locked, and whether it resumes an interrupted retrain of the same model and settings.
+
+    The run is the model's name, or <name>-2, -3... An earlier retrain's best model can be hours of
+    training: a new one must neither overwrite it with its own first, worse, epoch nor write its
+    logs into the earlier run's. Making the run's log folder claims the name, and the lock on its
+    backup folder tells a running retrain from an interrupted one.
     """
+    from utils import RunLock, atomic_write, warn
+
     for number in itertools.count(1):
         run = name if number == 1 else f"{name}-{number}"
+        backup, lock = backup_folder(run), RunLock(backup_folder(run))
+        if backup.is_dir():
+            if not lock.acquire():
+                continue  # a retrain running now
+            if (recorded := read_settings(backup)) == settings:
+                return run, lock, True
+            lock.release()
+            options = " ".join(f"{option} {recorded[key]}" for key, option in RESUME_OPTIONS.items()
+                               if recorded and recorded.get(key) != settings.get(key))
+            warn(f"{backup}/ is an interrupted retrain of other settings: {options or 'another network'}; "
+                 "rerun with those to resume it")
+            continue
         if any((Path(WEIGHTS_DIR) / file).exists() for file in (f"{run}.keras", f"{run}.retrain.txt.json")):
             continue
         try:
             (Path(TENSORBOARD_DIR) / run).mkdir(parents=True)
         except FileExistsError:
             continue
-        return run
+        if not lock.acquire():
+            continue
+        atomic_write(backup / SETTINGS_FILE, json.dumps(settings).encode())
+        return run, lock, False
 
 
-def best_model_checkpoint(path: Path, monitor: str):
-    """A callback that saves the full model at every new best of `monitor`, atomically.
+def read_settings(backup: Path) -> dict | None:
+    """The settings an interrupted retrain trained with, or None where they cannot be read."""
+    try:
+        return json.loads((backup / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def progress_of(run: str, checkpoint: Path):
+    """The epochs an interrupted retrain finished (by its backup), their history (its log) and its best model's weights."""
+    import csv
+
+    import keras
+
+    from pruning import Progress
+
+    backup = backup_folder(run)
+    try:
+        done = json.loads((backup / "training_metadata.json").read_text())["epoch"]
+    except FileNotFoundError:
+        return None  # stopped before its first epoch ended
+    rows = {}
+    with open(backup / HISTORY_LOG, newline="") as log:
+        for row in csv.DictReader(log):  # a resumed epoch's row comes after the row it replaces
+            if None not in row.values():  # a row cut short by a kill
+                rows[int(row.pop("epoch"))] = {key: float(value) for key, value in row.items()}
+    history = {key: [rows[epoch][key] for epoch in range(done)] for key in rows[0]}
+    return Progress(history, keras.saving.load_model(checkpoint).get_weights())
+
+
+def best_model_checkpoint(path: Path, monitor: str, best: float = -math.inf):
+    """A callback that saves the full model at every new best of `monitor` (above `best`), atomically.
 
     Keras's ModelCheckpoint writes the .keras file in place: a kill or Ctrl-C while it saves would
     leave a torn file where the best model of hours of training was. Here the previous best stays
@@ -82,13 +142,12 @@ def best_model_checkpoint(path: Path, monitor: str):
     from utils import replacing
 
     class BestModelCheckpoint(keras.callbacks.Callback):
-        best = -math.inf
-
         def on_epoch_end(self, epoch, logs=None):
+            nonlocal best
             value = (logs or {}).get(monitor)
-            if value is None or not value > self.best:
+            if value is None or not value > best:
                 return
-            self.best = value
+            best = value
             with replacing(path, suffix=".tmp.keras") as tmp:  # Keras saves only to names ending in .keras
                 self.model.save(tmp)
 
@@ -135,9 +194,8 @@ def main(argv=None) -> int:
     name = result.get("model_name") or path.name.removesuffix(".json").removesuffix(".txt")
 
     from datasets import DatasetError, load_dataset
-    from neural_net import MONITOR, build_and_train
-    from precision import training_line
-    from utils import print_json, save_json_result, setting, weights_seed
+    from precision import resolve_precision
+    from utils import setting
 
     dataset = args.dataset or result.get("dataset_file") or setting(result, "dataset") or "cifar100"
     select_on = args.select_on or setting(result, "selected_on") or "validation"
@@ -150,33 +208,64 @@ def main(argv=None) -> int:
         hint = f" (the dataset {path} was trained on: give its path with --dataset)" if moved else ""
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2
+    settings = {"space": result["space"], "dataset": dataset, "select_on": select_on, "seed": seed,
+                "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}
     try:
         Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
-        run = claim_run(name)
+        run, lock, resuming = claim_run(name, settings)
     except OSError as err:
         print(f"error: cannot write the logs and the model: {err}", file=sys.stderr)
         return 2
-    log_dir = Path(TENSORBOARD_DIR) / run
-    checkpoint = Path(WEIGHTS_DIR) / f"{run}.keras"
     again = "" if run == name else f" as {run}, beside the earlier retrains"
     print(f"Retraining {name} (from {path}){again} on {data.summary()}")
+    try:
+        return train_run(args, run, resuming, path, result, data, seed)
+    finally:
+        lock.release()
+
+
+def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, seed: int) -> int:
+    """Train the claimed run, from where it stopped if it resumes, and save its result; the exit status."""
+    import keras
+
+    from neural_net import build_and_train
+    from precision import training_line
+    from pruning import MONITOR
+    from utils import print_json, save_json_result, weights_seed
+
+    log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
+    try:
+        before = progress_of(run, checkpoint) if resuming else None
+    except (OSError, ValueError, KeyError) as err:
+        print(f"error: cannot resume {run} from {backup}/ ({err}); delete that folder to retrain it anew", file=sys.stderr)
+        return 2
+    if before:
+        curve = before.history[MONITOR]
+        print(f"Resuming the interrupted retrain after epoch {len(curve)} "
+              f"(best {data.selects_on} fine accuracy {max(curve):.4f})")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
 
     callbacks = [
         epoch_tensorboard(log_dir, args.histogram_freq),
-        best_model_checkpoint(checkpoint, MONITOR),
+        best_model_checkpoint(checkpoint, MONITOR, max(before.history[MONITOR]) if before else -math.inf),
+        # Each epoch's row of the history, then the state to resume from: a kill between the two loses nothing.
+        keras.callbacks.CSVLogger(backup / HISTORY_LOG, append=True),
+        # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends.
+        keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
     ]
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
                                            verbose=args.verbose, precision=args.precision,
-                                           seed=weights_seed(seed, result["space"]))
+                                           seed=weights_seed(seed, result["space"]), before=before)
     except KeyboardInterrupt:
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         print(f"\nInterrupted: {kept}; logs in {log_dir}/", file=sys.stderr)
+        print(f"Resume with: {shlex.join(['python3', *sys.argv])}", file=sys.stderr)
         return 130
     if retrained["status"] != "ok":
-        print(f"error: retraining failed: {retrained['error']}", file=sys.stderr)
+        resumable = "; rerun the same command to resume it" if backup.is_dir() else ""
+        print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed)
     try:
@@ -185,8 +274,8 @@ def main(argv=None) -> int:
         print(f"error: cannot save the retrain's result ({err}); the best model is {checkpoint}", file=sys.stderr)
         return 1
     print_json({k: v for k, v in retrained.items() if k not in ("history", "space")})
-    test = "" if select_on == "test" else f", test {retrained['test_fine_accuracy']:.4f}"
-    print(f"Best {select_on} fine accuracy {retrained['fine_best_accuracy']:.4f}{test}; result in {saved}")
+    test = "" if data.selects_on == "test" else f", test {retrained['test_fine_accuracy']:.4f}"
+    print(f"Best {data.selects_on} fine accuracy {retrained['fine_best_accuracy']:.4f}{test}; result in {saved}")
     print("See the logs with: tensorboard --logdir=TensorBoard/")
     return 0
 

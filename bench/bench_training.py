@@ -32,7 +32,6 @@ import numpy as np  # noqa: E402
 
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
-import neural_net  # noqa: E402
 import pruning  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
 from neural_net import Batches, build_model, default_steps_per_execution  # noqa: E402
@@ -170,7 +169,7 @@ def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
     """
     if kind == "none":
         return []
-    nan_check = keras.callbacks.TerminateOnNaN() if kind == "per-step-nan" else neural_net.StopOnNaN()
+    nan_check = keras.callbacks.TerminateOnNaN() if kind == "per-step-nan" else pruning.StopOnNaN()
     return [nan_check, pruning.MedianStoppingRule([])]
 
 

@@ -200,6 +200,20 @@ def test_the_returned_model_holds_the_best_epochs_weights(synthetic):
     assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
 
 
+def test_a_continued_training_counts_the_epochs_before_and_keeps_their_best_epochs_weights(synthetic):
+    from neural_net import build_model
+    from pruning import MONITOR, Progress
+
+    _, first = build_and_train(SMALL_SPACE, synthetic, epochs=1)
+    untrained = build_model(SMALL_SPACE).get_weights()
+    # Two epochs before, the first better than any to come (a claimed 0.99) and its weights the untrained ones.
+    before = Progress({**{key: values * 2 for key, values in first["history"].items()}, MONITOR: [0.99, 0.5]}, untrained)
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=2, before=before)
+    assert result["epochs_trained"] == 4 and result["history"][MONITOR][:2] == [0.99, 0.5]
+    assert result["fine_best_accuracy"] == 0.99 and result["fine_end_accuracy"] == result["history"][MONITOR][3]
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), untrained, strict=True))
+
+
 def test_an_absurd_learning_rate_fails_the_trial_without_raising(synthetic):
     model, result = build_and_train({**SMALL_SPACE, "lr_rate_mult": 1e35}, synthetic, epochs=2)
     assert model is None
@@ -229,7 +243,7 @@ def test_a_network_that_diverges_after_learning_counts_with_its_best_epoch_befor
 def test_a_diverged_network_stops_at_the_end_of_its_first_nan_epoch():
     import keras
 
-    from neural_net import StopOnNaN
+    from pruning import StopOnNaN
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(1)(inputs))

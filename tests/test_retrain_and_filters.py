@@ -31,6 +31,15 @@ def scalar_tags(folder):
     return tags
 
 
+def epoch_steps(folder, tag):
+    """The epochs of one summary tag, in the order of its event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [event.step for event in acc.Tensors(tag)]
+
+
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("project")
@@ -63,15 +72,19 @@ def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained)
     assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
 
 
-def test_an_interrupted_retrain_keeps_the_best_model_so_far(tmp_path, monkeypatch, capsys):
-    import keras
-
+@pytest.mark.slow
+def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resumes_it(tmp_path, monkeypatch, capsys):
     import neural_net
+    from datasets import load_dataset
+    from neural_net import targets
+    from pruning import MONITOR
 
     real = neural_net.build_and_train
+    seen = []
 
     class CtrlCAfterTheSecondEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            seen.append(logs[MONITOR])
             if epoch == 1:
                 raise KeyboardInterrupt
 
@@ -80,12 +93,51 @@ def test_an_interrupted_retrain_keeps_the_best_model_so_far(tmp_path, monkeypatc
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
                       "dataset": "synthetic"}, tmp_path / "results")
     monkeypatch.chdir(tmp_path)
-    assert retrain.main(["--epochs", "5", "--train-subset", "300", "--verbose", "0", "--precision", "float32"]) == 130
+    args = ["--epochs", "4", "--train-subset", "300", "--verbose", "0", "--precision", "float32", "--histogram-freq", "0"]
+    assert retrain.main(args) == 130
     checkpoint = tmp_path / "weights" / "model_0.2_aaaaa.keras"
     captured = capsys.readouterr()
     assert "precision float32, on the CPU: no GPU is visible to tensorflow" in captured.out  # where it trains
     assert f"Interrupted: the best model so far is {checkpoint.relative_to(tmp_path)}" in captured.err
-    assert keras.saving.load_model(checkpoint).count_params() > 0
+    assert "Resume with: " in captured.err and len(seen) == 2
+
+    class DivergeInTheThirdEpoch(keras.callbacks.Callback):  # so that the best epoch is one before the resume
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.optimizer.learning_rate.assign(1e35)
+
+    monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, callbacks, **kw: real(
+        space, data, callbacks=[*callbacks, DivergeInTheThirdEpoch()], **kw))
+    assert retrain.main(args) == 0
+    assert f"Resuming the interrupted retrain after epoch 2 (best validation fine accuracy {max(seen):.4f})" in \
+        capsys.readouterr().out
+    result = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa.retrain.txt.json")
+    assert (result["epochs_trained"], result["diverged_at_epoch"]) == (3, 3)
+    assert result["history"][MONITOR][:2] == pytest.approx(seen, abs=0) and result["fine_best_accuracy"] == max(seen)
+    # The model kept is still the best epoch's, and the one the result's test accuracy is of.
+    data = load_dataset("synthetic", train_subset=300)
+    model = keras.saving.load_model(checkpoint)
+    for split, accuracy in (("val", result["fine_best_accuracy"]), ("test", result["test_fine_accuracy"])):
+        scores = model.evaluate(getattr(data, f"x_{split}"), targets(data, split), verbose=0, return_dict=True)
+        assert scores["fine_outputs_accuracy"] == pytest.approx(accuracy, abs=1e-6), split
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [checkpoint.name, "model_0.2_aaaaa.retrain.txt.json"]
+    # TensorBoard's curves go on from the epoch where they stopped.
+    assert epoch_steps(tmp_path / "TensorBoard" / "model_0.2_aaaaa" / "train", "epoch_loss") == [0, 1, 2]
+
+
+def test_a_retrain_resumes_neither_one_running_now_nor_one_of_other_settings(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    settings = {"space": SMALL_SPACE, "dataset": "synthetic", "select_on": "validation", "seed": 0, "train_images": 300,
+                "precision": "float32"}
+    run, running, resumes = retrain.claim_run("m", settings)
+    assert (run, resumes) == ("m", False)
+    run, other, resumes = retrain.claim_run("m", settings)
+    assert (run, resumes) == ("m-2", False)  # not the one running now
+    running.release(), other.release()  # both stopped before their end: interrupted
+    assert retrain.claim_run("m", {**settings, "seed": 5})[::2] == ("m-3", False)
+    assert capsys.readouterr().err == "".join(
+        f"warning: {os.path.join('weights', run)}.backup/ is an interrupted retrain of other settings: --seed 0; "
+        "rerun with those to resume it\n" for run in ("m", "m-2"))
+    assert retrain.claim_run("m", settings)[::2] == ("m", True)
 
 
 @pytest.mark.slow
@@ -193,7 +245,8 @@ def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
 
 
 def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best_whole(tmp_path, monkeypatch):
-    from neural_net import MONITOR, build_model
+    from neural_net import build_model
+    from pruning import MONITOR
 
     path = tmp_path / "weights" / "model.keras"
     checkpoint = retrain.best_model_checkpoint(path, MONITOR)
