@@ -241,8 +241,9 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         return 2
     if before:
         curve = before.history[MONITOR]
+        left = "" if len(curve) < args.epochs else f"; --epochs {args.epochs} leaves none to train"
         print(f"Resuming the interrupted retrain after epoch {len(curve)} "
-              f"(best {data.selects_on} fine accuracy {max(curve):.4f})")
+              f"(best {data.selects_on} fine accuracy {max(curve):.4f}){left}")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
 
