@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -231,7 +232,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from utils import print_json, save_json_result, weights_seed
+    from utils import SignalGuard, print_json, save_json_result, weights_seed
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
     try:
@@ -255,15 +256,19 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends.
         keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
     ]
+    guard = SignalGuard()  # a scheduler's SIGTERM too: said, with how to resume, as Ctrl-C is
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
                                            verbose=args.verbose, precision=args.precision,
                                            seed=weights_seed(seed, result["space"]), before=before)
     except KeyboardInterrupt:
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
-        print(f"\nInterrupted: {kept}; logs in {log_dir}/", file=sys.stderr)
+        print(f"\n{signal.Signals(guard.signum or signal.SIGINT).name}: stopped; {kept}; logs in {log_dir}/",
+              file=sys.stderr)
         print(f"Resume with: {shlex.join(['python3', *sys.argv])}", file=sys.stderr)
-        return 130
+        return 128 + (guard.signum or signal.SIGINT)
+    finally:
+        guard.restore()
     if retrained["status"] != "ok":
         resumable = "; rerun the same command to resume it" if backup.is_dir() else ""
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)

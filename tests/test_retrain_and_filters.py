@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import matplotlib.image
@@ -98,7 +100,7 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     checkpoint = tmp_path / "weights" / "model_0.2_aaaaa.keras"
     captured = capsys.readouterr()
     assert "precision float32, on the CPU: no GPU is visible to tensorflow" in captured.out  # where it trains
-    assert f"Interrupted: the best model so far is {checkpoint.relative_to(tmp_path)}" in captured.err
+    assert f"SIGINT: stopped; the best model so far is {checkpoint.relative_to(tmp_path)}" in captured.err
     assert "Resume with: " in captured.err and len(seen) == 2
 
     class DivergeInTheThirdEpoch(keras.callbacks.Callback):  # so that the best epoch is one before the resume
@@ -122,6 +124,30 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [checkpoint.name, "model_0.2_aaaaa.retrain.txt.json"]
     # TensorBoard's curves go on from the epoch where they stopped.
     assert epoch_steps(tmp_path / "TensorBoard" / "model_0.2_aaaaa" / "train", "epoch_loss") == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_retrain_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_path, monkeypatch, capsys):
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
+                     tmp_path / "results")
+    args = ["--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "retrain_best_with_tensorboard.py"), "--epochs", "100", *args],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = tmp_path / "weights" / "m.backup" / "training_metadata.json"
+    deadline = time.time() + 120
+    while proc.poll() is None and not progress.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # as a cluster's scheduler stops a job
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert f"\nSIGTERM: stopped; the best model so far is {os.path.join('weights', 'm.keras')}" in err
+    assert err.splitlines()[-1] == f"Resume with: python3 {REPO / 'retrain_best_with_tensorboard.py'} --epochs 100 " \
+        + " ".join(args)
+    done = json.loads(progress.read_text())["epoch"]
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--epochs", str(done + 1), *args]) == 0
+    assert f"Resuming the interrupted retrain after epoch {done} " in capsys.readouterr().out
+    assert load_json_result(tmp_path / "weights" / "m.retrain.txt.json")["epochs_trained"] == done + 1
 
 
 def test_a_retrain_resumes_neither_one_running_now_nor_one_of_other_settings(tmp_path, monkeypatch, capsys):
