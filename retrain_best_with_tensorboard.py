@@ -83,20 +83,23 @@ def claim_run(name: str, settings: dict):
                 continue  # a retrain running now
             if (recorded := read_settings(backup)) == settings:
                 return run, lock, True
-            lock.release()
-            options = " ".join(f"{option} {recorded[key]}" for key, option in RESUME_OPTIONS.items()
-                               if recorded and recorded.get(key) != settings.get(key))
-            warn(f"{backup}/ is an interrupted retrain of other settings: {options or 'another network'}; "
-                 "rerun with those to resume it")
-            continue
-        if any((Path(WEIGHTS_DIR) / file).exists() for file in (f"{run}.keras", f"{run}.retrain.txt.json")):
-            continue
-        try:
-            (Path(TENSORBOARD_DIR) / run).mkdir(parents=True)
-        except FileExistsError:
-            continue
-        if not lock.acquire():
-            continue
+            if recorded is not None:
+                lock.release()
+                options = " ".join(f"{option} {recorded[key]}" for key, option in RESUME_OPTIONS.items()
+                                   if recorded.get(key) != settings.get(key))
+                warn(f"{backup}/ is an interrupted retrain of other settings: {options or 'another network'}; "
+                     "rerun with those to resume it")
+                continue
+            # Without settings it was stopped before it trained (or is being claimed now): take it over.
+        else:
+            if any((Path(WEIGHTS_DIR) / file).exists() for file in (f"{run}.keras", f"{run}.retrain.txt.json")):
+                continue
+            try:
+                (Path(TENSORBOARD_DIR) / run).mkdir(parents=True)
+            except FileExistsError:
+                continue
+            if not lock.acquire():
+                continue
         atomic_write(backup / SETTINGS_FILE, json.dumps(settings).encode())
         return run, lock, False
 

@@ -164,6 +164,9 @@ def test_a_retrain_resumes_neither_one_running_now_nor_one_of_other_settings(tmp
         f"warning: {os.path.join('weights', run)}.backup/ is an interrupted retrain of other settings: --seed 0; "
         "rerun with those to resume it\n" for run in ("m", "m-2"))
     assert retrain.claim_run("m", settings)[::2] == ("m", True)
+    (tmp_path / "weights" / "n.backup").mkdir()  # a retrain killed before it wrote its settings: it never trained
+    assert retrain.claim_run("n", settings)[::2] == ("n", False)
+    assert retrain.read_settings(tmp_path / "weights" / "n.backup") == settings
 
 
 @pytest.mark.slow
