@@ -15,8 +15,13 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults
+
+if TYPE_CHECKING:
+    from pruning import Progress
+    from utils import RunLock
 
 tensorflow_defaults()
 
@@ -65,7 +70,7 @@ def backup_folder(run: str) -> Path:
     return Path(WEIGHTS_DIR) / f"{run}.backup"
 
 
-def claim_run(name: str, settings: dict):
+def claim_run(name: str, settings: dict) -> tuple[str, RunLock, bool]:
     """This retrain's run, locked, and whether it resumes an interrupted retrain of the same model and settings.
 
     The run is the model's name, or <name>-2, -3... An earlier retrain's best model can be hours of
@@ -112,7 +117,7 @@ def read_settings(backup: Path) -> dict | None:
         return None
 
 
-def progress_of(run: str, checkpoint: Path):
+def progress_of(run: str, checkpoint: Path) -> Progress | None:
     """The epochs an interrupted retrain finished (by its backup), their history (its log) and its best model's weights."""
     import csv
 
