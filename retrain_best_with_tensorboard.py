@@ -282,6 +282,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed)
+    if before:  # its train_seconds are the resumed run's
+        retrained["resumed_after_epoch"] = len(before.history[MONITOR])
     try:
         saved = save_json_result(retrained, WEIGHTS_DIR)
     except OSError as err:

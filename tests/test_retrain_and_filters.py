@@ -113,7 +113,7 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     assert f"Resuming the interrupted retrain after epoch 2 (best validation fine accuracy {max(seen):.4f})" in \
         capsys.readouterr().out
     result = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa.retrain.txt.json")
-    assert (result["epochs_trained"], result["diverged_at_epoch"]) == (3, 3)
+    assert (result["epochs_trained"], result["diverged_at_epoch"], result["resumed_after_epoch"]) == (3, 3, 2)
     assert result["history"][MONITOR][:2] == pytest.approx(seen, abs=0) and result["fine_best_accuracy"] == max(seen)
     # The model kept is still the best epoch's, and the one the result's test accuracy is of.
     data = load_dataset("synthetic", train_subset=300)
