@@ -168,6 +168,9 @@ def main(argv=None) -> int:
         print(f"error: {path} is not a whole .keras model: a .keras file is a zip archive, this one is not "
               "(cut short, or another file)", file=sys.stderr)
         return 2
+    if path.suffix not in (".keras", ".h5"):  # Keras would explain its SavedModel layer at length
+        print(f"error: {path} is not a saved Keras model: give a .keras file (or a legacy .h5)", file=sys.stderr)
+        return 2
     import keras
 
     import fast_layers  # noqa: F401 -- registers the project's layers, which saved models hold

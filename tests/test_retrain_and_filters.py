@@ -370,7 +370,7 @@ def test_retrain_where_logs_or_model_cannot_be_written_exits_2_before_training(t
     assert captured.err.startswith("error: cannot write the logs and the model:") and "Retraining" not in captured.out
 
 
-def test_visualization_of_a_torn_model_or_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys):
+def test_visualization_of_a_torn_model_another_file_or_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys):
     from neural_net import build_model
 
     ours, plain = tmp_path / "ours.keras", tmp_path / "plain.keras"
@@ -386,6 +386,9 @@ def test_visualization_of_a_torn_model_or_layers_that_cannot_be_climbed_exits_2(
     assert viz.main(["--model", str(torn), "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"error: {torn} is not a whole .keras model: a .keras file is a zip archive, "
                                        "this one is not (cut short, or another file)\n")
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert viz.main(["--model", str(tmp_path / "notes.txt"), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'notes.txt'} is not a saved Keras model: give a .keras file (or a legacy .h5)\n"
     assert not list(tmp_path.glob("*.png"))
 
 
