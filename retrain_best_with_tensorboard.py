@@ -30,9 +30,6 @@ from cli import HelpFormatter, SEED, at_least, run, unsupported_backend  # noqa:
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
 SETTINGS_FILE, HISTORY_LOG = "settings.json", "history.csv"
-# What a resumed retrain must share with the interrupted one (besides the network), by option.
-RESUME_OPTIONS = {"dataset": "--dataset", "select_on": "--select-on", "seed": "--seed", "train_images": "--train-subset",
-                  "precision": "--precision"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +75,7 @@ def claim_run(name: str, settings: dict) -> tuple[str, RunLock, bool]:
     logs into the earlier run's. Making the run's log folder claims the name, and the lock on its
     backup folder tells a running retrain from an interrupted one.
     """
-    from utils import RunLock, atomic_write, warn
+    from utils import SETTINGS, RunLock, atomic_write, warn
 
     for number in itertools.count(1):
         run = name if number == 1 else f"{name}-{number}"
@@ -90,8 +87,8 @@ def claim_run(name: str, settings: dict) -> tuple[str, RunLock, bool]:
                 return run, lock, True
             if recorded is not None:
                 lock.release()
-                options = " ".join(f"{option} {recorded[key]}" for key, option in RESUME_OPTIONS.items()
-                                   if recorded.get(key) != settings.get(key))
+                options = " ".join(f"{SETTINGS.get(key, '--' + key)} {value}" for key, value in recorded.items()
+                                   if key != "space" and settings.get(key) != value)
                 warn(f"{backup}/ is an interrupted retrain of other settings: {options or 'another network'}; "
                      "rerun with those to resume it")
                 continue
@@ -217,7 +214,8 @@ def main(argv=None) -> int:
         hint = f" (the dataset {path} was trained on: give its path with --dataset)" if moved else ""
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2
-    settings = {"space": result["space"], "dataset": dataset, "select_on": select_on, "seed": seed,
+    # What a resumed retrain must share with the interrupted one: the network, the search's settings, the precision.
+    settings = {"space": result["space"], "dataset": dataset, "selected_on": select_on, "seed": seed,
                 "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}
     try:
         Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
@@ -248,17 +246,16 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     except (OSError, ValueError, KeyError) as err:
         print(f"error: cannot resume {run} from {backup}/ ({err}); delete that folder to retrain it anew", file=sys.stderr)
         return 2
+    done, best_before = (len(before.history[MONITOR]), max(before.history[MONITOR])) if before else (0, -math.inf)
     if before:
-        curve = before.history[MONITOR]
-        left = "" if len(curve) < args.epochs else f"; --epochs {args.epochs} leaves none to train"
-        print(f"Resuming the interrupted retrain after epoch {len(curve)} "
-              f"(best {data.selects_on} fine accuracy {max(curve):.4f}){left}")
+        left = "" if done < args.epochs else f"; --epochs {args.epochs} leaves none to train"
+        print(f"Resuming the interrupted retrain after epoch {done} (best {data.selects_on} fine accuracy {best_before:.4f}){left}")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
 
     callbacks = [
         epoch_tensorboard(log_dir, args.histogram_freq),
-        best_model_checkpoint(checkpoint, MONITOR, max(before.history[MONITOR]) if before else -math.inf),
+        best_model_checkpoint(checkpoint, MONITOR, best_before),
         # Each epoch's row of the history, then the state to resume from: a kill between the two loses nothing.
         keras.callbacks.CSVLogger(backup / HISTORY_LOG, append=True),
         # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends.
@@ -283,7 +280,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed)
     if before:  # its train_seconds are the resumed run's
-        retrained["resumed_after_epoch"] = len(before.history[MONITOR])
+        retrained["resumed_after_epoch"] = done
     try:
         saved = save_json_result(retrained, WEIGHTS_DIR)
     except OSError as err:

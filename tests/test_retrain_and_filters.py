@@ -152,7 +152,7 @@ def test_a_retrain_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(
 
 def test_a_retrain_resumes_neither_one_running_now_nor_one_of_other_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    settings = {"space": SMALL_SPACE, "dataset": "synthetic", "select_on": "validation", "seed": 0, "train_images": 300,
+    settings = {"space": SMALL_SPACE, "dataset": "synthetic", "selected_on": "validation", "seed": 0, "train_images": 300,
                 "precision": "float32"}
     run, running, resumes = retrain.claim_run("m", settings)
     assert (run, resumes) == ("m", False)
