@@ -97,3 +97,12 @@ def test_a_keras_backend_other_than_tensorflow_or_jax_is_a_one_line_error(script
                               env={**env, **setting})
         assert done.returncode == 2 and done.stderr.startswith(f"error: Keras is set to its torch backend ({named})")
         assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_crash_in_native_code_prints_where_each_thread_was(tmp_path):
+    # A segfault in a kernel, days into a search, must leave more in the log than "Segmentation fault".
+    crash = "import ctypes, cli\ndef main():\n    return ctypes.string_at(0)\ncli.run(main)\n"
+    done = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in done.stderr and 'line 3 in main' in done.stderr
