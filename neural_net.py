@@ -262,7 +262,7 @@ def build_and_train(
     """Train one network; return it (best epoch's weights) and its result dict, or (None, failure).
 
     `before`, with a `callbacks` entry that restores the interrupted training's state (Keras's
-    BackupAndRestore), continues that training: the result covers its epochs too.
+    BackupAndRestore), continues that training: the result covers its epochs and seconds too.
     """
     start = time.time()
     model = None
@@ -304,7 +304,7 @@ def build_and_train(
         if model is None:
             keras.backend.clear_session()
             gc.collect()
-    result["train_seconds"] = round(time.time() - start, 2)
+    result["train_seconds"] = round(time.time() - start + (before.seconds if before else 0.0), 2)
     result["max_epochs"] = epochs
     result["keras_backend"] = keras.backend.backend()
     result["precision"] = precision

@@ -82,10 +82,11 @@ class StopOnNaN(keras.callbacks.Callback):
 
 @dataclasses.dataclass
 class Progress:
-    """What an interrupted training had done: its epochs' history and its best epoch's weights."""
+    """What an interrupted training had done: its epochs' history, its best epoch's weights, the seconds it took."""
 
     history: dict[str, list[float]]
     best_weights: list[np.ndarray]
+    seconds: float = 0.0
 
 
 class BestEpochKeeper(keras.callbacks.EarlyStopping):

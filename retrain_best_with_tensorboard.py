@@ -29,7 +29,7 @@ from cli import HelpFormatter, SEED, at_least, run, unsupported_backend  # noqa:
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
-SETTINGS_FILE, HISTORY_LOG = "settings.json", "history.csv"
+SETTINGS_FILE, HISTORY_LOG, SECONDS_LOG = "settings.json", "history.csv", "seconds.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -133,7 +133,11 @@ def progress_of(run: str, checkpoint: Path) -> Progress | None:
             if None not in row.values():  # a row cut short by a kill
                 rows[int(row.pop("epoch"))] = {key: float(value) for key, value in row.items()}
     history = {key: [rows[epoch][key] for epoch in range(done)] for key in rows[0]}
-    return Progress(history, keras.saving.load_model(checkpoint).get_weights())
+    try:
+        seconds = json.loads((backup / SECONDS_LOG).read_text())["train_seconds"]
+    except FileNotFoundError:  # a backup of a version that did not count them
+        seconds = 0.0
+    return Progress(history, keras.saving.load_model(checkpoint).get_weights(), seconds)
 
 
 def best_model_checkpoint(path: Path, monitor: str, best: float = -math.inf):
@@ -158,6 +162,23 @@ def best_model_checkpoint(path: Path, monitor: str, best: float = -math.inf):
                 self.model.save(tmp)
 
     return BestModelCheckpoint()
+
+
+def seconds_log(path: Path, before: float):
+    """A callback that writes, after each epoch, the seconds the retrain has taken so far, earlier runs' included."""
+    import time
+
+    import keras
+
+    from utils import atomic_write
+
+    start = time.time()  # when build_and_train starts, whose own count this matches
+
+    class SecondsLog(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            atomic_write(path, json.dumps({"train_seconds": before + time.time() - start}).encode())
+
+    return SecondsLog()
 
 
 def epoch_tensorboard(log_dir: Path, histogram_freq: int):
@@ -256,8 +277,10 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     callbacks = [
         epoch_tensorboard(log_dir, args.histogram_freq),
         best_model_checkpoint(checkpoint, MONITOR, best_before),
-        # Each epoch's row of the history, then the state to resume from: a kill between the two loses nothing.
+        # Each epoch's row of the history and the time so far, then the state to resume from: a kill between the
+        # two loses nothing.
         keras.callbacks.CSVLogger(backup / HISTORY_LOG, append=True),
+        seconds_log(backup / SECONDS_LOG, before.seconds if before else 0.0),
         # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends.
         keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
     ]
@@ -279,7 +302,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed)
-    if before:  # its train_seconds are the resumed run's
+    if before:
         retrained["resumed_after_epoch"] = done
     try:
         saved = save_json_result(retrained, WEIGHTS_DIR)

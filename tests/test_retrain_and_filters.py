@@ -87,6 +87,8 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     class CtrlCAfterTheSecondEpoch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             seen.append(logs[MONITOR])
+            if epoch == 0:
+                time.sleep(3)  # training time that the resumed run's result must count too
             if epoch == 1:
                 raise KeyboardInterrupt
 
@@ -109,11 +111,14 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
 
     monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, callbacks, **kw: real(
         space, data, callbacks=[*callbacks, DivergeInTheThirdEpoch()], **kw))
+    started = time.time()
     assert retrain.main(args) == 0
+    resumed_seconds = time.time() - started
     assert f"Resuming the interrupted retrain after epoch 2 (best validation fine accuracy {max(seen):.4f})" in \
         capsys.readouterr().out
     result = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa.retrain.txt.json")
     assert (result["epochs_trained"], result["diverged_at_epoch"], result["resumed_after_epoch"]) == (3, 3, 2)
+    assert result["train_seconds"] > resumed_seconds + 2  # both runs' seconds
     assert result["history"][MONITOR][:2] == pytest.approx(seen, abs=0) and result["fine_best_accuracy"] == max(seen)
     # The model kept is still the best epoch's, and the one the result's test accuracy is of.
     data = load_dataset("synthetic", train_subset=300)
