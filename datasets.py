@@ -151,6 +151,8 @@ def source_problem(name: str, data_dir: str | None = None) -> str | None:
     """Why a dataset cannot load whatever its content (checked before a search claims a folder), or None."""
     if data_dir is not None and name != "cifar100":
         return f"--data-dir is where cifar100's archive lies; {name} does not read it"
+    if data_dir is not None and not (archive := Path(data_dir) / CIFAR100_ARCHIVE).is_file():
+        return f"{archive} does not exist: put the official {CIFAR100_ARCHIVE} there, or try --dataset synthetic"
     if name.endswith(".npz"):
         return None if os.path.isfile(name) else f"dataset file {name} does not exist"
     if name not in ("cifar100", "cifar10", "synthetic"):

@@ -259,9 +259,11 @@ class RunLock:
     def __init__(self, results_dir: str | os.PathLike):
         self.path = Path(results_dir) / ".search.lock"
         self._file = None
+        self._made_folder = False
 
     def acquire(self) -> bool:
         """Take the lock; False if another live process holds it."""
+        self._made_folder = not self.path.parent.is_dir()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+")
         try:
@@ -279,8 +281,13 @@ class RunLock:
         return True
 
     def release(self) -> None:
-        """Let go of the lock."""
+        """Let go of the lock; a folder it made for a run that wrote nothing there goes with it."""
         if self._file is not None:
+            if self._made_folder:  # a search stopped before its first result (the data would not load, Ctrl-C)
+                with contextlib.suppress(OSError):
+                    if os.listdir(self.path.parent) == [self.path.name]:
+                        self.path.unlink()
+                        self.path.parent.rmdir()
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None

@@ -320,14 +320,27 @@ def test_a_results_location_that_cannot_be_written_is_refused_before_training(tm
     assert "training" not in captured.out
 
 
-@pytest.mark.parametrize("dataset, message", [("cifar1000", "unknown dataset 'cifar1000'"),
-                                              ("gone.npz", "dataset file gone.npz does not exist")])
+@pytest.mark.parametrize("dataset, message", [
+    (["cifar1000"], "unknown dataset 'cifar1000'"),
+    (["gone.npz"], "dataset file gone.npz does not exist"),
+    (["cifar100", "--data-dir", "data"], f"{os.path.join('data', 'cifar-100-python.tar.gz')} does not exist: put the official"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
 def test_a_dataset_that_cannot_be_loaded_is_refused_before_a_results_folder_is_made(tmp_path, monkeypatch, capsys,
                                                                                    dataset, message):
-    assert in_process(tmp_path, monkeypatch, "--dataset", dataset) == 2
+    assert in_process(tmp_path, monkeypatch, "--dataset", *dataset) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {message}") and len(captured.err.splitlines()) == 1
     assert captured.out == "" and not list(tmp_path.iterdir())
+
+
+def test_a_new_search_that_stops_before_it_writes_anything_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")  # found, so refused only once it is read
+    assert in_process(tmp_path, monkeypatch, "--dataset", "junk.npz", "--results-dir", "runs/a") == 2
+    assert "not a readable .npz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["junk.npz", "runs"]  # where its pickle would have gone
+    (tmp_path / "results").mkdir()
+    assert in_process(tmp_path, monkeypatch, "--dataset", "junk.npz") == 2
+    assert (tmp_path / "results").is_dir()  # a folder it did not make stays
 
 
 def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
