@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
@@ -77,8 +78,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def run(main: Callable[[], int]) -> None:
     """Exit with main()'s status; a Ctrl-C that main does not handle itself ends in one line and 130, not a traceback."""
     # A crash in native code (a kernel's segfault, an abort) would end a days-long search with no word of where it
-    # was: Python's fault handler prints every thread's stack to stderr first.
-    faulthandler.enable()
+    # was: Python's fault handler prints every thread's stack to stderr first, where stderr is a file.
+    with contextlib.suppress(ValueError, RuntimeError):
+        faulthandler.enable()
     try:
         status = main()
     except KeyboardInterrupt:
