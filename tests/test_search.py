@@ -320,14 +320,14 @@ def test_a_results_location_that_cannot_be_written_is_refused_before_training(tm
     assert "training" not in captured.out
 
 
-@pytest.mark.parametrize("dataset, message", [
+@pytest.mark.parametrize("dataset_args, message", [
     (["cifar1000"], "unknown dataset 'cifar1000'"),
     (["gone.npz"], "dataset file gone.npz does not exist"),
     (["cifar100", "--data-dir", "data"], f"{os.path.join('data', 'cifar-100-python.tar.gz')} does not exist: put the official"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
 def test_a_dataset_that_cannot_be_loaded_is_refused_before_a_results_folder_is_made(tmp_path, monkeypatch, capsys,
-                                                                                   dataset, message):
-    assert in_process(tmp_path, monkeypatch, "--dataset", *dataset) == 2
+                                                                                   dataset_args, message):
+    assert in_process(tmp_path, monkeypatch, "--dataset", *dataset_args) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith(f"error: {message}") and len(captured.err.splitlines()) == 1
     assert captured.out == "" and not list(tmp_path.iterdir())
