@@ -89,9 +89,10 @@ def main(argv=None) -> int:
     lock = RunLock(args.results_dir)
     try:
         # Where results cannot be written, stop before any training.
-        Path(args.trials_file).parent.mkdir(parents=True, exist_ok=True)
         locked = lock.acquire()
+        Path(args.trials_file).parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
+        lock.release()
         print(f"error: cannot write the results there: {err}", file=sys.stderr)
         return 2
     if not locked:

@@ -259,11 +259,11 @@ class RunLock:
     def __init__(self, results_dir: str | os.PathLike):
         self.path = Path(results_dir) / ".search.lock"
         self._file = None
-        self._made_folder = False
+        self._made_folders = []
 
     def acquire(self) -> bool:
         """Take the lock; False if another live process holds it."""
-        self._made_folder = not self.path.parent.is_dir()
+        self._made_folders = [f for f in (self.path.parent, *self.path.parent.parents) if not f.is_dir()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+")
         try:
@@ -281,13 +281,14 @@ class RunLock:
         return True
 
     def release(self) -> None:
-        """Let go of the lock; a folder it made for a run that wrote nothing there goes with it."""
+        """Let go of the lock; the folders it made for a run that wrote nothing there go with it."""
         if self._file is not None:
-            if self._made_folder:  # a search stopped before its first result (the data would not load, Ctrl-C)
+            if self._made_folders:  # a search stopped before its first result (the data would not load, Ctrl-C)
                 with contextlib.suppress(OSError):
                     if os.listdir(self.path.parent) == [self.path.name]:
                         self.path.unlink()
-                        self.path.parent.rmdir()
+                        for folder in self._made_folders:  # innermost first; stops at one that holds something
+                            folder.rmdir()
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
