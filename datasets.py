@@ -161,8 +161,8 @@ def source_problem(name: str, data_dir: str | None = None) -> str | None:
 
 
 def _load_cifar100(data_dir: str | None):
-    """Keras's loader (its cache, or a download), else the official archive found on disk."""
-    tried = "" if data_dir else "CIFAR-100 could not be downloaded and "
+    """The archive in `data_dir` (source_problem checked that it is there), else Keras's loader (its cache, or a
+    download), else the official archive in Keras's cache folder."""
     if data_dir is None:
         try:
             import keras
@@ -173,13 +173,12 @@ def _load_cifar100(data_dir: str | None):
         except Exception:
             keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
             data_dir = os.path.join(keras_home, "datasets")
-    archive = Path(data_dir) / CIFAR100_ARCHIVE
-    if not archive.is_file():
-        raise DatasetError(
-            f"{tried}{archive} does not exist: put the official "
-            f"{CIFAR100_ARCHIVE} there (or pass --data-dir DIR), or try --dataset synthetic"
-        )
-    return read_cifar100_archive(archive)
+            if not (Path(data_dir) / CIFAR100_ARCHIVE).is_file():
+                raise DatasetError(
+                    f"CIFAR-100 could not be downloaded and {Path(data_dir) / CIFAR100_ARCHIVE} does not exist: put "
+                    f"the official {CIFAR100_ARCHIVE} there (or pass --data-dir DIR), or try --dataset synthetic"
+                ) from None
+    return read_cifar100_archive(Path(data_dir) / CIFAR100_ARCHIVE)
 
 
 def read_cifar100_archive(archive: str | os.PathLike):
