@@ -202,10 +202,15 @@ class Search:
             print(f"Nothing to do: {plural(done, 'trial')} already, --max-evals {args.max_evals}.")
             self.print_leaderboard(finished)
             return 0
-        if budgets := recorded(finished, "max_epochs") - {args.epochs}:
-            # Unlike another dataset, a new budget can be a deliberate choice: said, not refused.
-            warn(f"{args.trials_file} holds trials of --epochs {', '.join(map(str, sorted(budgets)))}, this run's is "
-                 f"{args.epochs}: TPE will compare accuracies reached in different budgets")
+        width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
+        for option, now, before, what in (
+                ("--epochs", args.epochs, recorded(finished, "max_epochs"), "accuracies reached in different budgets"),
+                # 2017's spaces had no width_multiple: they built the exact widths, as 1 does.
+                ("--width-multiple", width, {r["space"].get("width_multiple", 1) for r in finished.results if r.get("space")},
+                 "networks of other widths under the same hyperparameters")):
+            if others := before - {now}:  # unlike another dataset, a deliberate choice: said, not refused
+                warn(f"{args.trials_file} holds trials of {option} {', '.join(map(str, sorted(others)))}, this run's is {now}: "
+                     f"TPE will compare {what}")
         try:
             self.data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
                                      data_dir=args.data_dir, select_on=args.select_on)
@@ -239,7 +244,7 @@ class Search:
         try:
             fmin(
                 self.objective,
-                hyperspace.SPACES[args.space] | ({"width_multiple": args.width_multiple} if args.width_multiple else {}),
+                hyperspace.SPACES[args.space] | {"width_multiple": width},
                 algo=tpe.suggest if args.algo == "tpe" else rand.suggest,
                 max_evals=args.max_evals,
                 trials=self.trials,

@@ -178,7 +178,9 @@ def test_the_2017_trials_pickle_resumes_as_2017_searched_and_only_so(tmp_path, m
                         lambda space, data, **_: (None, neural_net.failure(space, data, RuntimeError("not trained here"))))
     as_2017 = ["--select-on", "test", "--max-evals", "43", "--no-plot", "--verbose", "0"]
     assert hyperopt_optimize.main(as_2017) == 0
-    assert "Resuming: 42 trials, best fine accuracy 0.6761" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "Resuming: 42 trials, best fine accuracy 0.6761" in out
+    assert "holds trials of --width-multiple 1, this run's is 8" in err  # 2017 built the exact widths
     trials = load_trials(tmp_path / "results.pkl")
     assert len(trials.trials) == 43 and trials.results[-1]["selected_on"] == "test"
 
@@ -275,14 +277,16 @@ def test_a_resume_on_other_data_a_training_subset_selection_set_space_or_seed_is
 
 
 @pytest.mark.slow
-def test_a_resume_with_another_epoch_budget_is_warned_about_and_goes_on(tmp_path, monkeypatch, capsys):
+def test_a_resume_with_another_epoch_budget_or_width_multiple_is_warned_about_and_goes_on(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
-    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--width-multiple", "8") == 0  # the space's own
     assert "warning" not in capsys.readouterr().err
-    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--epochs", "2") == 0
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--epochs", "2", "--width-multiple", "1") == 0
     err = capsys.readouterr().err
     assert "warning: results.pkl holds trials of --epochs 1, this run's is 2: TPE will compare" in err
-    assert [r["max_epochs"] for r in load_trials(tmp_path / "results.pkl").results] == [1, 1, 2]
+    assert "warning: results.pkl holds trials of --width-multiple 8, this run's is 1: TPE will compare networks" in err
+    results = load_trials(tmp_path / "results.pkl").results
+    assert [(r["max_epochs"], r["space"]["width_multiple"]) for r in results] == [(1, 8), (1, 8), (2, 1)]
 
 
 @pytest.mark.slow
