@@ -149,7 +149,7 @@ class Objective:
         )
         del model
         keras.backend.clear_session()
-        result["search_space"] = s["space"]
+        result["search_space"], result["patience"] = s["space"], s["patience"]
         result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
@@ -205,6 +205,7 @@ class Search:
         width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
         for option, now, before, what in (
                 ("--epochs", args.epochs, recorded(finished, "max_epochs"), "accuracies reached in different budgets"),
+                ("--patience", args.patience, recorded(finished, "patience"), "accuracies of trials stopped early at other points"),
                 # 2017's spaces had no width_multiple: they built the exact widths, as 1 does.
                 ("--width-multiple", width, {r["space"].get("width_multiple", 1) for r in finished.results if r.get("space")},
                  "networks of other widths under the same hyperparameters")):
