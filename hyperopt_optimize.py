@@ -174,7 +174,7 @@ class Search:
         import hyperspace
         from datasets import DatasetError, load_dataset
         from precision import training_line
-        from utils import TrialsFileError, finished_curves, mismatched_setting, recorded, warn
+        from utils import TrialsFileError, file_stamp, finished_curves, mismatched_setting, recorded, warn
 
         args = self.args
         parallelism = None
@@ -189,6 +189,7 @@ class Search:
             parallelism = parallelism_of(args.spark_master, args.parallelism)
         try:
             finished = self.load_finished_trials()
+            self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
         except (TrialsFileError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -313,7 +314,7 @@ class Search:
         """Save newly finished trials (pickle, then JSON), report them; stop after repeated failures."""
         import threading
 
-        from utils import finished_copy, finished_curves, save_json_result, save_trials
+        from utils import file_stamp, finished_copy, finished_curves, save_json_result, save_trials
 
         snapshot = finished_copy(trials)
         new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]
@@ -321,10 +322,15 @@ class Search:
             return False, []
         for trial in new:
             trial["result"]["tid"] = trial["tid"]
+        if file_stamp(self.args.trials_file) != self.pickle_stamp:  # two searches given one --trials-file
+            self.stop_reason = (f"{self.args.trials_file} was rewritten by another process while this search ran; trial "
+                                f"{new[0]['tid']} is not saved, so that the other's trials are not overwritten")
+            return True, []
         in_main = threading.current_thread() is threading.main_thread()
         try:
             with self.guard.saving() if in_main else contextlib.nullcontext():
                 save_trials(snapshot, self.args.trials_file)
+                self.pickle_stamp = file_stamp(self.args.trials_file)
                 for trial in new:
                     save_json_result(trial["result"], self.args.results_dir)
         except OSError as err:  # a full disk, say: what was saved before stays whole

@@ -248,6 +248,15 @@ def holding(trials, docs: list[dict]):
     return trials
 
 
+def file_stamp(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten (inode, modification time, size); None if it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def save_trials(trials, path: str | os.PathLike) -> None:
     """Pickle the trials atomically."""
     atomic_write(path, pickle.dumps(trials, protocol=pickle.HIGHEST_PROTOCOL))

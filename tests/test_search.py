@@ -291,6 +291,27 @@ def test_a_resume_with_another_epoch_budget_patience_or_width_multiple_is_warned
 
 
 @pytest.mark.slow
+def test_a_search_whose_trials_pickle_another_search_rewrote_stops_without_overwriting_it(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    shared = ["--trials-file", "shared.pkl"]
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--results-dir", "a", *shared) == 0
+    real, written = neural_net.build_and_train, []
+
+    def the_other_search_saves_meanwhile(*args, **kwargs):
+        save_trials(load_trials(tmp_path / "shared.pkl"), tmp_path / "shared.pkl")
+        written.append((tmp_path / "shared.pkl").read_bytes())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(neural_net, "build_and_train", the_other_search_saves_meanwhile)
+    capsys.readouterr()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--results-dir", "b", *shared) == 1
+    err = capsys.readouterr().err
+    assert "error: shared.pkl was rewritten by another process while this search ran; trial 1 is not saved" in err
+    assert len(written) == 1 and (tmp_path / "shared.pkl").read_bytes() == written[0]
+
+
+@pytest.mark.slow
 def test_a_search_in_another_results_folder_keeps_its_own_trials_pickle(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     before = (tmp_path / "results.pkl").read_bytes()
