@@ -77,6 +77,10 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             # What the fine and coarse accuracies were measured on.
             "selected_on": setting(result, "selected_on") if ok else None,
             "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
+            # What a resume may change with a warning: the budget, early stopping's patience, the widths' rounding.
+            "max_epochs": setting(result, "max_epochs"),
+            "patience": result.get("patience"),
+            "width_multiple": space.get("width_multiple", 1) if space else None,
             "fine_curve": validation_curve(result, "fine"),
             "coarse_curve": validation_curve(result, "coarse"),
         }
@@ -194,7 +198,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               *SETTINGS, "epochs", *HYPERPARAMETERS]
+               *SETTINGS, "epochs", "max_epochs", "patience", "width_multiple", *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -21,13 +21,13 @@ def make_results(folder, n=8, dataset="synthetic"):
     for tid in range(n):
         acc = float(rng.uniform(0.1, 0.6))
         space = {**hyperspace.SEED_BEST_SPACE, "lr_rate_mult": float(rng.uniform(0.6, 1.6)),
-                 "residual": None if tid % 2 else 2.0, "pooling_type": ["max", "avg"][tid % 2]}
+                 "residual": None if tid % 2 else 2.0, "pooling_type": ["max", "avg"][tid % 2], "width_multiple": 8}
         curve = list(np.linspace(0.05, acc, 6))
         save_json_result({
             "loss": -acc, "status": "ok", "fine_best_accuracy": acc, "coarse_best_accuracy": acc + 0.1,
             "test_fine_accuracy": acc - 0.01, "epochs_trained": 6, "pruned": tid == 3, "tid": tid,
             "model_name": f"model_{acc}_{tid:05d}", "space": space, "selected_on": "validation",
-            "dataset": dataset, "train_images": 2700, "search_space": "full",
+            "dataset": dataset, "train_images": 2700, "search_space": "full", "max_epochs": 6 + tid % 2, "patience": 4,
             "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
         }, folder)
     save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n, "model_name": "model_failed_abcde",
@@ -54,6 +54,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     rows = check_outputs(tmp_path / "out", 9)
     assert [r["status"] for r in rows].count("fail") == 1
+    assert {(r["max_epochs"], r["patience"], r["width_multiple"]) for r in rows if r["status"] == "ok"} == {("6", "4", "8"), ("7", "4", "8")}
     assert {r["residual"] for r in rows if r["status"] == "ok"} == {"", "2.0"}  # nested choice: a value or empty
     captured = capsys.readouterr()
     assert "broken.txt.json" in captured.err and "foreign.json" in captured.err
@@ -156,6 +157,8 @@ def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert analyze_results.main(["--results-dir", str(reference_dir), "--out", str(tmp_path)]) == 0
     rows = check_outputs(tmp_path, 42)
     assert {r["selected_on"] for r in rows if r["status"] == "ok"} == {"test"}  # 2017 selected epochs and trials on it
+    # 100 epochs each, no early stopping, the exact widths
+    assert {(r["max_epochs"], r["patience"], r["width_multiple"]) for r in rows} == {("100", "", "1")}
     out, err = capsys.readouterr()
     assert "more than one search" not in err
     assert "What explains test fine accuracy over" in out
