@@ -207,8 +207,11 @@ def main(argv=None) -> int:
         return 2
     try:
         picked = pick_result(args)
-    except (OSError, ValueError) as err:
-        print(f"error: cannot read {args.result}: {err}", file=sys.stderr)
+    except OSError as err:
+        print(f"error: cannot read {args.result}: {err.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # a pickle, a README: what --result names must be a result JSON file
+        print(f"error: {args.result} is not a result file of the search: not JSON ({err})", file=sys.stderr)
         return 2
     if picked is None:
         print(f"error: no result to retrain in {args.results_dir}/; run hyperopt_optimize.py first or pass --result FILE",

@@ -193,6 +193,19 @@ def test_a_second_retrain_of_a_model_keeps_the_first_ones_best_model_and_logs(tm
     assert scalar_tags(tmp_path / "TensorBoard" / "model_0.2_aaaaa-2")
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("results.pkl", b"\x80\x04\x95", "results.pkl is not a result file of the search: not JSON ("),
+    ("missing.json", None, "cannot read missing.json: No such file or directory\n"),
+])
+def test_retrain_of_a_file_that_is_no_result_exits_2_with_one_line(tmp_path, monkeypatch, capsys, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--result", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("content", ['[1, 2]', '{"status": "fail", "space": null, "model_name": "model_failed_abcde"}'])
 def test_retrain_of_a_result_without_a_network_exits_2(tmp_path, monkeypatch, capsys, content):
     (tmp_path / "r.txt.json").write_text(content)
