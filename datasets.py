@@ -112,6 +112,13 @@ def load_dataset(
     _check_arrays(label, x_train, yf_train, yc_train, x_test, yf_test, yc_test)
     num_fine = int(max(yf_train.max(), yf_test.max())) + 1
     num_coarse = None if yc_train is None else int(max(yc_train.max(), yc_test.max())) + 1
+    if yc_train is not None and len(split := split_fine_classes(np.concatenate([yf_train, yf_test]),
+                                                                 np.concatenate([yc_train, yc_test]))):
+        from utils import warn
+
+        shown = ", ".join(map(str, split[:5])) + (", ..." if len(split) > 5 else "")
+        warn(f"{label}: fine classes with more than one coarse label: {len(split)} of {num_fine} ({shown}); the coarse "
+             "classes are meant as groups of fine ones: are the coarse labels in the images' order?")
 
     def take(a, idx):
         return None if a is None else a[idx]
@@ -145,6 +152,13 @@ def load_dataset(
         horizontal_flip=flip,
         selects_on=select_on,
     )
+
+
+def split_fine_classes(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """The fine classes whose images carry more than one coarse label: none where coarse classes group fine ones."""
+    pairs = np.unique(np.stack([fine, coarse], axis=1), axis=0)
+    classes, counts = np.unique(pairs[:, 0], return_counts=True)
+    return classes[counts > 1]
 
 
 def source_problem(name: str, data_dir: str | None = None) -> str | None:

@@ -36,7 +36,7 @@ def image_index(x):
     return x[:, 0, 0, 0].astype(int) + 256 * x[:, 0, 1, 0].astype(int)
 
 
-def test_cifar100_loads_from_official_archive_in_keras_home(tmp_path, monkeypatch):
+def test_cifar100_loads_from_official_archive_in_keras_home(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "datasets").mkdir()
     expected = write_cifar100_archive(tmp_path / "datasets" / "cifar-100-python.tar.gz")
@@ -54,6 +54,7 @@ def test_cifar100_loads_from_official_archive_in_keras_home(tmp_path, monkeypatc
     np.testing.assert_array_equal(data.y_test_fine, fine_t)
     # Channel-first rows of the archive become channel-last images.
     np.testing.assert_array_equal(data.x_test[3], data_t[3].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert "warning" not in capsys.readouterr().err  # each coarse class groups 5 fine ones
 
 
 def test_cifar100_from_data_dir(tmp_path):
@@ -135,12 +136,22 @@ def write_npz(path, coarse=True, **overrides):
     return str(path)
 
 
-def test_npz_with_coarse_labels(tmp_path):
+def test_npz_with_coarse_labels(tmp_path, capsys):
     data = load_dataset(write_npz(tmp_path / "d.npz"))
     assert data.input_shape == (20, 24, 1)
     assert (data.num_fine, data.num_coarse) == (10, 2)
     assert len(data.x_train) == 180 and len(data.x_val) == 20
     assert data.horizontal_flip is False
+    assert capsys.readouterr().err == ""
+
+
+def test_npz_whose_coarse_labels_do_not_group_its_fine_ones_is_warned_about(tmp_path, capsys):
+    coarse = np.arange(200) % 10 // 5
+    coarse[[3, 17, 63]] = 1 - coarse[[3, 17, 63]]  # fine classes 3 and 7, a coarse label out of order
+    data = load_dataset(write_npz(tmp_path / "d.npz", y_train_coarse=coarse))
+    assert data.num_coarse == 2
+    assert capsys.readouterr().err == ("warning: d.npz: fine classes with more than one coarse label: 2 of 10 (3, 7); the "
+                                       "coarse classes are meant as groups of fine ones: are the coarse labels in the images' order?\n")
 
 
 def test_npz_without_coarse_labels_has_no_coarse_head(tmp_path):
