@@ -234,6 +234,8 @@ def finished_copy(trials):
             trial = {**trial, "state": JOB_STATE_DONE, "result": {
                 "status": STATUS_FAIL, "error": lines[-1] if lines else str(kind),
                 "model_name": f"model_failed_{name}", "space": None, "pruned": False,
+                # Settings unknown, as a failure without data records them: not 2017's, which a result without "dataset" has.
+                "dataset": None, "train_images": None, "selected_on": None,
                 "hyperopt_vals": {k: v[0] for k, v in trial["misc"]["vals"].items() if v}}}
         if trial["state"] == JOB_STATE_DONE:
             docs.append(trial)

@@ -57,7 +57,7 @@ class ExplodingObjective(hyperopt_optimize.Objective):
 
 
 @pytest.mark.slow
-def test_a_failed_worker_trial_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
+def test_a_crashed_worker_trial_is_recorded_as_failed_and_the_search_resumes_over_it(tmp_path, monkeypatch, capsys):
     from pyspark import cloudpickle  # the copy that pickles Spark's tasks
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -69,6 +69,12 @@ def test_a_failed_worker_trial_is_recorded_as_failed(tmp_path, monkeypatch, caps
     failed = sorted((tmp_path / "results").glob("model_failed_*.txt.json"))
     assert len(failed) == 3 and "worker exploded" in failed[0].read_text()
     assert "3 trials in a row failed with: RuntimeError: worker exploded" in capsys.readouterr().err
+
+    monkeypatch.undo()  # a worker that trains again: the search resumes, as one of its own settings
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "4"]) == 0
+    assert "Resuming: 3 trials" in capsys.readouterr().out
+    assert [t["result"]["status"] for t in load_trials(tmp_path / "results.pkl").trials] == ["fail"] * 3 + ["ok"]
 
 
 # A Spark worker as prepare_worker leaves it: its GPU and memory settings on one line; then it holds its
