@@ -33,8 +33,13 @@ SETTINGS_2017 = {"dataset": "cifar100", "selected_on": "test", "train_images": 5
 
 
 def setting(result: dict, key: str):
-    """What a result records of a setting (`dataset`, `selected_on`...); for a 2017 result, what its search had."""
-    return result.get(key) if "dataset" in result else SETTINGS_2017.get(key)
+    """What a result records of a setting (`dataset`, `selected_on`...); for a 2017 result, what its search had.
+
+    A 2017 result is a finished one without `dataset`; a crashed Spark worker's trial has neither: its settings are unknown.
+    """
+    if "dataset" in result:
+        return result.get(key)
+    return SETTINGS_2017.get(key) if "real_loss" in result else None
 
 
 def weights_seed(seed: int, space: dict) -> int:
@@ -234,8 +239,6 @@ def finished_copy(trials):
             trial = {**trial, "state": JOB_STATE_DONE, "result": {
                 "status": STATUS_FAIL, "error": lines[-1] if lines else str(kind),
                 "model_name": f"model_failed_{name}", "space": None, "pruned": False,
-                # Settings unknown, as a failure without data records them: not 2017's, which a result without "dataset" has.
-                "dataset": None, "train_images": None, "selected_on": None,
                 "hyperopt_vals": {k: v[0] for k, v in trial["misc"]["vals"].items() if v}}}
         if trial["state"] == JOB_STATE_DONE:
             docs.append(trial)
