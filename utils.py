@@ -35,11 +35,11 @@ SETTINGS_2017 = {"dataset": "cifar100", "selected_on": "test", "train_images": 5
 def setting(result: dict, key: str):
     """What a result records of a setting (`dataset`, `selected_on`...); for a 2017 result, what its search had.
 
-    A 2017 result is a finished one without `dataset`; a crashed Spark worker's trial has neither: its settings are unknown.
+    A 2017 result is an ok one without `dataset`; a crashed Spark worker's trial, a failure without it, has unknown settings.
     """
     if "dataset" in result:
         return result.get(key)
-    return SETTINGS_2017.get(key) if "real_loss" in result else None
+    return SETTINGS_2017.get(key) if result.get("status") == "ok" else None
 
 
 def weights_seed(seed: int, space: dict) -> int:
