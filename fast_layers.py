@@ -1,4 +1,4 @@
-"""Keras's BatchNormalization and Dropout, trained through cheaper kernels.
+"""Keras's BatchNormalization and Dropout, trained through cheaper kernels; its GlorotUniform, drawn without compiling.
 
 Same variables, same maths, same saved weights; only the kernels that train them differ. On the
 TensorFlow backend, Keras 3's batch-norm is a dozen element-wise ops in float32 where TensorFlow
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
+from keras.src.initializers.random_initializers import compute_fans
 
 PACKAGE = "cifar100_hyperopt"
 
@@ -170,3 +172,23 @@ class Dropout(keras.layers.Dropout):
         # would also need a full-size zeros tensor, and the scaling a pass of its own (on a CPU).
         scale = tf.constant(65536 / (65536 - threshold), inputs.dtype)
         return inputs * tf.where(bits >= tf.constant(threshold, tf.uint16), scale, tf.zeros_like(scale))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GlorotUniform(keras.initializers.GlorotUniform):
+    """`keras.initializers.GlorotUniform` whose JAX weights numpy draws, as JAX would compile a program per kernel shape.
+
+    On JAX, Keras draws a kernel with a compiled random-number program, one for each shape: 0.3 to
+    1.4 s each on a CPU, in every trial whose network has shapes not met before; building
+    SEED_BEST_SPACE took 7.1 s instead of 0.9 (bench/README.md). Numpy draws the same distribution
+    from the same seed (Keras's, which `keras.utils.set_random_seed` fixes) with nothing to compile.
+    On TensorFlow, whose random ops run without compiling, Keras's own draw.
+    """
+
+    def __call__(self, shape, dtype=None):
+        if keras.backend.backend() != "jax" or not isinstance(self.seed, int):
+            return super().__call__(shape, dtype)
+        fan_in, fan_out = compute_fans(shape)
+        limit = math.sqrt(3.0 * self.scale / max(1.0, (fan_in + fan_out) / 2.0))
+        values = np.random.default_rng(self.seed).uniform(-limit, limit, shape)
+        return values.astype(keras.backend.standardize_dtype(dtype or keras.config.floatx()))

@@ -121,13 +121,13 @@ class _Builder:
         return keras.layers.Conv2D(
             filters, k, strides=strides, padding="same",
             activation=self.activation if activation is None else activation,
-            kernel_regularizer=keras.regularizers.L2(self.l2),
+            kernel_initializer=fast_layers.GlorotUniform(), kernel_regularizer=keras.regularizers.L2(self.l2),
         )(x)
 
     def dense(self, x, units, activation=None, **kwargs):
         return keras.layers.Dense(
             units, activation=self.activation if activation is None else activation,
-            kernel_regularizer=keras.regularizers.L2(self.l2), **kwargs,
+            kernel_initializer=fast_layers.GlorotUniform(), kernel_regularizer=keras.regularizers.L2(self.l2), **kwargs,
         )(x)
 
     def residual_units(self, x, n_filters):

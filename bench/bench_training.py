@@ -225,8 +225,10 @@ def bench_space(name, space, x, y, args, callbacks: str = "none", recipe: str = 
     verbose = 0 if callbacks == "none" else 2  # a search trial logs a line per epoch
     n = args.steps * batch
     with contextlib.redirect_stdout(io.StringIO()):  # the table stays readable
+        start = time.perf_counter()  # a trial builds its network once: its initial weights, on JAX compiled per shape
         if recipe == "2017":
             model = model_2017(space)
+            build_s = time.perf_counter() - start
             # 2017 fed float32 copies scaled to [-0.5, 0.5] and one-hot labels.
             x32 = x[:n].astype("float32") / 255.0 - 0.5
             y_hot = {"fine_outputs": np.eye(100, dtype="float32")[y[0][:n]], "coarse_outputs": np.eye(20, dtype="float32")[y[1][:n]]}
@@ -235,6 +237,7 @@ def bench_space(name, space, x, y, args, callbacks: str = "none", recipe: str = 
         else:
             model = build_model(space, steps_per_execution=steps_per_execution,
                                 jit_compile={"auto": "auto", "on": True, "off": False}[args.xla])
+            build_s = time.perf_counter() - start
             feed = Batches(x[:n], {"fine_outputs": y[0][:n], "coarse_outputs": y[1][:n]}, batch, shuffle=True)
             model.fit(feed, epochs=1 + args.windows, verbose=verbose, callbacks=fit_callbacks)
     window = statistics.median(timer.times[1:])
@@ -244,7 +247,7 @@ def bench_space(name, space, x, y, args, callbacks: str = "none", recipe: str = 
     row = {
         "space": name, "recipe": recipe, "dtype_policy": model.dtype_policy.name, "steps_per_execution": steps_per_execution,
         "params": model.count_params(), "batch_size": batch,
-        "images_per_s": round(images_per_s, 1), "first_epoch_s": round(timer.times[0], 2),
+        "images_per_s": round(images_per_s, 1), "build_s": round(build_s, 2), "first_epoch_s": round(timer.times[0], 2),
         "gflops_per_image_fwd": round(flops / 1e9, 3), "achieved_tflops": round(achieved, 3),
         "peak_fraction": round(achieved / args.peak_tflops, 4) if args.peak_tflops else None,
         "device_peak_mb": device_peak_mb(), **COMPILE_TIMES.take(),
@@ -349,7 +352,7 @@ def main() -> None:
 
     print(f"backend {report['backend']}, XLA {args.xla}")
     print(f"{'space':6} {'variant':11} {'callbacks':12} {'recipe':7} {'precision':14} {'spe':>3} {'round':>5} {'params':>10} "
-          f"{'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'1st epoch s':>11} "
+          f"{'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'build s':>7} {'1st epoch s':>11} "
           f"{'trace+lower, XLA s':>18}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
@@ -357,7 +360,7 @@ def main() -> None:
         compile_s = "-" if r["xla_compile_s"] is None else f"{r['trace_s'] + r['lower_s']:.1f}, {r['xla_compile_s']:.1f}"
         print(f"{r['space']:6} {r['variant']:11} {r['callbacks']:12} {r['recipe']:7} {r['dtype_policy']:14} "
               f"{r['steps_per_execution']:>3} {r['round']:>5} {r['params']:>10} {r['batch_size']:>5} {r['images_per_s']:>9.1f} "
-              f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['first_epoch_s']:>11.1f} "
+              f"{r['gflops_per_image_fwd']:>9.3f} {r['achieved_tflops']:>8.3f} {frac:>7} {dev:>8} {r['build_s']:>7.1f} {r['first_epoch_s']:>11.1f} "
               f"{compile_s:>18}")
     print_speedups(report["rows"])
     if "memory" in report:

@@ -192,3 +192,41 @@ def test_fit_trains_the_fast_batch_norms_scale_offset_and_moving_statistics(jit_
     bn = model.layers[2]
     assert np.abs(bn.gamma.numpy() - 1.0).max() > 1e-3 and np.abs(bn.beta.numpy()).max() > 1e-3
     assert np.abs(bn.moving_mean.numpy()).max() > 1e-3
+
+
+def test_glorot_uniform_draws_keras_own_weights_on_tensorflow():
+    shape = (3, 3, 16, 32)
+    ours, theirs = fast_layers.GlorotUniform(seed=7)(shape), keras.initializers.GlorotUniform(seed=7)(shape)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+
+
+@pytest.mark.slow
+def test_on_jax_a_network_builds_without_compiling_a_random_program_per_kernel_shape():
+    check = textwrap.dedent("""
+        import logging, math
+        import jax, keras, numpy as np
+        import hyperspace
+        from neural_net import build_model
+
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        jax.config.update("jax_log_compiles", True)
+
+        def kernels(seed):
+            keras.utils.set_random_seed(seed)
+            model = build_model(hyperspace.SEED_BEST_SPACE)
+            return [w.numpy() for w in model.weights if w.name == "kernel"]
+
+        first, again, other = kernels(1), kernels(1), kernels(2)
+        assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True)), "not seeded"
+        assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True)), "seed ignored"
+        for kernel in first:  # Glorot's uniform: limit sqrt(6 / (fan_in + fan_out)), standard deviation limit / sqrt(3)
+            receptive = math.prod(kernel.shape[:-2])
+            limit = math.sqrt(6 / (receptive * (kernel.shape[-2] + kernel.shape[-1])))
+            assert np.abs(kernel).max() <= limit and abs(kernel.std() * math.sqrt(3) / limit - 1) < 0.05, kernel.shape
+        print(len(first), "kernels")
+        """)
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+                          cwd=Path(fast_layers.__file__).parent, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.stdout.strip().endswith("kernels"), done.stderr[-3000:]
+    assert "Compiling jit(" in done.stderr  # the compile log works: zeros and ones for the biases are compiled
+    assert "jit(_uniform)" not in done.stderr and "jit(_normal)" not in done.stderr
