@@ -176,7 +176,7 @@ class Dropout(keras.layers.Dropout):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class GlorotUniform(keras.initializers.GlorotUniform):
-    """`keras.initializers.GlorotUniform` whose JAX weights numpy draws, as JAX would compile a program per kernel shape.
+    """`keras.initializers.GlorotUniform`, drawn by numpy on JAX, where Keras's draw compiles a program per kernel shape.
 
     On JAX, Keras draws a kernel with a compiled random-number program, one for each shape: 0.3 to
     1.4 s each on a CPU, in every trial whose network has shapes not met before; building

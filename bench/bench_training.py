@@ -225,7 +225,7 @@ def bench_space(name, space, x, y, args, callbacks: str = "none", recipe: str = 
     verbose = 0 if callbacks == "none" else 2  # a search trial logs a line per epoch
     n = args.steps * batch
     with contextlib.redirect_stdout(io.StringIO()):  # the table stays readable
-        start = time.perf_counter()  # a trial builds its network once: its initial weights, on JAX compiled per shape
+        start = time.perf_counter()  # the build: what a trial pays once before its first epoch
         if recipe == "2017":
             model = model_2017(space)
             build_s = time.perf_counter() - start
