@@ -58,6 +58,8 @@ def trial_ids(trials_files, model_names) -> dict[str, int]:
 
 def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     """One row per result file: order, status, metrics and flattened hyperparameters."""
+    from hyperspace import width_multiple
+
     results = list(iter_results(results_dir))
     known_tids = trial_ids(trials_files, [result.get("model_name") for _, result in results])
     rows = []
@@ -80,7 +82,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             # What a resume may change with a warning: the budget, early stopping's patience, the widths' rounding.
             "max_epochs": setting(result, "max_epochs"),
             "patience": result.get("patience"),
-            "width_multiple": space.get("width_multiple", 1) if space else None,
+            "width_multiple": width_multiple(space) if space else None,
             "fine_curve": validation_curve(result, "fine"),
             "coarse_curve": validation_curve(result, "coarse"),
         }

@@ -207,8 +207,7 @@ class Search:
         for option, now, before, what in (
                 ("--epochs", args.epochs, recorded(finished, "max_epochs"), "accuracies reached in different budgets"),
                 ("--patience", args.patience, recorded(finished, "patience"), "accuracies of trials stopped early at other points"),
-                # 2017's spaces had no width_multiple: they built the exact widths, as 1 does.
-                ("--width-multiple", width, {r["space"].get("width_multiple", 1) for r in finished.results if r.get("space")},
+                ("--width-multiple", width, {hyperspace.width_multiple(r["space"]) for r in finished.results if r.get("space")},
                  "networks of other widths under the same hyperparameters")):
             if others := before - {now}:  # unlike another dataset, a deliberate choice: said, not refused
                 warn(f"{args.trials_file} holds trials of {option} {', '.join(map(str, sorted(others)))}, this run's is {now}: "

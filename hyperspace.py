@@ -104,6 +104,11 @@ SEED_BEST_SPACE = {
 }
 
 
+def width_multiple(point: dict) -> int:
+    """What a point's widths are rounded up to a multiple of: its `width_multiple`, or 1 (2017's spaces, exact widths)."""
+    return int(point.get("width_multiple", 1))
+
+
 def rounded_width(units: float, multiple: int = 1) -> int:
     """The 2017 width, int(units), rounded up to a multiple of the space's `width_multiple`."""
     return -(-int(units) // multiple) * multiple
@@ -111,7 +116,7 @@ def rounded_width(units: float, multiple: int = 1) -> int:
 
 def describe(point: dict, *, coarse_head: bool = True) -> str:
     """One line of the network a point of the space builds and how it trains, for the search's log."""
-    multiple = int(point.get("width_multiple", 1))
+    multiple = width_multiple(point)
     blocks = int(point["nb_conv_pool_layers"])
     filters = rounded_width(40 * point["conv_hiddn_units_mult"], multiple)
     k = int(round(point["conv_kernel_size"]))

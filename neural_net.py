@@ -15,7 +15,7 @@ from hyperopt import STATUS_FAIL, STATUS_OK
 
 import fast_layers
 from datasets import Dataset
-from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width
+from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width, width_multiple
 from precision import resolve_precision
 from pruning import MONITOR, Progress, trial_callbacks
 
@@ -111,7 +111,7 @@ class _Builder:
         self.space = space
         self.activation = space["activation"]
         self.l2 = STARTING_L2_REG * space["l2_weight_reg_mult"]
-        self.multiple = int(space.get("width_multiple", 1))
+        self.multiple = width_multiple(space)
 
     def width(self, units: float) -> int:
         return rounded_width(units, self.multiple)
