@@ -78,6 +78,8 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             **{key: setting(result, key) for key in SETTINGS},
             # What the fine and coarse accuracies were measured on.
             "selected_on": setting(result, "selected_on") if ok else None,
+            "val_images": setting(result, "val_images") if ok else None,
+            "test_images": result.get("test_images"),
             "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
             # What a resume may change with a warning: the budget, early stopping's patience, the widths' rounding.
             "max_epochs": setting(result, "max_epochs"),
@@ -198,9 +200,29 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
               + "  ".join(f"{short(r[n]):>{len(n)}}" for n in varying))
 
 
+def standard_errors(rows: list[dict]) -> str | None:
+    """How closely the best trial's fine accuracies are measured: one binomial standard error each, where known."""
+    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    if not ok:
+        return None
+    best = max(ok, key=lambda r: r["fine_accuracy"])
+    if not best["val_images"]:
+        return None  # a result of a version that did not record its image counts
+
+    def measured(split: str, accuracy: float, n: int) -> str:
+        return f"{split} {accuracy:.4f} of {n:,} images ±{math.sqrt(accuracy * (1 - accuracy) / n):.4f}"
+
+    parts = [measured(best["selected_on"], best["fine_accuracy"], best["val_images"])]
+    if best["selected_on"] != "test" and best["test_fine_accuracy"] is not None and best["test_images"]:
+        parts.append(measured("test", best["test_fine_accuracy"], best["test_images"]))
+    fair = "; the test figure, measured once, does not" if len(parts) == 2 else ""
+    return (f"Trial {best['trial']}'s fine accuracy, one standard error: {', '.join(parts)}. The {best['selected_on']} figure, "
+            f"the highest of many epochs and trials on those images, reads high{fair}.")
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               *SETTINGS, "epochs", "max_epochs", "patience", "width_multiple", *HYPERPARAMETERS]
+               *SETTINGS, "val_images", "test_images", "epochs", "max_epochs", "patience", "width_multiple", *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -377,6 +399,8 @@ def main(argv=None) -> int:
         warn(f"{args.results_dir}/ holds trials of more than one search, whose accuracies do not compare: "
              f"{'; '.join(mixed)}. Keep each search in its own --results-dir")
     print_leaderboard(rows, args.top)
+    if errors := standard_errors(rows):
+        print(errors)
     ranked = importance(rows)
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)
     n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)

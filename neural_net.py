@@ -365,6 +365,9 @@ def _result(space, data, history, test, model, callbacks) -> dict:
         "n_params": model.count_params(),
         "dataset": data.name,
         "train_images": len(data.x_train),
+        # What each accuracy is a fraction of, which says how closely it is measured.
+        "val_images": len(data.x_val),
+        "test_images": len(data.x_test),
         "selected_on": data.selects_on,
         "tid": None,
     }

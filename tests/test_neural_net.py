@@ -186,6 +186,10 @@ def test_a_trial_on_synthetic_data_learns(synthetic):
     assert result["epochs_trained"] == 3 and result["pruned"] is False
     assert result["n_params"] == model.count_params()
     assert len(result["history"]["val_fine_outputs_accuracy"]) == 3
+    # What each accuracy is a fraction of, which the analysis states its standard error by.
+    assert (result["val_images"], result["test_images"]) == (len(synthetic.x_val), len(synthetic.x_test))
+    for accuracy, n in ((result["fine_best_accuracy"], result["val_images"]), (result["test_fine_accuracy"], result["test_images"])):
+        assert accuracy * n == pytest.approx(round(accuracy * n), abs=1e-3)
     for key in ("real_loss", "fine_best_loss", "fine_end_accuracy", "fine_end_loss", "coarse_best_loss",
                 "coarse_end_accuracy", "coarse_end_loss", "model_name", "space", "train_seconds",
                 "dataset", "selected_on", "keras_backend", "tid", "test_coarse_accuracy"):
