@@ -22,9 +22,8 @@ NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_we
            "res_conv_kernel_size", "fc_units_1_mult", "residual", "one_more_fc"]
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
-PERMUTATIONS = 9_999  # shufflings behind each importance p-value
-LEGEND_ENTRIES = 10  # trials named in the per-epoch plot's legend
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
+PERMUTATIONS = 9_999  # shufflings behind each importance p-value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,8 +122,7 @@ def importance(rows: list[dict]) -> list[tuple[str, str, float, float, float]]:
         return scores
     names = shaping(rows)
     for name in (n for n in NUMERIC if n in names):
-        # Empty (the nested choice's None) counts as 0: "no residual units", "no second FC layer".
-        values = np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
+        values = np.array([_number(r[name]) for r in ok])
         if np.ptp(values) > 0 and np.ptp(acc) > 0:
             # Spearman's rho is Pearson's r of the ranks; scipy's own p-value for rho holds for hundreds of trials only.
             test = pearsonr(rankdata(values), rankdata(acc), method=PermutationMethod(n_resamples=PERMUTATIONS, rng=0))
@@ -147,10 +145,6 @@ def eta_squared(members: np.ndarray, acc: np.ndarray) -> np.ndarray:
     mean = acc.mean(axis=-1, keepdims=True)
     between = (counts * (acc @ members / counts - mean) ** 2).sum(axis=-1)
     return between / ((acc - mean) ** 2).sum(axis=-1)
-
-
-def _p_text(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def mixed_settings(rows: list[dict]) -> list[str]:
@@ -180,8 +174,8 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
         if name in CATEGORICAL:
             ratio = len({str(r[name]) for r in ok}) / max(1, len({str(r[name]) for r in rows}))
         else:
-            everyone = np.std([_numeric(r[name]) for r in rows])
-            ratio = np.std([_numeric(r[name]) for r in ok]) / everyone if everyone > 0 else 0.0
+            everyone = np.std([_number(r[name]) for r in rows])
+            ratio = np.std([_number(r[name]) for r in ok]) / everyone if everyone > 0 else 0.0
         spread.append((ratio, name))
     varying = [name for ratio, name in sorted(spread, reverse=True)[:4] if ratio > 0]
     print(f"Top {len(ok)} of {len(rows)} trials ({failed} failed, {sum(r['pruned'] for r in rows)} pruned):")
@@ -230,150 +224,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
 
 
-def log_ticks(values: list[float]) -> list[float]:
-    """Round numbers to mark a log axis over these values: at least three where they allow."""
-    low, high = min(values), max(values)
-    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
-    for steps in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
-        ticks = [m * 10.0**d for d in decades for m in steps if low <= m * 10.0**d <= high]
-        if len(ticks) >= 3:
-            break
-    return ticks
+def axis_kinds(rows: list[dict]) -> dict[str, str]:
+    """How the plots draw each hyperparameter that shaped these trials: "category", "log" (log-uniform in the space) or "number"."""
+    return {name: "category" if name in CATEGORICAL else "log" if name in LOG_UNIFORM else "number" for name in shaping(rows)}
 
 
-def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]], out: Path, top: int,
-             split: str) -> list[Path]:
-    """Write every PNG, accuracies labelled as on `split` (selection_set); return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import ticker
-
-    ok = [r for r in rows if r["fine_accuracy"] is not None]
-    acc = np.array([r["fine_accuracy"] for r in ok])
-    rng = np.random.default_rng(0)
-    written = []
-
-    def save(fig, name):
-        path = out / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=90, bbox_inches="tight")  # long tick labels push an axis label past the edge
-        plt.close(fig)
-        written.append(path)
-
-    # 1. Each hyperparameter against fine accuracy.
-    names, cols = shaping(rows), 5
-    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3.2 * cols, 2.6 * math.ceil(len(names) / cols)))
-    for ax, name in zip(axes.flat, names):
-        if name in CATEGORICAL:
-            levels = sorted({str(r[name]) for r in ok})
-            x = np.array([levels.index(str(r[name])) for r in ok], dtype=float)
-            ax.scatter(x + rng.uniform(-0.2, 0.2, len(x)), acc, s=12, alpha=0.7)
-            means = [acc[x == i].mean() for i in range(len(levels))]
-            ax.scatter(range(len(levels)), means, marker="_", s=600, color="red", label="mean")
-            ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
-        else:
-            values = [0.0 if r[name] == "" else float(r[name]) for r in ok]
-            ax.scatter(values, acc, s=12, alpha=0.7)
-            if name in LOG_UNIFORM and min(values) > 0:
-                ax.set_xscale("log")
-                ticks = log_ticks(values)
-                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-            elif all(v == int(v) for v in values) and max(values) - min(values) <= 10:  # kernel sizes, unit counts
-                ax.xaxis.set_major_locator(ticker.MultipleLocator(1))  # no ticks at 2.5
-        ax.set_title(name, fontsize=8)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    for ax in axes[:, 0]:
-        ax.set_ylabel(f"{split} fine accuracy", fontsize=8)
-    save(fig, "hyperparameters_vs_accuracy.png")
-
-    # 2. Scatter matrix of the most influential hyperparameters (and accuracy).
-    chosen = [name for name, *_ in ranked[:4]]
-    columns = [[_numeric(r[n]) for r in ok] for n in chosen] + [list(acc)]
-    labels = chosen + ["fine accuracy"]
-    k = len(columns)
-    fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
-    for i in range(k):
-        for j in range(k):
-            ax = axes[i][j]
-            if i == j:
-                ax.hist(columns[i], bins=12)
-            else:
-                ax.scatter(columns[j], columns[i], s=8, c=acc, cmap="viridis")
-            if i == k - 1:
-                ax.set_xlabel(labels[j], fontsize=7)
-            if j == 0:
-                ax.set_ylabel(labels[i], fontsize=7)
-            ax.tick_params(labelsize=6)
-    save(fig, "scatter_matrix.png")
-
-    # 3. Convergence: best-so-far accuracy against trial number.
-    fig, ax = plt.subplots(figsize=(7, 4))
-    best, curve = -np.inf, []
-    for r in rows:
-        if r["fine_accuracy"] is not None:
-            best = max(best, r["fine_accuracy"])
-        curve.append(best if np.isfinite(best) else np.nan)
-    trial = [r["trial"] for r in rows]
-    ax.step(trial, curve, where="post", label="best so far")
-    plain = [r for r in ok if not r["pruned"]]
-    ax.scatter([r["trial"] for r in plain], [r["fine_accuracy"] for r in plain], s=14, label="trial")
-    pruned = [r for r in ok if r["pruned"]]
-    ax.scatter([r["trial"] for r in pruned], [r["fine_accuracy"] for r in pruned], s=20, marker="v", label="pruned")
-    failed = [r["trial"] for r in rows if r["fine_accuracy"] is None]
-    ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"{split} fine accuracy")
-    ax.legend()
-    save(fig, "convergence.png")
-
-    # 4. Per-epoch accuracy of the top trials (a coarse panel where they had a coarse head).
-    leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
-    heads = ["fine", "coarse"] if any(r["coarse_curve"] for r in leaders) else ["fine"]
-    fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), squeeze=False)
-    for ax, head in zip(axes[0], heads):
-        for rank, r in enumerate(leaders):
-            curve = r[f"{head}_curve"]
-            # A trial of one epoch is a point, which a line alone does not draw.
-            ax.plot(range(1, len(curve) + 1), curve, marker="." if len(curve) == 1 else None,
-                    label=f"trial {r['trial']}" if rank < LEGEND_ENTRIES else None)
-        ax.set_title(f"{split} {head} accuracy")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
-    more = len(leaders) > LEGEND_ENTRIES  # a --top of hundreds would make the legend taller than the figure
-    axes[0][0].legend(fontsize=6, title=f"best {LEGEND_ENTRIES} of {len(leaders)}" if more else None, title_fontsize=6)
-    save(fig, "top_trials_per_epoch.png")
-
-    # 5. Fine against coarse accuracy, where trials had both.
-    if both := [r for r in ok if r["coarse_accuracy"] is not None]:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter([r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], s=14)
-        ax.set_xlabel(f"{split} fine accuracy")
-        ax.set_ylabel(f"{split} coarse accuracy")
-        save(fig, "fine_vs_coarse.png")
-
-    # 6. Importance ranking.
-    fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(ranked), 1) + 1))
-    bars = ax.barh([f"{n} ({m})" for n, m, *_ in ranked][::-1], [s for _, _, s, _, _ in ranked][::-1])
-    ax.bar_label(bars, [f"p {_p_text(p)}, q {_p_text(q)}" for *_, p, q in ranked][::-1], padding=2, fontsize=7)
-    ax.set_xlim(0, 1.15)
-    ax.set_xlabel(f"how much it explains {split} fine accuracy\np: so much by chance; q: p adjusted for testing them all")
-    save(fig, "importance.png")
-    return written
-
-
-def _numeric(value) -> float:
-    if value == "":
-        return 0.0
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)
-    except ValueError:
-        return float(sum(map(ord, value)) % 97)  # a stable position for a category label
+def _number(value) -> float:
+    """A numeric hyperparameter's value; none (a nested choice's None) as 0: "no residual units", "no second FC layer"."""
+    return 0.0 if value == "" else float(value)
 
 
 def main(argv=None) -> int:
@@ -398,6 +256,8 @@ def main(argv=None) -> int:
     if mixed := mixed_settings(rows):
         warn(f"{args.results_dir}/ holds trials of more than one search, whose accuracies do not compare: "
              f"{'; '.join(mixed)}. Keep each search in its own --results-dir")
+    from analysis_plots import p_text, plot_all  # matplotlib: after the checks, so that they answer at once
+
     print_leaderboard(rows, args.top)
     if errors := standard_errors(rows):
         print(errors)
@@ -413,14 +273,14 @@ def main(argv=None) -> int:
               "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "
               f"for testing {len(ranked)} at once):")
     for name, method, score, p, q in ranked:
-        print(f"  {name:24} {method:11} {score:.3f}  p {_p_text(p):7}  q {_p_text(q)}")
+        print(f"  {name:24} {method:11} {score:.3f}  p {p_text(p):7}  q {p_text(q)}")
     with open(out / "importance.csv", "w", newline="") as f:
         csv.writer(f).writerows([("hyperparameter", "method", "score", "p_value", "q_value"), *ranked])
     write_csv(rows, out / "trials.csv")
     if n_ok == 0:
         print(f"\nWrote {out / 'trials.csv'} and {out / 'importance.csv'}; no plots without a finished trial")
         return 0
-    written = plot_all(rows, ranked, out, args.top, split)
+    written = plot_all(rows, ranked, axis_kinds(rows), out, args.top, split)
     print(f"\nWrote {out / 'trials.csv'}, {out / 'importance.csv'} and {len(written)} plots: "
           + ", ".join(p.name for p in written))
     return 0

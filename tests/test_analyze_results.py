@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hyperopt import Trials, fmin, hp, tpe
 
+import analysis_plots
 import analyze_results
 import hyperspace
 from utils import save_json_result, save_trials
@@ -264,7 +265,18 @@ def test_an_output_folder_that_cannot_be_written_exits_2(tmp_path, capsys):
 
 
 def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
-    assert analyze_results.log_ticks([0.05, 3.0, 20.0]) == pytest.approx([0.1, 1, 10])  # l2_weight_reg_mult's range
-    assert analyze_results.log_ticks([0.6, 1.6]) == pytest.approx([0.7, 1, 1.5])  # lr_rate_mult's
-    assert analyze_results.log_ticks([0.12, 0.5]) == pytest.approx([0.15, 0.2, 0.3, 0.5])
-    assert analyze_results.log_ticks([1.6, 2.5]) == pytest.approx([2])  # all there is
+    assert analysis_plots.log_ticks([0.05, 3.0, 20.0]) == pytest.approx([0.1, 1, 10])  # l2_weight_reg_mult's range
+    assert analysis_plots.log_ticks([0.6, 1.6]) == pytest.approx([0.7, 1, 1.5])  # lr_rate_mult's
+    assert analysis_plots.log_ticks([0.12, 0.5]) == pytest.approx([0.15, 0.2, 0.3, 0.5])
+    assert analysis_plots.log_ticks([1.6, 2.5]) == pytest.approx([2])  # all there is
+
+
+def test_the_scatter_matrix_places_categories_in_order_and_marks_them_with_their_labels():
+    rows = [{"fine_accuracy": acc, "activation": act, "first_conv": conv, "lr_rate_mult": lr}
+            for acc, act, conv, lr in ((0.3, "relu", "", 1.0), (0.2, "elu", "3", 0.8), (0.1, "relu", "4", 1.2))]
+    fig = analysis_plots.scatter_matrix(rows, {"activation": "category", "first_conv": "category", "lr_rate_mult": "log"})
+    axes = np.array(fig.axes).reshape(4, 4)
+    assert [t.get_text() for t in axes[3][0].get_xticklabels()] == ["elu", "relu"]
+    assert [t.get_text() for t in axes[1][3].get_yticklabels()] == ["none", "3", "4"]  # a nested choice's None
+    # Accuracy against activation: relu's trials at 1, elu's at 0.
+    assert axes[3][0].collections[0].get_offsets().tolist() == [[1, 0.3], [0, 0.2], [1, 0.1]]

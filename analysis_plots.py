@@ -1,0 +1,187 @@
+"""The analysis's figures: what each hyperparameter did to accuracy, how the search converged, the leaders' epochs, the ranking.
+
+Each function draws one figure from the rows of `analyze_results.load_trials_table`; `plot_all` writes them all as PNGs.
+Hyperparameters are drawn by their kind: "category", "log" (log-uniform in the space) or "number".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display to open
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+LEGEND_ENTRIES = 10  # trials named in the per-epoch plot's legend
+
+
+def p_text(p: float) -> str:
+    """A p- or q-value as the analysis writes it."""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def log_ticks(values: list[float]) -> list[float]:
+    """Round numbers to mark a log axis over these values: at least three where they allow."""
+    low, high = min(values), max(values)
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for steps in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0**d for d in decades for m in steps if low <= m * 10.0**d <= high]
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]], kinds: dict[str, str], out: Path,
+             top: int, split: str) -> list[Path]:
+    """Write every PNG into `out`, accuracies labelled as on `split`, of the hyperparameters in `kinds`; return their paths."""
+    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    figures = {
+        "hyperparameters_vs_accuracy.png": hyperparameters_vs_accuracy(ok, kinds, split),
+        "scatter_matrix.png": scatter_matrix(ok, {name: kinds[name] for name, *_ in ranked[:4]}),
+        "convergence.png": convergence(rows, split),
+        "top_trials_per_epoch.png": top_trials_per_epoch(ok, top, split),
+    }
+    if both := [r for r in ok if r["coarse_accuracy"] is not None]:
+        figures["fine_vs_coarse.png"] = fine_vs_coarse(both, split)
+    figures["importance.png"] = importance_ranking(ranked, split)
+    written = []
+    for name, fig in figures.items():
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90, bbox_inches="tight")  # long tick labels push an axis label past the edge
+        plt.close(fig)
+        written.append(out / name)
+    return written
+
+
+def _levels(ok: list[dict], name: str) -> list[str]:
+    """A categorical hyperparameter's labels among the trials, in the order of its axis."""
+    return sorted({str(r[name]) for r in ok})
+
+
+def _positions(ok: list[dict], name: str, kind: str) -> np.ndarray:
+    """A hyperparameter's values along an axis: numbers as they are (none as 0), categories by their label's place."""
+    if kind == "category":
+        levels = _levels(ok, name)
+        return np.array([levels.index(str(r[name])) for r in ok], dtype=float)
+    return np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
+
+
+def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: str):
+    """One panel per hyperparameter: each trial's fine accuracy against its value (categories: their means too)."""
+    acc = np.array([r["fine_accuracy"] for r in ok])
+    rng = np.random.default_rng(0)
+    cols, lines = 5, math.ceil(len(kinds) / 5)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False)
+    for ax, (name, kind) in zip(axes.flat, kinds.items()):
+        x = _positions(ok, name, kind)
+        if kind == "category":
+            levels = _levels(ok, name)
+            ax.scatter(x + rng.uniform(-0.2, 0.2, len(x)), acc, s=12, alpha=0.7)
+            ax.scatter(range(len(levels)), [acc[x == i].mean() for i in range(len(levels))], marker="_", s=600,
+                       color="red", label="mean")
+            ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
+        else:
+            ax.scatter(x, acc, s=12, alpha=0.7)
+            if kind == "log" and x.min() > 0:
+                ax.set_xscale("log")
+                ticks = log_ticks(list(x))
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            elif all(v == int(v) for v in x) and np.ptp(x) <= 10:  # kernel sizes, unit counts
+                ax.xaxis.set_major_locator(ticker.MultipleLocator(1))  # no ticks at 2.5
+        ax.set_title(name, fontsize=8)
+    for ax in list(axes.flat)[len(kinds):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{split} fine accuracy", fontsize=8)
+    return fig
+
+
+def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
+    """Every pair of the chosen hyperparameters (name: kind) and fine accuracy, points coloured by accuracy; histograms on the diagonal."""
+    acc = np.array([r["fine_accuracy"] for r in ok])
+    columns = [_positions(ok, name, kind) for name, kind in chosen.items()] + [acc]
+    labels = [*chosen, "fine accuracy"]
+    # A category's axis is marked with its labels at their places.
+    levels = [_levels(ok, name) if kind == "category" else None for name, kind in chosen.items()] + [None]
+    k = len(columns)
+    fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
+    for i in range(k):
+        for j in range(k):
+            ax = axes[i][j]
+            if i == j:
+                ax.hist(columns[i], bins=12)
+            else:
+                ax.scatter(columns[j], columns[i], s=8, c=acc, cmap="viridis")
+                if levels[i]:
+                    ax.set_yticks(range(len(levels[i])), [level or "none" for level in levels[i]])
+            if levels[j]:
+                ax.set_xticks(range(len(levels[j])), [level or "none" for level in levels[j]])
+            if i == k - 1:
+                ax.set_xlabel(labels[j], fontsize=7)
+            if j == 0:
+                ax.set_ylabel(labels[i], fontsize=7)
+            ax.tick_params(labelsize=6)
+    return fig
+
+
+def convergence(rows: list[dict], split: str):
+    """The best fine accuracy so far against the trial number, each trial marked (pruned and failed ones apart)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    best, curve = -np.inf, []
+    for r in rows:
+        if r["fine_accuracy"] is not None:
+            best = max(best, r["fine_accuracy"])
+        curve.append(best if np.isfinite(best) else np.nan)
+    ax.step([r["trial"] for r in rows], curve, where="post", label="best so far")
+    for label, marker, size, kept in (("trial", "o", 14, False), ("pruned", "v", 20, True)):
+        shown = [r for r in rows if r["fine_accuracy"] is not None and r["pruned"] == kept]
+        ax.scatter([r["trial"] for r in shown], [r["fine_accuracy"] for r in shown], s=size, marker=marker, label=label)
+    failed = [r["trial"] for r in rows if r["fine_accuracy"] is None]
+    ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{split} fine accuracy")
+    ax.legend()
+    return fig
+
+
+def top_trials_per_epoch(ok: list[dict], top: int, split: str):
+    """The per-epoch accuracy of the `top` trials: a fine panel, and a coarse one where they had a coarse head."""
+    leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
+    heads = ["fine", "coarse"] if any(r["coarse_curve"] for r in leaders) else ["fine"]
+    fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), squeeze=False)
+    for ax, head in zip(axes[0], heads):
+        for rank, r in enumerate(leaders):
+            curve = r[f"{head}_curve"]
+            # A trial of one epoch is a point, which a line alone does not draw.
+            ax.plot(range(1, len(curve) + 1), curve, marker="." if len(curve) == 1 else None,
+                    label=f"trial {r['trial']}" if rank < LEGEND_ENTRIES else None)
+        ax.set_title(f"{split} {head} accuracy")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    more = len(leaders) > LEGEND_ENTRIES  # a --top of hundreds would make the legend taller than the figure
+    axes[0][0].legend(fontsize=6, title=f"best {LEGEND_ENTRIES} of {len(leaders)}" if more else None, title_fontsize=6)
+    return fig
+
+
+def fine_vs_coarse(both: list[dict], split: str):
+    """Each trial's coarse accuracy against its fine accuracy."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter([r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], s=14)
+    ax.set_xlabel(f"{split} fine accuracy")
+    ax.set_ylabel(f"{split} coarse accuracy")
+    return fig
+
+
+def importance_ranking(ranked: list[tuple[str, str, float, float, float]], split: str):
+    """The importance scores as bars, highest on top, each with its p- and q-value."""
+    fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(ranked), 1) + 1))
+    bars = ax.barh([f"{n} ({m})" for n, m, *_ in ranked][::-1], [s for _, _, s, _, _ in ranked][::-1])
+    ax.bar_label(bars, [f"p {p_text(p)}, q {p_text(q)}" for *_, p, q in ranked][::-1], padding=2, fontsize=7)
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel(f"how much it explains {split} fine accuracy\np: so much by chance; q: p adjusted for testing them all")
+    return fig
