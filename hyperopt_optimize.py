@@ -164,62 +164,33 @@ class Search:
         self.guard = guard
         self.stop_reason = None
         self.saved_tids: set[int] = set()
+        self.pickle_stamp = None  # the trials pickle as this search last read or wrote it (utils.file_stamp): none yet
         self.plot_broken = False  # after one failed plot, stop trying
 
     def run(self) -> int:
-        import numpy as np
-        from hyperopt import fmin, rand, tpe
-        from hyperopt.exceptions import AllTrialsFailed
-
+        """Resume or start the search, then run it until --max-evals, a signal or a stop; the exit status."""
         import hyperspace
-        from datasets import DatasetError, load_dataset
+        from datasets import DatasetError
         from precision import training_line
-        from utils import TrialsFileError, file_stamp, finished_curves, mismatched_setting, recorded, warn
+        from spark_search import SparkUnavailable, check_requirements, parallelism_of
+        from utils import TrialsFileError, finished_curves
 
         args = self.args
         parallelism = None
-        if args.spark_master:
-            from spark_search import SparkUnavailable, check_requirements, parallelism_of
-
-            try:
+        try:
+            if args.spark_master:
                 check_requirements()
-            except SparkUnavailable as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            parallelism = parallelism_of(args.spark_master, args.parallelism)
-        try:
+                parallelism = parallelism_of(args.spark_master, args.parallelism)
             finished = self.load_finished_trials()
-            self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
-        except (TrialsFileError, OSError) as err:
+            if args.max_evals is not None and len(finished.trials) >= args.max_evals:
+                print(f"Nothing to do: {plural(len(finished.trials), 'trial')} already, --max-evals {args.max_evals}.")
+                self.print_leaderboard(finished)
+                return 0
+            width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
+            self.warn_of_changed_settings(finished, width)
+            self.data = self.load_data(finished)
+        except (TrialsFileError, DatasetError, SparkUnavailable, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
-        if mismatch := mismatched_setting(finished, args.trials_file, dataset=os.path.basename(args.dataset),
-                                          selected_on=args.select_on, search_space=args.space, seed=args.seed):
-            print(f"error: {mismatch}", file=sys.stderr)
-            return 2
-        done = len(finished.trials)
-        self.saved_tids = {t["tid"] for t in finished.trials}
-        if args.max_evals is not None and done >= args.max_evals:
-            print(f"Nothing to do: {plural(done, 'trial')} already, --max-evals {args.max_evals}.")
-            self.print_leaderboard(finished)
-            return 0
-        width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
-        for option, now, before, what in (
-                ("--epochs", args.epochs, recorded(finished, "max_epochs"), "accuracies reached in different budgets"),
-                ("--patience", args.patience, recorded(finished, "patience"), "accuracies of trials stopped early at other points"),
-                ("--width-multiple", width, {hyperspace.width_multiple(r["space"]) for r in finished.results if r.get("space")},
-                 "networks of other widths under the same hyperparameters")):
-            if others := before - {now}:  # unlike another dataset, a deliberate choice: said, not refused
-                warn(f"{args.trials_file} holds trials of {option} {', '.join(map(str, sorted(others)))}, this run's is {now}: "
-                     f"TPE will compare {what}")
-        try:
-            self.data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
-                                     data_dir=args.data_dir, select_on=args.select_on)
-        except DatasetError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(self.data.x_train)):
-            print(f"error: {mismatch}", file=sys.stderr)
             return 2
         print(self.data.summary())
         print(training_line(args.precision))
@@ -230,6 +201,42 @@ class Search:
         self.objective = Objective(self.data, args, parallelism)
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
+        return self.minimize(finished, parallelism, hyperspace.SPACES[args.space] | {"width_multiple": width})
+
+    def warn_of_changed_settings(self, finished, width: int) -> None:
+        """Say which settings that a resume may change differ from the finished trials' (a deliberate choice: not refused)."""
+        import hyperspace
+        from utils import recorded, warn
+
+        args = self.args
+        for option, now, before, what in (
+                ("--epochs", args.epochs, recorded(finished, "max_epochs"), "accuracies reached in different budgets"),
+                ("--patience", args.patience, recorded(finished, "patience"), "accuracies of trials stopped early at other points"),
+                ("--width-multiple", width, {hyperspace.width_multiple(r["space"]) for r in finished.results if r.get("space")},
+                 "networks of other widths under the same hyperparameters")):
+            if others := before - {now}:
+                warn(f"{args.trials_file} holds trials of {option} {', '.join(map(str, sorted(others)))}, this run's is {now}: "
+                     f"TPE will compare {what}")
+
+    def load_data(self, finished):
+        """This run's dataset (or DatasetError), if it has as many training images as the finished trials had."""
+        from datasets import DatasetError, load_dataset
+        from utils import mismatched_setting
+
+        args = self.args
+        data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
+                            data_dir=args.data_dir, select_on=args.select_on)
+        if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(data.x_train)):
+            raise DatasetError(mismatch)
+        return data
+
+    def minimize(self, finished, parallelism: int | None, space: dict) -> int:
+        """Run hyperopt's fmin over `space`, saving every finished trial; the exit status."""
+        import numpy as np
+        from hyperopt import fmin, rand, tpe
+        from hyperopt.exceptions import AllTrialsFailed
+
+        args = self.args
         if parallelism:
             from spark_search import Poller, SparkUnavailable, make_trials
 
@@ -245,12 +252,12 @@ class Search:
         try:
             fmin(
                 self.objective,
-                hyperspace.SPACES[args.space] | {"width_multiple": width},
+                space,
                 algo=tpe.suggest if args.algo == "tpe" else rand.suggest,
                 max_evals=args.max_evals,
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.
-                rstate=np.random.default_rng([args.seed, done]),
+                rstate=np.random.default_rng([args.seed, len(finished.trials)]),
                 early_stop_fn=None if parallelism else self.after_serial_trial,
                 # A bar needs a known total, and a terminal: in a log file each redraw is one more line.
                 show_progressbar=args.max_evals is not None and sys.stderr.isatty(),
@@ -275,10 +282,11 @@ class Search:
         return 0
 
     def load_finished_trials(self):
-        """Trials from the pickle, without the ones that never finished; or new Trials."""
+        """Trials from the pickle, without the ones that never finished, if they share this run's settings; or new Trials."""
         from hyperopt import Trials
 
-        from utils import TrialsFileError, finished_copy, iter_results, load_trials, result_path, save_json_result
+        from utils import (TrialsFileError, file_stamp, finished_copy, iter_results, load_trials, mismatched_setting, result_path,
+                           save_json_result)
 
         if not os.path.exists(self.args.trials_file):
             # A new search there would restart TPE and number its trials from 0 among the old ones.
@@ -297,6 +305,12 @@ class Search:
         best = self.current_best_loss(trials)
         best_text = "none yet" if best is None else f"{-best:.4f}"
         print(f"Resuming: {plural(len(trials.trials), 'trial')}, best fine accuracy {best_text}")
+        args = self.args
+        if mismatch := mismatched_setting(trials, args.trials_file, dataset=os.path.basename(args.dataset),
+                                          selected_on=args.select_on, search_space=args.space, seed=args.seed):
+            raise TrialsFileError(mismatch)
+        self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
+        self.saved_tids = {t["tid"] for t in trials.trials}
         return trials
 
     def current_best_loss(self, trials):
