@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+# The official archives, as their site and Keras's cache name them.
+ARCHIVES = {"cifar100": "cifar-100-python.tar.gz", "cifar10": "cifar-10-python.tar.gz"}
+TITLES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10"}
+# Their training and test batches.
+CIFAR_BATCHES = {
+    "cifar100": (["cifar-100-python/train"], ["cifar-100-python/test"]),
+    "cifar10": ([f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)], ["cifar-10-batches-py/test_batch"]),
+}
 # 10% of the training images: 5,000 for CIFAR.
 VALIDATION_FRACTION = 0.1
 SYNTHETIC_DEFAULT_SIZE = 3000
@@ -97,10 +104,8 @@ def load_dataset(
         raise ValueError(f"select_on must be 'validation' or 'test', got {select_on!r}")
     if problem := source_problem(name, data_dir):
         raise DatasetError(problem)
-    if name == "cifar100":
-        arrays, flip = _load_cifar100(data_dir), True
-    elif name == "cifar10":
-        arrays, flip = _load_cifar10(), True
+    if name in ARCHIVES:
+        arrays, flip = _load_cifar(name, data_dir), True
     elif name == "synthetic":
         arrays, flip = make_synthetic(synthetic_size, seed=seed), True
     else:
@@ -163,10 +168,10 @@ def split_fine_classes(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
 
 def source_problem(name: str, data_dir: str | None = None) -> str | None:
     """Why a dataset cannot load whatever its content (checked before a search claims a folder), or None."""
-    if data_dir is not None and name != "cifar100":
-        return f"--data-dir is where cifar100's archive lies; {name} does not read it"
-    if data_dir is not None and not (archive := Path(data_dir) / CIFAR100_ARCHIVE).is_file():
-        return f"{archive} does not exist: put the official {CIFAR100_ARCHIVE} there, or try --dataset synthetic"
+    if data_dir is not None and name not in ARCHIVES:
+        return f"--data-dir is where the official CIFAR archives lie; {name} does not read it"
+    if data_dir is not None and not (archive := Path(data_dir) / ARCHIVES[name]).is_file():
+        return f"{archive} does not exist: put the official {ARCHIVES[name]} there, or try --dataset synthetic"
     if name.endswith(".npz"):
         return None if os.path.isfile(name) else f"dataset file {name} does not exist"
     if name not in ("cifar100", "cifar10", "synthetic"):
@@ -174,62 +179,70 @@ def source_problem(name: str, data_dir: str | None = None) -> str | None:
     return None
 
 
-def _load_cifar100(data_dir: str | None):
-    """The archive in `data_dir` (source_problem checked that it is there), else Keras's loader (its cache, or a
-    download), else the official archive in Keras's cache folder."""
+def _load_cifar(name: str, data_dir: str | None):
+    """The official archive in `data_dir` (source_problem checked that it is there), else Keras's loader (its cache, or
+    a download), else the official archive in Keras's cache folder."""
     if data_dir is None:
         try:
-            import keras
-
-            (x_train, yf_train), (x_test, yf_test) = keras.datasets.cifar100.load_data("fine")
-            (_, yc_train), (_, yc_test) = keras.datasets.cifar100.load_data("coarse")
-            return x_train, yf_train.ravel(), yc_train.ravel(), x_test, yf_test.ravel(), yc_test.ravel()
+            return _keras_cifar(name)
         except Exception:
             keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
             data_dir = os.path.join(keras_home, "datasets")
-            if not (Path(data_dir) / CIFAR100_ARCHIVE).is_file():
+            if not (Path(data_dir) / ARCHIVES[name]).is_file():
                 raise DatasetError(
-                    f"CIFAR-100 could not be downloaded and {Path(data_dir) / CIFAR100_ARCHIVE} does not exist: put "
-                    f"the official {CIFAR100_ARCHIVE} there (or pass --data-dir DIR), or try --dataset synthetic"
+                    f"{TITLES[name]} could not be downloaded and {Path(data_dir) / ARCHIVES[name]} does not exist: put "
+                    f"the official {ARCHIVES[name]} there (or pass --data-dir DIR), or try --dataset synthetic"
                 ) from None
-    return read_cifar100_archive(Path(data_dir) / CIFAR100_ARCHIVE)
+    return read_cifar_archive(Path(data_dir) / ARCHIVES[name], name)
 
 
-def read_cifar100_archive(archive: str | os.PathLike):
-    """Parse the official `cifar-100-python.tar.gz` with Keras's own batch reader."""
+def _keras_cifar(name: str):
+    """CIFAR-100 or CIFAR-10 through Keras's loader, channels-last whatever ~/.keras/keras.json says."""
+    import keras
+
+    # Keras's loaders return channels-first images where its config says channels_first, which the
+    # networks, always built channels-last, would read as 3 rows of 32 channels.
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_last")
+    try:
+        if name == "cifar10":
+            (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+            y_train, y_test = y_train.ravel(), y_test.ravel()
+            return x_train, y_train, _cifar10_coarse(y_train), x_test, y_test, _cifar10_coarse(y_test)
+        (x_train, yf_train), (x_test, yf_test) = keras.datasets.cifar100.load_data("fine")
+        (_, yc_train), (_, yc_test) = keras.datasets.cifar100.load_data("coarse")
+        return x_train, yf_train.ravel(), yc_train.ravel(), x_test, yf_test.ravel(), yc_test.ravel()
+    finally:
+        keras.config.set_image_data_format(previous)
+
+
+def _cifar10_coarse(labels: np.ndarray) -> np.ndarray:
+    """CIFAR-10's two superclasses: vehicle (0) and animal (1)."""
+    return np.where(np.isin(labels, CIFAR10_VEHICLES), 0, 1)
+
+
+def read_cifar_archive(archive: str | os.PathLike, name: str = "cifar100"):
+    """Parse the official archive of `cifar100` or `cifar10` with Keras's own batch reader."""
     from keras.src.datasets.cifar import load_batch
 
+    fine_key = "fine_labels" if name == "cifar100" else "labels"
     try:
         # "r:gz", the official format: auto-detection would list one failure per compression.
         with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")
             arrays = []
-            for split in ("train", "test"):
-                path = os.path.join(tmp, "cifar-100-python", split)
-                x, fine = load_batch(path, label_key="fine_labels")
-                _, coarse = load_batch(path, label_key="coarse_labels")
-                arrays.append((x.transpose(0, 2, 3, 1), np.asarray(fine).ravel(), np.asarray(coarse).ravel()))
+            for files in CIFAR_BATCHES[name]:
+                paths = [os.path.join(tmp, file) for file in files]
+                batches = [load_batch(path, label_key=fine_key) for path in paths]
+                fine = np.concatenate([np.ravel(y) for _, y in batches])
+                coarse = (np.concatenate([np.ravel(load_batch(path, label_key="coarse_labels")[1]) for path in paths])
+                          if name == "cifar100" else _cifar10_coarse(fine))
+                # The archives hold each image's rows channel by channel.
+                arrays.append((np.concatenate([x for x, _ in batches]).transpose(0, 2, 3, 1), fine, coarse))
     except (OSError, tarfile.TarError, KeyError, pickle.UnpicklingError, ValueError, EOFError) as err:
-        raise DatasetError(f"{archive} is not a readable CIFAR-100 archive ({err})") from None
+        raise DatasetError(f"{archive} is not a readable {TITLES[name]} archive ({err})") from None
     (x_train, yf_train, yc_train), (x_test, yf_test, yc_test) = arrays
     return x_train, yf_train, yc_train, x_test, yf_test, yc_test
-
-
-def _load_cifar10():
-    import keras
-
-    try:
-        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
-    except Exception as err:
-        raise DatasetError(
-            f"CIFAR-10 could not be loaded ({err}); try --dataset synthetic"
-        ) from None
-    y_train, y_test = y_train.ravel(), y_test.ravel()
-    # Two superclasses: vehicle (0) and animal (1).
-    def coarse(y):
-        return np.where(np.isin(y, CIFAR10_VEHICLES), 0, 1)
-
-    return x_train, y_train, coarse(y_train), x_test, y_test, coarse(y_test)
 
 
 def _load_npz(path: str):

@@ -31,6 +31,25 @@ def write_cifar100_archive(path, n_train=300, n_test=60):
     return expected
 
 
+def write_cifar10_archive(path, n_batch=40, n_test=30):
+    """A small cifar-10-python.tar.gz in the official format: five training batches and a test batch."""
+    rng = np.random.default_rng(1)
+    expected = {}
+    with tarfile.open(path, "w:gz") as tar:
+        for file, n, offset in [(f"data_batch_{i}", n_batch, (i - 1) * n_batch) for i in range(1, 6)] + [("test_batch", n_test, 0)]:
+            data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+            data[:, 0] = (offset + np.arange(n)) % 256
+            data[:, 1] = (offset + np.arange(n)) // 256
+            labels = rng.permutation(np.arange(n) % 10)
+            blob = pickle.dumps({b"batch_label": file.encode(), b"labels": labels.tolist(), b"data": data,
+                                 b"filenames": [b"x.png"] * n}, protocol=4)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{file}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+            expected[file] = (data, labels)
+    return expected
+
+
 def image_index(x):
     # The index was written into pixel (0, 0) and (0, 1)'s red values (channel-first layout).
     return x[:, 0, 0, 0].astype(int) + 256 * x[:, 0, 1, 0].astype(int)
@@ -61,6 +80,41 @@ def test_cifar100_from_data_dir(tmp_path):
     write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
     data = load_dataset("cifar100", data_dir=str(tmp_path))
     assert len(data.x_test) == 60
+
+
+def test_cifar100_through_keras_loader_is_channels_last_whatever_keras_config_says(tmp_path, monkeypatch):
+    import keras
+
+    expected = write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
+    with tarfile.open(tmp_path / "cifar-100-python.tar.gz") as tar:
+        tar.extractall(tmp_path / "cache", filter="data")
+    # Keras's own loader, reading the extracted archive where its cache would have it.
+    monkeypatch.setattr("keras.src.datasets.cifar100.get_file", lambda **kwargs: str(tmp_path / "cache"))
+    keras.config.set_image_data_format("channels_first")  # as a ~/.keras/keras.json can say
+    try:
+        data = load_dataset("cifar100")
+        assert keras.config.image_data_format() == "channels_first"  # left as the user set it
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    assert data.input_shape == (32, 32, 3)
+    data_t, fine_t, coarse_t = expected["test"]
+    np.testing.assert_array_equal(data.x_test[3], data_t[3].reshape(3, 32, 32).transpose(1, 2, 0))
+    np.testing.assert_array_equal(data.y_test_coarse, coarse_t)
+
+
+def test_cifar10_loads_from_its_official_archive_in_data_dir(tmp_path):
+    expected = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz")
+    data = load_dataset("cifar10", data_dir=str(tmp_path))
+    assert len(data.x_train) + len(data.x_val) == 200 and data.x_test.shape == (30, 32, 32, 3)
+    assert (data.num_fine, data.num_coarse) == (10, 2)
+    fine = np.concatenate([expected[f"data_batch_{i}"][1] for i in range(1, 6)])
+    for x, yf, yc in ((data.x_train, data.y_train_fine, data.y_train_coarse), (data.x_val, data.y_val_fine, data.y_val_coarse)):
+        idx = image_index(x)  # across the five batches
+        np.testing.assert_array_equal(yf, fine[idx])
+        np.testing.assert_array_equal(yc, np.isin(fine[idx], [0, 1, 8, 9]) == 0)  # vehicles 0, animals 1
+    data_t, labels_t = expected["test_batch"]
+    np.testing.assert_array_equal(data.y_test_fine, labels_t)
+    np.testing.assert_array_equal(data.x_test[5], data_t[5].reshape(3, 32, 32).transpose(1, 2, 0))
 
 
 def test_missing_cifar100_names_where_to_put_it(tmp_path, monkeypatch):
@@ -195,5 +249,7 @@ def test_missing_or_unreadable_npz_and_unknown_names(tmp_path):
         load_dataset(str(tmp_path / "junk.npz"))
     with pytest.raises(DatasetError, match="unknown dataset"):
         load_dataset("imagenet")
-    with pytest.raises(DatasetError, match="--data-dir is where cifar100's archive lies; cifar10 does not read it"):
+    with pytest.raises(DatasetError, match="--data-dir is where the official CIFAR archives lie; synthetic does not read it"):
+        load_dataset("synthetic", data_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match="cifar-10-python.tar.gz does not exist: put the official"):
         load_dataset("cifar10", data_dir=str(tmp_path))
