@@ -34,7 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")
-    parser.add_argument("--data-dir", default=None, help="folder holding the official cifar-100-python.tar.gz (cifar10: cifar-10-python.tar.gz) "
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding the official cifar-100-python.tar.gz (cifar10: cifar-10-python.tar.gz) "
                              "(default: Keras's cache, ~/.keras/datasets)")
     parser.add_argument("--max-evals", type=at_least(1), default=None, help="total trials, resumed ones included (default: no limit, run until Ctrl-C)")
     parser.add_argument("--epochs", type=at_least(1), default=100, help="most epochs per trial")
