@@ -9,6 +9,7 @@ import argparse
 import collections
 import csv
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -29,12 +30,23 @@ PERMUTATIONS = 9_999  # shufflings behind each importance p-value
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="folder of result JSON files")
-    parser.add_argument("--out", default="analysis", help="folder for trials.csv, importance.csv and the PNGs")
+    parser.add_argument("--out", default=None,
+                        help="folder for trials.csv, importance.csv and the PNGs (default: analysis/ for results/, "
+                             "analysis/NAME/ for another results folder NAME, so that two searches' analyses never mix)")
     parser.add_argument("--trials-file", default=None,
                         help="trials pickle that gives the trial order where it holds these results (default: the search's, "
                              "results.pkl for results/; else results-dir/results.pkl, as the 2017 files have it; else file times)")
     parser.add_argument("--top", type=at_least(1), default=10, help="trials in the leaderboard and the per-epoch plot")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.out = args.out or analysis_dir_for(args.results_dir)
+    return args
+
+
+def analysis_dir_for(results_dir: str) -> str:
+    """The default output folder of a results folder's analysis: analysis/ for results/, analysis/NAME/ for another."""
+    if os.path.normpath(results_dir) == RESULTS_DIR:
+        return "analysis"
+    return os.path.join("analysis", os.path.basename(os.path.abspath(results_dir)))
 
 
 def trial_ids(trials_files, model_names) -> dict[str, int]:

@@ -76,6 +76,18 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value,q_value")
 
 
+def test_each_results_folder_gets_its_own_analysis_folder_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    make_results(tmp_path / "runs" / "a", n=3)
+    make_results(tmp_path / "runs" / "b", n=4)
+    assert analyze_results.main(["--results-dir", "runs/a"]) == 0
+    assert analyze_results.main(["--results-dir", "runs/b/"]) == 0
+    check_outputs(tmp_path / "analysis" / "a", 4)  # 3 finished trials and a failed one
+    check_outputs(tmp_path / "analysis" / "b", 5)
+    assert "Wrote analysis/b/trials.csv" in capsys.readouterr().out
+    assert analyze_results.parse_args([]).out == "analysis"  # results/'s, as before
+
+
 def importance_rows(accuracies, **varying) -> list[dict]:
     """Rows as load_trials_table makes them: these accuracies, the varying hyperparameters, the others constant."""
     rows = [{name: 1.0 for name in analyze_results.NUMERIC} | {name: "a" for name in analyze_results.CATEGORICAL}
