@@ -174,7 +174,7 @@ def source_problem(name: str, data_dir: str | None = None) -> str | None:
         return f"{archive} does not exist: put the official {ARCHIVES[name]} there, or try --dataset synthetic"
     if name.endswith(".npz"):
         return None if os.path.isfile(name) else f"dataset file {name} does not exist"
-    if name not in ("cifar100", "cifar10", "synthetic"):
+    if name not in (*ARCHIVES, "synthetic"):
         return f"unknown dataset {name!r}: use cifar100, cifar10, synthetic or a path to a .npz file"
     return None
 

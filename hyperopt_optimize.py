@@ -221,15 +221,15 @@ class Search:
                      f"TPE will compare {what}")
 
     def load_data(self, finished):
-        """This run's dataset (or DatasetError), if it has as many training images as the finished trials had."""
-        from datasets import DatasetError, load_dataset
-        from utils import mismatched_setting
+        """This run's dataset (else DatasetError), if it has as many training images as the finished trials (else TrialsFileError)."""
+        from datasets import load_dataset
+        from utils import TrialsFileError, mismatched_setting
 
         args = self.args
         data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
                             data_dir=args.data_dir, select_on=args.select_on)
         if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(data.x_train)):
-            raise DatasetError(mismatch)
+            raise TrialsFileError(mismatch)
         return data
 
     def minimize(self, finished, parallelism: int | None, space: dict) -> int:
@@ -290,24 +290,24 @@ class Search:
         from utils import (TrialsFileError, file_stamp, finished_copy, iter_results, load_trials, mismatched_setting, result_path,
                            save_json_result)
 
-        if not os.path.exists(self.args.trials_file):
+        args = self.args
+        if not os.path.exists(args.trials_file):
             # A new search there would restart TPE and number its trials from 0 among the old ones.
-            if orphans := sum("tid" in result for _, result in iter_results(self.args.results_dir)):
+            if orphans := sum("tid" in result for _, result in iter_results(args.results_dir)):
                 raise TrialsFileError(
-                    f"{self.args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
-                    f"{self.args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
-            print(f"Starting a new search: trials go to {self.args.trials_file}, results to {self.args.results_dir}/")
+                    f"{args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
+                    f"{args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
+            print(f"Starting a new search: trials go to {args.trials_file}, results to {args.results_dir}/")
             return Trials()
-        trials = finished_copy(load_trials(self.args.trials_file))
+        trials = finished_copy(load_trials(args.trials_file))
         # A run that stopped between saving the pickle and a result file (a full disk) left it out.
         for result in trials.results:
-            if "tid" in result and not result_path(result, self.args.results_dir).exists():
-                save_json_result(result, self.args.results_dir)
-                print(f"Restored the result file of trial {result['tid']} from {self.args.trials_file}")
+            if "tid" in result and not result_path(result, args.results_dir).exists():
+                save_json_result(result, args.results_dir)
+                print(f"Restored the result file of trial {result['tid']} from {args.trials_file}")
         best = self.current_best_loss(trials)
         best_text = "none yet" if best is None else f"{-best:.4f}"
         print(f"Resuming: {plural(len(trials.trials), 'trial')}, best fine accuracy {best_text}")
-        args = self.args
         if mismatch := mismatched_setting(trials, args.trials_file, dataset=os.path.basename(args.dataset),
                                           selected_on=args.select_on, search_space=args.space, seed=args.seed):
             raise TrialsFileError(mismatch)

@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results-dir", default="results", help="folder of result JSON files")
     parser.add_argument("--epochs", type=at_least(1), default=100, help="epochs to train")
     parser.add_argument("--dataset", default=None, help="cifar100 | cifar10 | synthetic | FILE.npz (default: the result's own)")
-    parser.add_argument("--data-dir", default=None, help="folder holding the official cifar-100-python.tar.gz (cifar10: cifar-10-python.tar.gz)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding the official cifar-100-python.tar.gz (cifar10: cifar-10-python.tar.gz)")
     parser.add_argument("--select-on", choices=("validation", "test"), default=None,
                         help="what selects the best epoch: a validation split, or the test set as in 2017 "
                              "(default: the result's own; test for 2017 files)")
