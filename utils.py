@@ -246,9 +246,15 @@ def finished_copy(trials):
 
 
 def holding(trials, docs: list[dict]):
-    """`trials` (empty, plain or Spark) with the given trial documents added, refreshed."""
+    """`trials` (empty, plain or Spark) with the given trial documents added, refreshed.
+
+    New trials get ids above all of theirs: hyperopt numbers them from the count of ids it holds,
+    and the trials of a parallel run finish out of order, so the saved ones can leave gaps (trial 3
+    saved while trial 2 still ran). Given ids 0, 1 and 3, hyperopt gave every new trial id 3, which
+    the search took for a saved trial: none of them was saved.
+    """
     trials._dynamic_trials.extend(docs)
-    trials._ids.update(doc["tid"] for doc in docs)
+    trials._ids.update(range(1 + max((doc["tid"] for doc in docs), default=-1)))
     trials.refresh()
     return trials
 

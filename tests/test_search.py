@@ -230,6 +230,27 @@ def test_a_signal_that_a_trial_swallowed_still_stops_the_search(tmp_path, monkey
 
 
 @pytest.mark.slow
+def test_a_resume_after_trials_that_finished_out_of_order_saves_every_new_trial(tmp_path, monkeypatch, capsys):
+    from hyperopt import Trials
+
+    from utils import holding
+
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    # As a Spark run stopped while trial 0 still trained and trial 1 had finished: saved without trial 0.
+    trials = load_trials(tmp_path / "results.pkl")
+    running = trials.trials[0]["result"]["model_name"]
+    save_trials(holding(Trials(), trials.trials[1:]), tmp_path / "results.pkl")
+    (tmp_path / "results" / f"{running}.txt.json").unlink()
+    capsys.readouterr()
+
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    out = capsys.readouterr().out
+    assert "Resuming: 1 trial," in out and "Trial 2: fine" in out
+    assert [t["tid"] for t in load_trials(tmp_path / "results.pkl").trials] == [1, 2]
+    assert sorted(json.loads(p.read_text())["tid"] for p in result_files(tmp_path)) == [1, 2]
+
+
+@pytest.mark.slow
 def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypatch, capsys):
     import neural_net
 
