@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials-file", default=None,
                         help="hyperopt trials pickle, rewritten after every trial (default: the results folder's name + .pkl, "
                              "results.pkl; so that searches in other folders never share one)")
+    parser.add_argument("--enqueue", action="append", default=[], metavar="POINT",
+                        help="train this point of the space first, unless a finished trial has: 2017-best (the 2017 "
+                             "search's best network), demo, or a result JSON (its space); repeatable")
     parser.add_argument("--select-on", choices=["validation", "test"], default="validation",
                         help="what selects epochs and trials: a validation split, or the test set as in 2017")
     parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many images (stratified) for quick runs")
@@ -190,8 +193,9 @@ class Search:
                 return 0
             width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
             self.warn_of_changed_settings(finished, width)
+            first = self.enqueued_points(finished)
             self.data = self.load_data(finished)
-        except (TrialsFileError, DatasetError, SparkUnavailable, OSError) as err:
+        except (TrialsFileError, DatasetError, SparkUnavailable, hyperspace.NotInSpace, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(self.data.summary())
@@ -203,7 +207,21 @@ class Search:
         self.objective = Objective(self.data, args, parallelism)
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
-        return self.minimize(finished, parallelism, hyperspace.SPACES[args.space] | {"width_multiple": width})
+        return self.minimize(finished, parallelism, hyperspace.SPACES[args.space] | {"width_multiple": width}, first)
+
+    def enqueued_points(self, finished) -> list[dict]:
+        """The --enqueue points that no finished trial trained, in hyperopt's encoding; NotInSpace for one the space cannot sample."""
+        from hyperspace import SPACES, active, encode, point_named
+
+        points: list[dict] = []
+        for name in self.args.enqueue:
+            vals = encode(point_named(name), SPACES[self.args.space], f"--enqueue {name} (--space {self.args.space})")
+            if trained := [t["tid"] for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
+                print(f"--enqueue {name}: trained already, as trial {trained[0]}")
+            elif active(vals) not in map(active, points):
+                print(f"--enqueue {name}: trained first")
+                points.append(vals)
+        return points
 
     def warn_of_changed_settings(self, finished, width: int) -> None:
         """Say which settings that a resume may change differ from the finished trials' (a deliberate choice: not refused)."""
@@ -232,11 +250,13 @@ class Search:
             raise TrialsFileError(mismatch)
         return data
 
-    def minimize(self, finished, parallelism: int | None, space: dict) -> int:
-        """Run hyperopt's fmin over `space`, saving every finished trial; the exit status."""
+    def minimize(self, finished, parallelism: int | None, space: dict, first: list[dict]) -> int:
+        """Run hyperopt's fmin over `space`, the points `first` first, saving every finished trial; the exit status."""
         import numpy as np
         from hyperopt import fmin, rand, tpe
         from hyperopt.exceptions import AllTrialsFailed
+
+        from hyperspace import suggesting_first
 
         args = self.args
         if parallelism:
@@ -255,7 +275,7 @@ class Search:
             fmin(
                 self.objective,
                 space,
-                algo=tpe.suggest if args.algo == "tpe" else rand.suggest,
+                algo=suggesting_first(first, tpe.suggest if args.algo == "tpe" else rand.suggest),
                 max_evals=args.max_evals,
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.

@@ -1,9 +1,15 @@
-"""The search space: training hyperparameters and CNN architecture, sampled together by TPE.
+"""The search space: training hyperparameters and CNN architecture, sampled together by TPE; points of it to train first.
 
 Labels and nesting are those of the 2017 project, so its `results.pkl` resumes here.
 """
 
+import json
+import math
+import os
+
 from hyperopt import hp
+from hyperopt.base import miscs_update_idxs_vals
+from hyperopt.pyll import Apply, as_apply, dfs
 
 # What the multipliers of the space scale, and the optional first convolution's width (2017's values).
 STARTING_LR = 0.001
@@ -102,6 +108,99 @@ SEED_BEST_SPACE = {
     "residual": 3.0,
     "use_BN": True,
 }
+
+
+# Points a search can be told to train first (`--enqueue NAME`).
+NAMED_POINTS = {"2017-best": SEED_BEST_SPACE, "demo": DEMO_SPACE}
+
+
+class NotInSpace(ValueError):
+    """A point that the search space cannot sample."""
+
+
+def point_named(name: str) -> dict:
+    """A point of NAMED_POINTS, or the space of a result JSON file; NotInSpace if `name` is neither."""
+    if name in NAMED_POINTS:
+        return NAMED_POINTS[name]
+    if not os.path.isfile(name):
+        raise NotInSpace(f"{name}: neither {', '.join(NAMED_POINTS)} nor a result file")
+    try:
+        with open(name) as f:
+            point = json.load(f).get("space")
+    except (OSError, ValueError, AttributeError) as err:
+        raise NotInSpace(f"{name}: not a result file of the search ({err})") from None
+    if not isinstance(point, dict):
+        raise NotInSpace(f"{name}: a result without a network (its space is {point!r})")
+    return point
+
+
+def encode(point: dict, space: dict, what: str = "the point") -> dict[str, list]:
+    """hyperopt's encoding of a point of `space`, which `space_eval` decodes: label -> [value], a choice by its index, [] where inactive.
+
+    Raises NotInSpace, naming `what`, where the point lacks a hyperparameter or holds a value the space cannot sample.
+    """
+    vals = {node.arg["label"].obj: [] for node in dfs(as_apply(space)) if node.name == "hyperopt_param"}
+    try:
+        for key, node in space.items():
+            if isinstance(node, Apply):
+                if key not in point:
+                    raise NotInSpace(f"it has no {key}")
+                _encode(node, point[key], key, vals)
+    except NotInSpace as err:
+        raise NotInSpace(f"{what}: {err}") from None
+    return vals
+
+
+def active(vals: dict) -> dict:
+    """A trial's point in hyperopt's encoding, without the hyperparameters that it does not use."""
+    return {label: v for label, v in vals.items() if v}
+
+
+def suggesting_first(points: list[dict], algo):
+    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
+
+    def suggest(new_ids, domain, trials, seed):
+        tried = [active(t["misc"]["vals"]) for t in trials.trials]
+        docs = []
+        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in tried]):
+            misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir}
+            miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
+            docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
+        rest = new_ids[len(docs):]
+        return docs + (algo(rest, domain, trials, seed) if rest else [])
+
+    return suggest
+
+
+def _encode(node: Apply, value, key: str, vals: dict) -> None:
+    if node.name == "float":  # quniform's value, cast
+        node = node.pos_args[0]
+    if node.name == "switch":  # hp.choice: its index, then what the chosen option holds
+        label = node.pos_args[0].arg["label"].obj
+        for index, option in enumerate(node.pos_args[1:]):
+            if option.name == "literal":
+                if option.obj == value and isinstance(option.obj, bool) == isinstance(value, bool):
+                    vals[label] = [index]
+                    return
+            elif value is not None:
+                _encode(option, value, key, vals)
+                vals[label] = [index]
+                return
+        raise NotInSpace(f"{key} {value!r} is not one of its choices")
+    label, dist = node.arg["label"].obj, node.arg["obj"]
+    low, high = dist.arg["low"].obj, dist.arg["high"].obj
+    if dist.name == "loguniform":
+        low, high = math.exp(low), math.exp(high)
+    elif dist.name == "quniform":
+        q = dist.arg["q"].obj
+        low, high = round(low / q) * q, round(high / q) * q
+    elif dist.name != "uniform":
+        raise NotImplementedError(f"{key}: {dist.name} hyperparameters cannot be encoded")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low - 1e-9 <= value <= high + 1e-9 \
+            or (dist.name == "quniform" and value != round(value / q) * q):
+        steps = f" in steps of {q}" if dist.name == "quniform" else ""
+        raise NotInSpace(f"{key} {value!r} is not in the space ({low:.4g} to {high:.4g}{steps})")
+    vals[label] = [float(value)]
 
 
 def width_multiple(point: dict) -> int:

@@ -251,6 +251,27 @@ def test_a_resume_after_trials_that_finished_out_of_order_saves_every_new_trial(
 
 
 @pytest.mark.slow
+def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(tmp_path, monkeypatch, capsys):
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--enqueue", "2017-best") == 2
+    assert capsys.readouterr().err.startswith("error: --enqueue 2017-best (--space tiny): lr_rate_mult 0.65")
+    assert not (tmp_path / "results").exists()
+
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--results-dir", "a", "--seed", "1") == 0
+    [earlier] = (tmp_path / "a").glob("model_*.txt.json")
+    enqueue = ["--results-dir", "b", "--enqueue", str(earlier)]
+    capsys.readouterr()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", *enqueue) == 0
+    assert f"--enqueue {earlier}: trained first" in capsys.readouterr().out
+    point = load_trials(tmp_path / "a.pkl").trials[0]["misc"]["vals"]
+    assert load_trials(tmp_path / "b.pkl").trials[0]["misc"]["vals"] == point
+
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", *enqueue) == 0
+    assert f"--enqueue {earlier}: trained already, as trial 0" in capsys.readouterr().out
+    trials = load_trials(tmp_path / "b.pkl").trials
+    assert len(trials) == 2 and trials[1]["misc"]["vals"] != point
+
+
+@pytest.mark.slow
 def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypatch, capsys):
     import neural_net
 
