@@ -3,13 +3,14 @@
 Labels and nesting are those of the 2017 project, so its `results.pkl` resumes here.
 """
 
-import json
 import math
 import os
 
 from hyperopt import hp
 from hyperopt.base import miscs_update_idxs_vals
 from hyperopt.pyll import Apply, as_apply, dfs
+
+from utils import load_json_result
 
 # What the multipliers of the space scale, and the optional first convolution's width (2017's values).
 STARTING_LR = 0.001
@@ -125,8 +126,7 @@ def point_named(name: str) -> dict:
     if not os.path.isfile(name):
         raise NotInSpace(f"{name}: neither {', '.join(NAMED_POINTS)} nor a result file")
     try:
-        with open(name) as f:
-            point = json.load(f).get("space")
+        point = load_json_result(name).get("space")
     except (OSError, ValueError, AttributeError) as err:
         raise NotInSpace(f"{name}: not a result file of the search ({err})") from None
     if not isinstance(point, dict):
