@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials-file", default=None,
                         help="hyperopt trials pickle, rewritten after every trial (default: the results folder's name + .pkl, "
                              "results.pkl; so that searches in other folders never share one)")
-    parser.add_argument("--enqueue", action="append", default=[], metavar="POINT",
+    parser.add_argument("--enqueue", action="append", metavar="POINT",
                         help="train this point of the space first, unless a finished trial has: 2017-best (the 2017 "
                              "search's best network), demo, or a result JSON (its space); repeatable")
     parser.add_argument("--select-on", choices=["validation", "test"], default="validation",
@@ -214,7 +214,7 @@ class Search:
         from hyperspace import SPACES, active, encode, point_named
 
         points: list[dict] = []
-        for name in self.args.enqueue:
+        for name in self.args.enqueue or ():
             vals = encode(point_named(name), SPACES[self.args.space], f"--enqueue {name} (--space {self.args.space})")
             if trained := [t["tid"] for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
                 print(f"--enqueue {name}: trained already, as trial {trained[0]}")
