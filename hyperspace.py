@@ -135,7 +135,9 @@ def point_named(name: str) -> dict:
 
 
 def encode(point: dict, space: dict, what: str = "the point") -> dict[str, list]:
-    """hyperopt's encoding of a point of `space`, which `space_eval` decodes: label -> [value], a choice by its index, [] where inactive.
+    """hyperopt's encoding of a point of `space`, which `space_eval` decodes: label -> [value], a choice by its index.
+
+    Labels that the point does not use (a branch of a choice it did not take) are [], as in hyperopt's own trials.
 
     Raises NotInSpace, naming `what`, where the point lacks a hyperparameter or holds a value the space cannot sample.
     """
@@ -149,27 +151,6 @@ def encode(point: dict, space: dict, what: str = "the point") -> dict[str, list]
     except NotInSpace as err:
         raise NotInSpace(f"{what}: {err}") from None
     return vals
-
-
-def active(vals: dict) -> dict:
-    """A trial's point in hyperopt's encoding, without the hyperparameters that it does not use."""
-    return {label: v for label, v in vals.items() if v}
-
-
-def suggesting_first(points: list[dict], algo):
-    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
-
-    def suggest(new_ids, domain, trials, seed):
-        tried = [active(t["misc"]["vals"]) for t in trials.trials]
-        docs = []
-        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in tried]):
-            misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir}
-            miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
-            docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
-        rest = new_ids[len(docs):]
-        return docs + (algo(rest, domain, trials, seed) if rest else [])
-
-    return suggest
 
 
 def _encode(node: Apply, value, key: str, vals: dict) -> None:
@@ -201,6 +182,27 @@ def _encode(node: Apply, value, key: str, vals: dict) -> None:
         steps = f" in steps of {q}" if dist.name == "quniform" else ""
         raise NotInSpace(f"{key} {value!r} is not in the space ({low:.4g} to {high:.4g}{steps})")
     vals[label] = [float(value)]
+
+
+def active(vals: dict) -> dict:
+    """A trial's point in hyperopt's encoding, without the hyperparameters that it does not use."""
+    return {label: v for label, v in vals.items() if v}
+
+
+def suggesting_first(points: list[dict], algo):
+    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
+
+    def suggest(new_ids, domain, trials, seed):
+        tried = [active(t["misc"]["vals"]) for t in trials.trials]
+        docs = []
+        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in tried]):
+            misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir}
+            miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
+            docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
+        rest = new_ids[len(docs):]
+        return docs + (algo(rest, domain, trials, seed) if rest else [])
+
+    return suggest
 
 
 def width_multiple(point: dict) -> int:
