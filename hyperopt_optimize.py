@@ -207,6 +207,8 @@ class Search:
         self.objective = Objective(self.data, args, parallelism)
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
+        if self.guard.signum is not None:  # came while loading, and a library swallowed its KeyboardInterrupt
+            raise KeyboardInterrupt
         return self.minimize(finished, parallelism, hyperspace.SPACES[args.space] | {"width_multiple": width}, first)
 
     def enqueued_points(self, finished) -> list[dict]:

@@ -21,7 +21,7 @@ from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults
 
 if TYPE_CHECKING:
     from pruning import Progress
-    from utils import RunLock
+    from utils import RunLock, SignalGuard
 
 tensorflow_defaults()
 
@@ -223,7 +223,22 @@ def main(argv=None) -> int:
         print(f"error: {path} has no 'space' to rebuild the network from", file=sys.stderr)
         return 2
     name = result.get("model_name") or path.name.removesuffix(".json").removesuffix(".txt")
+    from utils import SignalGuard
 
+    # Ctrl-C and a scheduler's SIGTERM, from before TensorFlow and the data load: a signal is remembered, so
+    # that one whose KeyboardInterrupt a library swallowed (rarely, and the retrain then went on) still stops it.
+    guard = SignalGuard()
+    try:
+        return retrain(args, path, result, name, guard)
+    except KeyboardInterrupt:
+        print("\nInterrupted before training started.", file=sys.stderr)
+        return 128 + (guard.signum or signal.SIGINT)
+    finally:
+        guard.restore()
+
+
+def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> int:
+    """Load the data, claim the run (a new one, or the interrupted one to resume), train it; the exit status."""
     from datasets import DatasetError, load_dataset
     from precision import resolve_precision
     from utils import setting
@@ -242,6 +257,8 @@ def main(argv=None) -> int:
     # What a resumed retrain must share with the interrupted one: the network, the search's settings, the precision.
     settings = {"space": result["space"], "dataset": dataset, "selected_on": select_on, "seed": seed,
                 "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}
+    if guard.signum is not None:  # came while loading, and its KeyboardInterrupt was swallowed
+        raise KeyboardInterrupt
     try:
         Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
         run, lock, resuming = claim_run(name, settings)
@@ -251,19 +268,19 @@ def main(argv=None) -> int:
     again = "" if run == name else f" as {run}, beside the earlier retrains"
     print(f"Retraining {name} (from {path}){again} on {data.summary()}")
     try:
-        return train_run(args, run, resuming, path, result, data, seed)
+        return train_run(args, run, resuming, path, result, data, seed, guard)
     finally:
         lock.release()
 
 
-def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, seed: int) -> int:
+def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, seed: int, guard: SignalGuard) -> int:
     """Train the claimed run, from where it stopped if it resumes, and save its result; the exit status."""
     import keras
 
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from utils import SignalGuard, print_json, save_json_result, weights_seed
+    from utils import print_json, save_json_result, weights_seed
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
     try:
@@ -288,7 +305,6 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends.
         keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
     ]
-    guard = SignalGuard()  # a scheduler's SIGTERM too: said, with how to resume, as Ctrl-C is
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
                                            verbose=args.verbose, precision=args.precision,
@@ -299,8 +315,6 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
               file=sys.stderr)
         print(f"Resume with: {shlex.join(['python3', *sys.argv])}", file=sys.stderr)
         return 128 + (guard.signum or signal.SIGINT)
-    finally:
-        guard.restore()
     if retrained["status"] != "ok":
         resumable = "; rerun the same command to resume it" if backup.is_dir() else ""
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)

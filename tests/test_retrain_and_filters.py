@@ -291,6 +291,32 @@ def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
     assert "no result to retrain" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the_retrain_before_it_trains(
+        tmp_path, monkeypatch, capsys, signum):
+    import datasets
+
+    real = datasets.load_dataset
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        except KeyboardInterrupt:  # as a finalizer or C code that calls back into Python can
+            pass
+        return real(*args, **kwargs)
+
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
+                     tmp_path / "results")
+    monkeypatch.setattr(datasets, "load_dataset", swallowing)
+    monkeypatch.chdir(tmp_path)
+    handler = signal.getsignal(signum)
+    assert retrain.main(["--train-subset", "300"]) == 128 + signum
+    assert capsys.readouterr().err.strip() == "Interrupted before training started."
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "TensorBoard").exists()
+    assert signal.getsignal(signum) is handler
+
+
 def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best_whole(tmp_path, monkeypatch):
     from neural_net import build_model
     from pruning import MONITOR

@@ -213,6 +213,26 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
     assert len(failed) == 1 and "NaN" in failed[0].read_text()
 
 
+def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the_search_before_it_trains(
+        tmp_path, monkeypatch, capsys):
+    import datasets
+
+    real = datasets.load_dataset
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:  # as a finalizer or C code that calls back into Python can
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", swallowing)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 130
+    assert capsys.readouterr().err.strip().endswith("Interrupted before the search started; nothing was changed.")
+    assert not (tmp_path / "results.pkl").exists() and not result_files(tmp_path)
+
+
 def test_a_signal_that_a_trial_swallowed_still_stops_the_search(tmp_path, monkeypatch):
     import neural_net
 
