@@ -1,7 +1,9 @@
 """Shared fixtures: the repo on sys.path, quiet TensorFlow, small datasets and spaces."""
 
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,3 +59,23 @@ def reference_dir():
     if not REFERENCE.is_dir():
         pytest.skip("../shared/reference-results is absent")
     return REFERENCE
+
+
+def swallow_a_signal_while_the_data_loads(monkeypatch, signum: int = signal.SIGINT) -> None:
+    """Make loading a dataset send this process `signum` and swallow its KeyboardInterrupt.
+
+    As a finalizer that runs while TensorFlow loads, or C code that calls back into Python, can.
+    """
+    import datasets
+
+    real = datasets.load_dataset
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", swallowing)

@@ -14,7 +14,7 @@ import pytest
 
 import conv_filters_visualization as viz
 import retrain_best_with_tensorboard as retrain
-from conftest import REPO, SMALL_SPACE
+from conftest import REPO, SMALL_SPACE, swallow_a_signal_while_the_data_loads
 from test_datasets import write_cifar100_archive
 from utils import load_json_result, save_json_result
 
@@ -294,21 +294,9 @@ def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the_retrain_before_it_trains(
         tmp_path, monkeypatch, capsys, signum):
-    import datasets
-
-    real = datasets.load_dataset
-
-    def swallowing(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signum)
-            time.sleep(5)
-        except KeyboardInterrupt:  # as a finalizer or C code that calls back into Python can
-            pass
-        return real(*args, **kwargs)
-
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
                      tmp_path / "results")
-    monkeypatch.setattr(datasets, "load_dataset", swallowing)
+    swallow_a_signal_while_the_data_loads(monkeypatch, signum)
     monkeypatch.chdir(tmp_path)
     handler = signal.getsignal(signum)
     assert retrain.main(["--train-subset", "300"]) == 128 + signum

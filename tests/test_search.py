@@ -13,7 +13,7 @@ import time
 import pytest
 
 from cli import plural
-from conftest import REPO
+from conftest import REPO, swallow_a_signal_while_the_data_loads
 from hyperspace import describe
 from utils import load_trials, save_trials
 
@@ -215,19 +215,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
 
 def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the_search_before_it_trains(
         tmp_path, monkeypatch, capsys):
-    import datasets
-
-    real = datasets.load_dataset
-
-    def swallowing(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)
-        except KeyboardInterrupt:  # as a finalizer or C code that calls back into Python can
-            pass
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(datasets, "load_dataset", swallowing)
+    swallow_a_signal_while_the_data_loads(monkeypatch)
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 130
     assert capsys.readouterr().err.strip().endswith("Interrupted before the search started; nothing was changed.")
     assert not (tmp_path / "results.pkl").exists() and not result_files(tmp_path)
