@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     try:
         return retrain(args, path, result, name, guard)
     except KeyboardInterrupt:
-        print("\nInterrupted before training started.", file=sys.stderr)
+        print("\nInterrupted.", file=sys.stderr)  # before training, or after it, while its result was saved
         return 128 + (guard.signum or signal.SIGINT)
     finally:
         guard.restore()

@@ -300,7 +300,7 @@ def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the
     monkeypatch.chdir(tmp_path)
     handler = signal.getsignal(signum)
     assert retrain.main(["--train-subset", "300"]) == 128 + signum
-    assert capsys.readouterr().err.strip() == "Interrupted before training started."
+    assert capsys.readouterr().err.strip() == "Interrupted."
     assert not (tmp_path / "weights").exists() and not (tmp_path / "TensorBoard").exists()
     assert signal.getsignal(signum) is handler
 
