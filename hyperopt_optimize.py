@@ -213,14 +213,11 @@ class Search:
 
     def enqueued_points(self, finished) -> list[dict]:
         """The --enqueue points that no finished trial trained, in hyperopt's encoding; NotInSpace for one the space cannot sample."""
-        from hyperspace import SPACES, NotInSpace, active, encode, point_named
+        from hyperspace import SPACES, active, encode, point_named
 
         points: list[dict] = []
         for name in self.args.enqueue or ():
-            try:
-                point = point_named(name)
-            except NotInSpace as err:  # which names the point
-                raise NotInSpace(f"--enqueue {err}") from None
+            point = point_named(name, f"--enqueue {name}")
             vals = encode(point, SPACES[self.args.space], f"--enqueue {name} (--space {self.args.space})")
             if trained := [t["tid"] for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
                 print(f"--enqueue {name}: trained already, as trial {trained[0]}")

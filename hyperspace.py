@@ -119,18 +119,19 @@ class NotInSpace(ValueError):
     """A point that the search space cannot sample."""
 
 
-def point_named(name: str) -> dict:
-    """A point of NAMED_POINTS, or the space of a result JSON file; NotInSpace if `name` is neither."""
+def point_named(name: str, what: str | None = None) -> dict:
+    """A point of NAMED_POINTS, or the space of a result JSON file; NotInSpace, naming `what` (default: `name`), if neither."""
+    what = what or name
     if name in NAMED_POINTS:
         return NAMED_POINTS[name]
     if not os.path.isfile(name):
-        raise NotInSpace(f"{name}: neither {', '.join(NAMED_POINTS)} nor a result file")
+        raise NotInSpace(f"{what}: neither {', '.join(NAMED_POINTS)} nor a result file")
     try:
         point = load_json_result(name).get("space")
     except (OSError, ValueError, AttributeError) as err:
-        raise NotInSpace(f"{name}: not a result file of the search ({err})") from None
+        raise NotInSpace(f"{what}: not a result file of the search ({err})") from None
     if not isinstance(point, dict):
-        raise NotInSpace(f"{name}: a result without a network (its space is {point!r})")
+        raise NotInSpace(f"{what}: a result without a network (its space is {point!r})")
     return point
 
 
@@ -191,6 +192,8 @@ def active(vals: dict) -> dict:
 
 def suggesting_first(points: list[dict], algo):
     """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
+    if not points:
+        return algo
 
     def suggest(new_ids, domain, trials, seed):
         tried = [active(t["misc"]["vals"]) for t in trials.trials]
