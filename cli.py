@@ -81,6 +81,10 @@ def run(main: Callable[[], int]) -> None:
     # was: Python's fault handler prints every thread's stack to stderr first, where stderr is a file.
     with contextlib.suppress(ValueError, RuntimeError):
         faulthandler.enable()
+    # Where stdout is a file or a pipe (nohup ... > search.log), Python would hold 8 KB of it back: a log
+    # followed with `tail -f` would lag by trials, and a kill -9 or a crash would take the last lines with it.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         status = main()
     except KeyboardInterrupt:
