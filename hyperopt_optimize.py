@@ -130,6 +130,7 @@ class Objective:
         self.parallelism = parallelism
         self.finished_curves: list[list[float]] = []
         self.next_tid = 0
+        self.enqueued: list[tuple[dict, str]] = []  # (point, --enqueue's name for it), to label its trial
 
     def __call__(self, space: dict) -> dict:
         if self.parallelism:
@@ -145,6 +146,8 @@ class Objective:
 
         s = self.settings
         label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
+        if name := next((name for point, name in self.enqueued if point == space), None):
+            label += f" (--enqueue {name})"
         report(f"{label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=self.data.has_coarse)}")
         callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
         model, result = build_and_train(
@@ -174,6 +177,8 @@ class Search:
 
     def run(self) -> int:
         """Resume or start the search, then run it until --max-evals, a signal or a stop; the exit status."""
+        from hyperopt import space_eval
+
         import hyperspace
         from datasets import DatasetError
         from precision import training_line
@@ -194,6 +199,7 @@ class Search:
             width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
             self.warn_of_changed_settings(finished, width)
             first = self.enqueued_points(finished)
+            space = hyperspace.SPACES[args.space] | {"width_multiple": width}
             self.data = self.load_data(finished)
         except (TrialsFileError, DatasetError, SparkUnavailable, hyperspace.NotInSpace, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -207,23 +213,25 @@ class Search:
         self.objective = Objective(self.data, args, parallelism)
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
+        self.objective.enqueued = [(space_eval(space, {label: v[0] for label, v in vals.items() if v}), name)
+                                   for name, vals in first]
         if self.guard.signum is not None:  # came while loading, and a library swallowed its KeyboardInterrupt
             raise KeyboardInterrupt
-        return self.minimize(finished, parallelism, hyperspace.SPACES[args.space] | {"width_multiple": width}, first)
+        return self.minimize(finished, parallelism, space, [vals for _, vals in first])
 
-    def enqueued_points(self, finished) -> list[dict]:
-        """The --enqueue points that no finished trial trained, in hyperopt's encoding; NotInSpace for one the space cannot sample."""
+    def enqueued_points(self, finished) -> list[tuple[str, dict]]:
+        """The --enqueue points that no finished trial trained: (name, hyperopt's encoding); NotInSpace for one the space cannot sample."""
         from hyperspace import SPACES, active, encode, point_named
 
-        points: list[dict] = []
+        points: list[tuple[str, dict]] = []
         for name in self.args.enqueue or ():
             point = point_named(name, f"--enqueue {name}")
             vals = encode(point, SPACES[self.args.space], f"--enqueue {name} (--space {self.args.space})")
             if trained := [t["tid"] for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
                 print(f"--enqueue {name}: trained already, as trial {trained[0]}")
-            elif active(vals) not in map(active, points):
+            elif active(vals) not in [active(queued) for _, queued in points]:
                 print(f"--enqueue {name}: trained first")
-                points.append(vals)
+                points.append((name, vals))
         return points
 
     def warn_of_changed_settings(self, finished, width: int) -> None:

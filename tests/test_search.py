@@ -273,12 +273,14 @@ def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(t
     enqueue = ["--results-dir", "b", "--enqueue", str(earlier)]
     capsys.readouterr()
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1", *enqueue) == 0
-    assert f"--enqueue {earlier}: trained first" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"--enqueue {earlier}: trained first" in out and f"Trial 0 (--enqueue {earlier}), up to " in out
     point = load_trials(tmp_path / "a.pkl").trials[0]["misc"]["vals"]
     assert load_trials(tmp_path / "b.pkl").trials[0]["misc"]["vals"] == point
 
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2", *enqueue) == 0
-    assert f"--enqueue {earlier}: trained already, as trial 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"--enqueue {earlier}: trained already, as trial 0" in out and "Trial 1, up to " in out
     trials = load_trials(tmp_path / "b.pkl").trials
     assert len(trials) == 2 and trials[1]["misc"]["vals"] != point
 
