@@ -76,7 +76,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def run(main: Callable[[], int]) -> None:
-    """Exit with main()'s status; a Ctrl-C that main does not handle itself ends in one line and 130, not a traceback."""
+    """Exit with main()'s status, its output written line by line; a Ctrl-C that main does not handle ends in one line and 130."""
     # A crash in native code (a kernel's segfault, an abort) would end a days-long search with no word of where it
     # was: Python's fault handler prints every thread's stack to stderr first, where stderr is a file.
     with contextlib.suppress(ValueError, RuntimeError):
