@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shlex
 import signal
@@ -42,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--patience", type=at_least(1), default=15, help="early stopping: epochs without a better validation fine accuracy (best weights restored)")
     parser.add_argument("--prune", choices=["median", "none"], default="median", help="stop trials that trail the median of finished trials")
     parser.add_argument("--algo", choices=["tpe", "random"], default="tpe", help="hyperopt suggestion algorithm")
+    parser.add_argument("--startup-trials", type=at_least(0), default=None,
+                        help="trials that TPE draws at random before it models the finished ones, enqueued and resumed "
+                             "ones included (default: hyperopt's n_startup_jobs, 20)")
     parser.add_argument("--seed", type=SEED, default=0, help="random seed of suggestions, data split and weights")
     parser.add_argument("--results-dir", default="results", help="folder of the per-trial result JSON files")
     parser.add_argument("--trials-file", default=None,
@@ -69,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
         if not MASTER_URL.fullmatch(args.spark_master):
             parser.error(f"--spark-master {args.spark_master}: not a Spark master; local[P], spark://HOST:PORT, k8s://... or yarn")
+    if args.startup_trials is not None and args.algo != "tpe":
+        parser.error("--startup-trials is TPE's: --algo random draws every trial at random")
     if args.parallelism and not args.spark_master:
         parser.error("--parallelism runs trials at once on Spark: give --spark-master too (local[P] on this machine)")
     args.results_dir = os.path.normpath(args.results_dir)
@@ -264,7 +270,7 @@ class Search:
     def minimize(self, finished, parallelism: int | None, space: dict, first: list[dict]) -> int:
         """Run hyperopt's fmin over `space`, the points `first` first, saving every finished trial; the exit status."""
         import numpy as np
-        from hyperopt import fmin, rand, tpe
+        from hyperopt import fmin
         from hyperopt.exceptions import AllTrialsFailed
 
         from hyperspace import suggesting_first
@@ -286,7 +292,7 @@ class Search:
             fmin(
                 self.objective,
                 space,
-                algo=suggesting_first(first, tpe.suggest if args.algo == "tpe" else rand.suggest),
+                algo=suggesting_first(first, self.suggestion_algorithm()),
                 max_evals=args.max_evals,
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.
@@ -313,6 +319,16 @@ class Search:
             print(f"error: {self.stop_reason}", file=sys.stderr)
             return 1
         return 0
+
+    def suggestion_algorithm(self):
+        """hyperopt's suggest function of --algo, with --startup-trials."""
+        from hyperopt import rand, tpe
+
+        if self.args.algo == "random":
+            return rand.suggest
+        if self.args.startup_trials is None:
+            return tpe.suggest
+        return functools.partial(tpe.suggest, n_startup_jobs=self.args.startup_trials)
 
     def load_finished_trials(self):
         """Trials from the pickle, without the ones that never finished, if they share this run's settings; or new Trials."""

@@ -286,6 +286,31 @@ def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(t
 
 
 @pytest.mark.slow
+def test_tpe_models_the_trials_from_startup_trials_on(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    def instant(space, data, **kw):  # a trial's result without its training: the suggestions are what is tested
+        accuracy = 0.1 * space["lr_rate_mult"]
+        return None, {"status": "ok", "loss": -accuracy, "fine_best_accuracy": accuracy, "coarse_best_accuracy": None,
+                      "epochs_trained": 1, "pruned": False, "train_seconds": 0.0, "model_name": f"model_{accuracy}_x",
+                      "space": space, "history": {"val_fine_outputs_accuracy": [accuracy]}}
+
+    monkeypatch.setattr(neural_net, "build_and_train", instant)
+    points = {}
+    for name, startup in (("default", []), ("two", ["--startup-trials", "2"]), ("none", ["--startup-trials", "0"])):
+        assert in_process(tmp_path, monkeypatch, "--max-evals", "4", "--results-dir", name, *startup) == 0
+        points[name] = [t["misc"]["vals"] for t in load_trials(tmp_path / f"{name}.pkl").trials]
+    # Random draws of the same seed until the startup trials are done, TPE's suggestions after.
+    assert points["two"][:2] == points["default"][:2] and points["two"][2:] != points["default"][2:]
+    assert points["none"][0] != points["default"][0]
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        in_process(tmp_path, monkeypatch, "--algo", "random", "--startup-trials", "2")
+    assert refused.value.code == 2 and "--startup-trials is TPE's" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypatch, capsys):
     import neural_net
 
