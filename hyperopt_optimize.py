@@ -183,8 +183,6 @@ class Search:
 
     def run(self) -> int:
         """Resume or start the search, then run it until --max-evals, a signal or a stop; the exit status."""
-        from hyperopt import space_eval
-
         import hyperspace
         from datasets import DatasetError
         from precision import training_line
@@ -219,8 +217,7 @@ class Search:
         self.objective = Objective(self.data, args, parallelism)
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
-        self.objective.enqueued = [(space_eval(space, {label: v[0] for label, v in vals.items() if v}), name)
-                                   for name, vals in first]
+        self.objective.enqueued = [(hyperspace.decode(vals, space), name) for name, vals in first]
         if self.guard.signum is not None:  # came while loading, and a library swallowed its KeyboardInterrupt
             raise KeyboardInterrupt
         return self.minimize(finished, parallelism, space, [vals for _, vals in first])

@@ -6,7 +6,7 @@ Labels and nesting are those of the 2017 project, so its `results.pkl` resumes h
 import math
 import os
 
-from hyperopt import hp
+from hyperopt import hp, space_eval
 from hyperopt.base import miscs_update_idxs_vals
 from hyperopt.pyll import Apply, as_apply, dfs
 
@@ -183,6 +183,11 @@ def _encode(node: Apply, value, key: str, vals: dict) -> None:
         steps = f" in steps of {q}" if dist.name == "quniform" else ""
         raise NotInSpace(f"{key} {value!r} is not in the space ({low:.4g} to {high:.4g}{steps})")
     vals[label] = [float(value)]
+
+
+def decode(vals: dict[str, list], space: dict) -> dict:
+    """The point of `space` that hyperopt's encoding `vals` stands for (the inverse of `encode`)."""
+    return space_eval(space, {label: v[0] for label, v in active(vals).items()})
 
 
 def active(vals: dict) -> dict:

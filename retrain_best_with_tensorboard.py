@@ -202,6 +202,8 @@ def epoch_tensorboard(log_dir: Path, histogram_freq: int):
 
 
 def main(argv=None) -> int:
+    from utils import SignalGuard
+
     args = parse_args(argv)
     if problem := unsupported_backend():
         print(f"error: {problem}", file=sys.stderr)
@@ -223,8 +225,6 @@ def main(argv=None) -> int:
         print(f"error: {path} has no 'space' to rebuild the network from", file=sys.stderr)
         return 2
     name = result.get("model_name") or path.name.removesuffix(".json").removesuffix(".txt")
-    from utils import SignalGuard
-
     # Ctrl-C and a scheduler's SIGTERM, from before TensorFlow and the data load: a signal is remembered, so
     # that one whose KeyboardInterrupt a library swallowed (rarely, and the retrain then went on) still stops it.
     guard = SignalGuard()
