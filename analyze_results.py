@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import HelpFormatter, at_least, plural, run
-from utils import RESULTS_DIR, SETTINGS, is_ok, iter_results, setting, trials_file_for, validation_curve, warn
+from utils import RESULTS_DIR, SETTINGS, check_writable, is_ok, iter_results, setting, trials_file_for, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)
     except OSError as err:
         print(f"error: cannot write to {out}/: {err}", file=sys.stderr)
         return 2
@@ -286,13 +286,17 @@ def main(argv=None) -> int:
               f"for testing {len(ranked)} at once):")
     for name, method, score, p, q in ranked:
         print(f"  {name:24} {method:11} {score:.3f}  p {p_text(p):7}  q {p_text(q)}")
-    with open(out / "importance.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("hyperparameter", "method", "score", "p_value", "q_value"), *ranked])
-    write_csv(rows, out / "trials.csv")
-    if n_ok == 0:
+    try:
+        with open(out / "importance.csv", "w", newline="") as f:
+            csv.writer(f).writerows([("hyperparameter", "method", "score", "p_value", "q_value"), *ranked])
+        write_csv(rows, out / "trials.csv")
+        written = plot_all(rows, ranked, axis_kinds(rows), out, args.top, split) if n_ok else []
+    except OSError as err:  # a full disk, a file's name taken by a folder
+        print(f"error: cannot write the analysis: {err}", file=sys.stderr)
+        return 1
+    if not written:
         print(f"\nWrote {out / 'trials.csv'} and {out / 'importance.csv'}; no plots without a finished trial")
         return 0
-    written = plot_all(rows, ranked, axis_kinds(rows), out, args.top, split)
     print(f"\nWrote {out / 'trials.csv'}, {out / 'importance.csv'} and {len(written)} plots: "
           + ", ".join(p.name for p in written))
     return 0

@@ -25,6 +25,7 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 import numpy as np  # noqa: E402
 
 from cli import HelpFormatter, SEED, at_least, plural, run  # noqa: E402
+from utils import check_writable  # noqa: E402
 
 BATCH = 32  # filters climbed at once
 TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by default
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)  # before minutes of climbing
     except OSError as err:
         print(f"error: cannot write to {out}/: {err}", file=sys.stderr)
         return 2
@@ -202,6 +203,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted: the grids written above are complete", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk, a file's name taken by a folder
+        print(f"error: cannot write a grid ({err}); the grids written above are complete", file=sys.stderr)
+        return 1
     return 0
 
 

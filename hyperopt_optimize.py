@@ -91,7 +91,7 @@ def report(line: str) -> None:
 
 def main(argv=None) -> int:
     from datasets import source_problem
-    from utils import RunLock, SignalGuard
+    from utils import RunLock, SignalGuard, check_writable
 
     args = parse_args(argv)
     if problem := unsupported_backend() or source_problem(args.dataset, args.data_dir):
@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     try:
         # Where results cannot be written, stop before any training.
         locked = lock.acquire()
-        Path(args.trials_file).parent.mkdir(parents=True, exist_ok=True)
+        for folder in (args.results_dir, Path(args.trials_file).parent):
+            check_writable(folder)
     except OSError as err:
         lock.release()
         print(f"error: cannot write the results there: {err}", file=sys.stderr)

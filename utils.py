@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 import uuid
 import zlib
 from collections.abc import Iterable
@@ -122,6 +123,14 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp"):
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Make the folder and a file in it, removed at once: an OSError now rather than when hours of work are due there."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    # A folder that cannot be written may still hold a writable file (a search's lock), so only a new file tells.
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check."):
+        pass
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

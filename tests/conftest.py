@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,3 +80,9 @@ def swallow_a_signal_while_the_data_loads(monkeypatch, signum: int = signal.SIGI
         return real(*args, **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", swallowing)
+
+
+def can_become(uid: int) -> bool:
+    """Whether a process of ours may switch to that user (root, with the capability a container may drop)."""
+    become = f"import os; os.setgid({uid}); os.setuid({uid})"
+    return os.geteuid() == 0 and subprocess.run([sys.executable, "-c", become], capture_output=True).returncode == 0

@@ -276,6 +276,16 @@ def test_an_output_folder_that_cannot_be_written_exits_2(tmp_path, capsys):
     assert err.startswith(f"error: cannot write to {tmp_path / 'a_file' / 'out'}/") and len(err.splitlines()) == 1
 
 
+def test_a_file_that_cannot_be_written_exits_1_with_one_line_after_the_leaderboard(tmp_path, capsys):
+    make_results(tmp_path / "results")
+    (tmp_path / "out" / "convergence.png").mkdir(parents=True)  # as a full disk would, for root too
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (f"error: cannot write the analysis: [Errno 21] Is a directory: "
+                            f"'{tmp_path / 'out' / 'convergence.png'}'\n")
+    assert "Top " in captured.out
+
+
 def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
     assert analysis_plots.log_ticks([0.05, 3.0, 20.0]) == pytest.approx([0.1, 1, 10])  # l2_weight_reg_mult's range
     assert analysis_plots.log_ticks([0.6, 1.6]) == pytest.approx([0.7, 1, 1.5])  # lr_rate_mult's

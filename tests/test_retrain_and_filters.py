@@ -437,6 +437,24 @@ def test_an_interrupted_visualization_exits_130_with_one_line(tmp_path, monkeypa
     assert capsys.readouterr().err == "\nInterrupted: the grids written above are complete\n"
 
 
+def test_a_full_disk_ends_the_visualization_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from neural_net import build_model
+
+    build_model(SMALL_SPACE).save(tmp_path / "ours.keras")
+
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(matplotlib.image, "imsave", full_disk)
+    args = ["--model", str(tmp_path / "ours.keras"), "--out", str(tmp_path), "--steps", "1", "--max-filters", "1"]
+    assert viz.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write a grid ([Errno 28] No space left on device: ")
+    assert err.endswith("); the grids written above are complete\n") and len(err.splitlines()) == 1
+
+
 def test_visualization_without_a_model_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert viz.main([]) == 2

@@ -8,12 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from cli import plural
-from conftest import REPO, swallow_a_signal_while_the_data_loads
+from conftest import REPO, can_become, swallow_a_signal_while_the_data_loads
 from hyperspace import describe
 from utils import load_trials, save_trials
 
@@ -425,6 +427,34 @@ def test_a_results_location_that_cannot_be_written_is_refused_before_training(tm
     captured = capsys.readouterr()
     assert captured.err.startswith("error: cannot write the results there:") and len(captured.err.splitlines()) == 1
     assert "training" not in captured.out
+
+
+# The search as another user (argv[1]) would run it: the modules that main imports are loaded first, while
+# root may still read them wherever they are installed.
+AS_ANOTHER_USER = """
+import os, sys
+import datasets, hyperopt_optimize, locale, utils
+os.setgid(int(sys.argv[1]))
+os.setuid(int(sys.argv[1]))
+sys.exit(hyperopt_optimize.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.skipif(not can_become(60001), reason="plays another user, which needs root")
+def test_the_results_folder_of_another_users_search_is_refused_before_training():
+    with tempfile.TemporaryDirectory() as shared:  # not in tmp_path, which only pytest's user may enter
+        Path(shared).chmod(0o755)
+        results = Path(shared) / "results"
+        results.mkdir()
+        lock = results / ".search.lock"
+        lock.write_text("")
+        lock.chmod(0o666)  # the lock opens for anyone, while only its owner may add a result beside it
+        searched = subprocess.run([sys.executable, "-c", AS_ANOTHER_USER, "60001", *QUICK, "--max-evals", "1",
+                                   "--results-dir", str(results)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert searched.returncode == 2
+        assert searched.stderr.startswith("error: cannot write the results there: [Errno 13] Permission denied")
+        assert len(searched.stderr.splitlines()) == 1 and "Trial" not in searched.stdout
+        assert [p.name for p in results.iterdir()] == [lock.name]
 
 
 @pytest.mark.parametrize("dataset_args, message", [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, can_become
 from utils import load_trials
 
 pyspark = pytest.importorskip("pyspark")
@@ -120,12 +120,6 @@ def test_spark_workers_spread_over_the_gpus_and_share_them_only_when_trials_outn
         w.communicate("", timeout=60)
     assert sorted(c[0] for c in chosen) == devices
     assert all(c[1:] == (["true", "false"] if shared else ["None", "None"]) for c in chosen)
-
-
-def can_become(uid: int) -> bool:
-    """Whether a process of ours may switch to that user (root, with the capability a container may drop)."""
-    become = f"import os; os.setgid({uid}); os.setuid({uid})"
-    return os.geteuid() == 0 and subprocess.run([sys.executable, "-c", become], capture_output=True).returncode == 0
 
 
 @pytest.mark.skipif(not (can_become(60001) and can_become(60002)), reason="plays two users, which needs root")
