@@ -31,17 +31,20 @@ def at_least(minimum: int, maximum: int | None = None):
 SEED = at_least(0, 2**32 - 1)  # what numpy's and Keras's seeding take
 
 
+def keras_home() -> str:
+    """Keras's folder, found as Keras finds it: KERAS_HOME, else ~/.keras, else /tmp/.keras where home cannot be written."""
+    home = os.path.expanduser("~")
+    return os.environ.get("KERAS_HOME") or os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+
+
 def keras_backend() -> tuple[str, str]:
     """The backend Keras will load and what says so, found as Keras finds it without loading it.
 
-    KERAS_BACKEND, else keras.json's "backend" in KERAS_HOME (by default ~/.keras, or /tmp/.keras
-    where home cannot be written), else tensorflow.
+    KERAS_BACKEND, else keras.json's "backend" in keras_home(), else tensorflow.
     """
     if backend := os.environ.get("KERAS_BACKEND"):
         return backend, "KERAS_BACKEND"
-    home = os.path.expanduser("~")
-    keras_home = os.environ.get("KERAS_HOME") or os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
-    config = os.path.join(keras_home, "keras.json")
+    config = os.path.join(keras_home(), "keras.json")
     try:
         with open(config) as f:
             backend = json.load(f).get("backend")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import keras_home
+
 # The official archives, as their site and Keras's cache name them.
 ARCHIVES = {"cifar100": "cifar-100-python.tar.gz", "cifar10": "cifar-10-python.tar.gz"}
 TITLES = {"cifar100": "CIFAR-100", "cifar10": "CIFAR-10"}
@@ -186,14 +188,19 @@ def _load_cifar(name: str, data_dir: str | None):
         try:
             return _keras_cifar(name)
         except Exception:
-            keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-            data_dir = os.path.join(keras_home, "datasets")
+            data_dir = keras_cache()
             if not (Path(data_dir) / ARCHIVES[name]).is_file():
                 raise DatasetError(
                     f"{TITLES[name]} could not be downloaded and {Path(data_dir) / ARCHIVES[name]} does not exist: put "
                     f"the official {ARCHIVES[name]} there (or pass --data-dir DIR), or try --dataset synthetic"
                 ) from None
     return read_cifar_archive(Path(data_dir) / ARCHIVES[name], name)
+
+
+def keras_cache() -> Path:
+    """The folder where Keras's loaders keep their downloads, found as keras.utils.get_file finds it."""
+    home = keras_home()
+    return Path(home if os.access(home, os.W_OK) else os.path.join("/tmp", ".keras")) / "datasets"
 
 
 def _keras_cifar(name: str):

@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from datasets import DatasetError, load_dataset, make_synthetic
+from datasets import ARCHIVES, DatasetError, load_dataset, make_synthetic
 
 
 def write_cifar100_archive(path, n_train=300, n_test=60):
@@ -55,7 +55,17 @@ def image_index(x):
     return x[:, 0, 0, 0].astype(int) + 256 * x[:, 0, 1, 0].astype(int)
 
 
-def test_cifar100_loads_from_official_archive_in_keras_home(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def offline(monkeypatch):
+    """Keras's CIFAR loaders fail as they do without a network, whatever this machine's network and Keras cache hold."""
+    def no_network(origin, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    for name in ARCHIVES:
+        monkeypatch.setattr(f"keras.src.datasets.{name}.get_file", no_network)
+
+
+def test_cifar100_loads_from_official_archive_in_keras_home(tmp_path, monkeypatch, capsys, offline):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     (tmp_path / "datasets").mkdir()
     expected = write_cifar100_archive(tmp_path / "datasets" / "cifar-100-python.tar.gz")
@@ -117,12 +127,21 @@ def test_cifar10_loads_from_its_official_archive_in_data_dir(tmp_path):
     np.testing.assert_array_equal(data.x_test[5], data_t[5].reshape(3, 32, 32).transpose(1, 2, 0))
 
 
-def test_missing_cifar100_names_where_to_put_it(tmp_path, monkeypatch):
+def test_missing_cifar100_names_where_to_put_it(tmp_path, monkeypatch, offline):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(DatasetError) as err:
         load_dataset("cifar100")
     message = str(err.value)
-    assert "cifar-100-python.tar.gz" in message and "--dataset synthetic" in message and "\n" not in message
+    assert message.startswith(f"CIFAR-100 could not be downloaded and {tmp_path / 'datasets' / 'cifar-100-python.tar.gz'} "
+                              "does not exist: put the official cifar-100-python.tar.gz there")
+    assert "--dataset synthetic" in message and "\n" not in message
+
+
+def test_where_home_cannot_be_written_cifar_is_looked_for_where_keras_keeps_it_then(tmp_path, monkeypatch, offline):
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "no-home"))  # as a read-only home on a cluster: Keras uses /tmp/.keras
+    with pytest.raises(DatasetError, match=r"and /tmp/\.keras/datasets/cifar-10-python\.tar\.gz does not exist: put"):
+        load_dataset("cifar10")
 
 
 @pytest.mark.parametrize("damage", ["cut short", "not gzip"])
