@@ -14,7 +14,9 @@ sys.path.insert(0, str(REPO))
 from precision import tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()  # TensorFlow as the scripts load it
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# CPU only, as the tests expect (float32 on the CPU), also on a GPU machine whose shell picks a GPU; the
+# scripts that the tests start inherit it.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 # XLA's CPU compiles, which every JAX test and subprocess waits for, without LLVM's optimisations:
 # 2.5 s instead of 18.6 s for the 22 programs that build a network. The HLO that the tests read
 # (FLOPs, bytes, kernels, compile counts) is the same; only the machine code is slower to run.
