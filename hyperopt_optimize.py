@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 from cli import plural, run, unsupported_backend  # noqa: E402
 from precision import tensorflow_defaults  # noqa: E402
+from trial import Objective, report, trial_line  # noqa: E402
 
 tensorflow_defaults()
 
@@ -82,13 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def report(line: str) -> None:
-    """Print a line without tearing hyperopt's progress bar."""
-    from tqdm import tqdm
-
-    tqdm.write(line)
-
-
 def main(argv=None) -> int:
     from datasets import source_problem
     from utils import RunLock, SignalGuard, check_writable
@@ -120,55 +114,6 @@ def main(argv=None) -> int:
     finally:
         lock.release()
         guard.restore()
-
-
-class Objective:
-    """Train one sampled network; hyperopt minimises the returned `loss`.
-
-    Picklable, so that Spark can ship it to a worker when a trial starts: `finished_curves` is
-    then a snapshot of the finished trials known at that moment (for median pruning).
-    """
-
-    def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
-        self.data = data
-        self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "precision", "seed", "space")}
-        # A .npz is recorded by its name (what a resume compares) and here by its path, which the retrain opens.
-        self.dataset_file = os.path.abspath(args.dataset) if args.dataset.endswith(".npz") else None
-        self.parallelism = parallelism
-        self.finished_curves: list[list[float]] = []
-        self.next_tid = 0
-        self.enqueued: list[tuple[dict, str]] = []  # (point, --enqueue's name for it), to label its trial
-
-    def __call__(self, space: dict) -> dict:
-        if self.parallelism:
-            from spark_search import prepare_worker
-
-            prepare_worker(self.parallelism)
-        import keras
-
-        from hyperspace import describe
-        from neural_net import build_and_train
-        from pruning import MedianStoppingRule
-        from utils import weights_seed
-
-        s = self.settings
-        label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
-        if name := next((name for point, name in self.enqueued if point == space), None):
-            label += f" (--enqueue {name})"
-        report(f"{label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=self.data.has_coarse)}")
-        callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
-        model, result = build_and_train(
-            space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
-            verbose=s["verbose"], precision=s["precision"],
-            seed=weights_seed(s["seed"], space),
-        )
-        del model
-        keras.backend.clear_session()
-        result["search_space"], result["patience"] = s["space"], s["patience"]
-        result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
-        if self.dataset_file:
-            result["dataset_file"] = self.dataset_file
-        return result
 
 
 class Search:
@@ -405,7 +350,7 @@ class Search:
             improved = result.get("status") == "ok" and (self.best_loss is None or result["loss"] < self.best_loss)
             if improved:
                 self.best_loss = result["loss"]
-            report(self.trial_line(result))
+            report(trial_line(result, self.best_loss, self.args.select_on))
             if improved and not self.args.no_plot:
                 self.plot(result["space"], "model_best.png")
         errors = [t["result"].get("error") for t in snapshot.trials[-FAILURES_IN_A_ROW:]]
@@ -413,20 +358,6 @@ class Search:
             self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[0]}"
             return True, []
         return False, []
-
-    def trial_line(self, result: dict) -> str:
-        best = "none yet" if self.best_loss is None else f"{-self.best_loss:.4f}"
-        if result.get("status") != "ok":
-            return f"Trial {result['tid']} FAILED: {result.get('error')} ({result.get('train_seconds', 0):.0f} s); best so far {best}"
-        coarse = result.get("coarse_best_accuracy")
-        coarse_text = "n/a" if coarse is None else f"{coarse:.4f}"
-        diverged = result.get("diverged_at_epoch")
-        return (
-            f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} "
-            f"{self.args.select_on} accuracy, {plural(result['epochs_trained'], 'epoch')}"
-            f"{', pruned' if result['pruned'] else ''}{f', diverged in epoch {diverged}' if diverged else ''}, "
-            f"{result['train_seconds']:.0f} s; best so far {best}"
-        )
 
     def print_leaderboard(self, trials, top: int = 5) -> None:
         results = [t["result"] for t in trials.trials if t["tid"] in self.saved_tids]

@@ -1,0 +1,83 @@
+"""One trial of the search: train the network of a sampled point, and its line in the log once saved.
+
+`Objective` is what hyperopt calls with each point, in the search's process or, under Spark, on a worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cli import plural
+
+
+def report(line: str) -> None:
+    """Print a line without tearing hyperopt's progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line)
+
+
+class Objective:
+    """Train one sampled network; hyperopt minimises the returned `loss`.
+
+    Picklable, so that Spark can ship it to a worker when a trial starts: `finished_curves` is
+    then a snapshot of the finished trials known at that moment (for median pruning).
+    """
+
+    def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
+        self.data = data
+        self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "precision", "seed", "space")}
+        # A .npz is recorded by its name (what a resume compares) and here by its path, which the retrain opens.
+        self.dataset_file = os.path.abspath(args.dataset) if args.dataset.endswith(".npz") else None
+        self.parallelism = parallelism
+        self.finished_curves: list[list[float]] = []
+        self.next_tid = 0
+        self.enqueued: list[tuple[dict, str]] = []  # (point, --enqueue's name for it), to label its trial
+
+    def __call__(self, space: dict) -> dict:
+        if self.parallelism:
+            from spark_search import prepare_worker
+
+            prepare_worker(self.parallelism)
+        import keras
+
+        from hyperspace import describe
+        from neural_net import build_and_train
+        from pruning import MedianStoppingRule
+        from utils import weights_seed
+
+        s = self.settings
+        label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
+        if name := next((name for point, name in self.enqueued if point == space), None):
+            label += f" (--enqueue {name})"
+        report(f"{label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=self.data.has_coarse)}")
+        callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
+        model, result = build_and_train(
+            space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
+            verbose=s["verbose"], precision=s["precision"],
+            seed=weights_seed(s["seed"], space),
+        )
+        del model
+        keras.backend.clear_session()
+        result["search_space"], result["patience"] = s["space"], s["patience"]
+        result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
+        if self.dataset_file:
+            result["dataset_file"] = self.dataset_file
+        return result
+
+
+def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:
+    """A saved trial's line in the log: its accuracies (on `select_on`), epochs and time, and the best so far (`best_loss`)."""
+    best = "none yet" if best_loss is None else f"{-best_loss:.4f}"
+    if result.get("status") != "ok":
+        return f"Trial {result['tid']} FAILED: {result.get('error')} ({result.get('train_seconds', 0):.0f} s); best so far {best}"
+    coarse = result.get("coarse_best_accuracy")
+    coarse_text = "n/a" if coarse is None else f"{coarse:.4f}"
+    diverged = result.get("diverged_at_epoch")
+    return (
+        f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} "
+        f"{select_on} accuracy, {plural(result['epochs_trained'], 'epoch')}"
+        f"{', pruned' if result['pruned'] else ''}{f', diverged in epoch {diverged}' if diverged else ''}, "
+        f"{result['train_seconds']:.0f} s; best so far {best}"
+    )
