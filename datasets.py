@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import socket
 import tarfile
 import tempfile
 from pathlib import Path
@@ -26,6 +27,9 @@ VALIDATION_FRACTION = 0.1
 SYNTHETIC_DEFAULT_SIZE = 3000
 
 CIFAR10_VEHICLES = (0, 1, 8, 9)  # airplane, automobile, ship, truck
+# A download that gets no byte for this long gives up: behind a firewall that drops packets (a cluster's
+# compute node) it would otherwise wait for ever.
+DOWNLOAD_TIMEOUT_S = 60
 
 
 class DatasetError(ValueError):
@@ -187,11 +191,13 @@ def _load_cifar(name: str, data_dir: str | None):
     if data_dir is None:
         try:
             return _keras_cifar(name)
-        except Exception:
+        except Exception as err:
             data_dir = keras_cache()
             if not (Path(data_dir) / ARCHIVES[name]).is_file():
+                # Keras says "URL fetch failure on <url>: <errno> -- <reason>"; a bad download, why the file is bad.
+                why = (str(err).rpartition(" -- ")[2].splitlines() or [type(err).__name__])[0]
                 raise DatasetError(
-                    f"{TITLES[name]} could not be downloaded and {Path(data_dir) / ARCHIVES[name]} does not exist: put "
+                    f"{TITLES[name]} could not be downloaded ({why}) and {Path(data_dir) / ARCHIVES[name]} does not exist: put "
                     f"the official {ARCHIVES[name]} there (or pass --data-dir DIR), or try --dataset synthetic"
                 ) from None
     return read_cifar_archive(Path(data_dir) / ARCHIVES[name], name)
@@ -209,8 +215,9 @@ def _keras_cifar(name: str):
 
     # Keras's loaders return channels-first images where its config says channels_first, which the
     # networks, always built channels-last, would read as 3 rows of 32 channels.
-    previous = keras.config.image_data_format()
+    previous = keras.config.image_data_format(), socket.getdefaulttimeout()
     keras.config.set_image_data_format("channels_last")
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         if name == "cifar10":
             (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
@@ -220,7 +227,8 @@ def _keras_cifar(name: str):
         (_, yc_train), (_, yc_test) = keras.datasets.cifar100.load_data("coarse")
         return x_train, yf_train.ravel(), yc_train.ravel(), x_test, yf_test.ravel(), yc_test.ravel()
     finally:
-        keras.config.set_image_data_format(previous)
+        keras.config.set_image_data_format(previous[0])
+        socket.setdefaulttimeout(previous[1])
 
 
 def _cifar10_coarse(labels: np.ndarray) -> np.ndarray:

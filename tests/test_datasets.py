@@ -2,7 +2,9 @@
 
 import io
 import pickle
+import socket
 import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -132,9 +134,32 @@ def test_missing_cifar100_names_where_to_put_it(tmp_path, monkeypatch, offline):
     with pytest.raises(DatasetError) as err:
         load_dataset("cifar100")
     message = str(err.value)
-    assert message.startswith(f"CIFAR-100 could not be downloaded and {tmp_path / 'datasets' / 'cifar-100-python.tar.gz'} "
-                              "does not exist: put the official cifar-100-python.tar.gz there")
+    assert message.startswith("CIFAR-100 could not be downloaded ([Errno -3] Temporary failure in name resolution) and "
+                              f"{tmp_path / 'datasets' / 'cifar-100-python.tar.gz'} does not exist: put the official "
+                              "cifar-100-python.tar.gz there")
     assert "--dataset synthetic" in message and "\n" not in message
+
+
+def test_a_download_that_gets_no_answer_gives_up_and_says_where_the_archive_goes(tmp_path, monkeypatch):
+    import datasets
+
+    # Keras's own cache is a new folder: a CIFAR-10 that this machine has cached is not found there.
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(datasets, "DOWNLOAD_TIMEOUT_S", 1)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    # The download goes through a proxy that takes the connection and never answers, as a firewall that drops
+    # packets does; after 30 s it hangs up, so that a loader without a timeout fails this test rather than hangs.
+    with socket.create_server(("127.0.0.1", 0)) as blackhole:
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{blackhole.getsockname()[1]}")
+        hang_up = threading.Timer(30, blackhole.close)
+        hang_up.start()
+        try:
+            with pytest.raises(DatasetError, match=r"^CIFAR-10 could not be downloaded \(timed out\) and "):
+                load_dataset("cifar10")
+        finally:
+            hang_up.cancel()
 
 
 def test_where_home_cannot_be_written_cifar_is_looked_for_where_keras_keeps_it_then(tmp_path, monkeypatch, offline):
