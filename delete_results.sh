@@ -41,9 +41,15 @@ else
   fi
 fi
 # A running search holds this lock (see utils.RunLock) and would write its trials back.
-if [[ -f "$lock" ]] && command -v flock >/dev/null && ! flock -n "$lock" true; then
-  echo "error: a search is running on ${dir:-results}/ ($(cat "$lock")); stop it first (Ctrl-C), then rerun" >&2
-  exit 1
+if [[ -f "$lock" ]] && command -v flock >/dev/null; then
+  held=0
+  flock -n -E 75 "$lock" true 2>/dev/null || held=$?
+  if ((held == 75)); then
+    echo "error: a search is running on ${dir:-results}/ ($(cat "$lock")); stop it first (Ctrl-C), then rerun" >&2
+    exit 1
+  elif ((held)); then  # a filesystem without file locks (Lustre mounted noflock), where a search takes none either
+    echo "warning: cannot tell whether a search is running on ${dir:-results}/: its filesystem has no file locks" >&2
+  fi
 fi
 if [[ "$yes" != true ]]; then
   if [[ -z "$dir" ]]; then

@@ -291,7 +291,7 @@ class RunLock:
         self._made_folders = []
 
     def acquire(self) -> bool:
-        """Take the lock; False if another live process holds it."""
+        """Take the lock; False if another live process holds it (True, with a warning, where files cannot be locked)."""
         self._made_folders = [f for f in (self.path.parent, *self.path.parent.parents) if not f.is_dir()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+")
@@ -303,6 +303,9 @@ class RunLock:
             self._file.close()
             self._file = None
             return False
+        except OSError as err:  # a filesystem without file locks: Lustre mounted noflock, NFS without its lock daemon
+            warn(f"cannot lock {self.path.parent}/ ({err.strerror}): its filesystem has no file locks, so nothing "
+                 "stops a second run from writing there at the same time; start one at a time")
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()}")
@@ -318,8 +321,7 @@ class RunLock:
                         self.path.unlink()
                         for folder in self._made_folders:  # innermost first; stops at one that holds something
                             folder.rmdir()
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+            self._file.close()  # which lets go of the lock
             self._file = None
 
 

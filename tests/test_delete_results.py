@@ -1,5 +1,6 @@
 """delete_results.sh asks first, then removes generated output and recreates the folders."""
 
+import os
 import shutil
 import subprocess
 
@@ -37,6 +38,21 @@ def test_a_running_search_is_not_deleted_from_under_it(tmp_path):
     assert (tmp_path / "results.pkl").exists()
     subprocess.run(["bash", "delete_results.sh", "-y"], cwd=tmp_path, check=True, capture_output=True)
     assert not (tmp_path / "results.pkl").exists()  # once the search has stopped
+
+
+def test_where_files_cannot_be_locked_it_warns_that_it_cannot_tell_a_running_search_and_deletes(tmp_path):
+    make_project(tmp_path)
+    (tmp_path / "results" / ".search.lock").write_text("pid 1")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    flock = bin_dir / "flock"  # util-linux's flock on Lustre mounted noflock: no lock, and not a conflict either
+    flock.write_text("#!/bin/sh\necho \"flock: $4: Function not implemented\" >&2\nexit 71\n")
+    flock.chmod(0o755)
+    out = subprocess.run(["bash", "delete_results.sh", "-y"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == "warning: cannot tell whether a search is running on results/: its filesystem has no file locks\n"
+    assert not (tmp_path / "results.pkl").exists()
 
 
 def test_dash_y_deletes_and_recreates_empty_folders(tmp_path):

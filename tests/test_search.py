@@ -343,6 +343,21 @@ def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_fil
     assert len(result_files(tmp_path)) == 2
 
 
+def test_a_search_on_a_filesystem_without_file_locks_runs_and_warns_that_nothing_stops_a_second(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(file, operation):  # as on Lustre mounted noflock, or NFS without its lock daemon
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    err = capsys.readouterr().err
+    assert ("warning: cannot lock results/ (No locks available): its filesystem has no file locks, so nothing stops a "
+            "second run from writing there at the same time; start one at a time\n") in err
+    assert len(result_files(tmp_path)) == 1 and "Traceback" not in err
+
+
 def test_a_resume_on_other_data_a_training_subset_selection_set_space_or_seed_is_refused_untouched(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     before = (tmp_path / "results.pkl").read_bytes()
