@@ -78,8 +78,40 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class ReaderMayLeave:
+    """A standard stream whose reader may go (`| head`, a `tee` that died): what follows is dropped, the work goes on.
+
+    Python would raise BrokenPipeError from the next print, wherever it is: in the middle of an analysis
+    that had yet to write its files, or between a search's trials.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        self._stream.flush()  # what was held back for the pipe, into /dev/null
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def run(main: Callable[[], int]) -> None:
-    """Exit with main()'s status, its output written line by line; a Ctrl-C that main does not handle ends in one line and 130."""
+    """Exit with main()'s status, its output written line by line to whoever still reads it; a Ctrl-C that main does not
+    handle ends in one line and 130."""
     # A crash in native code (a kernel's segfault, an abort) would end a days-long search with no word of where it
     # was: Python's fault handler prints every thread's stack to stderr first, where stderr is a file.
     with contextlib.suppress(ValueError, RuntimeError):
@@ -88,6 +120,7 @@ def run(main: Callable[[], int]) -> None:
     # followed with `tail -f` would lag by trials, and a kill -9 or a crash would take the last lines with it.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
+    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
     try:
         status = main()
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -11,6 +13,7 @@ from hyperopt import Trials, fmin, hp, tpe
 import analysis_plots
 import analyze_results
 import hyperspace
+from conftest import REPO
 from utils import save_json_result, save_trials
 
 PLOTS = ["hyperparameters_vs_accuracy.png", "scatter_matrix.png", "convergence.png", "top_trials_per_epoch.png",
@@ -284,6 +287,19 @@ def test_a_file_that_cannot_be_written_exits_1_with_one_line_after_the_leaderboa
     assert captured.err == (f"error: cannot write the analysis: [Errno 21] Is a directory: "
                             f"'{tmp_path / 'out' / 'convergence.png'}'\n")
     assert "Top " in captured.out
+
+
+@pytest.mark.slow
+def test_a_reader_that_leaves_early_keeps_neither_the_files_from_being_written_nor_the_status_from_being_0(tmp_path):
+    make_results(tmp_path / "results")
+    with open(tmp_path / "stderr", "w") as stderr:  # as `analyze_results.py | head -1` leaves it
+        analysis = subprocess.Popen([sys.executable, str(REPO / "analyze_results.py"), "--results-dir", "results"],
+                                    cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        assert analysis.stdout.readline().startswith("Top 8 of 9 trials")
+        analysis.stdout.close()  # before the importance and the plots, seconds of work, say what they wrote
+        assert analysis.wait(timeout=120) == 0
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+    check_outputs(tmp_path / "analysis", 9)
 
 
 def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
