@@ -57,7 +57,10 @@ if [[ "$yes" != true ]]; then
   else
     echo "This deletes ${#results[@]} result file(s) in $dir/$([[ -f "$pickle" ]] && echo " and $pickle")"
   fi
-  read -r -p "Delete them? [y/N] " answer
+  if ! read -r -p "Delete them? [y/N] " answer; then  # no answer to read: run from a script, stdin closed
+    printf '\nNothing deleted: no answer on stdin (-y deletes without asking).\n' >&2
+    exit 1
+  fi
   [[ "$answer" =~ ^[Yy]$ ]] || { echo "Nothing deleted."; exit 0; }
 fi
 rm -rf -- "${targets[@]}"

@@ -24,6 +24,13 @@ def test_asks_and_keeps_everything_on_no(tmp_path):
     assert (tmp_path / "results.pkl").exists() and (tmp_path / "results/model_0.5_abcde.txt.json").exists()
 
 
+def test_without_an_answer_on_stdin_it_keeps_everything_and_says_how_to_delete_without_asking(tmp_path):
+    make_project(tmp_path)
+    out = subprocess.run(["bash", "delete_results.sh"], cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.endswith("Nothing deleted: no answer on stdin (-y deletes without asking).\n")
+    assert (tmp_path / "results.pkl").exists()
+
+
 def test_a_running_search_is_not_deleted_from_under_it(tmp_path):
     from utils import RunLock
 
