@@ -102,7 +102,9 @@ class ReaderMayLeave:
             self._reader_left()
 
     def _reader_left(self) -> None:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
         self._stream.flush()  # what was held back for the pipe, into /dev/null
 
     def __getattr__(self, name: str):

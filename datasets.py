@@ -215,7 +215,7 @@ def _keras_cifar(name: str):
 
     # Keras's loaders return channels-first images where its config says channels_first, which the
     # networks, always built channels-last, would read as 3 rows of 32 channels.
-    previous = keras.config.image_data_format(), socket.getdefaulttimeout()
+    data_format, timeout = keras.config.image_data_format(), socket.getdefaulttimeout()
     keras.config.set_image_data_format("channels_last")
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
@@ -227,8 +227,8 @@ def _keras_cifar(name: str):
         (_, yc_train), (_, yc_test) = keras.datasets.cifar100.load_data("coarse")
         return x_train, yf_train.ravel(), yc_train.ravel(), x_test, yf_test.ravel(), yc_test.ravel()
     finally:
-        keras.config.set_image_data_format(previous[0])
-        socket.setdefaulttimeout(previous[1])
+        keras.config.set_image_data_format(data_format)
+        socket.setdefaulttimeout(timeout)
 
 
 def _cifar10_coarse(labels: np.ndarray) -> np.ndarray:
