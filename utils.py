@@ -118,11 +118,14 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp"):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    # Make the rename itself durable, where the filesystem can: some (AFS, network and FUSE mounts) refuse to sync
+    # a folder (EINVAL), as SQLite and git find, and the file is whole and in place either way.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def check_writable(folder: str | os.PathLike) -> None:

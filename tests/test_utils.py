@@ -72,6 +72,22 @@ def test_results_and_pickle_are_as_readable_as_the_umask_allows(tmp_path, umask,
     assert stat.S_IMODE((tmp_path / "results.pkl").stat().st_mode) == mode
 
 
+def test_a_filesystem_that_cannot_sync_a_folder_still_saves_results_and_trials(tmp_path, monkeypatch):
+    import errno
+
+    real_fsync = os.fsync
+
+    def no_folder_sync(fd):  # as AFS and some network and FUSE mounts answer
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", no_folder_sync)
+    save_trials(Trials(), tmp_path / "results.pkl")
+    path = save_json_result({"loss": -0.5, "status": "ok", "model_name": "model_0.5_abcde"}, tmp_path)
+    assert load_json_result(path)["loss"] == -0.5 and len(load_trials(tmp_path / "results.pkl").trials) == 0
+
+
 def test_no_result_gives_none(tmp_path):
     assert load_best_result(tmp_path) is None
 
