@@ -164,8 +164,7 @@ class Search:
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
         self.objective.enqueued = [(hyperspace.decode(vals, space), name) for name, vals in first]
-        if self.guard.signum is not None:  # came while loading, and a library swallowed its KeyboardInterrupt
-            raise KeyboardInterrupt
+        self.guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
         return self.minimize(finished, parallelism, space, [vals for _, vals in first])
 
     def enqueued_points(self, finished) -> list[tuple[str, dict]]:
@@ -311,8 +310,7 @@ class Search:
 
     def after_serial_trial(self, trials, *args):
         """After each trial fmin ran itself: stop if a signal came (C code may have made its KeyboardInterrupt an error)."""
-        if self.guard.signum is not None:
-            raise KeyboardInterrupt  # before saving: the trial that the signal failed is not a result
+        self.guard.stop_if_signalled()  # before saving: the trial that the signal failed is not a result
         return self.after_trials(trials, *args)
 
     def after_trials(self, trials, *_):

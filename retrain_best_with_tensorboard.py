@@ -257,8 +257,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
     # What a resumed retrain must share with the interrupted one: the network, the search's settings, the precision.
     settings = {"space": result["space"], "dataset": dataset, "selected_on": select_on, "seed": seed,
                 "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}
-    if guard.signum is not None:  # came while loading, and its KeyboardInterrupt was swallowed
-        raise KeyboardInterrupt
+    guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
     try:
         Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
         run, lock, resuming = claim_run(name, settings)
@@ -304,11 +303,14 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         seconds_log(backup / SECONDS_LOG, before.seconds if before else 0.0),
         # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends.
         keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
+        # After the epoch's backup: a signal whose KeyboardInterrupt C code swallowed mid-epoch stops the retrain here.
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: guard.stop_if_signalled()),
     ]
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
                                            verbose=args.verbose, precision=args.precision,
                                            seed=weights_seed(seed, result["space"]), before=before)
+        guard.stop_if_signalled()  # C code may have made its KeyboardInterrupt an error: not a failed retrain
     except KeyboardInterrupt:
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         print(f"\n{signal.Signals(guard.signum or signal.SIGINT).name}: stopped; {kept}; logs in {log_dir}/",

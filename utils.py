@@ -355,6 +355,11 @@ class SignalGuard:
         if self._pending:
             raise KeyboardInterrupt
 
+    def stop_if_signalled(self) -> None:
+        """KeyboardInterrupt if a signal came, whatever became of the one raised then (a library may swallow it)."""
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
     def restore(self) -> None:
         """Put the previous signal handlers back."""
         for sig, handler in self._previous.items():

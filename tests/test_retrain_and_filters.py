@@ -155,6 +155,38 @@ def test_a_retrain_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(
     assert load_json_result(tmp_path / "weights" / "m.retrain.txt.json")["epochs_trained"] == done + 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("becomes", ["nothing", "an error"])
+def test_a_signal_that_a_library_swallowed_mid_retrain_still_stops_it_at_once_resumable(tmp_path, monkeypatch, capsys, becomes):
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
+                     tmp_path / "results")
+    real_end = keras.callbacks.CSVLogger.on_epoch_end
+
+    def swallowing(self, epoch, logs=None):  # in the second epoch, as C code that TensorFlow calls into can
+        real_end(self, epoch, logs)
+        if epoch != 1:
+            return
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt as err:
+            if becomes == "an error":
+                raise SystemError(f"bad argument to internal function ({err!r})") from None
+            return
+        raise AssertionError("SIGTERM was not turned into KeyboardInterrupt")
+
+    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", swallowing)
+    monkeypatch.chdir(tmp_path)
+    args = ["--epochs", "3", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]
+    assert retrain.main(args) == 143
+    assert "\nSIGTERM: stopped; the best model so far is " in capsys.readouterr().err
+    assert not (tmp_path / "weights" / "m.retrain.txt.json").exists()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(args) == 0
+    assert "Resuming the interrupted retrain after epoch " in capsys.readouterr().out
+
+
 def test_a_retrain_resumes_neither_one_running_now_nor_one_of_other_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     settings = {"space": SMALL_SPACE, "dataset": "synthetic", "selected_on": "validation", "seed": 0, "train_images": 300,
