@@ -395,13 +395,14 @@ def test_visualization_runs_on_tensorflow_whatever_the_keras_backend(retrained, 
 
 
 def test_the_retrains_callbacks_let_keras_on_jax_dispatch_the_next_step_without_waiting(tmp_path):
-    # Keras's own TensorBoard callback has per-step hooks, so Keras on JAX waited for every step of a retrain.
-    check = ("import keras, retrain_best_with_tensorboard as r; from pathlib import Path; "
-             f"mine = [r.epoch_tensorboard(Path({str(tmp_path)!r}), 1), r.best_model_checkpoint(Path('m.keras'), 'val_loss')]; "
+    # Keras's own TensorBoard and BackupAndRestore callbacks have per-step hooks, so Keras on JAX waited for every
+    # step of a retrain.
+    check = ("import keras, retrain_best_with_tensorboard as r, utils; "
+             "mine = r.retrain_callbacks('m', 1, 0.0, 0.0, utils.SignalGuard()); "
              "print(keras.callbacks.CallbackList(mine)._async_train, "
              "keras.callbacks.CallbackList([keras.callbacks.TensorBoard()])._async_train)")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"})
+                          cwd=tmp_path, env={**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)})
     assert done.stdout.split() == ["True", "False"], done.stderr[-2000:]
 
 
