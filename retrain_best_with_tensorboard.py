@@ -272,7 +272,8 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
         lock.release()
 
 
-def retrain_callbacks(run: str, histogram_freq: int, best_before: float, seconds_before: float, guard: SignalGuard) -> list:
+def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_freq: int, best_before: float,
+                      seconds_before: float, guard: SignalGuard) -> list:
     """The retrain's logs, best model and backup, from `best_before` and `seconds_before` when it resumes.
 
     None of them waits for a step: Keras on JAX dispatches the next one before the last ends.
@@ -281,14 +282,13 @@ def retrain_callbacks(run: str, histogram_freq: int, best_before: float, seconds
 
     from pruning import MONITOR
 
-    backup = backup_folder(run)
     # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends. It saves at
     # an epoch's end only (save_freq "epoch"), so its per-step hook, which would make Keras wait, does nothing.
     restore = keras.callbacks.BackupAndRestore(backup, double_checkpoint=True)
     restore.async_safe = True
     return [
-        epoch_tensorboard(Path(TENSORBOARD_DIR) / run, histogram_freq),
-        best_model_checkpoint(Path(WEIGHTS_DIR) / f"{run}.keras", MONITOR, best_before),
+        epoch_tensorboard(log_dir, histogram_freq),
+        best_model_checkpoint(checkpoint, MONITOR, best_before),
         # Each epoch's row of the history and the time so far, then the state to resume from: a kill between the
         # two loses nothing.
         keras.callbacks.CSVLogger(backup / HISTORY_LOG, append=True),
@@ -318,7 +318,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"Resuming the interrupted retrain after epoch {done} (best {data.selects_on} fine accuracy {best_before:.4f}){left}")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
-    callbacks = retrain_callbacks(run, args.histogram_freq, best_before, before.seconds if before else 0.0, guard)
+    callbacks = retrain_callbacks(log_dir, checkpoint, backup, args.histogram_freq, best_before,
+                                  before.seconds if before else 0.0, guard)
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
                                            verbose=args.verbose, precision=args.precision,
