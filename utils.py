@@ -132,8 +132,11 @@ def check_writable(folder: str | os.PathLike) -> None:
     """Make the folder and a file in it, removed at once: an OSError now rather than when hours of work are due there."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     # A folder that cannot be written may still hold a writable file (a search's lock), so only a new file tells.
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check."):
-        pass
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check."):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(folder)) from None  # the folder, not the file that was not made
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
