@@ -330,15 +330,19 @@ class Search:
                                 f"{new[0]['tid']} is not saved, so that the other's trials are not overwritten")
             return True, []
         in_main = threading.current_thread() is threading.main_thread()
+        pickled = False
         try:
             with self.guard.saving() if in_main else contextlib.nullcontext():
                 save_trials(snapshot, self.args.trials_file)
-                self.pickle_stamp = file_stamp(self.args.trials_file)
+                self.pickle_stamp, pickled = file_stamp(self.args.trials_file), True
                 for trial in new:
                     save_json_result(trial["result"], self.args.results_dir)
         except OSError as err:  # a full disk, say: what was saved before stays whole
-            self.stop_reason = (f"cannot save trial {new[0]['tid']} ({err}); the trials before it are saved, "
-                                "rerun to resume once it can be written")
+            which = f"trial {new[0]['tid']}" if len(new) == 1 else f"trials {', '.join(str(t['tid']) for t in new)}"
+            self.stop_reason = (f"cannot write the result file of {which} ({err}); {self.args.trials_file} holds it, and a "
+                                "rerun writes the file once it can be written" if pickled else
+                                f"cannot save {which} ({err}); the trials before are saved, rerun to resume once it can be "
+                                "written")
             return True, []
         self.saved_tids.update(t["tid"] for t in new)
         self.objective.finished_curves = finished_curves(snapshot.results)

@@ -335,12 +335,27 @@ def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_fil
         patch.setattr(utils, "save_json_result", disk_full)
         assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 1
     err = capsys.readouterr().err
-    assert "error: cannot save trial 0 ([Errno 28] No space left on device)" in err and "Traceback" not in err
+    assert ("error: cannot write the result file of trial 0 ([Errno 28] No space left on device); results.pkl holds it, "
+            "and a rerun writes the file once it can be written\n") in err and "Traceback" not in err
     assert len(load_trials(tmp_path / "results.pkl").trials) == 1 and not result_files(tmp_path)
 
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
     assert "Restored the result file of trial 0" in capsys.readouterr().out
     assert len(result_files(tmp_path)) == 2
+
+
+def test_a_trials_pickle_that_cannot_be_saved_stops_the_search_with_nothing_of_that_trial_written(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    import utils
+
+    def disk_full(trials, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(utils, "save_trials", disk_full)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 1
+    assert ("error: cannot save trial 0 ([Errno 28] No space left on device); the trials before are saved, rerun to "
+            "resume once it can be written\n") in capsys.readouterr().err
+    assert not (tmp_path / "results.pkl").exists() and not result_files(tmp_path)
 
 
 def test_a_search_on_a_filesystem_without_file_locks_runs_and_warns_that_nothing_stops_a_second(tmp_path, monkeypatch, capsys):
