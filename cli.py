@@ -1,4 +1,5 @@
-"""What every script's command line shares: the --help format, count arguments, counts in messages, Ctrl-C."""
+"""What every script's command line shares: the --help format, count arguments, counts in messages, Keras's folder
+and backend, output to whoever still reads it, Ctrl-C."""
 
 from __future__ import annotations
 
