@@ -317,14 +317,16 @@ class Search:
         """Save newly finished trials (pickle, then JSON), report them; stop after repeated failures."""
         import threading
 
-        from utils import file_stamp, finished_copy, finished_curves, save_json_result, save_trials
+        from utils import file_stamp, finished_copy, finished_curves, name_apart, save_json_result, save_trials
 
         snapshot = finished_copy(trials)
         new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]
         if not new:
             return False, []
+        names: set[str] = set()
         for trial in new:
             trial["result"]["tid"] = trial["tid"]
+            name_apart(trial["result"], self.args.results_dir, names)
         if file_stamp(self.args.trials_file) != self.pickle_stamp:  # two searches given one --trials-file
             self.stop_reason = (f"{self.args.trials_file} was rewritten by another process while this search ran; trial "
                                 f"{new[0]['tid']} is not saved, so that the other's trials are not overwritten")

@@ -196,6 +196,25 @@ def in_process(tmp_path, monkeypatch, *args):
     return hyperopt_optimize.main([*QUICK, "--epochs", "1", *args])
 
 
+def test_trials_that_drew_the_same_name_keep_a_result_file_each(tmp_path, monkeypatch):
+    import neural_net
+
+    calls = []
+
+    def same_name(space, data, **kwargs):  # as five hex digits can draw twice, over a long search
+        calls.append(space)
+        failed = neural_net.failure(space, data, RuntimeError(f"failure {len(calls)}"))
+        return None, failed | {"model_name": "model_failed_00000"}
+
+    monkeypatch.setattr(neural_net, "build_and_train", same_name)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 0  # and one drawn in a later run
+    files = {json.loads(p.read_text())["model_name"]: p.name for p in result_files(tmp_path)}
+    names = [t["result"]["model_name"] for t in load_trials(tmp_path / "results.pkl").trials]
+    assert len(files) == len(set(names)) == 3 and set(files) == set(names) and "model_failed_00000" in names
+    assert all(files[name] == f"{name}.txt.json" for name in names)
+
+
 @pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
     import neural_net
