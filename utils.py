@@ -153,8 +153,8 @@ def result_path(result: dict, results_dir: str | os.PathLike = RESULTS_DIR) -> P
 def name_apart(result: dict, results_dir: str | os.PathLike, taken: set[str]) -> None:
     """Draw new hex digits for the result's model_name while a file in results_dir, or a name in `taken`, has it.
 
-    Five hex digits collide: in a search of a thousand trials, two failed ones as often as not, and
-    networks that never learn (accuracy 0.01 on CIFAR-100); the second file would replace the first.
+    Five hex digits collide: among a thousand failed trials (or networks that never learn, all at accuracy
+    0.01 on CIFAR-100), two share them in one search of three; the second file would replace the first.
     """
     while result["model_name"] in taken or result_path(result, results_dir).exists():
         result["model_name"] = f"{result['model_name'].rsplit('_', 1)[0]}_{uuid.uuid4().hex[:5]}"
