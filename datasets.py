@@ -193,11 +193,11 @@ def _load_cifar(name: str, data_dir: str | None):
             return _keras_cifar(name)
         except Exception as err:
             data_dir = keras_cache()
-            if not (Path(data_dir) / ARCHIVES[name]).is_file():
+            if not (archive := data_dir / ARCHIVES[name]).is_file():
                 # Keras says "URL fetch failure on <url>: <errno> -- <reason>"; a bad download, why the file is bad.
                 why = (str(err).rpartition(" -- ")[2].splitlines() or [type(err).__name__])[0]
                 raise DatasetError(
-                    f"{TITLES[name]} could not be downloaded ({why}) and {Path(data_dir) / ARCHIVES[name]} does not exist: put "
+                    f"{TITLES[name]} could not be downloaded ({why}) and {archive} does not exist: put "
                     f"the official {ARCHIVES[name]} there (or pass --data-dir DIR), or try --dataset synthetic"
                 ) from None
     return read_cifar_archive(Path(data_dir) / ARCHIVES[name], name)
