@@ -244,7 +244,9 @@ def read_cifar_archive(archive: str | os.PathLike, name: str = "cifar100"):
     try:
         # "r:gz", the official format: auto-detection would list one failure per compression.
         with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+            # The batches alone, by name. Python's extraction filters came with 3.11.4 (Debian 12's 3.11.2 lacks them).
+            members = [tar.getmember(file) for files in CIFAR_BATCHES[name] for file in files]
+            tar.extractall(tmp, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
             arrays = []
             for files in CIFAR_BATCHES[name]:
                 paths = [os.path.join(tmp, file) for file in files]

@@ -99,7 +99,7 @@ def test_cifar100_through_keras_loader_is_channels_last_whatever_keras_config_sa
 
     expected = write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
     with tarfile.open(tmp_path / "cifar-100-python.tar.gz") as tar:
-        tar.extractall(tmp_path / "cache", filter="data")
+        tar.extractall(tmp_path / "cache")
     # Keras's own loader, reading the extracted archive where its cache would have it.
     monkeypatch.setattr("keras.src.datasets.cifar100.get_file", lambda **kwargs: str(tmp_path / "cache"))
     keras.config.set_image_data_format("channels_first")  # as a ~/.keras/keras.json can say
@@ -167,6 +167,25 @@ def test_where_home_cannot_be_written_cifar_is_looked_for_where_keras_keeps_it_t
     monkeypatch.setenv("HOME", str(tmp_path / "no-home"))  # as a read-only home on a cluster: Keras uses /tmp/.keras
     with pytest.raises(DatasetError, match=r"and /tmp/\.keras/datasets/cifar-10-python\.tar\.gz does not exist: put"):
         load_dataset("cifar10")
+
+
+def test_cifar100_archive_reads_on_a_python_without_tar_extraction_filters(tmp_path, monkeypatch):
+    # As on Debian 12's Python 3.11.2: tarfile's extraction filters came with 3.11.4.
+    extractall = tarfile.TarFile.extractall
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    monkeypatch.setattr(tarfile.TarFile, "extractall",
+                        lambda self, path=".", members=None, *, numeric_owner=False: extractall(self, path, members))
+    write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
+    assert len(load_dataset("cifar100", data_dir=str(tmp_path)).x_test) == 60
+
+
+def test_cifar100_archive_without_its_test_batch_is_refused_naming_it(tmp_path):
+    write_cifar100_archive(tmp_path / "full.tar.gz")
+    with tarfile.open(tmp_path / "full.tar.gz") as full, tarfile.open(tmp_path / "cifar-100-python.tar.gz", "w:gz") as tar:
+        train = full.getmember("cifar-100-python/train")
+        tar.addfile(train, full.extractfile(train))
+    with pytest.raises(DatasetError, match=r"is not a readable CIFAR-100 archive \(.*'cifar-100-python/test' not found"):
+        load_dataset("cifar100", data_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("damage", ["cut short", "not gzip"])
