@@ -244,9 +244,13 @@ def read_cifar_archive(archive: str | os.PathLike, name: str = "cifar100"):
     try:
         # "r:gz", the official format: auto-detection would list one failure per compression.
         with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive, "r:gz") as tar:
-            # The batches alone, by name. Python's extraction filters came with 3.11.4 (Debian 12's 3.11.2 lacks them).
-            members = [tar.getmember(file) for files in CIFAR_BATCHES[name] for file in files]
-            tar.extractall(tmp, members=members, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            # The batches alone, by name, "./" or not. Python's extraction filters came with 3.11.4 (Debian 12's 3.11.2 lacks them).
+            members = {os.path.normpath(member.name): member for member in tar.getmembers()}
+            wanted = [file for files in CIFAR_BATCHES[name] for file in files]
+            if missing := [file for file in wanted if file not in members]:
+                raise DatasetError(f"it lacks {', '.join(missing)}")
+            tar.extractall(tmp, members=[members[file] for file in wanted],
+                           **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
             arrays = []
             for files in CIFAR_BATCHES[name]:
                 paths = [os.path.join(tmp, file) for file in files]
