@@ -45,8 +45,11 @@ def build_model(
     Widths are rounded up to the space's `width_multiple` (absent, as in 2017's spaces: 1).
     """
     # Images are height x width x channels, which each layer reads from Keras's setting as it is
-    # made: a ~/.keras/keras.json of channels_first would have them read rows as channels.
+    # made: a ~/.keras/keras.json of channels_first would have them read rows as channels. Its
+    # floatx too: --precision's policy sets the layers' dtypes, but the losses and metrics add up
+    # in floatx, and float16 there failed every training step.
     keras.config.set_image_data_format("channels_last")
+    keras.config.set_floatx("float32")
     net = _Builder(space)
     inputs = keras.Input(input_shape, dtype="uint8", name="images")
     x = keras.layers.Rescaling(1.0 / 255.0, offset=-0.5)(inputs)

@@ -148,6 +148,19 @@ def test_a_keras_config_of_channels_first_builds_the_same_network():
     assert model.get_layer("fine_outputs").output.shape == (None, 100)
 
 
+@pytest.mark.parametrize("floatx", ["float16", "float64"])
+def test_a_keras_config_of_another_floatx_trains_in_float32(synthetic, floatx):
+    import keras
+
+    keras.config.set_floatx(floatx)  # as a ~/.keras/keras.json can say
+    try:
+        model, result = build_and_train(SMALL_SPACE, synthetic, epochs=1, precision="float32")
+    finally:
+        keras.config.set_floatx("float32")
+    assert result["status"] == "ok", result.get("error")
+    assert {layer.compute_dtype for layer in model.layers if layer.weights} == {"float32"}
+
+
 def test_searched_networks_round_filters_and_hidden_units_up_to_multiples_of_8():
     def widths(space):
         layers = build_model(space).layers
