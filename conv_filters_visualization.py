@@ -16,7 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from precision import tensorflow_defaults
+from precision import tensorflow_defaults, use_one_gpu
 
 tensorflow_defaults()
 # The ascent takes its gradients with tf.GradientTape; a saved .keras model loads on any backend.
@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     if path.suffix not in (".keras", ".h5"):  # Keras would explain its SavedModel layer at length
         print(f"error: {path} is not a saved Keras model: give a .keras file (or a legacy .h5)", file=sys.stderr)
         return 2
+    if gpu_line := use_one_gpu():
+        print(gpu_line)
     import keras
 
     import fast_layers  # noqa: F401 -- registers the project's layers, which saved models hold

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from utils import SignalGuard
 
 from cli import plural, run, unsupported_backend  # noqa: E402
-from precision import tensorflow_defaults  # noqa: E402
+from precision import tensorflow_defaults, use_one_gpu  # noqa: E402
 from trial import Objective, report, trial_line  # noqa: E402
 
 tensorflow_defaults()
@@ -105,6 +105,8 @@ def main(argv=None) -> int:
         print(f"error: a search is already running on {args.results_dir}/ ({lock.holder}); "
               "wait for it to end or use another --results-dir", file=sys.stderr)
         return 2
+    if not args.spark_master and (gpu_line := use_one_gpu()):
+        print(gpu_line)
     guard = SignalGuard()
     try:
         return Search(args, guard).run()

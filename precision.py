@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 PRECISION_HELP = ("Keras dtype policy of training. auto: mixed_bfloat16 on a GPU of compute capability 8.0+ "
@@ -21,6 +23,32 @@ def tensorflow_defaults() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if platform.machine().lower() in ("x86_64", "amd64"):
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def nvidia_gpu_count() -> int:
+    """The NVIDIA GPUs that nvidia-smi lists, whatever CUDA_VISIBLE_DEVICES says; 0 without nvidia-smi, or where MIG
+    splits a GPU (CUDA_VISIBLE_DEVICES then names MIG instances, not GPU numbers)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    lines = listing.splitlines()
+    return 0 if any("MIG " in line for line in lines) else sum(line.startswith("GPU ") for line in lines)
+
+
+def use_one_gpu() -> str | None:
+    """Before a backend loads, in a process that runs one model at a time: where CUDA_VISIBLE_DEVICES is unset and
+    several GPUs are here, show the backend the first alone; the line that says so, else None.
+
+    Keras runs a model on one GPU, but both backends take most of the memory of every GPU they
+    see: a second search given GPU 1 would have found it full.
+    """
+    if "CUDA_VISIBLE_DEVICES" in os.environ or (gpus := nvidia_gpu_count()) < 2:
+        return None
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+    return f"{gpus} GPUs here, and Keras uses one: GPU 0 alone, the others left free (CUDA_VISIBLE_DEVICES=N picks GPU N)"
 
 
 def resolve_precision(precision: str = "auto") -> str:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults
+from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults, use_one_gpu
 
 if TYPE_CHECKING:
     from pruning import Progress
@@ -225,6 +225,8 @@ def main(argv=None) -> int:
         print(f"error: {path} has no 'space' to rebuild the network from", file=sys.stderr)
         return 2
     name = result.get("model_name") or path.name.removesuffix(".json").removesuffix(".txt")
+    if gpu_line := use_one_gpu():
+        print(gpu_line)
     # Ctrl-C and a scheduler's SIGTERM, from before TensorFlow and the data load: a signal is remembered, so
     # that one whose KeyboardInterrupt a library swallowed (rarely, and the retrain then went on) still stops it.
     guard = SignalGuard()

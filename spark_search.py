@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from precision import nvidia_gpu_count
+
 REPO = Path(__file__).resolve().parent
 # Shipped to every executor, so that workers need neither the repository nor a shared filesystem:
 # all of the project's modules, so that a new import cannot be forgotten here.
@@ -112,9 +114,9 @@ def prepare_worker(parallelism: int) -> None:
     threads = str(max(1, (os.cpu_count() or 1) // parallelism))
     os.environ.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=threads,
                       HYPEROPT_CNN_WORKER_READY="1")
-    if "CUDA_VISIBLE_DEVICES" in os.environ or not shutil.which("nvidia-smi"):
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
         return
-    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.count("GPU ")
+    gpus = nvidia_gpu_count()
     slots = -(-parallelism // gpus) if gpus else 0
     if slots > 1:
         # Trials share a GPU: each backend then takes memory as it needs it, not most of the GPU at once.

@@ -88,3 +88,15 @@ def can_become(uid: int) -> bool:
     """Whether a process of ours may switch to that user (root, with the capability a container may drop)."""
     become = f"import os; os.setgid({uid}); os.setuid({uid})"
     return os.geteuid() == 0 and subprocess.run([sys.executable, "-c", become], capture_output=True).returncode == 0
+
+
+FOUR_GPUS = "".join(f"GPU {i}: NVIDIA A100-SXM4-80GB (UUID: GPU-{i})\n" for i in range(4))
+
+
+def fake_nvidia_smi(tmp_path, monkeypatch, listing: str) -> None:
+    """This machine as one whose `nvidia-smi -L` lists `listing`, with CUDA_VISIBLE_DEVICES unset."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvidia-smi").write_text(f"#!/bin/sh\nprintf '%s' '{listing}'\n")
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import precision
-from conftest import REPO
+from conftest import FOUR_GPUS, REPO, fake_nvidia_smi
 
 
 def _cpuinfo(tmp_path, flags: str) -> str:
@@ -62,6 +62,26 @@ def test_a_machine_without_accelerators_reports_none_and_says_so():
 def test_the_hardware_line_names_the_gpus(monkeypatch):
     monkeypatch.setattr(precision, "accelerators", lambda: [("NVIDIA H100 80GB HBM3", (9, 0))] * 2)
     assert precision.describe_hardware() == "on 2 accelerators: NVIDIA H100 80GB HBM3"
+
+
+def test_on_a_machine_of_several_gpus_keras_takes_the_first_alone_and_says_so(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path, monkeypatch, FOUR_GPUS)
+    assert precision.use_one_gpu() == ("4 GPUs here, and Keras uses one: GPU 0 alone, the others left free "
+                                       "(CUDA_VISIBLE_DEVICES=N picks GPU N)")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+@pytest.mark.parametrize("listing, visible", [
+    ("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-a)\n", None),  # nothing else to leave free
+    (FOUR_GPUS + "  MIG 3g.40gb     Device  0: (UUID: MIG-a)\n", None),  # MIG instances are named, not numbered
+    (FOUR_GPUS, "2,3"),  # the user's choice
+])
+def test_one_gpu_or_the_users_choice_of_gpus_is_left_as_it_is(tmp_path, monkeypatch, listing, visible):
+    fake_nvidia_smi(tmp_path, monkeypatch, listing)
+    if visible:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert precision.use_one_gpu() is None
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
 
 
 def test_onednn_is_turned_on_for_x86_cpus_unless_the_user_chose(monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 
 import conv_filters_visualization as viz
 import retrain_best_with_tensorboard as retrain
-from conftest import REPO, SMALL_SPACE, swallow_a_signal_while_the_data_loads
+from conftest import FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from test_datasets import write_cifar100_archive
 from utils import load_json_result, save_json_result
 
@@ -380,6 +380,22 @@ def test_filter_images_have_the_grid_size_and_are_not_flat(retrained, tmp_path):
     assert viz.main(["--model", str(folder / "weights" / "model_0.2_aaaaa.keras"), "--max-filters", "16",
                      "--steps", "10", "--out", str(tmp_path), "--zoom", "1"]) == 0
     assert np.array_equal(matplotlib.image.imread(pngs[0]), image[::4, ::4])  # the same pixels, one for one
+
+
+@pytest.mark.slow
+def test_the_retrain_and_the_filters_take_the_first_of_several_gpus_alone(retrained, tmp_path, monkeypatch, capsys):
+    folder, _ = retrained
+    fake_nvidia_smi(tmp_path, monkeypatch, FOUR_GPUS)
+    assert viz.main(["--model", str(folder / "weights" / "model_0.2_aaaaa.keras"), "--max-filters", "1", "--steps", "1",
+                     "--out", str(tmp_path / "layers")]) == 0
+    assert "4 GPUs here, and Keras uses one: GPU 0 alone" in capsys.readouterr().out
+    assert os.environ.pop("CUDA_VISIBLE_DEVICES") == "0"
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
+                      "dataset": "mine.npz"}, tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main([]) == 2  # mine.npz is not here: it stops once it has said where it trains
+    assert "4 GPUs here, and Keras uses one: GPU 0 alone" in capsys.readouterr().out
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 @pytest.mark.slow

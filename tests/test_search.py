@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cli import plural
-from conftest import REPO, can_become, swallow_a_signal_while_the_data_loads
+from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import describe
 from utils import load_trials, save_trials
 
@@ -155,6 +155,14 @@ def test_a_broken_trials_pickle_is_refused_untouched(tmp_path, content, message)
     assert out.returncode == 2
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert (tmp_path / "results.pkl").read_bytes() == content
+
+
+def test_a_search_on_a_machine_of_several_gpus_trains_on_the_first_alone(tmp_path, monkeypatch, capsys):
+    fake_nvidia_smi(tmp_path, monkeypatch, FOUR_GPUS)
+    (tmp_path / "results.pkl").write_bytes(b"")  # so that it stops before the data loads
+    assert in_process(tmp_path, monkeypatch) == 2
+    assert "4 GPUs here, and Keras uses one: GPU 0 alone" in capsys.readouterr().out
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 @pytest.mark.slow
