@@ -105,7 +105,11 @@ def main(argv=None) -> int:
         print(f"error: a search is already running on {args.results_dir}/ ({lock.holder}); "
               "wait for it to end or use another --results-dir", file=sys.stderr)
         return 2
-    if not args.spark_master and (gpu_line := use_one_gpu()):
+    if args.spark_master:
+        from spark_search import spare_the_gpus_in_the_driver
+
+        spare_the_gpus_in_the_driver()
+    elif gpu_line := use_one_gpu():
         print(gpu_line)
     guard = SignalGuard()
     try:

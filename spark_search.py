@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parent
 PROJECT_MODULES = sorted(path.name for path in REPO.glob("*.py"))
 GPU_LOCKS = "/tmp/hyperopt-cnn-gpu-{index}-{slot}.lock"  # held by the worker that trains on that GPU, in that slot
 _worker_gpu_lock = None
+# Both backends' switches from taking most of every GPU's memory at start to taking it as needed.
+MEMORY_AS_NEEDED = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+DRIVER_SET = "HYPEROPT_CNN_DRIVER_SET"  # which of those the search's own process set for itself, not for its workers
 
 
 # What Spark takes as a master (https://spark.apache.org/docs/latest/submitting-applications.html#master-urls).
@@ -106,11 +109,20 @@ class Poller:
         self.save(self.trials)
 
 
+def spare_the_gpus_in_the_driver() -> None:
+    """Before the search's own process loads a backend: it trains nothing (its workers do), so it takes GPU memory
+    as it needs it (a model to draw), not most of every GPU, which the workers' trials would then lack."""
+    chosen = {name: value for name, value in MEMORY_AS_NEEDED.items() if name not in os.environ}
+    os.environ.update(chosen, **{DRIVER_SET: ",".join(chosen)})
+
+
 def prepare_worker(parallelism: int) -> None:
     """In a Spark worker: TensorFlow threads = its share of the cores; a GPU, shared evenly when trials outnumber GPUs."""
     global _worker_gpu_lock
     if "tensorflow" in sys.modules or os.environ.get("HYPEROPT_CNN_WORKER_READY"):
         return  # too late to change, or done already by this worker process
+    for name in filter(None, os.environ.pop(DRIVER_SET, "").split(",")):
+        os.environ.pop(name, None)  # inherited from the driver, as local workers are its children
     threads = str(max(1, (os.cpu_count() or 1) // parallelism))
     os.environ.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=threads,
                       HYPEROPT_CNN_WORKER_READY="1")
@@ -120,7 +132,7 @@ def prepare_worker(parallelism: int) -> None:
     slots = -(-parallelism // gpus) if gpus else 0
     if slots > 1:
         # Trials share a GPU: each backend then takes memory as it needs it, not most of the GPU at once.
-        os.environ.update(TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false")
+        os.environ.update(MEMORY_AS_NEEDED)
     for slot in range(slots):  # the first slot of every GPU, then the second...
         for index in range(gpus):
             lock = _open_lock(GPU_LOCKS.format(index=index, slot=slot))

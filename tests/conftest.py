@@ -50,6 +50,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
+@pytest.fixture(autouse=True)
+def environment_as_it_was():
+    """The environment each test started with, after it: a script's main run in-process sets variables for its own
+    process (a Spark search's memory settings), which would reach the later tests of this worker."""
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def synthetic():
     from datasets import load_dataset

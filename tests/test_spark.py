@@ -17,6 +17,7 @@ if not shutil.which("java"):
     pytest.skip("no Java runtime", allow_module_level=True)
 
 import hyperopt_optimize  # noqa: E402
+import spark_search  # noqa: E402
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
 QUICK = ["--dataset", "synthetic", "--space", "tiny", "--train-subset", "300", "--verbose", "0", "--no-plot",
@@ -120,6 +121,25 @@ def test_spark_workers_spread_over_the_gpus_and_share_them_only_when_trials_outn
         w.communicate("", timeout=60)
     assert sorted(c[0] for c in chosen) == devices
     assert all(c[1:] == (["true", "false"] if shared else ["None", "None"]) for c in chosen)
+
+
+def test_the_drivers_own_gpu_memory_settings_do_not_reach_its_workers(tmp_path, monkeypatch):
+    for name in ("TF_FORCE_GPU_ALLOW_GROWTH", "XLA_PYTHON_CLIENT_PREALLOCATE"):
+        monkeypatch.delenv(name, raising=False)
+    spark_search.spare_the_gpus_in_the_driver()  # as hyperopt_optimize.py does under Spark, before a backend loads
+    assert (os.environ["TF_FORCE_GPU_ALLOW_GROWTH"], os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"]) == ("true", "false")
+    worker = start_worker(tmp_path, 2)  # inherits this environment, as Spark's local workers do
+    assert chosen_gpu(worker) == ["0", "None", "None"]  # a GPU of its own, all of whose memory its backend may take
+    worker.communicate("", timeout=60)
+
+
+def test_memory_settings_of_the_users_own_reach_the_workers(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    spark_search.spare_the_gpus_in_the_driver()
+    worker = start_worker(tmp_path, 2)
+    assert chosen_gpu(worker) == ["0", "true", "None"]
+    worker.communicate("", timeout=60)
 
 
 @pytest.mark.skipif(not (can_become(60001) and can_become(60002)), reason="plays two users, which needs root")
