@@ -244,14 +244,15 @@ def read_cifar_archive(archive: str | os.PathLike, name: str = "cifar100"):
     try:
         # "r:gz", the official format: auto-detection would list one failure per compression.
         with tempfile.TemporaryDirectory() as tmp, tarfile.open(archive, "r:gz") as tar:
-            # The batches alone, by name, "./" or not; Python's extraction filters where it has them (from
-            # 3.11.4: Debian 12's 3.11.2 lacks them).
-            members = {os.path.normpath(member.name): member for member in tar.getmembers()}
-            wanted = [file for files in CIFAR_BATCHES[name] for file in files]
-            if missing := [file for file in wanted if file not in members]:
+            # The batches alone, by name, "./" or not, in one pass through the stream; Python's extraction
+            # filters where it has them (from 3.11.4: Debian 12's 3.11.2 lacks them).
+            missing = [file for files in CIFAR_BATCHES[name] for file in files]
+            for member in tar:
+                if (file := os.path.normpath(member.name)) in missing:
+                    tar.extract(member, tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+                    missing.remove(file)
+            if missing:
                 raise DatasetError(f"it lacks {', '.join(missing)}")
-            tar.extractall(tmp, members=[members[file] for file in wanted],
-                           **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
             arrays = []
             for files in CIFAR_BATCHES[name]:
                 paths = [os.path.join(tmp, file) for file in files]

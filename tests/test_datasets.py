@@ -172,10 +172,12 @@ def test_where_home_cannot_be_written_cifar_is_looked_for_where_keras_keeps_it_t
 
 def test_cifar100_archive_reads_on_a_python_without_tar_extraction_filters(tmp_path, monkeypatch):
     # As on Debian 12's Python 3.11.2: tarfile's extraction filters came with 3.11.4.
-    extractall = tarfile.TarFile.extractall
+    methods = {name: getattr(tarfile.TarFile, name) for name in ("extract", "extractall")}
     monkeypatch.delattr(tarfile, "data_filter", raising=False)
-    monkeypatch.setattr(tarfile.TarFile, "extractall",
-                        lambda self, path=".", members=None, *, numeric_owner=False: extractall(self, path, members))
+    monkeypatch.setattr(tarfile.TarFile, "extract", lambda self, member, path="", set_attrs=True, *, numeric_owner=False:
+                        methods["extract"](self, member, path, set_attrs))
+    monkeypatch.setattr(tarfile.TarFile, "extractall", lambda self, path=".", members=None, *, numeric_owner=False:
+                        methods["extractall"](self, path, members))
     write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
     assert len(load_dataset("cifar100", data_dir=str(tmp_path)).x_test) == 60
 
