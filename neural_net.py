@@ -186,6 +186,19 @@ def default_steps_per_execution() -> int:
     return 8 if keras.backend.backend() == "tensorflow" else 1
 
 
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar (`verbose=1`), counting an epoch's last call of several steps as the steps it ran.
+
+    Keras counts every call as `steps_per_execution` steps: an epoch of 10 steps at 8 a call ended
+    at "16/10", with a negative time left (keras-team/keras#20861).
+    """
+
+    async_safe = True  # as Keras's own progress bar, which it dispatches asynchronously
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        super().on_train_batch_end(min(batch, self.target - 1) if self.target else batch, logs)
+
+
 class Batches(keras.utils.PyDataset):
     """Batches gathered from the uint8 arrays on the fly, reshuffled every epoch.
 
@@ -287,7 +300,7 @@ def build_and_train(
             history = model.fit(
                 train, epochs=epochs, verbose=verbose,
                 validation_data=batches(data, "val", evaluation),
-                callbacks=trial_callbacks(epochs, patience, callbacks, before),
+                callbacks=trial_callbacks(epochs, patience, callbacks, before) + ([ProgressBar()] if verbose == 1 else []),
             ).history
         earlier = before.history if before else {}
         history = {key: earlier.get(key, []) + [float(v) for v in history.get(key, [])] for key in earlier | history}

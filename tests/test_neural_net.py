@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -310,6 +311,14 @@ def test_tensorflow_fuses_8_training_steps_per_call_and_jax_runs_one(synthetic, 
     # Keras's JAX trainer would only loop over the steps in Python: nothing to fuse.
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     assert neural_net.default_steps_per_execution() == 1
+
+
+def test_the_progress_bar_ends_each_epoch_at_the_steps_it_has(synthetic, capsys):
+    # 1,800 images at batch 30: 60 steps an epoch, in calls of 8 steps, the last one of 4.
+    model, result = build_and_train({**SMALL_SPACE, "batch_size": 30}, synthetic, epochs=1, verbose=1)
+    assert result["status"] == "ok" and model.steps_per_execution == 8
+    counts = re.findall(r"(\d+)/60\b", capsys.readouterr().out)
+    assert counts[-1] == "60" and max(map(int, counts)) == 60, counts
 
 
 def test_training_batches_are_full_and_each_epoch_leaves_out_other_images():
