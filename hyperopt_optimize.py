@@ -225,7 +225,7 @@ class Search:
 
         args = self.args
         if parallelism:
-            from spark_search import Poller, SparkUnavailable, make_trials
+            from spark_search import Poller, SparkUnavailable, broadcast, make_trials
 
             print(f"Running up to {parallelism} trials at once on Spark ({args.spark_master})")
             try:
@@ -233,6 +233,7 @@ class Search:
             except SparkUnavailable as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
+            self.objective.data = broadcast(self.data)
             poller = Poller(self.trials, lambda trials: self.stop_reason if self.after_trials(trials)[0] else None)
         else:
             self.trials, poller = finished, None

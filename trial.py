@@ -22,7 +22,8 @@ class Objective:
     """Train one sampled network; hyperopt minimises the returned `loss`.
 
     Picklable, so that Spark can ship it to a worker when a trial starts: `finished_curves` is
-    then a snapshot of the finished trials known at that moment (for median pruning).
+    then a snapshot of the finished trials known at that moment (for median pruning), and `data`
+    Spark's broadcast of the dataset, which each executor fetches once.
     """
 
     def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
@@ -36,10 +37,12 @@ class Objective:
         self.enqueued: list[tuple[dict, str]] = []  # (point, --enqueue's name for it), to label its trial
 
     def __call__(self, space: dict) -> dict:
+        data = self.data
         if self.parallelism:
             from spark_search import prepare_worker
 
             prepare_worker(self.parallelism)
+            data = self.data.value
         import keras
 
         from hyperspace import describe
@@ -51,10 +54,10 @@ class Objective:
         label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
         if name := next((name for point, name in self.enqueued if point == space), None):
             label += f" (--enqueue {name})"
-        report(f"{label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=self.data.has_coarse)}")
+        report(f"{label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=data.has_coarse)}")
         callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
         model, result = build_and_train(
-            space, self.data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
+            space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
             verbose=s["verbose"], precision=s["precision"],
             seed=weights_seed(s["seed"], space),
         )

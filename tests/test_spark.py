@@ -42,6 +42,22 @@ def test_local_2_continues_a_sequential_search_two_trials_at_a_time(tmp_path):
     assert len(list((tmp_path / "results").glob("model_*.txt.json"))) == 4
 
 
+@pytest.mark.slow
+def test_a_trials_task_carries_the_dataset_by_reference_as_spark_sends_each_executor_it_once(tmp_path, monkeypatch):
+    import hyperopt
+    from pyspark import cloudpickle  # the copy that pickles Spark's tasks
+
+    from datasets import load_dataset
+
+    tasks = []
+    monkeypatch.setattr(hyperopt, "fmin", lambda fn, *args, **kwargs: tasks.append(cloudpickle.dumps(fn)))
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "1", "--spark-master", "local[2]"]) == 0
+    data = load_dataset("synthetic", train_subset=300)
+    dataset_bytes = sum(getattr(data, f"x_{split}").nbytes for split in ("train", "val", "test"))
+    assert dataset_bytes > 3_000_000 and len(tasks[0]) < 50_000  # the objective as each trial's task carries it
+
+
 class ExplodingObjective(hyperopt_optimize.Objective):
     """A worker whose trial dies with an exception (a crash, not a NaN)."""
 
