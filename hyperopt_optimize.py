@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         from spark_search import MASTER_URL
 
         if not MASTER_URL.fullmatch(args.spark_master):
-            parser.error(f"--spark-master {args.spark_master}: not a Spark master; local[P], spark://HOST:PORT, k8s://... or yarn")
+            parser.error(f"--spark-master {args.spark_master}: not a Spark master; local[P] (P at least 1), spark://HOST:PORT, k8s://... or yarn")
     if args.startup_trials is not None and args.algo != "tpe":
         parser.error("--startup-trials is TPE's: --algo random draws every trial at random")
     if args.parallelism and not args.spark_master:

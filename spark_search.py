@@ -27,7 +27,8 @@ DRIVER_SET = "HYPEROPT_CNN_DRIVER_SET"  # which of those the search's own proces
 
 
 # What Spark takes as a master (https://spark.apache.org/docs/latest/submitting-applications.html#master-urls).
-MASTER_URL = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|(spark|k8s)://\S+|yarn")
+# local[0] is not one: Spark refuses it, and its parallelism of 0 would have run the search without Spark.
+MASTER_URL = re.compile(r"local(\[([1-9]\d*|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|(spark|k8s)://\S+|yarn")
 
 
 class SparkUnavailable(Exception):

@@ -50,6 +50,7 @@ def test_help_explains_every_option_and_states_each_default_once(script):
     ("hyperopt_optimize.py", ["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
     ("hyperopt_optimize.py", ["--max-evals", "1.5"], "argument --max-evals: invalid int value: '1.5'"),
     ("hyperopt_optimize.py", ["--spark-master", "localhost:7077"], "--spark-master localhost:7077: not a Spark master"),
+    ("hyperopt_optimize.py", ["--spark-master", "local[0]"], "--spark-master local[0]: not a Spark master"),
     ("hyperopt_optimize.py", ["--parallelism", "4"], "--parallelism runs trials at once on Spark: give --spark-master too"),
     ("hyperopt_optimize.py", ["--seed", "-1"], "argument --seed: must be between 0 and 4294967295, got -1"),
     ("retrain_best_with_tensorboard.py", ["--seed", str(2**32)], "argument --seed: must be between 0 and 4294967295"),
