@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--spark-master", default=None,
                         help="run trials in parallel on Spark: local[P] on this machine, or spark://host:7077 (needs pyspark, Java 17+)")
-    parser.add_argument("--parallelism", type=at_least(1), default=None, help="trials at once under Spark (default: P of local[P], else 2)")
+    parser.add_argument("--parallelism", type=at_least(1), default=None, help="trials at once under Spark (default: P of local[P], 1 of local, else 2)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the results folder's model_demo.png and model_best.png")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     args = parser.parse_args(argv)

@@ -55,11 +55,11 @@ def check_requirements() -> None:
 
 
 def parallelism_of(master: str, requested: int | None) -> int:
-    """--parallelism, else P of local[P], else 2."""
+    """--parallelism, else the threads of local[P] (P; local alone: 1), else 2."""
     if requested:
         return requested
-    match = re.fullmatch(r"local\[(\d+)\]", master)
-    return int(match.group(1)) if match else 2
+    match = re.fullmatch(r"local(?:\[(\d+)(?:,\d+)?\])?", master)
+    return int(match.group(1) or 1) if match else 2
 
 
 def make_trials(master: str, parallelism: int, finished_docs: list[dict]):

@@ -29,6 +29,14 @@ def run_cli(tmp_path, *args):
                           timeout=600)
 
 
+@pytest.mark.parametrize("master, requested, trials_at_once", [
+    ("local[4]", None, 4), ("local[3,2]", None, 3), ("local", None, 1), ("local[*]", None, 2),
+    ("spark://host:7077", None, 2), ("local[4]", 8, 8),
+])
+def test_trials_at_once_are_the_local_masters_threads_unless_parallelism_says(master, requested, trials_at_once):
+    assert spark_search.parallelism_of(master, requested) == trials_at_once
+
+
 @pytest.mark.slow
 def test_local_2_continues_a_sequential_search_two_trials_at_a_time(tmp_path):
     assert run_cli(tmp_path, "--max-evals", "1").returncode == 0
