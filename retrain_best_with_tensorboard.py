@@ -224,6 +224,13 @@ def main(argv=None) -> int:
     if not isinstance(result, dict) or not isinstance(result.get("space"), dict):
         print(f"error: {path} has no 'space' to rebuild the network from", file=sys.stderr)
         return 2
+    from hyperspace import SEED_BEST_SPACE
+
+    # Every point of the spaces has the 2017 best's hyperparameters: one without them (a file edited by hand)
+    # would fail to build after its run's folders were made, and be called resumable.
+    if missing := sorted(set(SEED_BEST_SPACE) - set(result["space"])):
+        print(f"error: {path}'s space lacks {', '.join(missing)}: not a network of the search", file=sys.stderr)
+        return 2
     name = result.get("model_name") or path.name.removesuffix(".json").removesuffix(".txt")
     if gpu_line := use_one_gpu():
         print(gpu_line)

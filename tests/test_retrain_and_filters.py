@@ -246,6 +246,15 @@ def test_retrain_of_a_result_without_a_network_exits_2(tmp_path, monkeypatch, ca
     assert capsys.readouterr().err == "error: r.txt.json has no 'space' to rebuild the network from\n"
 
 
+def test_retrain_of_a_network_lacking_hyperparameters_exits_2_before_it_makes_its_folders(tmp_path, monkeypatch, capsys):
+    (tmp_path / "r.txt.json").write_text(json.dumps({"loss": -0.5, "dataset": "synthetic",
+                                                     "space": {k: v for k, v in SMALL_SPACE.items() if k != "batch_size"}}))
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--result", "r.txt.json"]) == 2
+    assert capsys.readouterr().err == "error: r.txt.json's space lacks batch_size: not a network of the search\n"
+    assert not (tmp_path / "TensorBoard").exists() and not (tmp_path / "weights").exists()
+
+
 def test_a_result_whose_npz_is_not_here_asks_for_its_path(tmp_path, monkeypatch, capsys):
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
                       "dataset": "mine.npz"}, tmp_path / "results")  # as a search on --dataset /data/mine.npz records it
