@@ -138,11 +138,13 @@ def convergence(rows: list[dict], split: str):
             best = max(best, r["fine_accuracy"])
         curve.append(best if np.isfinite(best) else np.nan)
     ax.step([r["trial"] for r in rows], curve, where="post", label="best so far")
+    # Each kind of trial marked and in the legend only where the search has one: a "pruned" entry would say it pruned.
     for label, marker, size, kept in (("trial", "o", 14, False), ("pruned", "v", 20, True)):
-        shown = [r for r in rows if r["fine_accuracy"] is not None and r["pruned"] == kept]
-        ax.scatter([r["trial"] for r in shown], [r["fine_accuracy"] for r in shown], s=size, marker=marker, label=label)
-    failed = [r["trial"] for r in rows if r["fine_accuracy"] is None]
-    ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
+        if shown := [r for r in rows if r["fine_accuracy"] is not None and r["pruned"] == kept]:
+            ax.scatter([r["trial"] for r in shown], [r["fine_accuracy"] for r in shown], s=size, marker=marker,
+                       label=label)
+    if failed := [r["trial"] for r in rows if r["fine_accuracy"] is None]:
+        ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
     ax.set_xlabel("trial")
     ax.set_ylabel(f"{split} fine accuracy")
     ax.legend()

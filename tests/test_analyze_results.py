@@ -318,3 +318,13 @@ def test_the_scatter_matrix_places_categories_in_order_and_marks_them_with_their
     assert [t.get_text() for t in axes[1][3].get_yticklabels()] == ["none", "3", "4"]  # a nested choice's None
     # Accuracy against activation: relu's trials at 1, elu's at 0.
     assert axes[3][0].collections[0].get_offsets().tolist() == [[1, 0.3], [0, 0.2], [1, 0.1]]
+
+
+@pytest.mark.parametrize("pruned, accuracies, legend", [
+    ([False, False], [0.3, 0.4], ["best so far", "trial"]),
+    ([False, True, False], [0.3, 0.1, None], ["best so far", "trial", "pruned", "failed"]),
+])
+def test_the_convergence_legend_names_only_the_kinds_of_trial_the_search_had(pruned, accuracies, legend):
+    rows = [{"trial": i, "fine_accuracy": acc, "pruned": p} for i, (acc, p) in enumerate(zip(accuracies, pruned))]
+    fig = analysis_plots.convergence(rows, "validation")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == legend
