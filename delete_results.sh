@@ -53,7 +53,7 @@ if [[ -f "$lock" ]] && command -v flock >/dev/null; then
 fi
 if [[ "$yes" != true ]]; then
   if [[ -z "$dir" ]]; then
-    echo "This deletes: ${targets[*]}"
+    echo "This deletes in $PWD/: ${targets[*]}"  # the script's folder, which need not be the one it was run from
   else
     echo "This deletes ${#results[@]} result file(s) in $dir/$([[ -f "$pickle" ]] && echo " and $pickle")"
   fi
@@ -68,7 +68,7 @@ if [[ -z "$dir" ]]; then
   for folder in results TensorBoard weights layers; do
     mkdir -p "$folder" && touch "$folder/.gitkeep"
   done
-  echo "Deleted; empty results/, TensorBoard/, weights/ and layers/ recreated."
+  echo "Deleted; empty results/, TensorBoard/, weights/ and layers/ recreated in $PWD/."
 else
   rmdir "$dir" 2>/dev/null || true
   echo "Deleted the search in $dir/ (${#results[@]} result file(s))."

@@ -120,3 +120,15 @@ def test_a_running_search_in_a_named_folder_is_not_deleted(tmp_path):
         lock.release()
     assert out.returncode == 1 and "a search is running on c/" in out.stderr
     assert (tmp_path / "c/model_0.7_12345.txt.json").exists()
+
+
+def test_run_from_another_folder_it_names_the_scripts_folder_whose_results_it_deletes(tmp_path):
+    make_project(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "results").mkdir(parents=True)
+    (elsewhere / "results.pkl").write_text("x")
+    out = subprocess.run(["bash", str(tmp_path / "delete_results.sh")], cwd=elsewhere, input="y\n", capture_output=True,
+                         text=True)
+    assert out.stdout.startswith(f"This deletes in {tmp_path}/: results results.pkl TensorBoard weights layers analysis\n")
+    assert out.stdout.endswith(f"recreated in {tmp_path}/.\n")
+    assert not (tmp_path / "results.pkl").exists() and (elsewhere / "results.pkl").exists()
