@@ -250,7 +250,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
     """Load the data, claim the run (a new one, or the interrupted one to resume), train it; the exit status."""
     from datasets import DatasetError, load_dataset
     from precision import resolve_precision
-    from utils import setting
+    from utils import make_folder, setting
 
     dataset = args.dataset or result.get("dataset_file") or setting(result, "dataset") or "cifar100"
     select_on = args.select_on or setting(result, "selected_on") or "validation"
@@ -268,7 +268,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
                 "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}
     guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
     try:
-        Path(WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
+        make_folder(WEIGHTS_DIR)
         run, lock, resuming = claim_run(name, settings)
     except OSError as err:
         print(f"error: cannot write the logs and the model: {err}", file=sys.stderr)

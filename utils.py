@@ -6,6 +6,7 @@ And the signal guard that keeps a save from being cut in half.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -128,9 +129,17 @@ def replacing(path: str | os.PathLike, suffix: str = ".tmp"):
             os.close(dir_fd)
 
 
+def make_folder(folder: str | os.PathLike) -> None:
+    """Make the folder and its parents where missing; a file in its place is "Not a directory", not "File exists"."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
+
+
 def check_writable(folder: str | os.PathLike) -> None:
     """Make the folder and a file in it, removed at once: an OSError now rather than when hours of work are due there."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     # A folder that cannot be written may still hold a writable file (a search's lock), so only a new file tells.
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check."):
@@ -310,7 +319,7 @@ class RunLock:
     def acquire(self) -> bool:
         """Take the lock; False if another live process holds it (True, with a warning, where files cannot be locked)."""
         self._made_folders = [f for f in (self.path.parent, *self.path.parent.parents) if not f.is_dir()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path.parent)
         self._file = open(self.path, "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -449,15 +449,17 @@ def test_gradient_ascent_raises_the_filters_activation(retrained, layer):
     assert (trace[-1][alive] > trace[0][alive]).all()
 
 
-@pytest.mark.parametrize("taken", ["weights", "TensorBoard"])
-def test_retrain_where_logs_or_model_cannot_be_written_exits_2_before_training(tmp_path, monkeypatch, capsys, taken):
+@pytest.mark.parametrize("taken, folder", [("weights", "weights"), ("TensorBoard", "TensorBoard/model_0.2_aaaaa")])
+def test_retrain_where_logs_or_model_cannot_be_written_exits_2_before_training(tmp_path, monkeypatch, capsys, taken,
+                                                                                folder):
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
                       "dataset": "synthetic"}, tmp_path / "results")
     (tmp_path / taken).write_text("")  # a file where the folder should be
     monkeypatch.chdir(tmp_path)
     assert retrain.main(["--train-subset", "300"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: cannot write the logs and the model:") and "Retraining" not in captured.out
+    assert captured.err == f"error: cannot write the logs and the model: [Errno 20] Not a directory: '{folder}'\n"
+    assert "Retraining" not in captured.out
 
 
 def test_visualization_of_a_torn_model_another_file_or_layers_that_cannot_be_climbed_exits_2(tmp_path, capsys):

@@ -476,12 +476,15 @@ def test_results_whose_trials_pickle_is_elsewhere_are_refused_untouched(tmp_path
     assert "Resuming: 1 trial," in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("where", [["--results-dir", "a_file/results"], ["--trials-file", "a_file/results.pkl"]])
-def test_a_results_location_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys, where):
+@pytest.mark.parametrize("where, folder", [(["--results-dir", "a_file/results"], "a_file/results"),
+                                           (["--results-dir", "a_file"], "a_file"),
+                                           (["--trials-file", "a_file/results.pkl"], "a_file")])
+def test_a_results_location_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys, where,
+                                                                               folder):
     (tmp_path / "a_file").write_text("")
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1", *where) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: cannot write the results there:") and len(captured.err.splitlines()) == 1
+    assert captured.err == f"error: cannot write the results there: [Errno 20] Not a directory: '{folder}'\n"
     assert "training" not in captured.out
 
 
