@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     if problem := unsupported_backend() or source_problem(args.dataset, args.data_dir):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    lock = RunLock(args.results_dir)
+    lock = RunLock(args.results_dir, Path(args.trials_file).parent)
     try:
         # Where results cannot be written, stop before any training.
         locked = lock.acquire()

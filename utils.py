@@ -311,14 +311,17 @@ def save_trials(trials, path: str | os.PathLike) -> None:
 class RunLock:
     """An exclusive lock on a results folder; the OS releases it when the process dies."""
 
-    def __init__(self, results_dir: str | os.PathLike):
+    def __init__(self, results_dir: str | os.PathLike, *other_folders: str | os.PathLike):
+        """`other_folders`: the run's others (its trials pickle's), which go with the folder if the run made them empty."""
         self.path = Path(results_dir) / ".search.lock"
+        self.folders = [self.path.parent, *map(Path, other_folders)]
         self._file = None
         self._made_folders = []
 
     def acquire(self) -> bool:
         """Take the lock; False if another live process holds it (True, with a warning, where files cannot be locked)."""
-        self._made_folders = [f for f in (self.path.parent, *self.path.parent.parents) if not f.is_dir()]
+        missing = {f for folder in self.folders for f in (folder, *folder.parents) if not f.is_dir()}
+        self._made_folders = sorted(missing, key=lambda f: len(f.absolute().parts), reverse=True)  # innermost first
         make_folder(self.path.parent)
         self._file = open(self.path, "a+")
         try:
@@ -345,8 +348,9 @@ class RunLock:
                 with contextlib.suppress(OSError):
                     if os.listdir(self.path.parent) == [self.path.name]:
                         self.path.unlink()
-                        for folder in self._made_folders:  # innermost first; stops at one that holds something
-                            folder.rmdir()
+                for folder in self._made_folders:  # one that holds something stays, and its parents with it
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
             self._file.close()  # which lets go of the lock
             self._file = None
 

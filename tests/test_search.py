@@ -292,9 +292,9 @@ def test_a_resume_after_trials_that_finished_out_of_order_saves_every_new_trial(
 def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--enqueue", "2017-best") == 2
     assert capsys.readouterr().err.startswith("error: --enqueue 2017-best (--space tiny): lr_rate_mult 0.65")
-    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--enqueue", "best") == 2
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--enqueue", "best", "--trials-file", "p/r.pkl") == 2
     assert capsys.readouterr().err == "error: --enqueue best: neither 2017-best, demo nor a result file\n"
-    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "results").exists() and not (tmp_path / "p").exists()
 
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--results-dir", "a", "--seed", "1") == 0
     [earlier] = (tmp_path / "a").glob("model_*.txt.json")

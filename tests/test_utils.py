@@ -134,6 +134,21 @@ def test_truncated_trials_pickle_is_reported(tmp_path):
         load_trials(path)
 
 
+def test_a_run_lock_removes_the_folders_it_made_for_a_run_that_left_them_empty(tmp_path):
+    lock = RunLock(tmp_path / "runs" / "a", tmp_path / "pickles" / "deep", tmp_path / "runs")
+    assert lock.acquire()
+    (tmp_path / "pickles" / "deep").mkdir(parents=True)  # as the search's write check makes it
+    lock.release()
+    assert list(tmp_path.iterdir()) == []
+
+    lock = RunLock(tmp_path / "runs" / "a", tmp_path / "pickles")
+    assert lock.acquire()
+    (tmp_path / "pickles").mkdir()
+    (tmp_path / "pickles" / "a.pkl").write_text("x")
+    lock.release()
+    assert [p.name for p in tmp_path.iterdir()] == ["pickles"]
+
+
 def test_run_lock_is_exclusive_and_released(tmp_path):
     first, second = RunLock(tmp_path), RunLock(tmp_path)
     assert first.acquire()
