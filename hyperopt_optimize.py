@@ -93,10 +93,10 @@ def main(argv=None) -> int:
         return 2
     lock = RunLock(args.results_dir, Path(args.trials_file).parent)
     try:
-        # Where results cannot be written, stop before any training.
-        locked = lock.acquire()
-        for folder in (args.results_dir, Path(args.trials_file).parent):
-            check_writable(folder)
+        # Where results cannot be written, stop before any training (and before making any folder, if another search runs).
+        if locked := lock.acquire():
+            for folder in (args.results_dir, Path(args.trials_file).parent):
+                check_writable(folder)
     except OSError as err:
         lock.release()
         print(f"error: cannot write the results there: {err}", file=sys.stderr)

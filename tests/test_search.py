@@ -203,6 +203,19 @@ def in_process(tmp_path, monkeypatch, *args):
     return hyperopt_optimize.main([*QUICK, "--epochs", "1", *args])
 
 
+def test_a_search_on_a_folder_another_search_holds_is_refused_before_it_makes_a_folder(tmp_path, monkeypatch, capsys):
+    from utils import RunLock
+
+    running = RunLock(tmp_path / "results")
+    assert running.acquire()
+    try:
+        assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--trials-file", "p/r.pkl") == 2
+    finally:
+        running.release()
+    assert capsys.readouterr().err.startswith(f"error: a search is already running on results/ (pid {os.getpid()})")
+    assert not (tmp_path / "p").exists()
+
+
 def test_trials_that_drew_the_same_name_keep_a_result_file_each(tmp_path, monkeypatch):
     import neural_net
 
