@@ -91,11 +91,12 @@ def main(argv=None) -> int:
     if problem := unsupported_backend() or source_problem(args.dataset, args.data_dir):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    lock = RunLock(args.results_dir, Path(args.trials_file).parent)
+    pickle_folder = Path(args.trials_file).parent
+    lock = RunLock(args.results_dir, pickle_folder)
     try:
         # Where results cannot be written, stop before any training (and before making any folder, if another search runs).
         if locked := lock.acquire():
-            for folder in (args.results_dir, Path(args.trials_file).parent):
+            for folder in (args.results_dir, pickle_folder):
                 check_writable(folder)
     except OSError as err:
         lock.release()
