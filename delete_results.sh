@@ -5,7 +5,7 @@
 set -euo pipefail
 usage="Usage: ./delete_results.sh [-y] [RESULTS_DIR]
   Without RESULTS_DIR: removes results/, results.pkl, TensorBoard/, weights/, layers/ and analysis/
-  beside this script, then recreates the empty folders.
+  beside this script, then recreates the empty folders; refuses while a search or a retrain runs.
   With RESULTS_DIR (a search's --results-dir): removes its result files, its model plots and its
   trials pickle (RESULTS_DIR.pkl), and the folder if nothing else is left in it.
   -y: do not ask first."
@@ -22,35 +22,44 @@ for arg in "$@"; do
 done
 if [[ -z "$dir" ]]; then
   cd "$(dirname "$0")"
-  lock=results/.search.lock
+  # A search's lock, and each retrain's, on its backup folder (retrain_best_with_tensorboard.claim_run).
+  shopt -s nullglob
+  locks=(results/.search.lock weights/*.backup/.search.lock)
+  shopt -u nullglob
   targets=(results results.pkl TensorBoard weights layers analysis)
 else
   # Only what a search writes there, so that a mistyped folder loses nothing else.
-  lock=$dir/.search.lock
+  locks=("$dir/.search.lock")
   # Its pickle is named as utils.trials_file_for names it: runs/a -> runs/a.pkl; "." after the folder.
   case "$(basename "$dir")" in .|..) pickle=$(cd "$dir" && pwd).pkl ;; *) pickle=$dir.pkl ;; esac
   shopt -s nullglob
   results=("$dir"/model_*.txt.json)
   targets=("${results[@]}" "$dir"/.model_*.tmp "$dir"/model_demo.png "$dir"/model_best.png)
   shopt -u nullglob
-  [[ -f "$lock" ]] && targets+=("$lock")
+  [[ -f "${locks[0]}" ]] && targets+=("${locks[0]}")
   [[ -f "$pickle" ]] && targets+=("$pickle")
   if ((${#results[@]} == 0)) && [[ ! -f "$pickle" ]]; then
     echo "error: ${dir%/}/ holds no search results and there is no $pickle; nothing to delete" >&2
     exit 2
   fi
 fi
-# A running search holds this lock (see utils.RunLock) and would write its trials back.
-if [[ -f "$lock" ]] && command -v flock >/dev/null; then
+# A running search or retrain holds its lock (see utils.RunLock) and would write into what is deleted.
+for lock in "${locks[@]}"; do
+  [[ -f "$lock" ]] && command -v flock >/dev/null || continue
+  if [[ -z "$dir" && "$lock" == weights/* ]]; then
+    running="a retrain of $(basename "$(dirname "$lock")" .backup) is running"
+  else
+    running="a search is running on ${dir:-results}/"
+  fi
   held=0
   flock -n -E 75 "$lock" true 2>/dev/null || held=$?
   if ((held == 75)); then
-    echo "error: a search is running on ${dir:-results}/ ($(cat "$lock")); stop it first (Ctrl-C), then rerun" >&2
+    echo "error: $running ($(cat "$lock")); stop it first (Ctrl-C), then rerun" >&2
     exit 1
   elif ((held)); then  # a filesystem without file locks (Lustre mounted noflock), where a search takes none either
-    echo "warning: cannot tell whether a search is running on ${dir:-results}/: its filesystem has no file locks" >&2
+    echo "warning: cannot tell whether $running: its filesystem has no file locks" >&2
   fi
-fi
+done
 if [[ "$yes" != true ]]; then
   if [[ -z "$dir" ]]; then
     echo "This deletes in $PWD/: ${targets[*]}"  # the script's folder, which need not be the one it was run from

@@ -47,6 +47,26 @@ def test_a_running_search_is_not_deleted_from_under_it(tmp_path):
     assert not (tmp_path / "results.pkl").exists()  # once the search has stopped
 
 
+def test_a_running_retrain_is_not_deleted_from_under_it_and_an_interrupted_one_is(tmp_path):
+    from utils import RunLock
+
+    make_project(tmp_path)
+    backup = tmp_path / "weights" / "m.backup"  # where a retrain keeps its lock and what resuming needs
+    backup.mkdir()
+    (backup / "settings.json").write_text("{}")
+    lock = RunLock(backup)
+    assert lock.acquire()
+    try:
+        out = subprocess.run(["bash", "delete_results.sh", "-y"], cwd=tmp_path, capture_output=True, text=True)
+    finally:
+        lock.release()
+    assert out.returncode == 1 and out.stderr.startswith("error: a retrain of m is running (pid ")
+    assert (tmp_path / "weights/m.keras").exists() and (tmp_path / "results.pkl").exists()
+    assert (backup / ".search.lock").exists()  # as a retrain that was interrupted leaves it, free
+    subprocess.run(["bash", "delete_results.sh", "-y"], cwd=tmp_path, check=True, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [".gitkeep"]
+
+
 def test_where_files_cannot_be_locked_it_warns_that_it_cannot_tell_a_running_search_and_deletes(tmp_path):
     make_project(tmp_path)
     (tmp_path / "results" / ".search.lock").write_text("pid 1")
