@@ -217,8 +217,13 @@ def main(argv=None) -> int:
         print(f"error: {args.result} is not a result file of the search: not JSON ({err})", file=sys.stderr)
         return 2
     if picked is None:
-        print(f"error: no result to retrain in {args.results_dir}/; run hyperopt_optimize.py first or pass --result FILE",
-              file=sys.stderr)
+        # A search whose every trial failed (out of memory, say) has run: it is not to be run "first".
+        if failed := len(list(Path(args.results_dir).glob("model_failed_*.json"))):
+            print(f"error: no finished trial to retrain in {args.results_dir}/: its {failed} failed (their result files "
+                  "say why); pass --result FILE to retrain one of them anyway", file=sys.stderr)
+        else:
+            print(f"error: no result to retrain in {args.results_dir}/; run hyperopt_optimize.py first or pass --result FILE",
+                  file=sys.stderr)
         return 2
     path, result = picked
     if not isinstance(result, dict) or not isinstance(result.get("space"), dict):

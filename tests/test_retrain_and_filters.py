@@ -15,6 +15,7 @@ import pytest
 import conv_filters_visualization as viz
 import retrain_best_with_tensorboard as retrain
 from conftest import FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
+from neural_net import failure
 from test_datasets import write_cifar100_archive
 from utils import load_json_result, save_json_result
 
@@ -329,7 +330,17 @@ def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, mo
 def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert retrain.main([]) == 2
-    assert "no result to retrain" in capsys.readouterr().err
+    assert "no result to retrain in results/; run hyperopt_optimize.py first" in capsys.readouterr().err
+
+
+def test_retrain_of_a_search_whose_trials_all_failed_says_so_rather_than_to_run_one(tmp_path, monkeypatch, capsys):
+    for _ in range(2):
+        save_json_result(failure(SMALL_SPACE, None, MemoryError("out of memory")), tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main([]) == 2
+    assert capsys.readouterr().err == ("error: no finished trial to retrain in results/: its 2 failed (their result files "
+                                       "say why); pass --result FILE to retrain one of them anyway\n")
+    assert not (tmp_path / "weights").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
