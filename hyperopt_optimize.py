@@ -113,10 +113,15 @@ def main(argv=None) -> int:
     elif gpu_line := use_one_gpu():
         print(gpu_line)
     guard = SignalGuard()
+    search = Search(args, guard)
     try:
-        return Search(args, guard).run()
+        return search.run()
     except KeyboardInterrupt:
-        print("\nInterrupted before the search started; nothing was changed.", file=sys.stderr)
+        guard.stopping()
+        if search.started:  # after its trials, where a Spark poller stopped slowly, say
+            print(f"\nInterrupted; {plural(len(search.saved_tids), 'finished trial')} saved.", file=sys.stderr)
+        else:
+            print("\nInterrupted before the search started; nothing was changed.", file=sys.stderr)
         return EXIT_SIGTERM if guard.signum == signal.SIGTERM else EXIT_SIGINT
     finally:
         lock.release()
@@ -129,6 +134,7 @@ class Search:
     def __init__(self, args: argparse.Namespace, guard: SignalGuard):
         self.args = args
         self.guard = guard
+        self.started = False  # whether trials have begun: an interruption from then on can leave saved trials behind
         self.stop_reason = None
         self.saved_tids: set[int] = set()
         self.pickle_stamp = None  # the trials pickle as this search last read or wrote it (utils.file_stamp): none yet
@@ -238,6 +244,7 @@ class Search:
             poller = Poller(self.trials, lambda trials: self.stop_reason if self.after_trials(trials)[0] else None)
         else:
             self.trials, poller = finished, None
+        self.started = True
         try:
             fmin(
                 self.objective,
@@ -255,6 +262,7 @@ class Search:
         except AllTrialsFailed:
             pass  # fmin's closing argmin; the failures are reported below
         except KeyboardInterrupt:
+            self.guard.stopping()
             if poller:
                 poller.stop()
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"

@@ -245,6 +245,7 @@ def main(argv=None) -> int:
     try:
         return retrain(args, path, result, name, guard)
     except KeyboardInterrupt:
+        guard.stopping()
         print("\nInterrupted.", file=sys.stderr)  # before training, or after it, while its result was saved
         return 128 + (guard.signum or signal.SIGINT)
     finally:
@@ -340,6 +341,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
                                            seed=weights_seed(seed, result["space"]), before=before)
         guard.stop_if_signalled()  # C code may have made its KeyboardInterrupt an error: not a failed retrain
     except KeyboardInterrupt:
+        guard.stopping()
         kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         print(f"\n{signal.Signals(guard.signum or signal.SIGINT).name}: stopped; {kept}; logs in {log_dir}/",
               file=sys.stderr)

@@ -362,9 +362,12 @@ class SignalGuard:
         self.signum = None
         self._saving = False
         self._pending = False
+        self._stopping = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
+        if self._stopping:
+            return  # a second Ctrl-C, impatient: the stop it asks for is underway
         self.signum = signum
         if self._saving:
             self._pending = True
@@ -381,6 +384,10 @@ class SignalGuard:
             self._saving = False
         if self._pending:
             raise KeyboardInterrupt
+
+    def stopping(self) -> None:
+        """Ignore further signals: the run is stopping already, and what it says of its results must not be cut short."""
+        self._stopping = True
 
     def stop_if_signalled(self) -> None:
         """KeyboardInterrupt if a signal came, whatever became of the one raised then (a library may swallow it)."""

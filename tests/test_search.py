@@ -280,6 +280,49 @@ def test_a_signal_that_a_trial_swallowed_still_stops_the_search(tmp_path, monkey
     assert not (tmp_path / "results.pkl").exists() and not result_files(tmp_path)
 
 
+def test_a_second_ctrl_c_while_the_search_reports_its_stop_does_not_cut_the_report_short(tmp_path, monkeypatch, capsys):
+    import hyperopt_optimize
+    import neural_net
+
+    calls = []
+
+    def interrupted_second(space, data, **kwargs):
+        calls.append(space)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        return None, neural_net.failure(space, data, RuntimeError("out of memory"))
+
+    report = hyperopt_optimize.Search.print_leaderboard
+
+    def impatient(self, trials, top=5):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, while the first one's report prints
+        report(self, trials, top)
+
+    monkeypatch.setattr(neural_net, "build_and_train", interrupted_second)
+    monkeypatch.setattr(hyperopt_optimize.Search, "print_leaderboard", impatient)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 130
+    out = capsys.readouterr()
+    assert "SIGINT: stopped; 1 finished trial saved" in out.out and "\nResume with: " in out.out
+    assert "Interrupted" not in out.err  # "before the search started; nothing was changed", it said
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 1
+
+
+def test_a_ctrl_c_after_the_trials_ended_says_they_are_saved(tmp_path, monkeypatch, capsys):
+    import hyperopt_optimize
+    import neural_net
+
+    def leaderboard(self, trials, top=5):  # the last thing a search does; under Spark, after its poller stopped
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, **kwargs: (
+        None, neural_net.failure(space, data, RuntimeError("out of memory"))))
+    monkeypatch.setattr(hyperopt_optimize.Search, "print_leaderboard", leaderboard)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 130
+    assert capsys.readouterr().err.endswith("\nInterrupted; 2 finished trials saved.\n")
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 2
+
+
 @pytest.mark.slow
 def test_a_resume_after_trials_that_finished_out_of_order_saves_every_new_trial(tmp_path, monkeypatch, capsys):
     from hyperopt import Trials
