@@ -274,6 +274,17 @@ def test_npz_whose_coarse_labels_do_not_group_its_fine_ones_is_warned_about(tmp_
                                        "coarse classes are meant as groups of fine ones: are the coarse labels in the images' order?\n")
 
 
+def test_npz_whose_labels_skip_values_is_warned_of_the_heads_outputs_that_no_image_has(tmp_path, capsys):
+    fine = {"y_train_fine": np.arange(200) % 10 * 4, "y_test_fine": np.arange(40) % 10 * 4}  # 0, 4, ... 36
+    data = load_dataset(write_npz(tmp_path / "d.npz", coarse=False, **fine))
+    assert data.num_fine == 37
+    assert capsys.readouterr().err == ("warning: d.npz: its images have 10 of the fine labels 0-36, so 27 of the fine head's "
+                                       "37 outputs are for no image; number the classes 0-9 for a head of 10\n")
+    load_dataset(write_npz(tmp_path / "d.npz", y_train_coarse=np.arange(200) % 10 // 5 * 2,
+                           y_test_coarse=np.arange(40) % 10 // 5 * 2))
+    assert "of the coarse labels 0-2, so 1 of the coarse head's 3 outputs" in capsys.readouterr().err
+
+
 def test_npz_without_coarse_labels_has_no_coarse_head(tmp_path):
     data = load_dataset(write_npz(tmp_path / "d.npz", coarse=False))
     assert data.num_coarse is None and data.y_train_coarse is None and not data.has_coarse
