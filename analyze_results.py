@@ -248,6 +248,9 @@ def _number(value) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if Path(args.results_dir).is_file():
+        print(f"error: --results-dir {args.results_dir} is a file: give the folder of the search's result files", file=sys.stderr)
+        return 2
     if not Path(args.results_dir).is_dir():
         print(f"error: no results folder {args.results_dir}/; run hyperopt_optimize.py first", file=sys.stderr)
         return 2

@@ -181,6 +181,8 @@ def source_problem(name: str, data_dir: str | None = None) -> str | None:
     """Why a dataset cannot load whatever its content (checked before a search claims a folder), or None."""
     if data_dir is not None and name not in ARCHIVES:
         return f"--data-dir is where the official CIFAR archives lie; {name} does not read it"
+    if data_dir is not None and os.path.isfile(data_dir):  # the archive itself, say
+        return f"--data-dir {data_dir} is a file: give the folder that holds {ARCHIVES[name]}"
     if data_dir is not None and not (archive := Path(data_dir) / ARCHIVES[name]).is_file():
         return f"{archive} does not exist: put the official {ARCHIVES[name]} there, or try --dataset synthetic"
     if name.endswith(".npz"):

@@ -208,6 +208,10 @@ def main(argv=None) -> int:
     if problem := unsupported_backend():
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if not args.result and Path(args.results_dir).is_file():
+        print(f"error: --results-dir {args.results_dir} is a file: to retrain that result, pass it with --result",
+              file=sys.stderr)
+        return 2
     try:
         picked = pick_result(args)
     except OSError as err:

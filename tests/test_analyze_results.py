@@ -271,6 +271,13 @@ def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
 
 
+def test_a_file_given_as_the_results_folder_exits_2_asking_for_the_folder(tmp_path, capsys):
+    (tmp_path / "model_0.5_abcde.txt.json").write_text("{}")  # one result file, where its folder was meant
+    assert analyze_results.main(["--results-dir", str(tmp_path / "model_0.5_abcde.txt.json")]) == 2
+    assert capsys.readouterr().err == (f"error: --results-dir {tmp_path / 'model_0.5_abcde.txt.json'} is a file: give the "
+                                       "folder of the search's result files\n")
+
+
 def test_an_output_folder_that_cannot_be_written_exits_2(tmp_path, capsys):
     make_results(tmp_path / "results")
     (tmp_path / "a_file").write_text("")

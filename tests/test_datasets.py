@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from datasets import ARCHIVES, DatasetError, load_dataset, make_synthetic
+from datasets import ARCHIVES, DatasetError, load_dataset, make_synthetic, source_problem
 
 
 def write_cifar100_archive(path, n_train=300, n_test=60, folder="cifar-100-python"):
@@ -93,6 +93,13 @@ def test_cifar100_from_data_dir(tmp_path, folder):
     write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz", folder=folder)
     data = load_dataset("cifar100", data_dir=str(tmp_path))
     assert len(data.x_test) == 60
+
+
+def test_the_archive_itself_given_as_data_dir_asks_for_its_folder(tmp_path):
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    write_cifar100_archive(archive)
+    assert source_problem("cifar100", str(archive)) == (f"--data-dir {archive} is a file: give the folder that holds "
+                                                        "cifar-100-python.tar.gz")
 
 
 def test_cifar100_through_keras_loader_is_channels_last_whatever_keras_config_says(tmp_path, monkeypatch):

@@ -333,6 +333,14 @@ def test_retrain_without_results_exits_2(tmp_path, monkeypatch, capsys):
     assert "no result to retrain in results/; run hyperopt_optimize.py first" in capsys.readouterr().err
 
 
+def test_a_result_file_given_as_the_results_folder_is_refused_naming_the_result_option(tmp_path, monkeypatch, capsys):
+    path = save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE}, tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--results-dir", str(path)]) == 2
+    assert capsys.readouterr().err == f"error: --results-dir {path} is a file: to retrain that result, pass it with --result\n"
+    assert not (tmp_path / "weights").exists()
+
+
 def test_retrain_of_a_search_whose_trials_all_failed_says_so_rather_than_to_run_one(tmp_path, monkeypatch, capsys):
     for _ in range(2):
         save_json_result(failure(SMALL_SPACE, None, MemoryError("out of memory")), tmp_path / "results")
