@@ -269,7 +269,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
         data = load_dataset(dataset, train_subset=args.train_subset, seed=seed, data_dir=args.data_dir,
                             select_on=select_on)
     except DatasetError as err:
-        moved = not args.dataset and dataset.endswith(".npz")
+        moved = not args.dataset and dataset.endswith(".npz") and not Path(dataset).is_file()
         hint = f" (the dataset {path} was trained on: give its path with --dataset)" if moved else ""
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2

@@ -269,6 +269,10 @@ def test_a_result_whose_npz_is_not_here_asks_for_its_path(tmp_path, monkeypatch,
     assert retrain.main(["--result", "results/model_0.1_bbbbb.txt.json", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'cifar-100-python.tar.gz'} does not exist") and "--dataset)" not in err
+    # An npz that is here, refused for another reason: no advice to give its path either.
+    (tmp_path / "mine.npz").write_bytes(b"")
+    assert retrain.main(["--result", "results/model_0.2_aaaaa.txt.json", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: --data-dir is where the official CIFAR archives lie; mine.npz does not read it\n"
 
 
 @pytest.mark.parametrize("args, select_on, train_images", [([], "test", 300), (["--select-on", "validation"], "validation", 270)])
