@@ -121,17 +121,18 @@ def load_dataset(
     x_train, yf_train, yc_train, x_test, yf_test, yc_test = arrays
     label = os.path.basename(name)
     _check_arrays(label, x_train, yf_train, yc_train, x_test, yf_test, yc_test)
-    num_fine = int(max(yf_train.max(), yf_test.max())) + 1
-    num_coarse = None if yc_train is None else int(max(yc_train.max(), yc_test.max())) + 1
     from utils import warn
 
-    for head, count, splits in (("fine", num_fine, (yf_train, yf_test)), ("coarse", num_coarse, (yc_train, yc_test))):
+    fine = np.concatenate([yf_train, yf_test])
+    coarse = None if yc_train is None else np.concatenate([yc_train, yc_test])
+    num_fine = int(fine.max()) + 1
+    num_coarse = None if coarse is None else int(coarse.max()) + 1
+    for head, count, labels in (("fine", num_fine, fine), ("coarse", num_coarse, coarse)):
         # A head has an output per label up to the largest: labels such as 3, 17, 42 made a head of 43, 40 of them dead.
-        if count and (used := len(np.unique(np.concatenate(splits)))) < count:
+        if count and (used := len(np.unique(labels))) < count:
             warn(f"{label}: its images have {used} of the {head} labels 0-{count - 1}, so {count - used} of the {head} "
                  f"head's {count} outputs are for no image; number the classes 0-{used - 1} for a head of {used}")
-    if yc_train is not None and len(split := split_fine_classes(np.concatenate([yf_train, yf_test]),
-                                                                 np.concatenate([yc_train, yc_test]))):
+    if coarse is not None and len(split := split_fine_classes(fine, coarse)):
         shown = ", ".join(map(str, split[:5])) + (", ..." if len(split) > 5 else "")
         warn(f"{label}: fine classes with more than one coarse label: {len(split)} of {num_fine} ({shown}); the coarse "
              "classes are meant as groups of fine ones: are the coarse labels in the images' order?")
