@@ -32,10 +32,21 @@ def should_prune(
     reached, as Vizier counts stopped trials. Counting only the trials that ran as long would
     raise the bar epoch by epoch as the weak ones are pruned, and stop late bloomers.
     """
-    epoch = len(curve)
+    bar = median_bar(len(curve), finished_curves, min_epoch=min_epoch, min_trials=min_trials)
+    return bar is not None and max(curve) < bar
+
+
+def median_bar(
+    epoch: int,
+    finished_curves: Sequence[Sequence[float]],
+    *,
+    min_epoch: int = MIN_EPOCH,
+    min_trials: int = MIN_TRIALS,
+) -> float | None:
+    """The median of the finished trials' best-so-far at `epoch` (1-based), or None before the rule applies."""
     if epoch < min_epoch or len(finished_curves) < min_trials:
-        return False
-    return max(curve) < statistics.median(max(c[:epoch]) for c in finished_curves)
+        return None
+    return statistics.median(max(c[:epoch]) for c in finished_curves)
 
 
 class MedianStoppingRule(keras.callbacks.Callback):
@@ -60,11 +71,13 @@ class MedianStoppingRule(keras.callbacks.Callback):
         if value is None:
             return
         self.curve.append(float(value))
-        if should_prune(self.curve, self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials):
+        bar = median_bar(len(self.curve), self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials)
+        if bar is not None and max(self.curve) < bar:
             self.pruned = True
             self.model.stop_training = True
             # tqdm.write: a plain print would tear the search's progress bar.
-            tqdm.write(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below the median of finished trials")
+            tqdm.write(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below {bar:.4f}, the median of "
+                       f"{len(self.finished_curves)} finished trials' best by epoch {epoch + 1}")
 
 
 class StopOnNaN(keras.callbacks.Callback):

@@ -33,7 +33,7 @@ def test_a_trial_that_stopped_sooner_counts_with_the_best_it_reached():
     assert not should_prune(curve, FINISHED + [[0.02, 0.05]])
 
 
-def test_callback_stops_training_and_marks_the_trial_pruned():
+def test_callback_stops_training_and_marks_the_trial_pruned(capsys):
     class FakeModel:
         stop_training = False
 
@@ -45,3 +45,5 @@ def test_callback_stops_training_and_marks_the_trial_pruned():
         assert not rule.model.stop_training
     rule.on_epoch_end(4, {"val_fine_outputs_accuracy": 0.35})
     assert rule.model.stop_training and rule.pruned
+    assert capsys.readouterr().out == (
+        "Pruned at epoch 5: best 0.3500 is below 0.4000, the median of 3 finished trials' best by epoch 5\n")
