@@ -24,6 +24,7 @@ NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_we
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
+COST_COLUMNS = ["n_params", "train_seconds", "keras_backend", "keras_version", "precision", "device"]
 PERMUTATIONS = 9_999  # shufflings behind each importance p-value
 
 
@@ -96,6 +97,8 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "max_epochs": setting(result, "max_epochs"),
             "patience": result.get("patience"),
             "width_multiple": width_multiple(space) if space else None,
+            # What a trial cost, and on what: the seconds of one machine do not compare with another's.
+            **{key: result.get(key) for key in COST_COLUMNS},
             "fine_curve": validation_curve(result, "fine"),
             "coarse_curve": validation_curve(result, "coarse"),
         }
@@ -228,7 +231,8 @@ def standard_errors(rows: list[dict]) -> str | None:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               *SETTINGS, "val_images", "test_images", "epochs", "max_epochs", "patience", "width_multiple", *HYPERPARAMETERS]
+               *SETTINGS, "val_images", "test_images", "epochs", "max_epochs", "patience", "width_multiple", *COST_COLUMNS,
+               *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

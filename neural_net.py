@@ -16,7 +16,7 @@ from hyperopt import STATUS_FAIL, STATUS_OK
 import fast_layers
 from datasets import Dataset
 from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width, width_multiple
-from precision import resolve_precision
+from precision import device_name, resolve_precision
 from pruning import MONITOR, Progress, trial_callbacks
 
 if keras.backend.backend() == "tensorflow":
@@ -322,8 +322,8 @@ def build_and_train(
             gc.collect()
     result["train_seconds"] = round(time.time() - start + (before.seconds if before else 0.0), 2)
     result["max_epochs"] = epochs
-    result["keras_backend"] = keras.backend.backend()
-    result["precision"] = precision
+    result |= {"keras_backend": keras.backend.backend(), "keras_version": keras.__version__, "device": device_name(),
+               "precision": precision}
     return model, result
 
 

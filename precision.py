@@ -107,8 +107,12 @@ def describe_hardware() -> str:
     found = accelerators()
     if not found:
         return f"on the CPU: no GPU is visible to {keras.backend.backend()}"
-    names = sorted({name for name, _ in found})
-    return f"on {len(found)} {'accelerator' if len(found) == 1 else 'accelerators'}: {', '.join(names)}"
+    return f"on {len(found)} {'accelerator' if len(found) == 1 else 'accelerators'}: {device_name(found)}"
+
+
+def device_name(found: list[tuple[str, tuple[int, int] | None]] | None = None) -> str:
+    """What a trial trains on, for its result (its train_seconds mean little without it): the accelerators' names, or CPU."""
+    return ", ".join(sorted({name for name, _ in (accelerators() if found is None else found)})) or "CPU"
 
 
 def _capability(value) -> tuple[int, int] | None:

@@ -32,7 +32,8 @@ def make_results(folder, n=8, dataset="synthetic"):
             "test_fine_accuracy": acc - 0.01, "epochs_trained": 6, "pruned": tid == 3, "tid": tid,
             "model_name": f"model_{acc}_{tid:05d}", "space": space, "selected_on": "validation",
             "dataset": dataset, "train_images": 2700, "val_images": 300, "test_images": 600, "search_space": "full",
-            "max_epochs": 6 + tid % 2, "patience": 4,
+            "max_epochs": 6 + tid % 2, "patience": 4, "n_params": 1000 + tid, "train_seconds": 60.5 + tid,
+            "keras_backend": "jax", "keras_version": "3.15.1", "precision": "mixed_bfloat16", "device": "NVIDIA H100 80GB HBM3",
             "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
         }, folder)
     save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n, "model_name": "model_failed_abcde",
@@ -61,6 +62,10 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert [r["status"] for r in rows].count("fail") == 1
     assert {(r["max_epochs"], r["patience"], r["width_multiple"]) for r in rows if r["status"] == "ok"} == {("6", "4", "8"), ("7", "4", "8")}
     assert {r["residual"] for r in rows if r["status"] == "ok"} == {"", "2.0"}  # nested choice: a value or empty
+    # What each trial cost, and on what machine and software.
+    first = next(r for r in rows if r["tid"] == "0")
+    assert ((first["n_params"], first["train_seconds"], first["keras_backend"], first["keras_version"], first["precision"],
+             first["device"]) == ("1000", "60.5", "jax", "3.15.1", "mixed_bfloat16", "NVIDIA H100 80GB HBM3"))
     captured = capsys.readouterr()
     assert "broken.txt.json" in captured.err and "foreign.json" in captured.err
     assert "more than one search" not in captured.err

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from hyperopt.pyll import stochastic
@@ -208,6 +209,8 @@ def test_a_trial_on_synthetic_data_learns(synthetic):
                 "coarse_end_accuracy", "coarse_end_loss", "model_name", "space", "train_seconds",
                 "dataset", "selected_on", "keras_backend", "tid", "test_coarse_accuracy"):
         assert key in result
+    # What train_seconds were measured on and with (the tests hide any GPU).
+    assert (result["device"], result["keras_version"]) == ("CPU", keras.__version__)
 
 
 def test_the_returned_model_holds_the_best_epochs_weights(synthetic):

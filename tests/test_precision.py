@@ -57,11 +57,13 @@ def test_a_machine_without_accelerators_reports_none_and_says_so():
     # The tests hide any GPU (conftest): the backend's own device query runs and finds none.
     assert precision.accelerators() == []
     assert precision.describe_hardware() == "on the CPU: no GPU is visible to tensorflow"
+    assert precision.device_name() == "CPU"
 
 
 def test_the_hardware_line_names_the_gpus(monkeypatch):
     monkeypatch.setattr(precision, "accelerators", lambda: [("NVIDIA H100 80GB HBM3", (9, 0))] * 2)
     assert precision.describe_hardware() == "on 2 accelerators: NVIDIA H100 80GB HBM3"
+    assert precision.device_name() == "NVIDIA H100 80GB HBM3"  # what a trial's result records
 
 
 def test_on_a_machine_of_several_gpus_keras_takes_the_first_alone_and_says_so(tmp_path, monkeypatch):
