@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 LEGEND_ENTRIES = 10  # trials named in the per-epoch plot's legend
+# How every plot marks a trial that ran its course, and one that was pruned (drawn at its accuracy when stopped).
+MARKS = {False: dict(label="trial", marker="o", s=14, color="C0"), True: dict(label="pruned", marker="v", s=20, color="C1")}
 
 
 def p_text(p: float) -> str:
@@ -70,9 +72,17 @@ def _positions(ok: list[dict], name: str, kind: str) -> np.ndarray:
     return np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
 
 
+def _trials(ax, x, y, pruned: np.ndarray, **style) -> None:
+    """Scatter trials, the pruned ones apart (MARKS); each kind labelled only where there is one, for a legend."""
+    for kept in (False, True):
+        if (chosen := pruned == kept).any():
+            ax.scatter(np.asarray(x)[chosen], np.asarray(y)[chosen], **(MARKS[kept] | style))
+
+
 def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: str):
     """One panel per hyperparameter: each trial's fine accuracy against its value (categories: their means too)."""
     acc = np.array([r["fine_accuracy"] for r in ok])
+    pruned = np.array([r["pruned"] for r in ok], dtype=bool)
     rng = np.random.default_rng(0)
     cols, lines = 5, math.ceil(len(kinds) / 5)
     fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False)
@@ -80,12 +90,12 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
         x = _positions(ok, name, kind)
         if kind == "category":
             levels = _levels(ok, name)
-            ax.scatter(x + rng.uniform(-0.2, 0.2, len(x)), acc, s=12, alpha=0.7)
+            _trials(ax, x + rng.uniform(-0.2, 0.2, len(x)), acc, pruned, alpha=0.7)
             ax.scatter(range(len(levels)), [acc[x == i].mean() for i in range(len(levels))], marker="_", s=600,
                        color="red", label="mean")
             ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
         else:
-            ax.scatter(x, acc, s=12, alpha=0.7)
+            _trials(ax, x, acc, pruned, alpha=0.7)
             if kind == "log" and x.min() > 0:
                 ax.set_xscale("log")
                 ticks = log_ticks(list(x))
@@ -98,6 +108,8 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{split} fine accuracy", fontsize=8)
+    if pruned.any():  # a pruned trial's accuracy is where it stopped: told apart once, for every panel
+        axes[0][0].legend(*axes[0][0].get_legend_handles_labels(), fontsize=6)
     return fig
 
 
@@ -137,12 +149,10 @@ def convergence(rows: list[dict], split: str):
         if r["fine_accuracy"] is not None:
             best = max(best, r["fine_accuracy"])
         curve.append(best if np.isfinite(best) else np.nan)
-    ax.step([r["trial"] for r in rows], curve, where="post", label="best so far")
+    ax.step([r["trial"] for r in rows], curve, where="post", color="black", label="best so far")
     # Each kind of trial marked and in the legend only where the search has one: a "pruned" entry would say it pruned.
-    for label, marker, size, kept in (("trial", "o", 14, False), ("pruned", "v", 20, True)):
-        if shown := [r for r in rows if r["fine_accuracy"] is not None and r["pruned"] == kept]:
-            ax.scatter([r["trial"] for r in shown], [r["fine_accuracy"] for r in shown], s=size, marker=marker,
-                       label=label)
+    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    _trials(ax, [r["trial"] for r in ok], [r["fine_accuracy"] for r in ok], np.array([r["pruned"] for r in ok], dtype=bool))
     if failed := [r["trial"] for r in rows if r["fine_accuracy"] is None]:
         ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
     ax.set_xlabel("trial")
@@ -173,9 +183,12 @@ def top_trials_per_epoch(ok: list[dict], top: int, split: str):
 def fine_vs_coarse(both: list[dict], split: str):
     """Each trial's coarse accuracy against its fine accuracy."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter([r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], s=14)
+    pruned = np.array([r["pruned"] for r in both], dtype=bool)
+    _trials(ax, [r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], pruned)
     ax.set_xlabel(f"{split} fine accuracy")
     ax.set_ylabel(f"{split} coarse accuracy")
+    if pruned.any():
+        ax.legend()
     return fig
 
 

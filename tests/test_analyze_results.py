@@ -340,3 +340,16 @@ def test_the_convergence_legend_names_only_the_kinds_of_trial_the_search_had(pru
     rows = [{"trial": i, "fine_accuracy": acc, "pruned": p} for i, (acc, p) in enumerate(zip(accuracies, pruned))]
     fig = analysis_plots.convergence(rows, "validation")
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == legend
+
+
+def test_pruned_trials_are_told_apart_in_every_plot_of_accuracy_they_appear_in():
+    # A pruned trial's accuracy is the one it had when stopped: it must not read as a finished trial's.
+    rows = [{"fine_accuracy": acc, "coarse_accuracy": acc + 0.1, "pruned": pruned, "lr_rate_mult": lr, "activation": act}
+            for acc, pruned, lr, act in ((0.4, False, 1.0, "relu"), (0.1, True, 0.7, "elu"), (0.3, False, 1.4, "elu"))]
+    panels = analysis_plots.hyperparameters_vs_accuracy(rows, {"lr_rate_mult": "log", "activation": "category"}, "validation")
+    pairs = analysis_plots.fine_vs_coarse(rows, "validation")
+    for ax, pruned_point in ((panels.axes[0], [0.7, 0.1]), (pairs.axes[0], [0.1, 0.2])):
+        marks = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+        assert marks["pruned"] == [pytest.approx(pruned_point)] and len(marks["trial"]) == 2
+        assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["trial", "pruned"]
+    assert [c.get_label() for c in panels.axes[1].collections][:2] == ["trial", "pruned"]  # a category's panel too
