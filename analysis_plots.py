@@ -72,11 +72,20 @@ def _positions(ok: list[dict], name: str, kind: str) -> np.ndarray:
     return np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
 
 
-def _trials(ax, x, y, pruned: np.ndarray, **style) -> None:
-    """Scatter trials, the pruned ones apart (MARKS); each kind labelled only where there is one, for a legend."""
+def _trials(ax, x, y, pruned: np.ndarray, colours: np.ndarray | None = None, **style) -> None:
+    """Scatter trials, the pruned ones apart (MARKS), or by their shape alone where `colours` colour each point;
+    each kind labelled only where there is one, for a legend."""
     for kept in (False, True):
-        if (chosen := pruned == kept).any():
-            ax.scatter(np.asarray(x)[chosen], np.asarray(y)[chosen], **(MARKS[kept] | style))
+        if (these := pruned == kept).any():
+            marks = MARKS[kept] | style
+            if colours is not None:
+                marks = {key: value for key, value in marks.items() if key != "color"} | {"c": colours[these]}
+            ax.scatter(np.asarray(x)[these], np.asarray(y)[these], **marks)
+
+
+def _whole_numbers(values: np.ndarray) -> bool:
+    """Whether an axis shows a few whole numbers (kernel sizes, unit counts), to be marked 2, 3, 4 rather than 2.5."""
+    return all(v == int(v) for v in values) and np.ptp(values) <= 10
 
 
 def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: str):
@@ -101,8 +110,8 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
                 ticks = log_ticks(list(x))
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-            elif all(v == int(v) for v in x) and np.ptp(x) <= 10:  # kernel sizes, unit counts
-                ax.xaxis.set_major_locator(ticker.MultipleLocator(1))  # no ticks at 2.5
+            elif _whole_numbers(x):
+                ax.xaxis.set_major_locator(ticker.MultipleLocator(1))
         ax.set_title(name, fontsize=8)
     for ax in list(axes.flat)[len(kinds):]:
         ax.axis("off")
@@ -116,6 +125,7 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
 def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
     """Every pair of the chosen hyperparameters (name: kind) and fine accuracy, points coloured by accuracy; histograms on the diagonal."""
     acc = np.array([r["fine_accuracy"] for r in ok])
+    pruned = np.array([r["pruned"] for r in ok], dtype=bool)
     columns = [_positions(ok, name, kind) for name, kind in chosen.items()] + [acc]
     labels = [*chosen, "fine accuracy"]
     # A category's axis is marked with its labels at their places.
@@ -128,11 +138,15 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
             if i == j:
                 ax.hist(columns[i], bins=12)
             else:
-                ax.scatter(columns[j], columns[i], s=8, c=acc, cmap="viridis")
+                _trials(ax, columns[j], columns[i], pruned, colours=acc, s=8, cmap="viridis", vmin=acc.min(), vmax=acc.max())
                 if levels[i]:
                     ax.set_yticks(range(len(levels[i])), [level or "none" for level in levels[i]])
             if levels[j]:
                 ax.set_xticks(range(len(levels[j])), [level or "none" for level in levels[j]])
+            elif _whole_numbers(columns[j]):
+                ax.xaxis.set_major_locator(ticker.MultipleLocator(1))
+            if i != j and not levels[i] and _whole_numbers(columns[i]):
+                ax.yaxis.set_major_locator(ticker.MultipleLocator(1))
             if i == k - 1:
                 ax.set_xlabel(labels[j], fontsize=7)
             if j == 0:

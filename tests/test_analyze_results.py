@@ -322,7 +322,7 @@ def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
 
 
 def test_the_scatter_matrix_places_categories_in_order_and_marks_them_with_their_labels():
-    rows = [{"fine_accuracy": acc, "activation": act, "first_conv": conv, "lr_rate_mult": lr}
+    rows = [{"fine_accuracy": acc, "activation": act, "first_conv": conv, "lr_rate_mult": lr, "pruned": False}
             for acc, act, conv, lr in ((0.3, "relu", "", 1.0), (0.2, "elu", "3", 0.8), (0.1, "relu", "4", 1.2))]
     fig = analysis_plots.scatter_matrix(rows, {"activation": "category", "first_conv": "category", "lr_rate_mult": "log"})
     axes = np.array(fig.axes).reshape(4, 4)
@@ -348,8 +348,21 @@ def test_pruned_trials_are_told_apart_in_every_plot_of_accuracy_they_appear_in()
             for acc, pruned, lr, act in ((0.4, False, 1.0, "relu"), (0.1, True, 0.7, "elu"), (0.3, False, 1.4, "elu"))]
     panels = analysis_plots.hyperparameters_vs_accuracy(rows, {"lr_rate_mult": "log", "activation": "category"}, "validation")
     pairs = analysis_plots.fine_vs_coarse(rows, "validation")
+    matrix = analysis_plots.scatter_matrix(rows, {"lr_rate_mult": "log"})  # lr_rate_mult against accuracy, bottom left
+    marks = {c.get_label(): (c.get_offsets().tolist(), c.get_paths()[0].vertices.shape) for c in matrix.axes[2].collections}
+    assert marks["pruned"][0] == [pytest.approx([0.7, 0.1])] and len(marks["trial"][0]) == 2
+    assert marks["pruned"][1] != marks["trial"][1]  # another shape, the colour saying the accuracy in both
     for ax, pruned_point in ((panels.axes[0], [0.7, 0.1]), (pairs.axes[0], [0.1, 0.2])):
         marks = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
         assert marks["pruned"] == [pytest.approx(pruned_point)] and len(marks["trial"]) == 2
         assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["trial", "pruned"]
     assert [c.get_label() for c in panels.axes[1].collections][:2] == ["trial", "pruned"]  # a category's panel too
+
+
+def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
+    rows = [{"fine_accuracy": acc, "conv_kernel_size": k, "pruned": False} for acc, k in ((0.3, 2), (0.2, 3), (0.1, 4))]
+    fig = analysis_plots.scatter_matrix(rows, {"conv_kernel_size": "number"})
+    fig.canvas.draw()
+    accuracy_by_kernel, kernel_by_accuracy = fig.axes[2], fig.axes[1]
+    for ticks in (accuracy_by_kernel.get_xticks(), kernel_by_accuracy.get_yticks(), fig.axes[0].get_xticks()):
+        assert [t for t in ticks if 2 <= t <= 4] == [2, 3, 4]
