@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import HelpFormatter, at_least, plural, run
-from utils import RESULTS_DIR, SETTINGS, check_writable, is_ok, iter_results, setting, trials_file_for, validation_curve, warn
+from utils import RESULTS_DIR, SETTINGS, best_epoch, check_writable, is_ok, iter_results, setting, trials_file_for, validation_curve, warn
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -93,6 +93,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "val_images": setting(result, "val_images") if ok else None,
             "test_images": result.get("test_images"),
             "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
+            "best_epoch": result.get("best_epoch") or best_epoch(validation_curve(result)),
             # What a resume may change with a warning: the budget, early stopping's patience, the widths' rounding.
             "max_epochs": setting(result, "max_epochs"),
             "patience": result.get("patience"),
@@ -231,7 +232,7 @@ def standard_errors(rows: list[dict]) -> str | None:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               *SETTINGS, "val_images", "test_images", "epochs", "max_epochs", "patience", "width_multiple", *COST_COLUMNS,
+               *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple", *COST_COLUMNS,
                *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -18,6 +18,7 @@ from datasets import Dataset
 from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width, width_multiple
 from precision import device_name, resolve_precision
 from pruning import MONITOR, Progress, trial_callbacks
+from utils import best_epoch
 
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
@@ -377,6 +378,7 @@ def _result(space, data, history, test, model, callbacks) -> dict:
         "history": history,
         "status": STATUS_OK,
         "epochs_trained": len(fine_acc),
+        "best_epoch": best_epoch(fine_acc),  # whose weights the model keeps
         "pruned": any(getattr(cb, "pruned", False) for cb in callbacks),
         "n_params": model.count_params(),
         "dataset": data.name,

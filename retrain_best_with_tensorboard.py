@@ -323,6 +323,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
+    from trial import how_it_stopped
     from utils import print_json, save_json_result, weights_seed
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
@@ -365,7 +366,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         return 1
     print_json({k: v for k, v in retrained.items() if k not in ("history", "space")})
     test = "" if data.selects_on == "test" else f", test {retrained['test_fine_accuracy']:.4f}"
-    print(f"Best {data.selects_on} fine accuracy {retrained['fine_best_accuracy']:.4f}{test}; result in {saved}")
+    print(f"Best {data.selects_on} fine accuracy {retrained['fine_best_accuracy']:.4f}{test} ({how_it_stopped(retrained)}); "
+          f"result in {saved}")
     print("See the logs with: tensorboard --logdir=TensorBoard/")
     return 0
 

@@ -77,10 +77,18 @@ def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:
         return f"Trial {result['tid']} FAILED: {result.get('error')} ({result.get('train_seconds', 0):.0f} s); best so far {best}"
     coarse = result.get("coarse_best_accuracy")
     coarse_text = "n/a" if coarse is None else f"{coarse:.4f}"
-    diverged = result.get("diverged_at_epoch")
-    return (
-        f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} "
-        f"{select_on} accuracy, {plural(result['epochs_trained'], 'epoch')}"
-        f"{', pruned' if result['pruned'] else ''}{f', diverged in epoch {diverged}' if diverged else ''}, "
-        f"{result['train_seconds']:.0f} s; best so far {best}"
-    )
+    return (f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} {select_on} accuracy, "
+            f"{how_it_stopped(result)}, {result['train_seconds']:.0f} s; best so far {best}")
+
+
+def how_it_stopped(result: dict) -> str:
+    """A finished training's epochs: its best one, and why it ended before its budget (pruned, diverged, early stopping)."""
+    trained, diverged = result["epochs_trained"], result.get("diverged_at_epoch")
+    text = f"best epoch {result['best_epoch']} of {trained}" if result.get("best_epoch") else plural(trained, "epoch")
+    if result.get("pruned"):
+        text += ", pruned"
+    if diverged:
+        text += f", diverged in epoch {diverged}"
+    elif not result.get("pruned") and trained < result.get("max_epochs", trained):
+        text += ", stopped early"  # --patience epochs without a better one
+    return text

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +204,12 @@ def validation_curve(result: dict, head: str = "fine") -> list[float]:
         if history.get(key):
             return [math.nan if v is None else float(v) for v in history[key]]
     return []
+
+
+def best_epoch(curve: Sequence[float]) -> int | None:
+    """The epoch (from 1) of a curve's highest accuracy, the first of equals as early stopping keeps it; None for no curve."""
+    finite = [v for v in curve if math.isfinite(v)]
+    return 1 + list(curve).index(max(finite)) if finite else None
 
 
 def finished_curves(results: Iterable[dict]) -> list[list[float]]:

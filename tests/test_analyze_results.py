@@ -62,6 +62,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert [r["status"] for r in rows].count("fail") == 1
     assert {(r["max_epochs"], r["patience"], r["width_multiple"]) for r in rows if r["status"] == "ok"} == {("6", "4", "8"), ("7", "4", "8")}
     assert {r["residual"] for r in rows if r["status"] == "ok"} == {"", "2.0"}  # nested choice: a value or empty
+    assert {r["best_epoch"] for r in rows} == {"6", ""}  # from the curves, which peak at their end; a failed trial has none
     # What each trial cost, and on what machine and software.
     first = next(r for r in rows if r["tid"] == "0")
     assert ((first["n_params"], first["train_seconds"], first["keras_backend"], first["keras_version"], first["precision"],
@@ -193,6 +194,7 @@ def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert "What explains test fine accuracy over" in out
     first = next(line for line in out.splitlines() if line.strip().startswith("1 "))
     assert first.split()[1:3] == ["28", "0.6761"]  # trial 28 of the 2017 pickle
+    assert next(r["best_epoch"] for r in rows if r["tid"] == "28") == "95"  # of its 100: its curve's peak
     # Its 67.61% is the best of 42 trials' 100 epochs on the 10,000 test images that measure it.
     assert ("Trial 28's fine accuracy, one standard error: test 0.6761 of 10,000 images ±0.0047. The test figure, "
             "the highest of many epochs and trials on those images, reads high.\n") in out

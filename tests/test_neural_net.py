@@ -199,6 +199,8 @@ def test_a_trial_on_synthetic_data_learns(synthetic):
     assert result["test_fine_accuracy"] > 0.05
     assert result["loss"] == -result["fine_best_accuracy"]
     assert result["epochs_trained"] == 3 and result["pruned"] is False
+    curve = result["history"]["val_fine_outputs_accuracy"]
+    assert result["best_epoch"] == 1 + curve.index(max(curve))  # the epoch whose weights the model keeps
     assert result["n_params"] == model.count_params()
     assert len(result["history"]["val_fine_outputs_accuracy"]) == 3
     # What each accuracy is a fraction of, which the analysis states its standard error by.

@@ -288,7 +288,8 @@ def test_a_2017_result_retrains_selecting_on_the_test_set_as_its_search_did(tmp_
     result = load_json_result(tmp_path / "weights" / "model_2017.retrain.txt.json")
     assert (result["selected_on"], result["train_images"]) == (select_on, train_images)
     assert ("the test images select epochs" in out) == (select_on == "test")
-    assert f"Best {select_on} fine accuracy {result['fine_best_accuracy']:.4f}" in out
+    test = "" if select_on == "test" else f", test {result['test_fine_accuracy']:.4f}"
+    assert f"Best {select_on} fine accuracy {result['fine_best_accuracy']:.4f}{test} (best epoch 1 of 1); result in " in out
 
 
 def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import pytest
 from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import describe
+from trial import trial_line
 from utils import load_trials, save_trials
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -48,6 +49,18 @@ def wait_for_line(proc, text, timeout=120):
             return "".join(seen)
     proc.kill()
     raise AssertionError(f"never saw {text!r} in:\n{''.join(seen)}")
+
+
+@pytest.mark.parametrize("ended, said", [
+    ({"epochs_trained": 8, "best_epoch": 8}, "best epoch 8 of 8, 12 s"),  # the whole budget: --epochs may be too few
+    ({"epochs_trained": 6, "best_epoch": 3}, "best epoch 3 of 6, stopped early, 12 s"),  # --patience 3
+    ({"epochs_trained": 5, "best_epoch": 5, "pruned": True}, "best epoch 5 of 5, pruned, 12 s"),
+    ({"epochs_trained": 4, "best_epoch": 2, "diverged_at_epoch": 4}, "best epoch 2 of 4, diverged in epoch 4, 12 s"),
+])
+def test_a_trials_line_says_its_best_epoch_and_why_it_ended_before_its_budget(ended, said):
+    result = {"status": "ok", "tid": 7, "fine_best_accuracy": 0.5, "coarse_best_accuracy": 0.6, "pruned": False,
+              "max_epochs": 8, "train_seconds": 12.3, **ended}
+    assert trial_line(result, -0.5, "validation") == f"Trial 7: fine 0.5000 / coarse 0.6000 validation accuracy, {said}; best so far 0.5000"
 
 
 def result_files(tmp_path):
