@@ -230,6 +230,27 @@ def standard_errors(rows: list[dict]) -> str | None:
             f"the highest of many epochs and trials on those images, reads high{fair}.")
 
 
+def budget_note(rows: list[dict], top: int) -> str | None:
+    """Whether the best trials were still improving when their --epochs ran out, which a larger budget may raise."""
+    leaders = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
+
+    def last_epochs(r: dict) -> int:  # those where a peak means it was still improving: early stopping's, else a tenth
+        return r["patience"] or max(1, r["max_epochs"] // 10)
+
+    improving = [r for r in leaders if not r["pruned"] and r["max_epochs"] and r["best_epoch"]
+                 and r["epochs"] == r["max_epochs"] and r["best_epoch"] > r["max_epochs"] - last_epochs(r)]
+    if not improving:
+        return None
+    budgets = {(last_epochs(r), r["max_epochs"]) for r in improving}
+    if len(budgets) == 1:
+        window, budget = next(iter(budgets))
+        where = f"in the last {window} epochs of {budget}"
+    else:  # a resume changed --epochs or --patience
+        where = "in their last --patience epochs of --epochs (the last tenth without early stopping)"
+    return (f"Their budget may have been short: {len(improving)} of the {len(leaders)} best trials peaked {where}; "
+            "a larger --epochs may raise them.")
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
                *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple", *COST_COLUMNS,
@@ -279,8 +300,9 @@ def main(argv=None) -> int:
     from analysis_plots import p_text, plot_all  # matplotlib: after the checks, so that they answer at once
 
     print_leaderboard(rows, args.top)
-    if errors := standard_errors(rows):
-        print(errors)
+    for note in (standard_errors(rows), budget_note(rows, args.top)):
+        if note:
+            print(note)
     ranked = importance(rows)
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)
     n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)

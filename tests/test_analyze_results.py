@@ -81,6 +81,9 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
             "The validation figure, the highest of many epochs and trials on those images, reads high; the test figure, "
             "measured once, does not.") in captured.out
     assert {(r["val_images"], r["test_images"]) for r in rows if r["status"] == "ok"} == {("300", "600")}
+    # Trials 0, 2, 4 and 6 trained all of their 6 epochs and peaked in the last 4 (--patience): still improving.
+    assert ("Their budget may have been short: 4 of the 8 best trials peaked in the last 4 epochs of 6; a larger --epochs "
+            "may raise them.\n") in captured.out
     assert {r["selected_on"] for r in rows} == {"validation", ""}  # a failed trial was selected on nothing
     assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value,q_value")
 
@@ -195,6 +198,7 @@ def test_the_2017_results(tmp_path, reference_dir, capsys):
     first = next(line for line in out.splitlines() if line.strip().startswith("1 "))
     assert first.split()[1:3] == ["28", "0.6761"]  # trial 28 of the 2017 pickle
     assert next(r["best_epoch"] for r in rows if r["tid"] == "28") == "95"  # of its 100: its curve's peak
+    assert "Their budget may have been short: 7 of the 10 best trials peaked in the last 10 epochs of 100;" in out
     # Its 67.61% is the best of 42 trials' 100 epochs on the 10,000 test images that measure it.
     assert ("Trial 28's fine accuracy, one standard error: test 0.6761 of 10,000 images ±0.0047. The test figure, "
             "the highest of many epochs and trials on those images, reads high.\n") in out
@@ -368,3 +372,18 @@ def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
     accuracy_by_kernel, kernel_by_accuracy = fig.axes[2], fig.axes[1]
     for ticks in (accuracy_by_kernel.get_xticks(), kernel_by_accuracy.get_yticks(), fig.axes[0].get_xticks()):
         assert [t for t in ticks if 2 <= t <= 4] == [2, 3, 4]
+
+
+def test_the_budget_is_called_short_only_for_leaders_that_peaked_in_the_epochs_early_stopping_would_have_waited():
+    def trial(acc, epochs, best, max_epochs=50, patience=10, pruned=False):
+        return {"fine_accuracy": acc, "epochs": epochs, "best_epoch": best, "max_epochs": max_epochs, "patience": patience,
+                "pruned": pruned}
+
+    stopped_early, pruned, peaked_before = trial(0.5, 30, 20), trial(0.4, 5, 5, pruned=True), trial(0.3, 50, 40)
+    assert analyze_results.budget_note([stopped_early, pruned, peaked_before], top=10) is None
+    # The leaders of a search whose resume changed --epochs: said in general terms. Below the top 2: not counted.
+    rows = [trial(0.6, 50, 45), trial(0.5, 80, 79, max_epochs=80), trial(0.4, 50, 50)]
+    assert analyze_results.budget_note(rows, top=2) == (
+        "Their budget may have been short: 2 of the 2 best trials peaked in their last --patience epochs of --epochs (the "
+        "last tenth without early stopping); a larger --epochs may raise them.")
+
