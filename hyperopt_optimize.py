@@ -385,7 +385,8 @@ class Search:
         if not ok:
             print("No finished trial yet.")
             return
-        print(f"\nTop {len(ok)} of {len(results)} trials:")
+        failed, pruned = sum(r.get("status") != "ok" for r in results), sum(bool(r.get("pruned")) for r in results)
+        print(f"\nTop {len(ok)} of {len(results)} trials ({failed} failed, {pruned} pruned):")
         print(f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  model")
         for rank, r in enumerate(ok, 1):
             def fmt(v):

@@ -104,7 +104,7 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     assert len(trials.trials) == 3 and len(result_files(tmp_path)) == 3
     assert [t["tid"] for t in trials.trials] == [0, 1, 2]
     assert trials.trials[2]["misc"]["vals"] not in [t["misc"]["vals"] for t in trials.trials[:2]]
-    assert "Top 3 of 3 trials" in second.stdout
+    assert "Top 3 of 3 trials (0 failed, 0 pruned):" in second.stdout  # too few finished trials before them to prune
 
 
 @pytest.mark.slow
@@ -249,7 +249,7 @@ def test_trials_that_drew_the_same_name_keep_a_result_file_each(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch, capsys):
     import neural_net
 
     real = neural_net.build_and_train
@@ -267,6 +267,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
     assert [t["result"]["status"] for t in trials.trials] == ["fail", "ok", "ok"]
     failed = [p for p in result_files(tmp_path) if "failed" in p.name]
     assert len(failed) == 1 and "NaN" in failed[0].read_text()
+    assert "Top 2 of 3 trials (1 failed, 0 pruned):" in capsys.readouterr().out
 
 
 def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the_search_before_it_trains(
