@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from cli import HelpFormatter, at_least, plural, run
-from utils import RESULTS_DIR, SETTINGS, best_epoch, check_writable, is_ok, iter_results, setting, trials_file_for, validation_curve, warn
+from utils import (RESULTS_DIR, SETTINGS, best_epoch, check_writable, is_ok, iter_results, setting, trials_file_for,
+                   validation_curve, warn)
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -253,8 +254,8 @@ def budget_note(rows: list[dict], top: int) -> str | None:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple", *COST_COLUMNS,
-               *HYPERPARAMETERS]
+               *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple",
+               *COST_COLUMNS, *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
