@@ -236,7 +236,7 @@ def budget_note(rows: list[dict], top: int) -> str | None:
     leaders = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
 
     def last_epochs(r: dict) -> int:  # those where a peak means it was still improving: early stopping's, else a tenth
-        return r["patience"] or max(1, r["max_epochs"] // 10)
+        return r["patience"] if r["patience"] and r["patience"] < r["max_epochs"] else max(1, r["max_epochs"] // 10)
 
     improving = [r for r in leaders if not r["pruned"] and r["max_epochs"] and r["best_epoch"]
                  and r["epochs"] == r["max_epochs"] and r["best_epoch"] > r["max_epochs"] - last_epochs(r)]
@@ -245,9 +245,9 @@ def budget_note(rows: list[dict], top: int) -> str | None:
     budgets = {(last_epochs(r), r["max_epochs"]) for r in improving}
     if len(budgets) == 1:
         window, budget = next(iter(budgets))
-        where = f"in the last {window} epochs of {budget}"
+        where = f"in the last {plural(window, 'epoch').removeprefix('1 ')} of {budget}"
     else:  # a resume changed --epochs or --patience
-        where = "in their last --patience epochs of --epochs (the last tenth without early stopping)"
+        where = "in their last --patience epochs of --epochs (the last tenth where early stopping could not end them)"
     return (f"Their budget may have been short: {len(improving)} of the {len(leaders)} best trials peaked {where}; "
             "a larger --epochs may raise them.")
 

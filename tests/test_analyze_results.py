@@ -385,5 +385,9 @@ def test_the_budget_is_called_short_only_for_leaders_that_peaked_in_the_epochs_e
     rows = [trial(0.6, 50, 45), trial(0.5, 80, 79, max_epochs=80), trial(0.4, 50, 50)]
     assert analyze_results.budget_note(rows, top=2) == (
         "Their budget may have been short: 2 of the 2 best trials peaked in their last --patience epochs of --epochs (the "
-        "last tenth without early stopping); a larger --epochs may raise them.")
+        "last tenth where early stopping could not end them); a larger --epochs may raise them.")
+    # A budget within --patience, which early stopping could never end: a peak in its last tenth, here its last epoch.
+    short = [trial(0.5, 2, 2, max_epochs=2, patience=15), trial(0.4, 2, 1, max_epochs=2, patience=15)]
+    assert analyze_results.budget_note(short, top=10) == (
+        "Their budget may have been short: 1 of the 2 best trials peaked in the last epoch of 2; a larger --epochs may raise them.")
 
