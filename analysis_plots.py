@@ -72,6 +72,11 @@ def _positions(ok: list[dict], name: str, kind: str) -> np.ndarray:
     return np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
 
 
+def _pruned(rows: list[dict]) -> np.ndarray:
+    """Which of these trials were pruned, for MARKS."""
+    return np.array([r["pruned"] for r in rows], dtype=bool)
+
+
 def _trials(ax, x, y, pruned: np.ndarray, colours: np.ndarray | None = None, **style) -> None:
     """Scatter trials, the pruned ones apart (MARKS), or by their shape alone where `colours` colour each point;
     each kind labelled only where there is one, for a legend."""
@@ -91,7 +96,7 @@ def _whole_numbers(values: np.ndarray) -> bool:
 def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: str):
     """One panel per hyperparameter: each trial's fine accuracy against its value (categories: their means too)."""
     acc = np.array([r["fine_accuracy"] for r in ok])
-    pruned = np.array([r["pruned"] for r in ok], dtype=bool)
+    pruned = _pruned(ok)
     rng = np.random.default_rng(0)
     cols, lines = 5, math.ceil(len(kinds) / 5)
     fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False)
@@ -125,7 +130,7 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
 def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
     """Every pair of the chosen hyperparameters (name: kind) and fine accuracy, points coloured by accuracy; histograms on the diagonal."""
     acc = np.array([r["fine_accuracy"] for r in ok])
-    pruned = np.array([r["pruned"] for r in ok], dtype=bool)
+    pruned = _pruned(ok)
     columns = [_positions(ok, name, kind) for name, kind in chosen.items()] + [acc]
     labels = [*chosen, "fine accuracy"]
     # A category's axis is marked with its labels at their places.
@@ -166,7 +171,7 @@ def convergence(rows: list[dict], split: str):
     ax.step([r["trial"] for r in rows], curve, where="post", color="black", label="best so far")
     # Each kind of trial marked and in the legend only where the search has one: a "pruned" entry would say it pruned.
     ok = [r for r in rows if r["fine_accuracy"] is not None]
-    _trials(ax, [r["trial"] for r in ok], [r["fine_accuracy"] for r in ok], np.array([r["pruned"] for r in ok], dtype=bool))
+    _trials(ax, [r["trial"] for r in ok], [r["fine_accuracy"] for r in ok], _pruned(ok))
     if failed := [r["trial"] for r in rows if r["fine_accuracy"] is None]:
         ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
     ax.set_xlabel("trial")
@@ -197,7 +202,7 @@ def top_trials_per_epoch(ok: list[dict], top: int, split: str):
 def fine_vs_coarse(both: list[dict], split: str):
     """Each trial's coarse accuracy against its fine accuracy."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    pruned = np.array([r["pruned"] for r in both], dtype=bool)
+    pruned = _pruned(both)
     _trials(ax, [r["fine_accuracy"] for r in both], [r["coarse_accuracy"] for r in both], pruned)
     ax.set_xlabel(f"{split} fine accuracy")
     ax.set_ylabel(f"{split} coarse accuracy")

@@ -78,6 +78,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     rows = []
     for path, result in results:
         space = result.get("space") or {}
+        curve = validation_curve(result, "fine")
         ok = is_ok(result)
         row = {
             "file": path.name,
@@ -93,15 +94,15 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "selected_on": setting(result, "selected_on") if ok else None,
             "val_images": setting(result, "val_images") if ok else None,
             "test_images": result.get("test_images"),
-            "epochs": result.get("epochs_trained") or len(validation_curve(result)) or None,
-            "best_epoch": result.get("best_epoch") or best_epoch(validation_curve(result)),
+            "epochs": result.get("epochs_trained") or len(curve) or None,
+            "best_epoch": result.get("best_epoch") or best_epoch(curve),
             # What a resume may change with a warning: the budget, early stopping's patience, the widths' rounding.
             "max_epochs": setting(result, "max_epochs"),
             "patience": result.get("patience"),
             "width_multiple": width_multiple(space) if space else None,
             # What a trial cost, and on what: the seconds of one machine do not compare with another's.
             **{key: result.get(key) for key in COST_COLUMNS},
-            "fine_curve": validation_curve(result, "fine"),
+            "fine_curve": curve,
             "coarse_curve": validation_curve(result, "coarse"),
         }
         for name in HYPERPARAMETERS:
@@ -245,7 +246,7 @@ def budget_note(rows: list[dict], top: int) -> str | None:
     budgets = {(last_epochs(r), r["max_epochs"]) for r in improving}
     if len(budgets) == 1:
         window, budget = next(iter(budgets))
-        where = f"in the last {plural(window, 'epoch').removeprefix('1 ')} of {budget}"
+        where = f"in the last {'epoch' if window == 1 else f'{window} epochs'} of {budget}"
     else:  # a resume changed --epochs or --patience
         where = "in their last --patience epochs of --epochs (the last tenth where early stopping could not end them)"
     return (f"Their budget may have been short: {len(improving)} of the {len(leaders)} best trials peaked {where}; "

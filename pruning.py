@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from utils import best_epoch
+
 MONITOR = "val_fine_outputs_accuracy"  # what selects epochs and trials
 MIN_EPOCH = 5
 MIN_TRIALS = 3
@@ -71,8 +73,8 @@ class MedianStoppingRule(keras.callbacks.Callback):
         if value is None:
             return
         self.curve.append(float(value))
-        bar = median_bar(len(self.curve), self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials)
-        if bar is not None and max(self.curve) < bar:
+        if should_prune(self.curve, self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials):
+            bar = median_bar(len(self.curve), self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials)
             self.pruned = True
             self.model.stop_training = True
             # tqdm.write: a plain print would tear the search's progress bar.
@@ -112,7 +114,7 @@ class BestEpochKeeper(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         if self.before and (curve := self.before.history.get(MONITOR)):
-            self.best_epoch = curve.index(max(curve))
+            self.best_epoch = best_epoch(curve) - 1  # Keras counts from 0
             self.best, self.best_weights = curve[self.best_epoch], self.before.best_weights
             self.wait = len(curve) - 1 - self.best_epoch
 
