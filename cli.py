@@ -29,6 +29,16 @@ def at_least(minimum: int, maximum: int | None = None):
     return parse
 
 
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = float(text)  # a ValueError is argparse's "invalid float value" error
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+positive.__name__ = "float"
+
 SEED = at_least(0, 2**32 - 1)  # what numpy's and Keras's seeding take
 
 

@@ -24,7 +24,7 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np  # noqa: E402
 
-from cli import HelpFormatter, SEED, at_least, plural, run  # noqa: E402
+from cli import HelpFormatter, SEED, at_least, plural, positive, run  # noqa: E402
 from utils import check_writable  # noqa: E402
 
 BATCH = 32  # filters climbed at once
@@ -37,15 +37,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layers", default=None, help="regex of layer names; a dense layer climbs each unit, a head each class "
                         "(default: the residual add layers, else the conv layers)")
     parser.add_argument("--steps", type=at_least(1), default=40, help="gradient ascent steps per filter")
-    parser.add_argument("--step-size", type=float, default=0.01, help="size of one normalised step, in input units")
+    parser.add_argument("--step-size", type=positive, default=0.01, help="size of one normalised step, in input units")
     parser.add_argument("--max-filters", type=at_least(1), default=64, help="filters tried per layer (the first ones)")
     parser.add_argument("--zoom", type=at_least(1, 64), default=None,
                         help="enlarge each pixel to ZOOM x ZOOM, 1 to 64, in the PNGs (default: tiles of at least 128 pixels, 4 for CIFAR)")
     parser.add_argument("--out", default="layers", help="folder for the PNG grids")
     parser.add_argument("--seed", type=SEED, default=0, help="random seed of the starting images")
     args = parser.parse_args(argv)
-    if not args.step_size > 0:
-        parser.error(f"--step-size must be positive, got {args.step_size}")
     if args.layers is not None:
         try:
             re.compile(args.layers)

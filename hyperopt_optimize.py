@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from cli import HelpFormatter, SEED, at_least
+    from cli import HelpFormatter, SEED, at_least, positive
     from precision import PRECISION_HELP, PRECISIONS
     from utils import trials_file_for
 
@@ -40,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="folder holding the official cifar-100-python.tar.gz (cifar10: cifar-10-python.tar.gz) "
                              "(default: Keras's cache, ~/.keras/datasets)")
     parser.add_argument("--max-evals", type=at_least(1), default=None, help="total trials, resumed ones included (default: no limit, run until Ctrl-C)")
+    parser.add_argument("--max-hours", type=positive, default=None,
+                        help="start no trial after this many hours of this run's trials; the ones training then finish and "
+                             "are saved (default: no limit)")
     parser.add_argument("--epochs", type=at_least(1), default=100, help="most epochs per trial")
     parser.add_argument("--patience", type=at_least(1), default=15, help="early stopping: epochs without a better validation fine accuracy (best weights restored)")
     parser.add_argument("--prune", choices=["median", "none"], default="median", help="stop trials that trail the median of finished trials")
@@ -136,6 +140,8 @@ class Search:
         self.guard = guard
         self.started = False  # whether trials have begun: an interruption from then on can leave saved trials behind
         self.stop_reason = None
+        self.deadline = None  # time.monotonic() at which --max-hours is up
+        self.out_of_time = False  # whether --max-hours ran out: trials were left to start
         self.saved_tids: set[int] = set()
         self.pickle_stamp = None  # the trials pickle as this search last read or wrote it (utils.file_stamp): none yet
         self.plot_broken = False  # after one failed plot, stop trying
@@ -241,7 +247,7 @@ class Search:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
             self.objective.data = broadcast(self.data)
-            poller = Poller(self.trials, lambda trials: self.stop_reason if self.after_trials(trials)[0] else None)
+            poller = Poller(self.trials, self.after_spark_trials)
         else:
             self.trials, poller = finished, None
         self.started = True
@@ -249,7 +255,7 @@ class Search:
             fmin(
                 self.objective,
                 space,
-                algo=suggesting_first(first, self.suggestion_algorithm()),
+                algo=self.within_max_hours(suggesting_first(first, self.suggestion_algorithm())),
                 max_evals=args.max_evals,
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.
@@ -272,11 +278,45 @@ class Search:
             return EXIT_SIGTERM if self.guard.signum == signal.SIGTERM else EXIT_SIGINT
         if poller:
             poller.stop()
+        if self.out_of_time:
+            print(f"\n--max-hours {args.max_hours:g} is up: no more trials start; "
+                  f"{plural(len(self.saved_tids), 'finished trial')} saved.")
         self.print_leaderboard(self.trials)
         if self.stop_reason:
             print(f"error: {self.stop_reason}", file=sys.stderr)
             return 1
+        if self.out_of_time:
+            print(f"Go on for another --max-hours with: {shlex.join(['python3', *sys.argv])}")
         return 0
+
+    def within_max_hours(self, algo):
+        """`algo`, suggesting nothing once --max-hours have passed since the trials began.
+
+        hyperopt then ends the search as the trials still training finish, which are saved; its own `timeout`
+        would cancel them on Spark, and lose their hours.
+        """
+        if self.args.max_hours is None:
+            return algo
+        self.deadline = time.monotonic() + self.args.max_hours * 3600
+
+        def suggest(new_ids, domain, trials, seed):
+            if not self.time_is_up():
+                return algo(new_ids, domain, trials, seed)
+            self.out_of_time = True
+            return []
+
+        return suggest
+
+    def time_is_up(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def after_spark_trials(self, trials) -> str | None:
+        """Under Spark, every second: save the trials that finished; once --max-hours is up, start none of those queued."""
+        from spark_search import cancel_queued
+
+        if self.time_is_up() and cancel_queued(trials):
+            self.out_of_time = True
+        return self.stop_reason if self.after_trials(trials)[0] else None
 
     def suggestion_algorithm(self):
         """hyperopt's suggest function of --algo, with --startup-trials."""

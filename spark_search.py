@@ -121,6 +121,16 @@ class Poller:
         self.save(self.trials)
 
 
+def cancel_queued(trials) -> bool:
+    """Cancel the trials that SparkTrials holds for the next free slot, so that none of them starts; whether any was."""
+    from hyperopt.base import JOB_STATE_CANCEL, JOB_STATE_NEW
+
+    queued = [trial for trial in trials._dynamic_trials if trial["state"] == JOB_STATE_NEW]
+    for trial in queued:
+        trial["state"] = JOB_STATE_CANCEL
+    return bool(queued)
+
+
 def spare_the_gpus_in_the_driver() -> None:
     """Before the search's own process loads a backend: it trains nothing (its workers do), so it takes GPU memory
     as it needs it (a model to draw), not most of every GPU, which the workers' trials would then lack."""

@@ -60,7 +60,9 @@ def test_help_explains_every_option_and_states_each_default_once(script):
     ("analyze_results.py", ["--top", "0"], "argument --top: must be at least 1, got 0"),
     ("conv_filters_visualization.py", ["--max-filters", "0"], "argument --max-filters: must be at least 1, got 0"),
     ("conv_filters_visualization.py", ["--zoom", "1000"], "argument --zoom: must be between 1 and 64, got 1000"),
-    ("conv_filters_visualization.py", ["--step-size", "-0.1"], "--step-size must be positive, got -0.1"),
+    ("conv_filters_visualization.py", ["--step-size", "-0.1"], "argument --step-size: must be a positive number, got -0.1"),
+    ("hyperopt_optimize.py", ["--max-hours", "nan"], "argument --max-hours: must be a positive number, got nan"),
+    ("hyperopt_optimize.py", ["--max-hours", "2h"], "argument --max-hours: invalid float value: '2h'"),
     ("conv_filters_visualization.py", ["--layers", "conv("], "--layers is not a regular expression"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
 def test_bad_numbers_and_patterns_are_one_line_usage_errors(script, args, message, tmp_path):

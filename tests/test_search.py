@@ -383,15 +383,18 @@ def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(t
     assert len(trials) == 2 and trials[1]["misc"]["vals"] != point
 
 
+def instant(space, data, **kw):
+    """A trial's result without its training, for tests of what the search does around trials."""
+    accuracy = 0.1 * space["lr_rate_mult"]
+    return None, {"status": "ok", "loss": -accuracy, "fine_best_accuracy": accuracy, "coarse_best_accuracy": None,
+                  "epochs_trained": 1, "pruned": False, "train_seconds": 0.0, "model_name": f"model_{accuracy}_x",
+                  "space": space, "history": {"val_fine_outputs_accuracy": [accuracy]}, "dataset": data.name,
+                  "train_images": len(data.x_train), "selected_on": data.selects_on}
+
+
 @pytest.mark.slow
 def test_tpe_models_the_trials_from_startup_trials_on(tmp_path, monkeypatch, capsys):
     import neural_net
-
-    def instant(space, data, **kw):  # a trial's result without its training: the suggestions are what is tested
-        accuracy = 0.1 * space["lr_rate_mult"]
-        return None, {"status": "ok", "loss": -accuracy, "fine_best_accuracy": accuracy, "coarse_best_accuracy": None,
-                      "epochs_trained": 1, "pruned": False, "train_seconds": 0.0, "model_name": f"model_{accuracy}_x",
-                      "space": space, "history": {"val_fine_outputs_accuracy": [accuracy]}}
 
     monkeypatch.setattr(neural_net, "build_and_train", instant)
     points = {}
@@ -406,6 +409,35 @@ def test_tpe_models_the_trials_from_startup_trials_on(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as refused:
         in_process(tmp_path, monkeypatch, "--algo", "random", "--startup-trials", "2")
     assert refused.value.code == 2 and "--startup-trials is TPE's" in capsys.readouterr().err
+
+
+def test_no_trial_starts_after_max_hours_and_the_same_command_goes_on_for_as_long_again(tmp_path, monkeypatch, capsys):
+    import hyperopt_optimize
+    import neural_net
+
+    class Clock:  # each trial takes an hour
+        hours = 0.0
+
+        @classmethod
+        def monotonic(cls):
+            return cls.hours * 3600
+
+    def an_hour_long(space, data, **kw):
+        Clock.hours += 1
+        return instant(space, data)
+
+    monkeypatch.setattr(hyperopt_optimize, "time", Clock)
+    monkeypatch.setattr(neural_net, "build_and_train", an_hour_long)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "10", "--max-hours", "2.5") == 0
+    out = capsys.readouterr().out
+    # Trials start at hours 0, 1 and 2; the third one, which ends past the limit, finishes and is saved.
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 3 and len(result_files(tmp_path)) == 3
+    assert "\n--max-hours 2.5 is up: no more trials start; 3 finished trials saved.\n\nTop 3 of 3 trials" in out
+    assert out.splitlines()[-1].startswith("Go on for another --max-hours with: python3 ")
+
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "10", "--max-hours", "1") == 0
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 4
+    assert "--max-hours 1 is up: no more trials start; 4 finished trials saved." in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -94,6 +94,31 @@ def test_a_crashed_worker_trial_is_recorded_as_failed_and_the_search_resumes_ove
     assert [t["result"]["status"] for t in load_trials(tmp_path / "results.pkl").trials] == ["fail"] * 3 + ["ok"]
 
 
+class SlowObjective(hyperopt_optimize.Objective):
+    """A trial that takes at least 6 s."""
+
+    def __call__(self, space):
+        import time
+
+        time.sleep(6)
+        return super().__call__(space)
+
+
+@pytest.mark.slow
+def test_trials_still_training_when_max_hours_is_up_finish_and_are_saved(tmp_path, monkeypatch, capsys):
+    from pyspark import cloudpickle  # the copy that pickles Spark's tasks
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(hyperopt_optimize, "Objective", SlowObjective)
+    monkeypatch.chdir(tmp_path)
+    # Both trials start at once, and train past the 3.6 s allowed: hyperopt's own timeout would cancel them.
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "6", "--max-hours", "0.001", "--spark-master", "local[2]"]) == 0
+    assert "--max-hours 0.001 is up: no more trials start; 2 finished trials saved." in capsys.readouterr().out
+    trials = load_trials(tmp_path / "results.pkl")
+    assert [t["result"]["status"] for t in trials.trials] == ["ok", "ok"]
+    assert len(list((tmp_path / "results").glob("model_*.txt.json"))) == 2
+
+
 # A Spark worker as prepare_worker leaves it: its GPU and memory settings on one line; then it holds its
 # lock until its stdin closes. Run as the user whose id is argv[3] (0: as it is).
 WORKER = """
