@@ -52,7 +52,8 @@ def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]
     figures["importance.png"] = importance_ranking(ranked, split)
     written = []
     for name, fig in figures.items():
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # a figure with a colour bar lays itself out
+            fig.tight_layout()
         fig.savefig(out / name, dpi=90, bbox_inches="tight")  # long tick labels push an axis label past the edge
         plt.close(fig)
         written.append(out / name)
@@ -94,22 +95,26 @@ def _whole_numbers(values: np.ndarray) -> bool:
 
 
 def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: str):
-    """One panel per hyperparameter: each trial's fine accuracy against its value (categories: their means too)."""
+    """One panel per hyperparameter: each trial's fine accuracy against its value, coloured by its trial number
+    (categories: their means too)."""
     acc = np.array([r["fine_accuracy"] for r in ok])
     pruned = _pruned(ok)
+    # As Optuna's slice plot: where the search went as it learned, TPE's later trials against its first random ones.
+    order = np.array([r["trial"] for r in ok])
+    when = dict(colours=order, cmap="viridis", norm=plt.Normalize(order.min(), order.max()), alpha=0.8)
     rng = np.random.default_rng(0)
     cols, lines = 5, math.ceil(len(kinds) / 5)
-    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False, layout="constrained")
     for ax, (name, kind) in zip(axes.flat, kinds.items()):
         x = _positions(ok, name, kind)
         if kind == "category":
             levels = _levels(ok, name)
-            _trials(ax, x + rng.uniform(-0.2, 0.2, len(x)), acc, pruned, alpha=0.7)
+            _trials(ax, x + rng.uniform(-0.2, 0.2, len(x)), acc, pruned, **when)
             ax.scatter(range(len(levels)), [acc[x == i].mean() for i in range(len(levels))], marker="_", s=600,
                        color="red", label="mean")
             ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
         else:
-            _trials(ax, x, acc, pruned, alpha=0.7)
+            _trials(ax, x, acc, pruned, **when)
             if kind == "log" and x.min() > 0:
                 ax.set_xscale("log")
                 ticks = log_ticks(list(x))
@@ -122,8 +127,14 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{split} fine accuracy", fontsize=8)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(when["norm"], "viridis"), ax=axes, label="trial number", fraction=0.015,
+                       pad=0.01)
+    bar.ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     if pruned.any():  # a pruned trial's accuracy is where it stopped: told apart once, for every panel
-        axes[0][0].legend(*axes[0][0].get_legend_handles_labels(), fontsize=6)
+        legend = axes[0][0].legend(*axes[0][0].get_legend_handles_labels(), fontsize=6)
+        for mark in legend.legend_handles:  # by its shape: the colour says the trial number
+            mark.set_array(None)
+            mark.set_color("grey")
     return fig
 
 

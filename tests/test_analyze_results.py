@@ -350,8 +350,10 @@ def test_the_convergence_legend_names_only_the_kinds_of_trial_the_search_had(pru
 
 def test_pruned_trials_are_told_apart_in_every_plot_of_accuracy_they_appear_in():
     # A pruned trial's accuracy is the one it had when stopped: it must not read as a finished trial's.
-    rows = [{"fine_accuracy": acc, "coarse_accuracy": acc + 0.1, "pruned": pruned, "lr_rate_mult": lr, "activation": act}
-            for acc, pruned, lr, act in ((0.4, False, 1.0, "relu"), (0.1, True, 0.7, "elu"), (0.3, False, 1.4, "elu"))]
+    rows = [{"trial": trial, "fine_accuracy": acc, "coarse_accuracy": acc + 0.1, "pruned": pruned, "lr_rate_mult": lr,
+             "activation": act}
+            for trial, (acc, pruned, lr, act) in enumerate(((0.4, False, 1.0, "relu"), (0.1, True, 0.7, "elu"),
+                                                            (0.3, False, 1.4, "elu")))]
     panels = analysis_plots.hyperparameters_vs_accuracy(rows, {"lr_rate_mult": "log", "activation": "category"}, "validation")
     pairs = analysis_plots.fine_vs_coarse(rows, "validation")
     matrix = analysis_plots.scatter_matrix(rows, {"lr_rate_mult": "log"})  # lr_rate_mult against accuracy, bottom left
@@ -363,6 +365,25 @@ def test_pruned_trials_are_told_apart_in_every_plot_of_accuracy_they_appear_in()
         assert marks["pruned"] == [pytest.approx(pruned_point)] and len(marks["trial"]) == 2
         assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["trial", "pruned"]
     assert [c.get_label() for c in panels.axes[1].collections][:2] == ["trial", "pruned"]  # a category's panel too
+
+
+def test_each_hyperparameters_trials_are_coloured_by_when_the_search_tried_them():
+    # Where TPE's later trials went, against the first random ones: the colour is the trial number, on a bar of whole numbers.
+    rows = [{"trial": trial, "fine_accuracy": 0.1 * trial, "pruned": trial == 3, "lr_rate_mult": 0.6 + 0.2 * trial}
+            for trial in (4, 0, 3, 2)]  # in the order of the results folder
+    fig = analysis_plots.hyperparameters_vs_accuracy(rows, {"lr_rate_mult": "log"}, "validation")
+    fig.canvas.draw()
+    panel, bar = fig.axes[0], fig.axes[-1]
+    colour_of = {}
+    for points in panel.collections:
+        for (x, _), colour in zip(points.get_offsets(), points.get_facecolors()):
+            colour_of[round((x - 0.6) / 0.2)] = tuple(colour[:3])
+    viridis = matplotlib.colormaps["viridis"]
+    assert colour_of == {trial: pytest.approx(viridis(trial / 4)[:3]) for trial in (0, 2, 3, 4)}
+    assert bar.get_ylabel() == "trial number" and [t for t in bar.get_yticks() if 0 <= t <= 4] == [0, 1, 2, 3, 4]
+    legend = panel.get_legend()  # the pruned trial told apart by its shape alone
+    assert [t.get_text() for t in legend.get_texts()] == ["trial", "pruned"]
+    assert {tuple(mark.get_facecolor()[0][:3]) for mark in legend.legend_handles} == {matplotlib.colors.to_rgb("grey")}
 
 
 def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
