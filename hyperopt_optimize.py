@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from utils import SignalGuard
 
+import resume  # noqa: E402
 from cli import plural, run, unsupported_backend  # noqa: E402
 from precision import tensorflow_defaults, use_one_gpu  # noqa: E402
 from trial import Objective, report, trial_line  # noqa: E402
@@ -152,7 +153,7 @@ class Search:
         from datasets import DatasetError
         from precision import training_line
         from spark_search import SparkUnavailable, check_requirements, parallelism_of
-        from utils import TrialsFileError, finished_curves
+        from utils import TrialsFileError, file_stamp, finished_curves
 
         args = self.args
         parallelism = None
@@ -160,22 +161,24 @@ class Search:
             if args.spark_master:
                 check_requirements()
                 parallelism = parallelism_of(args.spark_master, args.parallelism)
-            finished = self.load_finished_trials()
+            finished = resume.finished_trials(args)
+            self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
+            self.saved_tids = {t["tid"] for t in finished.trials}
             if args.max_evals is not None and len(finished.trials) >= args.max_evals:
                 print(f"Nothing to do: {plural(len(finished.trials), 'trial')} already, --max-evals {args.max_evals}.")
                 self.print_leaderboard(finished)
                 return 0
             width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
-            self.warn_of_changed_settings(finished, width)
-            first = self.enqueued_points(finished)
+            resume.warn_of_changed_settings(finished, args, width)
+            first = resume.enqueued_points(finished, args)
             space = hyperspace.SPACES[args.space] | {"width_multiple": width}
-            self.data = self.load_data(finished)
+            self.data = resume.load_data(finished, args)
         except (TrialsFileError, DatasetError, SparkUnavailable, hyperspace.NotInSpace, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(self.data.summary())
         print(training_line(args.precision))
-        self.best_loss = self.current_best_loss(finished)
+        self.best_loss = resume.best_loss(finished)
         if not args.no_plot:
             self.plot(hyperspace.DEMO_SPACE, "model_demo.png")
 
@@ -185,48 +188,6 @@ class Search:
         self.objective.enqueued = [(hyperspace.decode(vals, space), name) for name, vals in first]
         self.guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
         return self.minimize(finished, parallelism, space, [vals for _, vals in first])
-
-    def enqueued_points(self, finished) -> list[tuple[str, dict]]:
-        """The --enqueue points that no finished trial trained: (name, hyperopt's encoding); NotInSpace for one the space cannot sample."""
-        from hyperspace import SPACES, active, encode, point_named
-
-        points: list[tuple[str, dict]] = []
-        for name in self.args.enqueue or ():
-            point = point_named(name, f"--enqueue {name}")
-            vals = encode(point, SPACES[self.args.space], f"--enqueue {name} (--space {self.args.space})")
-            if trained := [t["tid"] for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
-                print(f"--enqueue {name}: trained already, as trial {trained[0]}")
-            elif active(vals) not in [active(queued) for _, queued in points]:
-                print(f"--enqueue {name}: trained first")
-                points.append((name, vals))
-        return points
-
-    def warn_of_changed_settings(self, finished, width: int) -> None:
-        """Say which settings that a resume may change differ from the finished trials' (a deliberate choice: not refused)."""
-        import hyperspace
-        from utils import recorded, warn
-
-        args = self.args
-        for option, now, before, what in (
-                ("--epochs", args.epochs, recorded(finished, "max_epochs"), "accuracies reached in different budgets"),
-                ("--patience", args.patience, recorded(finished, "patience"), "accuracies of trials stopped early at other points"),
-                ("--width-multiple", width, {hyperspace.width_multiple(r["space"]) for r in finished.results if r.get("space")},
-                 "networks of other widths under the same hyperparameters")):
-            if others := before - {now}:
-                warn(f"{args.trials_file} holds trials of {option} {', '.join(map(str, sorted(others)))}, this run's is {now}: "
-                     f"TPE will compare {what}")
-
-    def load_data(self, finished):
-        """This run's dataset (else DatasetError), if it has as many training images as the finished trials (else TrialsFileError)."""
-        from datasets import load_dataset
-        from utils import TrialsFileError, mismatched_setting
-
-        args = self.args
-        data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
-                            data_dir=args.data_dir, select_on=args.select_on)
-        if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(data.x_train)):
-            raise TrialsFileError(mismatch)
-        return data
 
     def minimize(self, finished, parallelism: int | None, space: dict, first: list[dict]) -> int:
         """Run hyperopt's fmin over `space`, the points `first` first, saving every finished trial; the exit status."""
@@ -327,42 +288,6 @@ class Search:
         if self.args.startup_trials is None:
             return tpe.suggest
         return functools.partial(tpe.suggest, n_startup_jobs=self.args.startup_trials)
-
-    def load_finished_trials(self):
-        """Trials from the pickle, without the ones that never finished, if they share this run's settings; or new Trials."""
-        from hyperopt import Trials
-
-        from utils import (TrialsFileError, file_stamp, finished_copy, iter_results, load_trials, mismatched_setting, result_path,
-                           save_json_result)
-
-        args = self.args
-        if not os.path.exists(args.trials_file):
-            # A new search there would restart TPE and number its trials from 0 among the old ones.
-            if orphans := sum("tid" in result for _, result in iter_results(args.results_dir)):
-                raise TrialsFileError(
-                    f"{args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
-                    f"{args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
-            print(f"Starting a new search: trials go to {args.trials_file}, results to {args.results_dir}/")
-            return Trials()
-        trials = finished_copy(load_trials(args.trials_file))
-        # A run that stopped between saving the pickle and a result file (a full disk) left it out.
-        for result in trials.results:
-            if "tid" in result and not result_path(result, args.results_dir).exists():
-                save_json_result(result, args.results_dir)
-                print(f"Restored the result file of trial {result['tid']} from {args.trials_file}")
-        best = self.current_best_loss(trials)
-        best_text = "none yet" if best is None else f"{-best:.4f}"
-        print(f"Resuming: {plural(len(trials.trials), 'trial')}, best fine accuracy {best_text}")
-        if mismatch := mismatched_setting(trials, args.trials_file, dataset=os.path.basename(args.dataset),
-                                          selected_on=args.select_on, search_space=args.space, seed=args.seed):
-            raise TrialsFileError(mismatch)
-        self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
-        self.saved_tids = {t["tid"] for t in trials.trials}
-        return trials
-
-    def current_best_loss(self, trials):
-        losses = [loss for loss in trials.losses() if loss is not None]
-        return min(losses) if losses else None
 
     def after_serial_trial(self, trials, *args):
         """After each trial fmin ran itself: stop if a signal came (C code may have made its KeyboardInterrupt an error)."""

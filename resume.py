@@ -1,0 +1,89 @@
+"""Where a search starts: the finished trials of its pickle, if they can share one TPE history with this run's settings,
+its data, and the points it trains first (--enqueue)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from cli import plural
+
+
+def best_loss(trials) -> float | None:
+    """The lowest loss of the finished trials (minus the best fine accuracy), or None."""
+    losses = [loss for loss in trials.losses() if loss is not None]
+    return min(losses) if losses else None
+
+
+def finished_trials(args: argparse.Namespace):
+    """Trials from the pickle, without the ones that never finished, if they share this run's settings; or new Trials.
+
+    TrialsFileError for a pickle that cannot be read or whose trials do not compare with this run's.
+    """
+    from hyperopt import Trials
+
+    from utils import TrialsFileError, finished_copy, iter_results, load_trials, mismatched_setting, result_path, save_json_result
+
+    if not os.path.exists(args.trials_file):
+        # A new search there would restart TPE and number its trials from 0 among the old ones.
+        if orphans := sum("tid" in result for _, result in iter_results(args.results_dir)):
+            raise TrialsFileError(
+                f"{args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
+                f"{args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
+        print(f"Starting a new search: trials go to {args.trials_file}, results to {args.results_dir}/")
+        return Trials()
+    trials = finished_copy(load_trials(args.trials_file))
+    # A run that stopped between saving the pickle and a result file (a full disk) left it out.
+    for result in trials.results:
+        if "tid" in result and not result_path(result, args.results_dir).exists():
+            save_json_result(result, args.results_dir)
+            print(f"Restored the result file of trial {result['tid']} from {args.trials_file}")
+    best = best_loss(trials)
+    print(f"Resuming: {plural(len(trials.trials), 'trial')}, best fine accuracy {'none yet' if best is None else f'{-best:.4f}'}")
+    if mismatch := mismatched_setting(trials, args.trials_file, dataset=os.path.basename(args.dataset),
+                                      selected_on=args.select_on, search_space=args.space, seed=args.seed):
+        raise TrialsFileError(mismatch)
+    return trials
+
+
+def warn_of_changed_settings(finished, args: argparse.Namespace, width: int) -> None:
+    """Say which settings that a resume may change differ from the finished trials' (a deliberate choice: not refused)."""
+    from hyperspace import width_multiple
+    from utils import recorded, warn
+
+    for option, now, before, what in (
+            ("--epochs", args.epochs, recorded(finished, "max_epochs"), "accuracies reached in different budgets"),
+            ("--patience", args.patience, recorded(finished, "patience"), "accuracies of trials stopped early at other points"),
+            ("--width-multiple", width, {width_multiple(r["space"]) for r in finished.results if r.get("space")},
+             "networks of other widths under the same hyperparameters")):
+        if others := before - {now}:
+            warn(f"{args.trials_file} holds trials of {option} {', '.join(map(str, sorted(others)))}, this run's is {now}: "
+                 f"TPE will compare {what}")
+
+
+def enqueued_points(finished, args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """The --enqueue points that no finished trial trained: (name, hyperopt's encoding); NotInSpace for one the space cannot sample."""
+    from hyperspace import SPACES, active, encode, point_named
+
+    points: list[tuple[str, dict]] = []
+    for name in args.enqueue or ():
+        point = point_named(name, f"--enqueue {name}")
+        vals = encode(point, SPACES[args.space], f"--enqueue {name} (--space {args.space})")
+        if trained := [t["tid"] for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
+            print(f"--enqueue {name}: trained already, as trial {trained[0]}")
+        elif active(vals) not in [active(queued) for _, queued in points]:
+            print(f"--enqueue {name}: trained first")
+            points.append((name, vals))
+    return points
+
+
+def load_data(finished, args: argparse.Namespace):
+    """This run's dataset (else DatasetError), if it has as many training images as the finished trials (else TrialsFileError)."""
+    from datasets import load_dataset
+    from utils import TrialsFileError, mismatched_setting
+
+    data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
+                        data_dir=args.data_dir, select_on=args.select_on)
+    if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(data.x_train)):
+        raise TrialsFileError(mismatch)
+    return data
