@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 from cli import plural
 
@@ -54,7 +55,9 @@ class Objective:
         label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
         if name := next((name for point, name in self.enqueued if point == space), None):
             label += f" (--enqueue {name})"
-        report(f"{label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=data.has_coarse)}")
+        # When: in a log of days, what a trial's seconds alone do not tell.
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        report(f"{started} {label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=data.has_coarse)}")
         callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
         model, result = build_and_train(
             space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],

@@ -1,5 +1,6 @@
 """The search driver as a user runs it: resume, kills, signals, the lock, broken pickles, failures."""
 
+import datetime
 import json
 import os
 import pickle
@@ -390,6 +391,17 @@ def instant(space, data, **kw):
                   "epochs_trained": 1, "pruned": False, "train_seconds": 0.0, "model_name": f"model_{accuracy}_x",
                   "space": space, "history": {"val_fine_outputs_accuracy": [accuracy]}, "dataset": data.name,
                   "train_images": len(data.x_train), "selected_on": data.selects_on}
+
+
+def test_each_trial_says_when_it_started(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    monkeypatch.setattr(neural_net, "build_and_train", instant)
+    start = datetime.datetime.now().replace(microsecond=0)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    firsts = [line for line in capsys.readouterr().out.splitlines() if ", up to 1 epoch: " in line]
+    stamps = [datetime.datetime.strptime(line.split(" Trial ")[0], "%Y-%m-%d %H:%M:%S") for line in firsts]
+    assert len(stamps) == 2 and start <= stamps[0] <= stamps[1] <= datetime.datetime.now()
 
 
 @pytest.mark.slow
