@@ -172,22 +172,29 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
 
 
 def convergence(rows: list[dict], split: str):
-    """The best fine accuracy so far against the trial number, each trial marked (pruned and failed ones apart)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """The best fine accuracy so far against the trial number, each trial marked (pruned and failed ones apart); beside it,
+    where every trial's training time is known, against the hours of training the search had spent by its end."""
     best, curve = -np.inf, []
     for r in rows:
         if r["fine_accuracy"] is not None:
             best = max(best, r["fine_accuracy"])
         curve.append(best if np.isfinite(best) else np.nan)
-    ax.step([r["trial"] for r in rows], curve, where="post", color="black", label="best so far")
-    # Each kind of trial marked and in the legend only where the search has one: a "pruned" entry would say it pruned.
-    ok = [r for r in rows if r["fine_accuracy"] is not None]
-    _trials(ax, [r["trial"] for r in ok], [r["fine_accuracy"] for r in ok], _pruned(ok))
-    if failed := [r["trial"] for r in rows if r["fine_accuracy"] is None]:
-        ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(f"{split} fine accuracy")
-    ax.legend()
+    seconds = [r.get("train_seconds") for r in rows]
+    # GPU hours, not wall time: trials in parallel add theirs up. Pruned trials show there as the few hours they took.
+    axes_x = {"trial": [r["trial"] for r in rows]}
+    if all(s is not None for s in seconds):
+        axes_x["hours of training (the trials' train_seconds added up)"] = list(np.cumsum(seconds) / 3600)
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(7 * len(axes_x), 4), squeeze=False)
+    for ax, (label, x) in zip(axes[0], axes_x.items()):
+        ax.step(x, curve, where="post", color="black", label="best so far")
+        # Each kind of trial marked and in the legend only where the search has one: a "pruned" entry would say it pruned.
+        ok = [i for i, r in enumerate(rows) if r["fine_accuracy"] is not None]
+        _trials(ax, [x[i] for i in ok], [rows[i]["fine_accuracy"] for i in ok], _pruned([rows[i] for i in ok]))
+        if failed := [x[i] for i, r in enumerate(rows) if r["fine_accuracy"] is None]:
+            ax.scatter(failed, [0] * len(failed), s=30, marker="x", color="red", label="failed")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{split} fine accuracy")
+    axes[0][0].legend()
     return fig
 
 

@@ -348,6 +348,21 @@ def test_the_convergence_legend_names_only_the_kinds_of_trial_the_search_had(pru
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == legend
 
 
+def test_convergence_is_also_drawn_against_the_hours_of_training_where_every_trial_recorded_them():
+    # What another day of search may buy: a pruned trial costs the hours it took, a failed one too.
+    rows = [{"trial": i, "fine_accuracy": acc, "pruned": pruned, "train_seconds": seconds}
+            for i, (acc, pruned, seconds) in enumerate(((0.3, False, 3600), (0.1, True, 900), (None, False, 1800),
+                                                       (0.5, False, 5400)))]
+    fig = analysis_plots.convergence(rows, "validation")
+    by_trial, by_hours = fig.axes
+    assert by_hours.get_xlabel().startswith("hours of training")
+    marks = {c.get_label(): c.get_offsets().tolist() for c in by_hours.collections}
+    assert marks == {"trial": [[1.0, 0.3], [3.25, 0.5]], "pruned": [[1.25, 0.1]], "failed": [[1.75, 0.0]]}
+    assert by_hours.lines[0].get_xdata().tolist() == [1.0, 1.25, 1.75, 3.25]
+    # The 2017 files recorded no time: the trial number alone.
+    assert len(analysis_plots.convergence([{**r, "train_seconds": None} for r in rows], "validation").axes) == 1
+
+
 def test_pruned_trials_are_told_apart_in_every_plot_of_accuracy_they_appear_in():
     # A pruned trial's accuracy is the one it had when stopped: it must not read as a finished trial's.
     rows = [{"trial": trial, "fine_accuracy": acc, "coarse_accuracy": acc + 0.1, "pruned": pruned, "lr_rate_mult": lr,
