@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import HelpFormatter, at_least, plural, run
+from trial import leaderboard_title
 from utils import (RESULTS_DIR, SETTINGS, best_epoch, check_writable, is_ok, iter_results, setting, trials_file_for,
                    validation_curve, warn)
 
@@ -196,7 +197,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
             ratio = np.std([_number(r[name]) for r in ok]) / everyone if everyone > 0 else 0.0
         spread.append((ratio, name))
     varying = [name for ratio, name in sorted(spread, reverse=True)[:4] if ratio > 0]
-    print(f"Top {len(ok)} of {len(rows)} trials ({failed} failed, {sum(r['pruned'] for r in rows)} pruned):")
+    print(leaderboard_title(len(ok), rows))
     header = f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  "
     print(header + "  ".join(varying))
 

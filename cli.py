@@ -78,6 +78,15 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def duration(seconds: float) -> str:
+    """A span of time as a person reads it: "45 s", "12 min", "3.2 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help as the scripts write it: the description's own line breaks, and each option's default once."""
 

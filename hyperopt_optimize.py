@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 import resume  # noqa: E402
 from cli import plural, run, unsupported_backend  # noqa: E402
 from precision import tensorflow_defaults, use_one_gpu  # noqa: E402
-from trial import Objective, report, trial_line  # noqa: E402
+from trial import Objective, leaderboard_title, report, trial_line  # noqa: E402
 
 tensorflow_defaults()
 
@@ -350,8 +350,7 @@ class Search:
         if not ok:
             print("No finished trial yet.")
             return
-        failed, pruned = sum(r.get("status") != "ok" for r in results), sum(bool(r.get("pruned")) for r in results)
-        print(f"\nTop {len(ok)} of {len(results)} trials ({failed} failed, {pruned} pruned):")
+        print(f"\n{leaderboard_title(len(ok), results)}")
         print(f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  model")
         for rank, r in enumerate(ok, 1):
             def fmt(v):

@@ -9,7 +9,7 @@ import argparse
 import os
 import time
 
-from cli import plural
+from cli import duration, plural
 
 
 def report(line: str) -> None:
@@ -95,3 +95,17 @@ def how_it_stopped(result: dict) -> str:
     elif not result.get("pruned") and trained < result.get("max_epochs", trained):
         text += ", stopped early"  # --patience epochs without a better one
     return text
+
+
+def leaderboard_title(shown: int, trials: list[dict]) -> str:
+    """A leaderboard's first line: how many of how many trials, the failed and pruned ones, the training time they took.
+
+    The time is left out where a finished trial did not record it (the 2017 files); a crashed Spark worker's trial, which
+    could not, counts as none.
+    """
+    failed, pruned = sum(t.get("status") != "ok" for t in trials), sum(bool(t.get("pruned")) for t in trials)
+    seconds = [t.get("train_seconds") for t in trials if t.get("status") == "ok"]
+    spent = ""
+    if seconds and None not in seconds:
+        spent = f"; {duration(sum(t.get('train_seconds') or 0 for t in trials))} of training"
+    return f"Top {shown} of {plural(len(trials), 'trial')} ({failed} failed, {pruned} pruned{spent}):"

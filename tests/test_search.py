@@ -18,7 +18,7 @@ import pytest
 from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import describe
-from trial import trial_line
+from trial import leaderboard_title, trial_line
 from utils import load_trials, save_trials
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -64,6 +64,16 @@ def test_a_trials_line_says_its_best_epoch_and_why_it_ended_before_its_budget(en
     assert trial_line(result, -0.5, "validation") == f"Trial 7: fine 0.5000 / coarse 0.6000 validation accuracy, {said}; best so far 0.5000"
 
 
+def test_a_leaderboard_says_how_long_its_trials_trained_where_each_finished_one_recorded_it():
+    finished = {"status": "ok", "pruned": False, "train_seconds": 7200.0}
+    trials = [finished, {**finished, "pruned": True, "train_seconds": 600.0}, {"status": "fail", "train_seconds": 12.0},
+              {"status": "fail"}]  # a Spark worker that crashed
+    assert leaderboard_title(2, trials) == "Top 2 of 4 trials (2 failed, 1 pruned; 2.2 h of training):"
+    assert leaderboard_title(1, [{**finished, "train_seconds": 45.2}]) == "Top 1 of 1 trial (0 failed, 0 pruned; 45 s of training):"
+    # The 2017 files recorded no time: the count alone, rather than a sum of some.
+    assert leaderboard_title(2, [finished, {"status": "ok"}]) == "Top 2 of 2 trials (0 failed, 0 pruned):"
+
+
 def result_files(tmp_path):
     return sorted((tmp_path / "results").glob("model_*.txt.json"))
 
@@ -105,7 +115,7 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     assert len(trials.trials) == 3 and len(result_files(tmp_path)) == 3
     assert [t["tid"] for t in trials.trials] == [0, 1, 2]
     assert trials.trials[2]["misc"]["vals"] not in [t["misc"]["vals"] for t in trials.trials[:2]]
-    assert "Top 3 of 3 trials (0 failed, 0 pruned):" in second.stdout  # too few finished trials before them to prune
+    assert "Top 3 of 3 trials (0 failed, 0 pruned; " in second.stdout  # too few finished trials before them to prune
 
 
 @pytest.mark.slow
@@ -268,7 +278,7 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch
     assert [t["result"]["status"] for t in trials.trials] == ["fail", "ok", "ok"]
     failed = [p for p in result_files(tmp_path) if "failed" in p.name]
     assert len(failed) == 1 and "NaN" in failed[0].read_text()
-    assert "Top 2 of 3 trials (1 failed, 0 pruned):" in capsys.readouterr().out
+    assert "Top 2 of 3 trials (1 failed, 0 pruned; " in capsys.readouterr().out
 
 
 def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the_search_before_it_trains(
