@@ -233,6 +233,29 @@ def standard_errors(rows: list[dict]) -> str | None:
             f"the highest of many epochs and trials on those images, reads high{fair}.")
 
 
+def within_one_standard_error(rows: list[dict]) -> str | None:
+    """The other trials whose fine accuracy is within one standard error of the best's, and the smallest network among
+    them all, which the one-standard-error rule (Breiman et al., 1984) would choose: on these images they do not differ."""
+    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    best = max(ok, key=lambda r: r["fine_accuracy"], default=None)
+    if best is None or not best["val_images"]:
+        return None
+    low = best["fine_accuracy"] - math.sqrt(best["fine_accuracy"] * (1 - best["fine_accuracy"]) / best["val_images"])
+    close = sorted((r for r in ok if r is not best and r["fine_accuracy"] >= low), key=lambda r: -r["fine_accuracy"])
+    if not close:
+        return f"No other trial is within one standard error of it ({low:.4f} and up)."
+    listed = ", ".join(f"{r['trial']} ({r['fine_accuracy']:.4f})" for r in close[:5])
+    which = "is trial" if len(close) == 1 else "are trials" if len(close) <= 5 else f"are {len(close)} trials, the best of them"
+    note = f"Within one standard error of it ({low:.4f} and up) {which} {listed}."
+    if any(not r["n_params"] for r in (best, *close)):
+        return note
+    smallest = min((best, *close), key=lambda r: r["n_params"])
+    if smallest is best:
+        return f"{note} Trial {best['trial']} is also the smallest network of them."
+    return (f"{note} The one-standard-error rule takes the smallest network of them: trial {smallest['trial']}, "
+            f"{smallest['n_params']:,} parameters against {best['n_params']:,}.")
+
+
 def budget_note(rows: list[dict], top: int) -> str | None:
     """Whether the best trials were still improving when their --epochs ran out, which a larger budget may raise."""
     leaders = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
@@ -303,7 +326,7 @@ def main(argv=None) -> int:
     from analysis_plots import p_text, plot_all  # matplotlib: after the checks, so that they answer at once
 
     print_leaderboard(rows, args.top)
-    for note in (standard_errors(rows), budget_note(rows, args.top)):
+    for note in (standard_errors(rows), within_one_standard_error(rows), budget_note(rows, args.top)):
         if note:
             print(note)
     ranked = importance(rows)

@@ -201,7 +201,8 @@ def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert "Their budget may have been short: 7 of the 10 best trials peaked in the last 10 epochs of 100;" in out
     # Its 67.61% is the best of 42 trials' 100 epochs on the 10,000 test images that measure it.
     assert ("Trial 28's fine accuracy, one standard error: test 0.6761 of 10,000 images ±0.0047. The test figure, "
-            "the highest of many epochs and trials on those images, reads high.\n") in out
+            "the highest of many epochs and trials on those images, reads high.\n"
+            "No other trial is within one standard error of it (0.6714 and up).\n") in out  # trial 6's 0.6683 is not
 
 
 def test_a_folder_mixing_two_searches_is_warned_about_with_what_differs(tmp_path, capsys):
@@ -408,6 +409,25 @@ def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
     accuracy_by_kernel, kernel_by_accuracy = fig.axes[2], fig.axes[1]
     for ticks in (accuracy_by_kernel.get_xticks(), kernel_by_accuracy.get_yticks(), fig.axes[0].get_xticks()):
         assert [t for t in ticks if 2 <= t <= 4] == [2, 3, 4]
+
+
+def test_the_trials_within_one_standard_error_of_the_best_are_named_with_the_smallest_network_among_them():
+    def trial(number, acc, n_params):
+        return {"trial": number, "fine_accuracy": acc, "n_params": n_params, "val_images": 2400}
+
+    # 0.60 of 2,400 images: one standard error is 0.01.
+    rows = [trial(0, 0.60, 3_000_000), trial(1, 0.595, 1_000_000), trial(2, 0.592, 2_000_000), trial(3, 0.58, 500_000),
+            {**trial(4, None, None), "val_images": None}]
+    assert analyze_results.within_one_standard_error(rows) == (
+        "Within one standard error of it (0.5900 and up) are trials 1 (0.5950), 2 (0.5920). The one-standard-error rule "
+        "takes the smallest network of them: trial 1, 1,000,000 parameters against 3,000,000.")
+    rows[1]["n_params"] = 4_000_000
+    assert analyze_results.within_one_standard_error(rows[:2]).endswith("is trial 1 (0.5950). Trial 0 is also the smallest "
+                                                                        "network of them.")
+    rows[1]["n_params"] = None  # a result that did not count them: no rule to apply
+    assert analyze_results.within_one_standard_error(rows[:2]) == "Within one standard error of it (0.5900 and up) is trial 1 (0.5950)."
+    assert analyze_results.within_one_standard_error([rows[0], rows[3]]) == (
+        "No other trial is within one standard error of it (0.5900 and up).")
 
 
 def test_the_budget_is_called_short_only_for_leaders_that_peaked_in_the_epochs_early_stopping_would_have_waited():
