@@ -1,4 +1,4 @@
-"""One trial of the search: train the network of a sampled point, and its line in the log once saved.
+"""One trial of the search: train the network of a sampled point; its line in the log once saved, and a leaderboard's title.
 
 `Objective` is what hyperopt calls with each point, in the search's process or, under Spark, on a worker.
 """
