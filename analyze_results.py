@@ -233,7 +233,7 @@ def standard_errors(rows: list[dict]) -> str | None:
             f"the highest of many epochs and trials on those images, reads high{fair}.")
 
 
-def within_one_standard_error(rows: list[dict]) -> str | None:
+def within_one_standard_error(rows: list[dict], results_dir: str) -> str | None:
     """The other trials whose fine accuracy is within one standard error of the best's, and the smallest network among
     them all, which the one-standard-error rule (Breiman et al., 1984) would choose: on these images they do not differ."""
     ok = [r for r in rows if r["fine_accuracy"] is not None]
@@ -253,7 +253,8 @@ def within_one_standard_error(rows: list[dict]) -> str | None:
     if smallest is best:
         return f"{note} Trial {best['trial']} is also the smallest network of them."
     return (f"{note} The one-standard-error rule takes the smallest network of them: trial {smallest['trial']}, "
-            f"{smallest['n_params']:,} parameters against {best['n_params']:,}.")
+            f"{smallest['n_params']:,} parameters against {best['n_params']:,} (retrain it with --result "
+            f"{os.path.join(results_dir, smallest['file'])}).")
 
 
 def budget_note(rows: list[dict], top: int) -> str | None:
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
     from analysis_plots import p_text, plot_all  # matplotlib: after the checks, so that they answer at once
 
     print_leaderboard(rows, args.top)
-    for note in (standard_errors(rows), within_one_standard_error(rows), budget_note(rows, args.top)):
+    for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top)):
         if note:
             print(note)
     ranked = importance(rows)

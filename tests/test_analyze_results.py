@@ -413,20 +413,22 @@ def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
 
 def test_the_trials_within_one_standard_error_of_the_best_are_named_with_the_smallest_network_among_them():
     def trial(number, acc, n_params):
-        return {"trial": number, "fine_accuracy": acc, "n_params": n_params, "val_images": 2400}
+        return {"trial": number, "fine_accuracy": acc, "n_params": n_params, "val_images": 2400, "file": f"m{number}.txt.json"}
 
     # 0.60 of 2,400 images: one standard error is 0.01.
     rows = [trial(0, 0.60, 3_000_000), trial(1, 0.595, 1_000_000), trial(2, 0.592, 2_000_000), trial(3, 0.58, 500_000),
             {**trial(4, None, None), "val_images": None}]
-    assert analyze_results.within_one_standard_error(rows) == (
+    assert analyze_results.within_one_standard_error(rows, "runs/a") == (
         "Within one standard error of it (0.5900 and up) are trials 1 (0.5950), 2 (0.5920). The one-standard-error rule "
-        "takes the smallest network of them: trial 1, 1,000,000 parameters against 3,000,000.")
+        "takes the smallest network of them: trial 1, 1,000,000 parameters against 3,000,000 (retrain it with --result "
+        "runs/a/m1.txt.json).")
     rows[1]["n_params"] = 4_000_000
-    assert analyze_results.within_one_standard_error(rows[:2]).endswith("is trial 1 (0.5950). Trial 0 is also the smallest "
-                                                                        "network of them.")
+    note = analyze_results.within_one_standard_error(rows[:2], "runs/a")
+    assert note.endswith("is trial 1 (0.5950). Trial 0 is also the smallest network of them.")
     rows[1]["n_params"] = None  # a result that did not count them: no rule to apply
-    assert analyze_results.within_one_standard_error(rows[:2]) == "Within one standard error of it (0.5900 and up) is trial 1 (0.5950)."
-    assert analyze_results.within_one_standard_error([rows[0], rows[3]]) == (
+    note = analyze_results.within_one_standard_error(rows[:2], "runs/a")
+    assert note == "Within one standard error of it (0.5900 and up) is trial 1 (0.5950)."
+    assert analyze_results.within_one_standard_error([rows[0], rows[3]], "runs/a") == (
         "No other trial is within one standard error of it (0.5900 and up).")
 
 
