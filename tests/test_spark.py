@@ -95,12 +95,12 @@ def test_a_crashed_worker_trial_is_recorded_as_failed_and_the_search_resumes_ove
 
 
 class SlowObjective(hyperopt_optimize.Objective):
-    """A trial that takes at least 6 s."""
+    """A trial that takes at least 8 s."""
 
     def __call__(self, space):
         import time
 
-        time.sleep(6)
+        time.sleep(8)
         return super().__call__(space)
 
 
@@ -111,9 +111,10 @@ def test_trials_still_training_when_max_hours_is_up_finish_and_are_saved(tmp_pat
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     monkeypatch.setattr(hyperopt_optimize, "Objective", SlowObjective)
     monkeypatch.chdir(tmp_path)
-    # Both trials start at once, and train past the 3.6 s allowed: hyperopt's own timeout would cancel them.
-    assert hyperopt_optimize.main([*QUICK, "--max-evals", "6", "--max-hours", "0.001", "--spark-master", "local[2]"]) == 0
-    assert "--max-hours 0.001 is up: no more trials start; 2 finished trials saved." in capsys.readouterr().out
+    # Both trials start within a second or two, and train past the 7.2 s allowed: hyperopt's own timeout would cancel
+    # them. The third, suggested meanwhile, waits for a free slot until then.
+    assert hyperopt_optimize.main([*QUICK, "--max-evals", "6", "--max-hours", "0.002", "--spark-master", "local[2]"]) == 0
+    assert "--max-hours 0.002 is up: no more trials start; 2 finished trials saved." in capsys.readouterr().out
     trials = load_trials(tmp_path / "results.pkl")
     assert [t["result"]["status"] for t in trials.trials] == ["ok", "ok"]
     assert len(list((tmp_path / "results").glob("model_*.txt.json"))) == 2
