@@ -172,8 +172,9 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
 
 
 def convergence(rows: list[dict], split: str):
-    """The best fine accuracy so far against the trial number, each trial marked (pruned and failed ones apart); beside it,
-    where every trial's training time is known, against the hours of training the search had spent by its end."""
+    """The best fine accuracy so far against the trial number, each trial marked (pruned and failed ones apart), and where
+    TPE took over from the random draws; beside it, where every trial's training time is known, against the hours of
+    training the search had spent by its end."""
     best, curve = -np.inf, []
     for r in rows:
         if r["fine_accuracy"] is not None:
@@ -185,8 +186,12 @@ def convergence(rows: list[dict], split: str):
     if all(s is not None for s in seconds):
         axes_x["hours of training (the trials' train_seconds added up)"] = list(np.cumsum(seconds) / 3600)
     fig, axes = plt.subplots(1, len(axes_x), figsize=(7 * len(axes_x), 4), squeeze=False)
+    tpe = next((i for i, r in enumerate(rows) if r.get("suggested_by") == "tpe"), None)
     for ax, (label, x) in zip(axes[0], axes_x.items()):
         ax.step(x, curve, where="post", color="black", label="best so far")
+        if tpe is not None:  # where TPE's model took over from the random draws
+            before = x[tpe] - 0.5 if label == "trial" else x[tpe] - seconds[tpe] / 3600
+            ax.axvline(before, color="grey", linestyle=":", label="TPE from here")
         # Each kind of trial marked and in the legend only where the search has one: a "pruned" entry would say it pruned.
         ok = [i for i, r in enumerate(rows) if r["fine_accuracy"] is not None]
         _trials(ax, [x[i] for i in ok], [rows[i]["fine_accuracy"] for i in ok], _pruned([rows[i] for i in ok]))

@@ -87,6 +87,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "mtime": path.stat().st_mtime,
             "status": result.get("status"),
             "pruned": bool(result.get("pruned", False)),
+            "suggested_by": result.get("suggested_by"),  # enqueue, random or tpe; unknown for 2017's trials
             "fine_accuracy": result.get("fine_best_accuracy", -result["loss"]) if ok else None,
             "coarse_accuracy": result.get("coarse_best_accuracy") if ok else None,
             "test_fine_accuracy": result.get("test_fine_accuracy"),
@@ -279,7 +280,7 @@ def budget_note(rows: list[dict], top: int) -> str | None:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    columns = ["trial", "tid", "file", "status", "pruned", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
+    columns = ["trial", "tid", "file", "status", "pruned", "suggested_by", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
                *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple",
                *COST_COLUMNS, *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import shlex
 import signal
@@ -195,7 +194,7 @@ class Search:
         from hyperopt import fmin
         from hyperopt.exceptions import AllTrialsFailed
 
-        from hyperspace import suggesting_first
+        from suggestions import marked, suggesting_first
 
         args = self.args
         if parallelism:
@@ -216,7 +215,7 @@ class Search:
             fmin(
                 self.objective,
                 space,
-                algo=self.within_max_hours(suggesting_first(first, self.suggestion_algorithm())),
+                algo=self.within_max_hours(suggesting_first(first, marked(args.algo, args.startup_trials))),
                 max_evals=args.max_evals,
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.
@@ -279,16 +278,6 @@ class Search:
             self.out_of_time = True
         return self.stop_reason if self.after_trials(trials)[0] else None
 
-    def suggestion_algorithm(self):
-        """hyperopt's suggest function of --algo, with --startup-trials."""
-        from hyperopt import rand, tpe
-
-        if self.args.algo == "random":
-            return rand.suggest
-        if self.args.startup_trials is None:
-            return tpe.suggest
-        return functools.partial(tpe.suggest, n_startup_jobs=self.args.startup_trials)
-
     def after_serial_trial(self, trials, *args):
         """After each trial fmin ran itself: stop if a signal came (C code may have made its KeyboardInterrupt an error)."""
         self.guard.stop_if_signalled()  # before saving: the trial that the signal failed is not a result
@@ -307,6 +296,7 @@ class Search:
         names: set[str] = set()
         for trial in new:
             trial["result"]["tid"] = trial["tid"]
+            trial["result"]["suggested_by"] = trial["misc"].get("suggested_by")
             name_apart(trial["result"], self.args.results_dir, names)
         if file_stamp(self.args.trials_file) != self.pickle_stamp:  # two searches given one --trials-file
             self.stop_reason = (f"{self.args.trials_file} was rewritten by another process while this search ran; trial "

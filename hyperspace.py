@@ -7,7 +7,6 @@ import math
 import os
 
 from hyperopt import hp, space_eval
-from hyperopt.base import miscs_update_idxs_vals
 from hyperopt.pyll import Apply, as_apply, dfs
 
 from utils import load_json_result
@@ -193,24 +192,6 @@ def decode(vals: dict[str, list], space: dict) -> dict:
 def active(vals: dict) -> dict:
     """A trial's point in hyperopt's encoding, without the hyperparameters that it does not use."""
     return {label: v for label, v in vals.items() if v}
-
-
-def suggesting_first(points: list[dict], algo):
-    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
-    if not points:
-        return algo
-
-    def suggest(new_ids, domain, trials, seed):
-        tried = [active(t["misc"]["vals"]) for t in trials.trials]
-        docs = []
-        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in tried]):
-            misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir}
-            miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
-            docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
-        rest = new_ids[len(docs):]
-        return docs + (algo(rest, domain, trials, seed) if rest else [])
-
-    return suggest
 
 
 def width_multiple(point: dict) -> int:

@@ -364,6 +364,20 @@ def test_convergence_is_also_drawn_against_the_hours_of_training_where_every_tri
     assert len(analysis_plots.convergence([{**r, "train_seconds": None} for r in rows], "validation").axes) == 1
 
 
+def test_convergence_marks_where_tpe_took_over_from_the_random_draws():
+    rows = [{"trial": i, "fine_accuracy": 0.1 * i, "pruned": False, "train_seconds": 1800, "suggested_by": by}
+            for i, by in enumerate(("enqueue", "random", "tpe", "tpe"))]
+    by_trial, by_hours = analysis_plots.convergence(rows, "validation").axes
+    for ax, where in ((by_trial, 1.5), (by_hours, 1.0)):  # between trials 1 and 2; after an hour of training
+        [line] = [line for line in ax.lines if line.get_label() == "TPE from here"]
+        assert list(line.get_xdata()) == [where, where]
+    assert "TPE from here" in [t.get_text() for t in by_trial.get_legend().get_texts()]
+    # A search of random draws only (--algo random, or 2017's, which did not say): no such line.
+    for by in ("random", None):
+        fig = analysis_plots.convergence([{**r, "suggested_by": by} for r in rows], "validation")
+        assert not [line for ax in fig.axes for line in ax.lines if line.get_label() == "TPE from here"]
+
+
 def test_pruned_trials_are_told_apart_in_every_plot_of_accuracy_they_appear_in():
     # A pruned trial's accuracy is the one it had when stopped: it must not read as a finished trial's.
     rows = [{"trial": trial, "fine_accuracy": acc, "coarse_accuracy": acc + 0.1, "pruned": pruned, "lr_rate_mult": lr,

@@ -7,7 +7,8 @@ import pytest
 from hyperopt import STATUS_OK, Trials, fmin, rand, tpe
 
 import hyperspace
-from hyperspace import NotInSpace, active, decode, encode, point_named, suggesting_first
+from hyperspace import NotInSpace, active, decode, encode, point_named
+from suggestions import suggesting_first
 from utils import finished_copy, load_trials
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
-from hyperspace import describe
+from hyperspace import active, describe
 from trial import leaderboard_title, trial_line
 from utils import load_trials, save_trials
 
@@ -415,22 +415,41 @@ def test_each_trial_says_when_it_started(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_tpe_models_the_trials_from_startup_trials_on(tmp_path, monkeypatch, capsys):
+def test_tpe_models_the_trials_from_startup_trials_on_and_each_result_says_which_drew_it(tmp_path, monkeypatch, capsys):
     import neural_net
 
     monkeypatch.setattr(neural_net, "build_and_train", instant)
-    points = {}
+    points, drawn_by = {}, {}
     for name, startup in (("default", []), ("two", ["--startup-trials", "2"]), ("none", ["--startup-trials", "0"])):
         assert in_process(tmp_path, monkeypatch, "--max-evals", "4", "--results-dir", name, *startup) == 0
         points[name] = [t["misc"]["vals"] for t in load_trials(tmp_path / f"{name}.pkl").trials]
+        results = sorted((json.loads(p.read_text()) for p in (tmp_path / name).glob("*.json")), key=lambda r: r["tid"])
+        drawn_by[name] = [r["suggested_by"] for r in results]
     # Random draws of the same seed until the startup trials are done, TPE's suggestions after.
     assert points["two"][:2] == points["default"][:2] and points["two"][2:] != points["default"][2:]
     assert points["none"][0] != points["default"][0]
+    assert drawn_by == {"default": ["random"] * 4, "two": ["random", "random", "tpe", "tpe"], "none": ["tpe"] * 4}
+    assert "TPE suggests the trials from here on, modelling the 2 trials before\n" in capsys.readouterr().out
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
         in_process(tmp_path, monkeypatch, "--algo", "random", "--startup-trials", "2")
     assert refused.value.code == 2 and "--startup-trials is TPE's" in capsys.readouterr().err
+
+
+def test_a_trial_of_another_search_of_the_same_seed_enqueued_is_not_drawn_again_at_its_place(tmp_path, monkeypatch):
+    import neural_net
+
+    monkeypatch.setattr(neural_net, "build_and_train", instant)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--results-dir", "a") == 0
+    # Its trial 2, which the same seed would draw again as trial 2 of the next search.
+    [third] = [p for p in (tmp_path / "a").glob("*.json") if json.loads(p.read_text())["tid"] == 2]
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--results-dir", "b", "--enqueue", str(third)) == 0
+    trials = load_trials(tmp_path / "b.pkl").trials
+    drawn = [active(t["misc"]["vals"]) for t in trials]
+    assert drawn[0] == active(load_trials(tmp_path / "a.pkl").trials[2]["misc"]["vals"])
+    assert len(drawn) == 3 and drawn[2] != drawn[0] and drawn[1] != drawn[0]
+    assert [t["result"]["suggested_by"] for t in trials] == ["enqueue", "random", "random"]
 
 
 def test_no_trial_starts_after_max_hours_and_the_same_command_goes_on_for_as_long_again(tmp_path, monkeypatch, capsys):

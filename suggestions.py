@@ -1,0 +1,71 @@
+"""What each trial of a search trains: the points asked for first (--enqueue), then hyperopt's random draws and TPE's
+suggestions; each trial marked with which it was, and never a point that a trial has already."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+from hyperopt import rand, tpe
+from hyperopt.base import miscs_update_idxs_vals
+
+from cli import plural
+from hyperspace import active
+from trial import report
+
+REDRAWS = 10  # a suggestion drawn again, each time with another seed, while a finished or running trial has its point
+
+
+def suggesting_first(points: list[dict], algo):
+    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
+    if not points:
+        return algo
+
+    def suggest(new_ids, domain, trials, seed):
+        tried = [active(t["misc"]["vals"]) for t in trials.trials]
+        docs = []
+        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in tried]):
+            misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir, "suggested_by": "enqueue"}
+            miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
+            docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
+        rest = new_ids[len(docs):]
+        return docs + (algo(rest, domain, trials, seed) if rest else [])
+
+    return suggest
+
+
+def marked(algo: str, startup_trials: int | None):
+    """hyperopt's suggestion algorithm `algo` ("tpe" or "random"), TPE after `startup_trials` random draws (None: hyperopt's
+    20), marking each trial "random" or "tpe" in its `misc["suggested_by"]`, and drawing a point that a trial has again."""
+    if algo == "random":
+        startup = math.inf
+    elif startup_trials is None:
+        startup = inspect.signature(tpe.suggest).parameters["n_startup_jobs"].default
+    else:
+        startup = startup_trials
+    said = False
+
+    def draw(new_ids, domain, trials, seed):
+        nonlocal said
+        # TPE's own rule, made here so that each trial can say which it was: random draws until `startup` trials
+        # have been suggested, resumed and enqueued ones included.
+        if (suggested := len({t["misc"].get("from_tid", t["tid"]) for t in trials.trials})) < startup:
+            return rand.suggest(new_ids, domain, trials, seed), "random"
+        if not said:
+            report(f"TPE suggests the trials from here on, modelling the {plural(suggested, 'trial')} before")
+            said = True
+        return tpe.suggest(new_ids, domain, trials, seed, n_startup_jobs=0), "tpe"
+
+    def suggest(new_ids, domain, trials, seed):
+        tried = [active(t["misc"]["vals"]) for t in trials.trials]
+        # Searches of one --seed draw the same random points in the same order: a trial of another one, enqueued
+        # here, would come again at its place, and train twice.
+        for retry in range(REDRAWS):
+            docs, by = draw(new_ids, domain, trials, seed + retry)
+            if not any(active(doc["misc"]["vals"]) in tried for doc in docs):
+                break
+        for doc in docs:
+            doc["misc"]["suggested_by"] = by
+        return docs
+
+    return suggest
