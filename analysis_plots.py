@@ -180,7 +180,8 @@ def convergence(rows: list[dict], split: str):
         if r["fine_accuracy"] is not None:
             best = max(best, r["fine_accuracy"])
         curve.append(best if np.isfinite(best) else np.nan)
-    seconds = [r.get("train_seconds") for r in rows]
+    # A crashed Spark worker's trial, which could not record its time, counts as none, as in the leaderboard's title.
+    seconds = [r.get("train_seconds") if r["fine_accuracy"] is not None else r.get("train_seconds") or 0 for r in rows]
     # GPU hours, not wall time: trials in parallel add theirs up. Pruned trials show there as the few hours they took.
     axes_x = {"trial": [r["trial"] for r in rows]}
     if all(s is not None for s in seconds):

@@ -360,7 +360,9 @@ def test_convergence_is_also_drawn_against_the_hours_of_training_where_every_tri
     marks = {c.get_label(): c.get_offsets().tolist() for c in by_hours.collections}
     assert marks == {"trial": [[1.0, 0.3], [3.25, 0.5]], "pruned": [[1.25, 0.1]], "failed": [[1.75, 0.0]]}
     assert by_hours.lines[0].get_xdata().tolist() == [1.0, 1.25, 1.75, 3.25]
-    # The 2017 files recorded no time: the trial number alone.
+    # A crashed Spark worker's trial recorded none, and costs none; the 2017 files recorded no time: the trial number alone.
+    crashed = [r if r["fine_accuracy"] is not None else {**r, "train_seconds": None} for r in rows]
+    assert analysis_plots.convergence(crashed, "validation").axes[1].lines[0].get_xdata().tolist() == [1.0, 1.25, 1.25, 2.75]
     assert len(analysis_plots.convergence([{**r, "train_seconds": None} for r in rows], "validation").axes) == 1
 
 
