@@ -279,6 +279,22 @@ def budget_note(rows: list[dict], top: int) -> str | None:
             "a larger --epochs may raise them.")
 
 
+def suggestions_note(rows: list[dict], top: int) -> str | None:
+    """How many of the best trials TPE suggested, and how many were random draws or enqueued, against the whole search's."""
+    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    if not any(r["suggested_by"] == "tpe" for r in ok):
+        return None  # all random draws (--algo random, a short search), or not recorded (2017's)
+    leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
+    kinds = [("tpe", "TPE suggestions"), ("random", "random draws"), ("enqueue", "enqueued points"), (None, "unmarked trials")]
+    parts = []
+    for by, what in kinds:
+        if of := sum(r["suggested_by"] == by for r in ok):
+            whose = "its" if parts else "the search's"
+            parts.append(f"{sum(r['suggested_by'] == by for r in leaders)} of {whose} {of} {what}")
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return f"The {len(leaders)} best trials hold {listed}."
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "suggested_by", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
                *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple",
@@ -328,7 +344,8 @@ def main(argv=None) -> int:
     from analysis_plots import p_text, plot_all  # matplotlib: after the checks, so that they answer at once
 
     print_leaderboard(rows, args.top)
-    for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top)):
+    for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top),
+                 suggestions_note(rows, args.top)):
         if note:
             print(note)
     ranked = importance(rows)

@@ -448,6 +448,19 @@ def test_the_trials_within_one_standard_error_of_the_best_are_named_with_the_sma
         "No other trial is within one standard error of it (0.5900 and up).")
 
 
+def test_the_analysis_counts_tpes_suggestions_among_the_best_trials_against_the_whole_searchs():
+    def trials(*kinds):
+        return [{"fine_accuracy": 0.9 - 0.1 * i, "suggested_by": by} for i, by in enumerate(kinds)]
+
+    rows = trials("tpe", "tpe", "random", "enqueue", "random", "tpe", None) + [{"fine_accuracy": None, "suggested_by": "tpe"}]
+    assert analyze_results.suggestions_note(rows, top=3) == (
+        "The 3 best trials hold 2 of the search's 3 TPE suggestions, 1 of its 2 random draws, 0 of its 1 enqueued points and "
+        "0 of its 1 unmarked trials.")
+    # No TPE suggestion to weigh: --algo random, a search within its random draws, or 2017's files, which did not say.
+    for kinds in (("random", "enqueue"), (None, None)):
+        assert analyze_results.suggestions_note(trials(*kinds), top=3) is None
+
+
 def test_the_budget_is_called_short_only_for_leaders_that_peaked_in_the_epochs_early_stopping_would_have_waited():
     def trial(acc, epochs, best, max_epochs=50, patience=10, pruned=False):
         return {"fine_accuracy": acc, "epochs": epochs, "best_epoch": best, "max_epochs": max_epochs, "patience": patience,
