@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from trial import training_seconds  # noqa: E402
+
 LEGEND_ENTRIES = 10  # trials named in the per-epoch plot's legend
 # How every plot marks a trial that ran its course, and one that was pruned (drawn at its accuracy when stopped).
 MARKS = {False: dict(label="trial", marker="o", s=14, color="C0"), True: dict(label="pruned", marker="v", s=20, color="C1")}
@@ -180,11 +182,10 @@ def convergence(rows: list[dict], split: str):
         if r["fine_accuracy"] is not None:
             best = max(best, r["fine_accuracy"])
         curve.append(best if np.isfinite(best) else np.nan)
-    # A crashed Spark worker's trial, which could not record its time, counts as none, as in the leaderboard's title.
-    seconds = [r.get("train_seconds") if r["fine_accuracy"] is not None else r.get("train_seconds") or 0 for r in rows]
+    seconds = training_seconds(rows)
     # GPU hours, not wall time: trials in parallel add theirs up. Pruned trials show there as the few hours they took.
     axes_x = {"trial": [r["trial"] for r in rows]}
-    if all(s is not None for s in seconds):
+    if seconds is not None:
         axes_x["hours of training (the trials' train_seconds added up)"] = list(np.cumsum(seconds) / 3600)
     fig, axes = plt.subplots(1, len(axes_x), figsize=(7 * len(axes_x), 4), squeeze=False)
     tpe = next((i for i, r in enumerate(rows) if r.get("suggested_by") == "tpe"), None)

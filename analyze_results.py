@@ -182,8 +182,13 @@ def selection_set(rows: list[dict]) -> str:
     return " or ".join(sorted({r["selected_on"] for r in rows if r["fine_accuracy"] is not None})) or "validation"
 
 
+def best_first(rows: list[dict]) -> list[dict]:
+    """The finished trials, the highest fine accuracy first (the earlier trial first among equals)."""
+    return sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])
+
+
 def print_leaderboard(rows: list[dict], top: int) -> None:
-    ok = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
+    ok = best_first(rows)[:top]
     failed = sum(r["status"] != "ok" for r in rows)
     if not ok:
         print(f"No trial finished: {plural(len(rows), 'trial')}, {failed} failed.")
@@ -216,10 +221,9 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
 
 def standard_errors(rows: list[dict]) -> str | None:
     """How closely the best trial's fine accuracies are measured: one binomial standard error each, where known."""
-    ok = [r for r in rows if r["fine_accuracy"] is not None]
-    if not ok:
+    if not (ok := best_first(rows)):
         return None
-    best = max(ok, key=lambda r: r["fine_accuracy"])
+    best = ok[0]
     if not best["val_images"]:
         return None  # a result of a version that did not record its image counts
 
@@ -237,12 +241,12 @@ def standard_errors(rows: list[dict]) -> str | None:
 def within_one_standard_error(rows: list[dict], results_dir: str) -> str | None:
     """The other trials whose fine accuracy is within one standard error of the best's, and the smallest network among
     them all, which the one-standard-error rule (Breiman et al., 1984) would choose: on these images they do not differ."""
-    ok = [r for r in rows if r["fine_accuracy"] is not None]
-    best = max(ok, key=lambda r: r["fine_accuracy"], default=None)
-    if best is None or not best["val_images"]:
+    ok = best_first(rows)
+    if not ok or not ok[0]["val_images"]:
         return None
+    best = ok[0]
     low = best["fine_accuracy"] - math.sqrt(best["fine_accuracy"] * (1 - best["fine_accuracy"]) / best["val_images"])
-    close = sorted((r for r in ok if r is not best and r["fine_accuracy"] >= low), key=lambda r: -r["fine_accuracy"])
+    close = [r for r in ok[1:] if r["fine_accuracy"] >= low]
     if not close:
         return f"No other trial is within one standard error of it ({low:.4f} and up)."
     listed = ", ".join(f"{r['trial']} ({r['fine_accuracy']:.4f})" for r in close[:5])
@@ -260,7 +264,7 @@ def within_one_standard_error(rows: list[dict], results_dir: str) -> str | None:
 
 def budget_note(rows: list[dict], top: int) -> str | None:
     """Whether the best trials were still improving when their --epochs ran out, which a larger budget may raise."""
-    leaders = sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])[:top]
+    leaders = best_first(rows)[:top]
 
     def last_epochs(r: dict) -> int:  # those where a peak means it was still improving: early stopping's, else a tenth
         return r["patience"] if r["patience"] and r["patience"] < r["max_epochs"] else max(1, r["max_epochs"] // 10)
@@ -281,10 +285,10 @@ def budget_note(rows: list[dict], top: int) -> str | None:
 
 def suggestions_note(rows: list[dict], top: int) -> str | None:
     """How many of the best trials TPE suggested, and how many were random draws or enqueued, against the whole search's."""
-    ok = [r for r in rows if r["fine_accuracy"] is not None]
+    ok = best_first(rows)
     if not any(r["suggested_by"] == "tpe" for r in ok):
         return None  # all random draws (--algo random, a short search), or not recorded (2017's)
-    leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
+    leaders = ok[:top]
     kinds = [("tpe", "TPE suggestions"), ("random", "random draws"), ("enqueue", "enqueued points"), (None, "unmarked trials")]
     parts = []
     for by, what in kinds:

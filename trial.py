@@ -97,15 +97,17 @@ def how_it_stopped(result: dict) -> str:
     return text
 
 
-def leaderboard_title(shown: int, trials: list[dict]) -> str:
-    """A leaderboard's first line: how many of how many trials, the failed and pruned ones, the training time they took.
+def training_seconds(trials: list[dict]) -> list[float] | None:
+    """Each trial's train_seconds, a failed one's that could not record them (a crashed Spark worker's) as none; None
+    where a finished trial did not record them (the 2017 files)."""
+    if any(t.get("status") == "ok" and t.get("train_seconds") is None for t in trials):
+        return None
+    return [t.get("train_seconds") or 0.0 for t in trials]
 
-    The time is left out where a finished trial did not record it (the 2017 files); a crashed Spark worker's trial, which
-    could not, counts as none.
-    """
+
+def leaderboard_title(shown: int, trials: list[dict]) -> str:
+    """A leaderboard's first line: how many of how many trials, the failed and pruned ones, the training time they took."""
     failed, pruned = sum(t.get("status") != "ok" for t in trials), sum(bool(t.get("pruned")) for t in trials)
-    seconds = [t.get("train_seconds") for t in trials if t.get("status") == "ok"]
-    spent = ""
-    if seconds and None not in seconds:
-        spent = f"; {duration(sum(t.get('train_seconds') or 0 for t in trials))} of training"
+    seconds = training_seconds(trials)
+    spent = "" if seconds is None else f"; {duration(sum(seconds))} of training"
     return f"Top {shown} of {plural(len(trials), 'trial')} ({failed} failed, {pruned} pruned{spent}):"

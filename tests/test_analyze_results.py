@@ -344,14 +344,15 @@ def test_the_scatter_matrix_places_categories_in_order_and_marks_them_with_their
     ([False, True, False], [0.3, 0.1, None], ["best so far", "trial", "pruned", "failed"]),
 ])
 def test_the_convergence_legend_names_only_the_kinds_of_trial_the_search_had(pruned, accuracies, legend):
-    rows = [{"trial": i, "fine_accuracy": acc, "pruned": p} for i, (acc, p) in enumerate(zip(accuracies, pruned))]
+    rows = [{"trial": i, "status": "ok" if acc else "fail", "fine_accuracy": acc, "pruned": p}
+            for i, (acc, p) in enumerate(zip(accuracies, pruned))]
     fig = analysis_plots.convergence(rows, "validation")
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == legend
 
 
 def test_convergence_is_also_drawn_against_the_hours_of_training_where_every_trial_recorded_them():
     # What another day of search may buy: a pruned trial costs the hours it took, a failed one too.
-    rows = [{"trial": i, "fine_accuracy": acc, "pruned": pruned, "train_seconds": seconds}
+    rows = [{"trial": i, "status": "ok" if acc else "fail", "fine_accuracy": acc, "pruned": pruned, "train_seconds": seconds}
             for i, (acc, pruned, seconds) in enumerate(((0.3, False, 3600), (0.1, True, 900), (None, False, 1800),
                                                        (0.5, False, 5400)))]
     fig = analysis_plots.convergence(rows, "validation")
@@ -367,7 +368,7 @@ def test_convergence_is_also_drawn_against_the_hours_of_training_where_every_tri
 
 
 def test_convergence_marks_where_tpe_took_over_from_the_random_draws():
-    rows = [{"trial": i, "fine_accuracy": 0.1 * i, "pruned": False, "train_seconds": 1800, "suggested_by": by}
+    rows = [{"trial": i, "status": "ok", "fine_accuracy": 0.1 * i, "pruned": False, "train_seconds": 1800, "suggested_by": by}
             for i, by in enumerate(("enqueue", "random", "tpe", "tpe"))]
     by_trial, by_hours = analysis_plots.convergence(rows, "validation").axes
     for ax, where in ((by_trial, 1.5), (by_hours, 1.0)):  # between trials 1 and 2; after an hour of training
