@@ -201,6 +201,22 @@ def epoch_tensorboard(log_dir: Path, histogram_freq: int):
     return EpochTensorBoard(log_dir=str(log_dir), histogram_freq=histogram_freq, write_graph=True)
 
 
+def figures(result: dict) -> str:
+    """A finished training's best fine accuracies, its epochs and its training images, 2017's results' too."""
+    from trial import how_it_stopped
+    from utils import best_epoch, setting, validation_curve
+
+    split, test, images = setting(result, "selected_on"), result.get("test_fine_accuracy"), setting(result, "train_images")
+    text = f"{split} fine accuracy {result['fine_best_accuracy']:.4f}"
+    if split != "test" and test is not None:
+        text += f", test {test:.4f}"
+    if "epochs_trained" in result:
+        text += f" ({how_it_stopped(result)})"
+    elif curve := validation_curve(result):
+        text += f" (best epoch {best_epoch(curve)} of {len(curve)})"
+    return f"{text}, {images:,} training images" if images else text
+
+
 def main(argv=None) -> int:
     from utils import SignalGuard
 
@@ -323,8 +339,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from trial import how_it_stopped
-    from utils import print_json, save_json_result, weights_seed
+    from utils import is_ok, print_json, save_json_result, weights_seed
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
     try:
@@ -365,9 +380,9 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"error: cannot save the retrain's result ({err}); the best model is {checkpoint}", file=sys.stderr)
         return 1
     print_json({k: v for k, v in retrained.items() if k not in ("history", "space")})
-    test = "" if data.selects_on == "test" else f", test {retrained['test_fine_accuracy']:.4f}"
-    print(f"Best {data.selects_on} fine accuracy {retrained['fine_best_accuracy']:.4f}{test} ({how_it_stopped(retrained)}); "
-          f"result in {saved}")
+    print(f"Retrained:     {figures(retrained)}; result in {saved}")
+    if is_ok(result) and isinstance(result.get("fine_best_accuracy"), (int, float)):  # what it may repeat: the same figures where it trained on the trial's images
+        print(f"In the search: {figures(result)}")
     print("See the logs with: tensorboard --logdir=TensorBoard/")
     return 0
 

@@ -280,7 +280,9 @@ def test_a_2017_result_retrains_selecting_on_the_test_set_as_its_search_did(tmp_
                                                                             args, select_on, train_images):
     write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz")
     # 2017's files have neither the dataset nor what selected them: CIFAR-100's test set did.
-    (tmp_path / "model_2017.txt.json").write_text(json.dumps({"loss": -0.6, "status": "ok", "space": SMALL_SPACE}))
+    (tmp_path / "model_2017.txt.json").write_text(json.dumps({"loss": -0.6, "status": "ok", "space": SMALL_SPACE,
+                                                              "fine_best_accuracy": 0.6,
+                                                              "history": {"val_fine_outputs_acc": [0.2, 0.6, 0.5]}}))
     monkeypatch.chdir(tmp_path)
     assert retrain.main(["--result", "model_2017.txt.json", "--data-dir", ".", "--epochs", "1", "--verbose", "0",
                          "--histogram-freq", "0", *args]) == 0
@@ -289,7 +291,10 @@ def test_a_2017_result_retrains_selecting_on_the_test_set_as_its_search_did(tmp_
     assert (result["selected_on"], result["train_images"]) == (select_on, train_images)
     assert ("the test images select epochs" in out) == (select_on == "test")
     test = "" if select_on == "test" else f", test {result['test_fine_accuracy']:.4f}"
-    assert f"Best {select_on} fine accuracy {result['fine_best_accuracy']:.4f}{test} (best epoch 1 of 1); result in " in out
+    assert f"Retrained:     {select_on} fine accuracy {result['fine_best_accuracy']:.4f}{test} (best epoch 1 of 1), " \
+           f"{train_images} training images; result in " in out
+    # Beside it, what the search reached, and on how many images: 2017's on all of CIFAR-100's, selected on the test set.
+    assert "In the search: test fine accuracy 0.6000 (best epoch 2 of 3), 50,000 training images\n" in out
 
 
 def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch):
@@ -310,15 +315,21 @@ def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_a_retrain_on_its_trials_images_repeats_the_trial(tmp_path, monkeypatch):
+def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(tmp_path, monkeypatch, capsys):
     import hyperopt_optimize
 
     monkeypatch.chdir(tmp_path)
     assert hyperopt_optimize.main(["--dataset", "synthetic", "--space", "tiny", "--train-subset", "300", "--seed", "3",
                                    "--max-evals", "1", "--epochs", "2", "--verbose", "0", "--no-plot"]) == 0
     (trial,) = [load_json_result(path) for path in (tmp_path / "results").glob("*.json")]
+    capsys.readouterr()
     assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]) == 0
     (retrained,) = [load_json_result(path) for path in (tmp_path / "weights").glob("*.json")]
+    lines = capsys.readouterr().out.splitlines()
+    retrained_line = next(line for line in lines if line.startswith("Retrained:"))
+    assert retrained_line.endswith(f"; result in weights/{retrained['model_name']}.txt.json")
+    assert f"In the search: {retrained_line.removeprefix('Retrained:').split(';')[0].strip()}" in lines
+    assert ", test " in retrained_line and "300 training images" in retrained_line
     # The same weights, batches and images: the same curve, to the float rounding of threaded reductions.
     for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
         assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
