@@ -39,7 +39,7 @@ def log_ticks(values: list[float]) -> list[float]:
     return ticks
 
 
-def plot_all(rows: list[dict], ranked: list[tuple[str, str, float, float, float]], kinds: dict[str, str], out: Path,
+def plot_all(rows: list[dict], ranked: list, kinds: dict[str, str], out: Path,
              top: int, split: str) -> list[Path]:
     """Write every PNG into `out`, accuracies labelled as on `split`, of the hyperparameters in `kinds`; return their paths."""
     ok = [r for r in rows if r["fine_accuracy"] is not None]
@@ -236,11 +236,13 @@ def fine_vs_coarse(both: list[dict], split: str):
     return fig
 
 
-def importance_ranking(ranked: list[tuple[str, str, float, float, float]], split: str):
-    """The importance scores as bars, highest on top, each with its p- and q-value."""
-    fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(ranked), 1) + 1))
-    bars = ax.barh([f"{n} ({m})" for n, m, *_ in ranked][::-1], [s for _, _, s, _, _ in ranked][::-1])
-    ax.bar_label(bars, [f"p {p_text(p)}, q {p_text(q)}" for *_, p, q in ranked][::-1], padding=2, fontsize=7)
-    ax.set_xlim(0, 1.15)
+def importance_ranking(ranked: list, split: str):
+    """The importance scores (`analyze_results.Importance`) as bars, highest on top, each with its p- and q-value."""
+    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(ranked), 1) + 1))
+    bars = ax.barh([f"{i.hyperparameter} ({i.method})" for i in ranked][::-1], [i.score for i in ranked][::-1])
+    ax.bar_label(bars, [f"p {p_text(i.p_value)}, q {p_text(i.q_value)}; {i.tendency}" for i in ranked][::-1], padding=2,
+                 fontsize=7)
+    ax.set_xlim(0, 1.6)  # room for the labels; the scores lie in [0, 1]
+    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1])
     ax.set_xlabel(f"how much it explains {split} fine accuracy\np: so much by chance; q: p adjusted for testing them all")
     return fig

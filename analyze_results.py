@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -124,8 +125,19 @@ def shaping(rows: list[dict]) -> list[str]:
     return [name for name in HYPERPARAMETERS if coarse or name != "coarse_labels_weight"]
 
 
-def importance(rows: list[dict]) -> list[tuple[str, str, float, float, float]]:
-    """(hyperparameter, method, score in [0, 1], p-value, q-value) sorted by score: |Spearman rho| or eta squared.
+class Importance(NamedTuple):
+    """How much a hyperparameter explains the accuracies, how likely by chance, and which way the best trials lean."""
+
+    hyperparameter: str
+    method: str  # "|spearman|" for numbers, "eta^2" for categories
+    score: float  # in [0, 1]
+    p_value: float
+    q_value: float
+    tendency: str  # "higher did better", "lower did better"; for a category, "Nadam did best"
+
+
+def importance(rows: list[dict]) -> list[Importance]:
+    """Each hyperparameter's `Importance`, highest score first: |Spearman rho| or eta squared.
 
     The p-value is how often a hyperparameter unrelated to accuracy would score as high: the share
     of 9,999 shufflings of the accuracies (all of them, for a few trials) that score at least as
@@ -146,7 +158,9 @@ def importance(rows: list[dict]) -> list[tuple[str, str, float, float, float]]:
         if np.ptp(values) > 0 and np.ptp(acc) > 0:
             # Spearman's rho is Pearson's r of the ranks; scipy's own p-value for rho holds for hundreds of trials only.
             test = pearsonr(rankdata(values), rankdata(acc), method=PermutationMethod(n_resamples=PERMUTATIONS, rng=0))
-            scores.append((name, "|spearman|", abs(float(test.statistic)), float(test.pvalue)))
+            rho = float(test.statistic)
+            tendency = "higher did better" if rho > 0 else "lower did better" if rho < 0 else "no trend"
+            scores.append((name, "|spearman|", abs(rho), float(test.pvalue), tendency))
     for name in (n for n in CATEGORICAL if n in names):
         categories = [str(r[name]) for r in ok]
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
@@ -154,9 +168,14 @@ def importance(rows: list[dict]) -> list[tuple[str, str, float, float, float]]:
             # The accuracies shuffled among the trials, each trial's category kept.
             test = permutation_test((acc,), lambda a, axis: eta_squared(members, a), permutation_type="pairings",
                                     vectorized=True, n_resamples=PERMUTATIONS, alternative="greater", rng=0)
-            scores.append((name, "eta^2", float(test.statistic), float(test.pvalue)))
-    q = false_discovery_control([p for *_, p in scores], method="bh")
-    return sorted(((*score, float(q_value)) for score, q_value in zip(scores, q)), key=lambda s: -s[2])
+            means = {group: acc[members[:, i] == 1].mean() for i, group in enumerate(sorted(set(categories)))}
+            best = max(means, key=means.get)
+            scores.append((name, "eta^2", float(test.statistic), float(test.pvalue),
+                           f"{best} did best ({means[best]:.3f} mean of {categories.count(best)})"))
+    q = false_discovery_control([p for _, _, _, p, _ in scores], method="bh")
+    ranked = [Importance(name, method, score, p, float(q_value), tendency)
+              for (name, method, score, p, tendency), q_value in zip(scores, q)]
+    return sorted(ranked, key=lambda i: -i.score)
 
 
 def eta_squared(members: np.ndarray, acc: np.ndarray) -> np.ndarray:
@@ -363,11 +382,11 @@ def main(argv=None) -> int:
         print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
               "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "
               f"for testing {len(ranked)} at once):")
-    for name, method, score, p, q in ranked:
-        print(f"  {name:24} {method:11} {score:.3f}  p {p_text(p):7}  q {p_text(q)}")
+    for name, method, score, p, q, tendency in ranked:
+        print(f"  {name:24} {method:11} {score:.3f}  p {p_text(p):7}  q {p_text(q):7}  {tendency}")
     try:
         with open(out / "importance.csv", "w", newline="") as f:
-            csv.writer(f).writerows([("hyperparameter", "method", "score", "p_value", "q_value"), *ranked])
+            csv.writer(f).writerows([Importance._fields, *ranked])
         write_csv(rows, out / "trials.csv")
         written = plot_all(rows, ranked, axis_kinds(rows), out, args.top, split) if n_ok else []
     except OSError as err:  # a full disk, a file's name taken by a folder

@@ -115,7 +115,7 @@ def test_importance_p_values_tell_what_drives_accuracy_from_chance():
     lr = rng.uniform(0.6, 1.6, 30)
     accuracy = 0.2 * lr + rng.normal(0, 0.02, 30)
     optimizer = ["Adam" if a > np.median(accuracy) else "Nadam" for a in accuracy]
-    scores = {name: (score, p) for name, _, score, p, _ in analyze_results.importance(importance_rows(
+    scores = {i.hyperparameter: (i.score, i.p_value) for i in analyze_results.importance(importance_rows(
         accuracy, lr_rate_mult=lr, batch_size=rng.uniform(100, 450, 30), optimizer=optimizer,
         activation=rng.choice(["relu", "elu"], 30)))}
     assert scores["lr_rate_mult"][0] > 0.9 and scores["lr_rate_mult"][1] < 0.001
@@ -123,12 +123,25 @@ def test_importance_p_values_tell_what_drives_accuracy_from_chance():
     assert scores["batch_size"][1] > 0.05 and scores["activation"][1] > 0.05  # drawn independently of accuracy
 
 
+def test_importance_says_which_way_the_better_trials_lean():
+    rng = np.random.default_rng(0)
+    lr, l2 = rng.uniform(0.6, 1.6, 30), rng.uniform(0.2, 5, 30)
+    accuracy = 0.2 * lr - 0.01 * l2 + rng.normal(0, 0.02, 30)
+    optimizer = ["Nadam" if a > np.median(accuracy) else "Adam" for a in accuracy]
+    ranked = analyze_results.importance(importance_rows(accuracy, lr_rate_mult=lr, l2_weight_reg_mult=l2,
+                                                        optimizer=optimizer))
+    tendency = {i.hyperparameter: i.tendency for i in ranked}
+    nadam = accuracy[np.array(optimizer) == "Nadam"]
+    assert tendency == {"lr_rate_mult": "higher did better", "l2_weight_reg_mult": "lower did better",
+                        "optimizer": f"Nadam did best ({nadam.mean():.3f} mean of 15)"}
+
+
 def test_importance_of_a_few_trials_is_never_significant():
     # Three trials in the same order as a hyperparameter: 2 of their 6 orderings score |rho| = 1, so p = 1/3,
     # where the usual t approximation says p = 0. A category holding the best trial alone scores as high when it
     # holds the worst instead: p = 2/3.
     ranked = analyze_results.importance(importance_rows([0.1, 0.2, 0.3], lr_rate_mult=[1, 2, 3], use_BN=[False, False, True]))
-    assert [(name, score, p) for name, _, score, p, _ in ranked] == [
+    assert [(i.hyperparameter, i.score, i.p_value) for i in ranked] == [
         ("lr_rate_mult", pytest.approx(1.0), pytest.approx(1 / 3)), ("use_BN", pytest.approx(0.75), pytest.approx(2 / 3))]
 
 
@@ -142,7 +155,7 @@ def test_importance_q_values_discount_chance_among_many_hyperparameters():
     unrelated |= {name: rng.choice(["a", "b", "c"], 30) for name in analyze_results.CATEGORICAL}
     ranked = analyze_results.importance(importance_rows(accuracy, lr_rate_mult=lr, **unrelated))
     assert len(ranked) == 19
-    scores = {name: (p, q) for name, _, _, p, q in ranked}
+    scores = {i.hyperparameter: (i.p_value, i.q_value) for i in ranked}
     assert scores["lr_rate_mult"][1] < 0.01
     chance = min((p, q) for name, (p, q) in scores.items() if name != "lr_rate_mult")
     assert chance[0] < 0.05 < chance[1]
@@ -265,7 +278,7 @@ def test_two_trials_get_their_leaderboard_and_no_importance_ranking(tmp_path, ca
     assert "Top 2 of 3 trials" in out
     assert "one standard error" in out
     assert "What explains validation fine accuracy: too few finished trials to say (2 trials; it takes 3)" in out
-    assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value"
+    assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value,tendency"
 
 
 def test_a_long_top_keeps_the_per_epoch_plots_legend_within_the_figure(tmp_path):
