@@ -183,6 +183,25 @@ def load_json_result(path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
+# What the scripts read of a result besides its settings, and its type where present (null too): a file edited by hand
+# into another is skipped, rather than stopping the analysis halfway.
+NUMBER = (int, float)
+RESULT_TYPES = {"status": str, "space": dict, "history": dict, "loss": NUMBER, "fine_best_accuracy": NUMBER,
+                "coarse_best_accuracy": NUMBER, "test_fine_accuracy": NUMBER, "test_coarse_accuracy": NUMBER,
+                "epochs_trained": int, "best_epoch": int, "train_seconds": NUMBER, "tid": int, "model_name": str}
+
+
+def not_a_result(result) -> str | None:
+    """Why a file's JSON is not a result of the search, or None."""
+    if not isinstance(result, dict) or "status" not in result or "space" not in result:
+        return "no 'status' and 'space'"
+    wrong = [key for key, kind in RESULT_TYPES.items()
+             if result.get(key) is not None and (not isinstance(result[key], kind) or isinstance(result[key], bool))]
+    if "history" not in wrong and not all(isinstance(v, list) for v in (result.get("history") or {}).values()):
+        wrong.append("history")
+    return f"its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} of the wrong type" if wrong else None
+
+
 def iter_results(results_dir: str | os.PathLike = RESULTS_DIR):
     """Yield (path, result) for every readable result file, warning once for each unreadable one."""
     for path in sorted(Path(results_dir).glob("*.json")):
@@ -191,8 +210,8 @@ def iter_results(results_dir: str | os.PathLike = RESULTS_DIR):
         except (OSError, ValueError) as err:
             warn(f"skipping {path}: not readable JSON ({err})")
             continue
-        if not isinstance(result, dict) or "status" not in result or "space" not in result:
-            warn(f"skipping {path}: not a result file (no 'status' and 'space')")
+        if why := not_a_result(result):
+            warn(f"skipping {path}: not a result file ({why})")
             continue
         yield path, result
 

@@ -271,6 +271,20 @@ def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights
     assert "coarse_labels_weight" not in out and "5 plots" in out and "fine_vs_coarse" not in out
 
 
+@pytest.mark.parametrize("edit, wrong", [({"space": 5}, "space"), ({"loss": "-0.5"}, "loss"),
+                                         ({"history": {"val_fine_outputs_accuracy": 0.5}}, "history"),
+                                         ({"fine_best_accuracy": True, "tid": "7"}, "fine_best_accuracy, tid")])
+def test_a_result_file_edited_into_other_types_is_skipped_with_a_warning_and_the_rest_analysed(tmp_path, capsys, edit,
+                                                                                            wrong):
+    make_results(tmp_path / "results", n=4)
+    edited = sorted((tmp_path / "results").glob("model_0*.json"))[0]
+    edited.write_text(json.dumps(json.loads(edited.read_text()) | edit))
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: skipping {edited}: not a result file (its {wrong} " in captured.err
+    assert "Top 3 of 4 trials (1 failed" in captured.out  # of the 5 files: the 3 finished ones left and the failed one
+
+
 def test_two_trials_get_their_leaderboard_and_no_importance_ranking(tmp_path, capsys):
     make_results(tmp_path / "results", n=2)
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
