@@ -80,6 +80,10 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     rows = []
     for path, result in results:
         space = result.get("space") or {}
+        if wrong := [name for name in NUMERIC if not isinstance(space.get(name), (int, float, type(None)))]:
+            warn(f"skipping {path}: not a result file (its {', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} "
+                 "no number)")
+            continue
         curve = validation_curve(result, "fine")
         ok = is_ok(result)
         row = {

@@ -273,7 +273,9 @@ def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights
 
 @pytest.mark.parametrize("edit, wrong", [({"space": 5}, "space"), ({"loss": "-0.5"}, "loss"),
                                          ({"history": {"val_fine_outputs_accuracy": 0.5}}, "history"),
-                                         ({"fine_best_accuracy": True, "tid": "7"}, "fine_best_accuracy, tid")])
+                                         ({"fine_best_accuracy": True, "tid": "7"}, "fine_best_accuracy, tid"),
+                                         ({"space": hyperspace.SEED_BEST_SPACE | {"batch_size": "big", "residual": [2]}},
+                                          "batch_size, residual")])
 def test_a_result_file_edited_into_other_types_is_skipped_with_a_warning_and_the_rest_analysed(tmp_path, capsys, edit,
                                                                                             wrong):
     make_results(tmp_path / "results", n=4)
