@@ -1,5 +1,5 @@
 """What every script's command line shares: the --help format, count arguments, counts in messages, Keras's folder
-and backend, output to whoever still reads it, Ctrl-C."""
+and backend, output to whoever still reads it, Ctrl-C, and signals held back while a script saves."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import faulthandler
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -149,3 +150,48 @@ def run(main: Callable[[], int]) -> None:
         print("\nInterrupted.", file=sys.stderr)
         status = 130
     sys.exit(status)
+
+
+class SignalGuard:
+    """Turn SIGINT/SIGTERM into KeyboardInterrupt, but never in the middle of saving."""
+
+    def __init__(self):
+        self.signum = None
+        self._saving = False
+        self._pending = False
+        self._stopping = False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self._stopping:
+            return  # a second Ctrl-C, impatient: the stop it asks for is underway
+        self.signum = signum
+        if self._saving:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def saving(self):
+        """Hold signals back while the block runs; act on them after."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._pending:
+            raise KeyboardInterrupt
+
+    def stopping(self) -> None:
+        """Ignore further signals: the run is stopping already, and what it says of its results must not be cut short."""
+        self._stopping = True
+
+    def stop_if_signalled(self) -> None:
+        """KeyboardInterrupt if a signal came, whatever became of the one raised then (a library may swallow it)."""
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        """Put the previous signal handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

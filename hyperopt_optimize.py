@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from utils import SignalGuard
+    from cli import SignalGuard
 
 import resume  # noqa: E402
 from cli import plural, run, unsupported_backend  # noqa: E402
@@ -89,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     from datasets import source_problem
-    from utils import RunLock, SignalGuard, check_writable
+    from cli import SignalGuard
+    from utils import RunLock, check_writable
 
     args = parse_args(argv)
     if problem := unsupported_backend() or source_problem(args.dataset, args.data_dir):

@@ -21,7 +21,8 @@ from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults, use_one_g
 
 if TYPE_CHECKING:
     from pruning import Progress
-    from utils import RunLock, SignalGuard
+    from cli import SignalGuard
+    from utils import RunLock
 
 tensorflow_defaults()
 
@@ -218,7 +219,7 @@ def figures(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from utils import SignalGuard
+    from cli import SignalGuard
 
     args = parse_args(argv)
     if problem := unsupported_backend():

@@ -1,7 +1,4 @@
-"""Results on disk: atomic writes, result JSON files and their settings, the best result, the trials pickle, a run lock.
-
-And the signal guard that keeps a save from being cut in half.
-"""
+"""Results on disk: atomic writes, result JSON files and their settings, the best result, the trials pickle, a run lock."""
 
 from __future__ import annotations
 
@@ -13,7 +10,6 @@ import json
 import math
 import os
 import pickle
-import signal
 import sys
 import tempfile
 import uuid
@@ -378,48 +374,3 @@ class RunLock:
                         folder.rmdir()
             self._file.close()  # which lets go of the lock
             self._file = None
-
-
-class SignalGuard:
-    """Turn SIGINT/SIGTERM into KeyboardInterrupt, but never in the middle of saving."""
-
-    def __init__(self):
-        self.signum = None
-        self._saving = False
-        self._pending = False
-        self._stopping = False
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _handle(self, signum, frame):
-        if self._stopping:
-            return  # a second Ctrl-C, impatient: the stop it asks for is underway
-        self.signum = signum
-        if self._saving:
-            self._pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def saving(self):
-        """Hold signals back while the block runs; act on them after."""
-        self._saving = True
-        try:
-            yield
-        finally:
-            self._saving = False
-        if self._pending:
-            raise KeyboardInterrupt
-
-    def stopping(self) -> None:
-        """Ignore further signals: the run is stopping already, and what it says of its results must not be cut short."""
-        self._stopping = True
-
-    def stop_if_signalled(self) -> None:
-        """KeyboardInterrupt if a signal came, whatever became of the one raised then (a library may swallow it)."""
-        if self.signum is not None:
-            raise KeyboardInterrupt
-
-    def restore(self) -> None:
-        """Put the previous signal handlers back."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
