@@ -14,15 +14,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from cli import SignalGuard
-
-import resume  # noqa: E402
-from cli import plural, run, unsupported_backend  # noqa: E402
-from precision import tensorflow_defaults, use_one_gpu  # noqa: E402
-from trial import Objective, leaderboard_title, report, trial_line  # noqa: E402
+import resume
+from cli import SignalGuard, plural, run, unsupported_backend
+from precision import tensorflow_defaults, use_one_gpu
+from trial import Objective, leaderboard_title, report, trial_line
 
 tensorflow_defaults()
 
@@ -89,7 +85,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     from datasets import source_problem
-    from cli import SignalGuard
     from utils import RunLock, check_writable
 
     args = parse_args(argv)

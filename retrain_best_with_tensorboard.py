@@ -21,12 +21,11 @@ from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults, use_one_g
 
 if TYPE_CHECKING:
     from pruning import Progress
-    from cli import SignalGuard
     from utils import RunLock
 
 tensorflow_defaults()
 
-from cli import HelpFormatter, SEED, at_least, run, unsupported_backend  # noqa: E402
+from cli import SEED, HelpFormatter, SignalGuard, at_least, run, unsupported_backend  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
@@ -219,8 +218,6 @@ def figures(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from cli import SignalGuard
-
     args = parse_args(argv)
     if problem := unsupported_backend():
         print(f"error: {problem}", file=sys.stderr)
