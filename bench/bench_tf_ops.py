@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 
 from bench_training import SPACES, VARIANTS, conv_flops  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
-from neural_net import Batches, build_model, default_steps_per_execution  # noqa: E402
+from batches import Batches  # noqa: E402
+from neural_net import build_model, default_steps_per_execution  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
 
 OP_EVENT = re.compile(r"^(?P<name>[^:]+):(?P<type>\w+)$")  # TensorFlow names an op's trace event "name:Type"

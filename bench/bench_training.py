@@ -34,7 +34,8 @@ import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
 import pruning  # noqa: E402
 from cli import HelpFormatter, at_least  # noqa: E402
-from neural_net import Batches, build_model, default_steps_per_execution  # noqa: E402
+from batches import Batches  # noqa: E402
+from neural_net import build_model, default_steps_per_execution  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE,

@@ -216,7 +216,7 @@ def test_a_trial_on_synthetic_data_learns(synthetic):
 
 
 def test_the_returned_model_holds_the_best_epochs_weights(synthetic):
-    from neural_net import targets
+    from batches import targets
 
     model, result = build_and_train(SMALL_SPACE, synthetic, epochs=3, seed=1)
     scores = model.evaluate(synthetic.x_val, targets(synthetic, "val"), verbose=0, return_dict=True)
@@ -322,7 +322,7 @@ def test_tensorflow_fuses_8_steps_per_call_its_progress_bar_counts_each_jax_runs
 
 
 def test_training_batches_are_full_and_each_epoch_leaves_out_other_images():
-    from neural_net import Batches
+    from batches import Batches
 
     x = np.arange(70, dtype=np.uint8).reshape(70, 1, 1, 1)
     train = Batches(x, {"fine_outputs": np.arange(70)}, 32, shuffle=True, seed=0)
@@ -343,7 +343,7 @@ def test_training_batches_are_full_and_each_epoch_leaves_out_other_images():
 
 
 def test_evaluation_batches_divide_the_splits_evenly_where_a_batch_at_least_half_as_big_does():
-    from neural_net import evaluation_batch_size
+    from batches import evaluation_batch_size
 
     assert evaluation_batch_size(320, 5000, 10000) == 250  # CIFAR's validation and test sets
     assert evaluation_batch_size(700, 5000, 10000) == 625

@@ -62,7 +62,7 @@ def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained)
     import keras
 
     from datasets import load_dataset
-    from neural_net import targets
+    from batches import targets
 
     folder, code = retrained
     assert code == 0
@@ -79,7 +79,7 @@ def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained)
 def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resumes_it(tmp_path, monkeypatch, capsys):
     import neural_net
     from datasets import load_dataset
-    from neural_net import targets
+    from batches import targets
     from pruning import MONITOR
 
     real = neural_net.build_and_train
@@ -299,7 +299,7 @@ def test_a_2017_result_retrains_selecting_on_the_test_set_as_its_search_did(tmp_
 
 def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch):
     from datasets import load_dataset
-    from neural_net import targets
+    from batches import targets
 
     # --seed draws the validation split and, on synthetic data, the images themselves.
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": SMALL_SPACE,
