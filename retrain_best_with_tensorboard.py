@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=SEED, default=None,
                         help="random seed of the data split and, with the network, of the weights, as in the search "
                              "(default: the result's search's, so that the retrain repeats its trial; else 0)")
+    parser.add_argument("--weights-seed", type=SEED, default=None,
+                        help="seed of the initial weights and the batch order alone (default: the trial's own, drawn from "
+                             "--seed and the network); retrains of a few others show how much of the accuracy the draw decides")
     parser.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras: 0 silent, 1 progress bar, 2 one line per epoch")
     return parser.parse_args(argv)
 
@@ -88,7 +91,7 @@ def claim_run(name: str, settings: dict) -> tuple[str, RunLock, bool]:
                 return run, lock, True
             if recorded is not None:
                 lock.release()
-                options = " ".join(f"{SETTINGS.get(key, '--' + key)} {value}" for key, value in recorded.items()
+                options = " ".join(f"{SETTINGS.get(key, '--' + key.replace('_', '-'))} {value}" for key, value in recorded.items()
                                    if key != "space" and settings.get(key) != value)
                 warn(f"{backup}/ is an interrupted retrain of other settings: {options or 'another network'}; "
                      "rerun with those to resume it")
@@ -290,6 +293,8 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
     # What a resumed retrain must share with the interrupted one: the network, the search's settings, the precision.
     settings = {"space": result["space"], "dataset": dataset, "selected_on": select_on, "seed": seed,
                 "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}
+    if args.weights_seed is not None:  # left out otherwise, so that retrains interrupted before it existed still resume
+        settings["weights_seed"] = args.weights_seed
     guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
     try:
         make_folder(WEIGHTS_DIR)
@@ -300,7 +305,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
     again = "" if run == name else f" as {run}, beside the earlier retrains"
     print(f"Retraining {name} (from {path}){again} on {data.summary()}")
     try:
-        return train_run(args, run, resuming, path, result, data, seed, guard)
+        return train_run(args, run, resuming, path, result, data, seed, settings.get("weights_seed"), guard)
     finally:
         lock.release()
 
@@ -332,14 +337,19 @@ def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_f
     ]
 
 
-def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, seed: int, guard: SignalGuard) -> int:
-    """Train the claimed run, from where it stopped if it resumes, and save its result; the exit status."""
+def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, seed: int, weights: int | None,
+              guard: SignalGuard) -> int:
+    """Train the claimed run, from where it stopped if it resumes, and save its result; the exit status.
+
+    `weights`: the seed of its weights and batch order, or None for the trial's own.
+    """
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
     from utils import is_ok, print_json, save_json_result, weights_seed
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
+    weights = weights_seed(seed, result["space"]) if weights is None else weights
     try:
         before = progress_of(run, checkpoint) if resuming else None
     except (OSError, ValueError, KeyError) as err:
@@ -356,7 +366,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
                                            verbose=args.verbose, precision=args.precision,
-                                           seed=weights_seed(seed, result["space"]), before=before)
+                                           seed=weights, before=before)
         guard.stop_if_signalled()  # C code may have made its KeyboardInterrupt an error: not a failed retrain
     except KeyboardInterrupt:
         guard.stopping()
@@ -369,7 +379,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         resumable = "; rerun the same command to resume it" if backup.is_dir() else ""
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
-    retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed)
+    retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed,
+                     weights_seed=weights)
     if before:
         retrained["resumed_after_epoch"] = done
     try:

@@ -17,7 +17,7 @@ import retrain_best_with_tensorboard as retrain
 from conftest import FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from neural_net import failure
 from test_datasets import write_cifar100_archive
-from utils import load_json_result, save_json_result
+from utils import load_json_result, save_json_result, weights_seed
 
 RESIDUAL_SPACE = {**SMALL_SPACE, "residual": 1.0, "conv_pool_res_start_idx": 1.0}
 
@@ -202,6 +202,11 @@ def test_a_retrain_resumes_neither_one_running_now_nor_one_of_other_settings(tmp
         f"warning: {os.path.join('weights', run)}.backup/ is an interrupted retrain of other settings: --seed 0; "
         "rerun with those to resume it\n" for run in ("m", "m-2"))
     assert retrain.claim_run("m", settings)[::2] == ("m", True)
+    # One of another --weights-seed is another retrain, named as its option is.
+    retrain.claim_run("w", {**settings, "weights_seed": 7})[1].release()
+    assert retrain.claim_run("w", settings)[::2] == ("w-2", False)
+    assert capsys.readouterr().err == (f"warning: {os.path.join('weights', 'w')}.backup/ is an interrupted retrain of "
+                                       "other settings: --weights-seed 7; rerun with those to resume it\n")
     (tmp_path / "weights" / "n.backup").mkdir()  # a retrain killed before it wrote its settings: it never trained
     assert retrain.claim_run("n", settings)[::2] == ("n", False)
     assert retrain.read_settings(tmp_path / "weights" / "n.backup") == settings
@@ -333,6 +338,13 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     # The same weights, batches and images: the same curve, to the float rounding of threaded reductions.
     for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
         assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
+    assert retrained["weights_seed"] == weights_seed(3, trial["space"])
+    # Another draw of the weights and batches, on the same images: another curve, beside the first retrain's.
+    assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
+                         "--weights-seed", "7"]) == 0
+    other = load_json_result(tmp_path / "weights" / f"{trial['model_name']}-2.retrain.txt.json")
+    assert other["weights_seed"] == 7 and other["seed"] == 3 and other["val_images"] == trial["val_images"]
+    assert other["history"]["loss"] != pytest.approx(trial["history"]["loss"], rel=1e-3)
 
 
 def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
