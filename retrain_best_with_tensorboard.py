@@ -91,8 +91,8 @@ def claim_run(name: str, settings: dict) -> tuple[str, RunLock, bool]:
                 return run, lock, True
             if recorded is not None:
                 lock.release()
-                options = " ".join(f"{SETTINGS.get(key, '--' + key.replace('_', '-'))} {value}" for key, value in recorded.items()
-                                   if key != "space" and settings.get(key) != value)
+                options = " ".join(f"{SETTINGS.get(key, '--' + key.replace('_', '-'))} {value}"
+                                   for key, value in recorded.items() if key != "space" and settings.get(key) != value)
                 warn(f"{backup}/ is an interrupted retrain of other settings: {options or 'another network'}; "
                      "rerun with those to resume it")
                 continue
@@ -202,22 +202,6 @@ def epoch_tensorboard(log_dir: Path, histogram_freq: int):
         on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
     return EpochTensorBoard(log_dir=str(log_dir), histogram_freq=histogram_freq, write_graph=True)
-
-
-def figures(result: dict) -> str:
-    """A finished training's best fine accuracies, its epochs and its training images, 2017's results' too."""
-    from trial import how_it_stopped
-    from utils import best_epoch, setting, validation_curve
-
-    split, test, images = setting(result, "selected_on"), result.get("test_fine_accuracy"), setting(result, "train_images")
-    text = f"{split} fine accuracy {result['fine_best_accuracy']:.4f}"
-    if split != "test" and test is not None:
-        text += f", test {test:.4f}"
-    if "epochs_trained" in result:
-        text += f" ({how_it_stopped(result)})"
-    elif curve := validation_curve(result):
-        text += f" (best epoch {best_epoch(curve)} of {len(curve)})"
-    return f"{text}, {images:,} training images" if images else text
 
 
 def main(argv=None) -> int:
@@ -346,6 +330,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
+    from trial import figures, over_draws, same_but_the_draw
     from utils import is_ok, print_json, save_json_result, weights_seed
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
@@ -390,8 +375,11 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         return 1
     print_json({k: v for k, v in retrained.items() if k not in ("history", "space")})
     print(f"Retrained:     {figures(retrained)}; result in {saved}")
-    if is_ok(result) and isinstance(result.get("fine_best_accuracy"), (int, float)):  # what it may repeat: the same figures where it trained on the trial's images
+    # What it may repeat: the same figures, where it trained on the trial's images with the trial's weights seed.
+    if is_ok(result) and isinstance(result.get("fine_best_accuracy"), (int, float)):
         print(f"In the search: {figures(result)}")
+    if spread := over_draws(same_but_the_draw(retrained, WEIGHTS_DIR)):
+        print(spread)
     print("See the logs with: tensorboard --logdir=TensorBoard/")
     return 0
 

@@ -1,5 +1,7 @@
 """One trial of the search: train the network of a sampled point; its line in the log once saved, and a leaderboard's title.
 
+And how a finished training reads: its figures, beside its trial's, and its retrains' spread over draws of the weights.
+
 `Objective` is what hyperopt calls with each point, in the search's process or, under Spark, on a worker.
 """
 
@@ -111,3 +113,50 @@ def leaderboard_title(shown: int, trials: list[dict]) -> str:
     seconds = training_seconds(trials)
     spent = "" if seconds is None else f"; {duration(sum(seconds))} of training"
     return f"Top {shown} of {plural(len(trials), 'trial')} ({failed} failed, {pruned} pruned{spent}):"
+
+
+def figures(result: dict) -> str:
+    """A finished training's best fine accuracies, its epochs and its training images, 2017's results' too."""
+    from utils import best_epoch, setting, validation_curve
+
+    split, test, images = setting(result, "selected_on"), result.get("test_fine_accuracy"), setting(result, "train_images")
+    text = f"{split} fine accuracy {result['fine_best_accuracy']:.4f}"
+    if split != "test" and test is not None:
+        text += f", test {test:.4f}"
+    if "epochs_trained" in result:
+        text += f" ({how_it_stopped(result)})"
+    elif curve := validation_curve(result):
+        text += f" (best epoch {best_epoch(curve)} of {len(curve)})"
+    return f"{text}, {images:,} training images" if images else text
+
+
+def same_but_the_draw(retrained: dict, folder: str) -> list[dict]:
+    """The retrains in `folder` of this one's network, data, budget and precision, one of each weights seed: this one's
+    the newest."""
+    from utils import iter_results, weights_seed
+
+    keys = ("space", "dataset", "seed", "selected_on", "train_images", "max_epochs", "precision")
+    draws = {}
+    for _, other in iter_results(folder):
+        if other.get("retrained_from") and other.get("status") == "ok" and all(other.get(k) == retrained[k] for k in keys):
+            # Retrains from before --weights-seed drew the trial's own.
+            draws[other.get("weights_seed", weights_seed(other["seed"], other["space"]))] = other
+    return list((draws | {retrained["weights_seed"]: retrained}).values())
+
+
+def over_draws(retrains: list[dict]) -> str | None:
+    """The mean and spread of the best fine accuracies of retrains that differ in their weights seed alone; None for one."""
+    import statistics
+
+    if len(retrains) < 2:
+        return None
+    split = retrains[0]["selected_on"]
+
+    def spread(key: str) -> str:
+        values = [r[key] for r in retrains]
+        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+    test = f", test {spread('test_fine_accuracy')}" if split != "test" else ""
+    seeds = ", ".join(str(seed) for seed in sorted(r["weights_seed"] for r in retrains))
+    return (f"Over {len(retrains)} draws of its weights and batches (--weights-seed {seeds}) on these images: {split} fine "
+            f"accuracy {spread('fine_best_accuracy')}{test} (mean ± standard deviation)")

@@ -346,6 +346,19 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     assert other["weights_seed"] == 7 and other["seed"] == 3 and other["val_images"] == trial["val_images"]
     assert other["history"]["loss"] != pytest.approx(trial["history"]["loss"], rel=1e-3)
 
+    def spread(key):
+        values = [retrained[key], other[key]]
+        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+    # The two draws' accuracies, summed up; a retrain of other epochs is none of them.
+    seeds = ", ".join(map(str, sorted([7, retrained["weights_seed"]])))
+    assert (f"Over 2 draws of its weights and batches (--weights-seed {seeds}) on these images: "
+            f"validation fine accuracy {spread('fine_best_accuracy')}, test {spread('test_fine_accuracy')} "
+            "(mean ± standard deviation)\n") in capsys.readouterr().out
+    assert retrain.main(["--epochs", "1", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
+                         "--weights-seed", "8"]) == 0
+    assert "Over " not in capsys.readouterr().out
+
 
 def test_a_result_without_a_model_name_retrains_under_its_file_name(tmp_path, monkeypatch):
     (tmp_path / "mine.txt.json").write_text(json.dumps({"loss": -0.2, "status": "ok", "space": SMALL_SPACE,
