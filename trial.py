@@ -138,9 +138,11 @@ def same_but_the_draw(retrained: dict, folder: str) -> list[dict]:
     keys = ("space", "dataset", "seed", "selected_on", "train_images", "max_epochs", "precision")
     draws = {}
     for _, other in iter_results(folder):
-        if other.get("retrained_from") and other.get("status") == "ok" and all(other.get(k) == retrained[k] for k in keys):
+        measured = all(isinstance(other.get(k), (int, float)) for k in ("fine_best_accuracy", "test_fine_accuracy"))
+        if other.get("retrained_from") and measured and all(other.get(k) == retrained[k] for k in keys):
             # Retrains from before --weights-seed drew the trial's own.
-            draws[other.get("weights_seed", weights_seed(other["seed"], other["space"]))] = other
+            seed = other.get("weights_seed", weights_seed(other["seed"], other["space"]))
+            draws[seed] = other | {"weights_seed": seed}
     return list((draws | {retrained["weights_seed"]: retrained}).values())
 
 

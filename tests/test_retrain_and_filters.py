@@ -339,6 +339,8 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
         assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
     assert retrained["weights_seed"] == weights_seed(3, trial["space"])
+    first = tmp_path / "weights" / f"{trial['model_name']}.retrain.txt.json"  # as a version before --weights-seed wrote it
+    first.write_text(json.dumps({k: v for k, v in retrained.items() if k != "weights_seed"}))
     # Another draw of the weights and batches, on the same images: another curve, beside the first retrain's.
     assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
                          "--weights-seed", "7"]) == 0
