@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hyperopt import Trials, fmin, hp, tpe
 
+import analysis_notes
 import analysis_plots
 import analyze_results
 import hyperspace
@@ -464,17 +465,17 @@ def test_the_trials_within_one_standard_error_of_the_best_are_named_with_the_sma
     # 0.60 of 2,400 images: one standard error is 0.01.
     rows = [trial(0, 0.60, 3_000_000), trial(1, 0.595, 1_000_000), trial(2, 0.592, 2_000_000), trial(3, 0.58, 500_000),
             {**trial(4, None, None), "val_images": None}]
-    assert analyze_results.within_one_standard_error(rows, "runs/a") == (
+    assert analysis_notes.within_one_standard_error(rows, "runs/a") == (
         "Within one standard error of it (0.5900 and up) are trials 1 (0.5950), 2 (0.5920). The one-standard-error rule "
         "takes the smallest network of them: trial 1, 1,000,000 parameters against 3,000,000 (retrain it with --result "
         "runs/a/m1.txt.json).")
     rows[1]["n_params"] = 4_000_000
-    note = analyze_results.within_one_standard_error(rows[:2], "runs/a")
+    note = analysis_notes.within_one_standard_error(rows[:2], "runs/a")
     assert note.endswith("is trial 1 (0.5950). Trial 0 is also the smallest network of them.")
     rows[1]["n_params"] = None  # a result that did not count them: no rule to apply
-    note = analyze_results.within_one_standard_error(rows[:2], "runs/a")
+    note = analysis_notes.within_one_standard_error(rows[:2], "runs/a")
     assert note == "Within one standard error of it (0.5900 and up) is trial 1 (0.5950)."
-    assert analyze_results.within_one_standard_error([rows[0], rows[3]], "runs/a") == (
+    assert analysis_notes.within_one_standard_error([rows[0], rows[3]], "runs/a") == (
         "No other trial is within one standard error of it (0.5900 and up).")
 
 
@@ -483,12 +484,12 @@ def test_the_analysis_counts_tpes_suggestions_among_the_best_trials_against_the_
         return [{"fine_accuracy": 0.9 - 0.1 * i, "suggested_by": by} for i, by in enumerate(kinds)]
 
     rows = trials("tpe", "tpe", "random", "enqueue", "random", "tpe", None) + [{"fine_accuracy": None, "suggested_by": "tpe"}]
-    assert analyze_results.suggestions_note(rows, top=3) == (
+    assert analysis_notes.suggestions_note(rows, top=3) == (
         "The 3 best trials hold 2 of the search's 3 TPE suggestions, 1 of its 2 random draws, 0 of its 1 enqueued points and "
         "0 of its 1 unmarked trials.")
     # No TPE suggestion to weigh: --algo random, a search within its random draws, or 2017's files, which did not say.
     for kinds in (("random", "enqueue"), (None, None)):
-        assert analyze_results.suggestions_note(trials(*kinds), top=3) is None
+        assert analysis_notes.suggestions_note(trials(*kinds), top=3) is None
 
 
 def test_the_budget_is_called_short_only_for_leaders_that_peaked_in_the_epochs_early_stopping_would_have_waited():
@@ -497,14 +498,14 @@ def test_the_budget_is_called_short_only_for_leaders_that_peaked_in_the_epochs_e
                 "pruned": pruned}
 
     stopped_early, pruned, peaked_before = trial(0.5, 30, 20), trial(0.4, 5, 5, pruned=True), trial(0.3, 50, 40)
-    assert analyze_results.budget_note([stopped_early, pruned, peaked_before], top=10) is None
+    assert analysis_notes.budget_note([stopped_early, pruned, peaked_before], top=10) is None
     # The leaders of a search whose resume changed --epochs: said in general terms. Below the top 2: not counted.
     rows = [trial(0.6, 50, 45), trial(0.5, 80, 79, max_epochs=80), trial(0.4, 50, 50)]
-    assert analyze_results.budget_note(rows, top=2) == (
+    assert analysis_notes.budget_note(rows, top=2) == (
         "Their budget may have been short: 2 of the 2 best trials peaked in their last --patience epochs of --epochs (the "
         "last tenth where early stopping could not end them); a larger --epochs may raise them.")
     # A budget within --patience, which early stopping could never end: a peak in its last tenth, here its last epoch.
     short = [trial(0.5, 2, 2, max_epochs=2, patience=15), trial(0.4, 2, 1, max_epochs=2, patience=15)]
-    assert analyze_results.budget_note(short, top=10) == (
+    assert analysis_notes.budget_note(short, top=10) == (
         "Their budget may have been short: 1 of the 2 best trials peaked in the last epoch of 2; a larger --epochs may raise them.")
 

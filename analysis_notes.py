@@ -1,0 +1,92 @@
+"""What to make of a search's best trials: how closely their accuracies are measured, which others are as good, whether
+their epoch budget was short, and how many of them TPE suggested."""
+
+from __future__ import annotations
+
+import math
+import os
+
+
+def best_first(rows: list[dict]) -> list[dict]:
+    """The finished trials, the highest fine accuracy first (the earlier trial first among equals)."""
+    return sorted((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: -r["fine_accuracy"])
+
+
+def standard_errors(rows: list[dict]) -> str | None:
+    """How closely the best trial's fine accuracies are measured: one binomial standard error each, where known."""
+    if not (ok := best_first(rows)):
+        return None
+    best = ok[0]
+    if not best["val_images"]:
+        return None  # a result of a version that did not record its image counts
+
+    def measured(split: str, accuracy: float, n: int) -> str:
+        return f"{split} {accuracy:.4f} of {n:,} images ±{math.sqrt(accuracy * (1 - accuracy) / n):.4f}"
+
+    parts = [measured(best["selected_on"], best["fine_accuracy"], best["val_images"])]
+    if best["selected_on"] != "test" and best["test_fine_accuracy"] is not None and best["test_images"]:
+        parts.append(measured("test", best["test_fine_accuracy"], best["test_images"]))
+    fair = "; the test figure, measured once, does not" if len(parts) == 2 else ""
+    return (f"Trial {best['trial']}'s fine accuracy, one standard error: {', '.join(parts)}. The {best['selected_on']} figure, "
+            f"the highest of many epochs and trials on those images, reads high{fair}.")
+
+
+def within_one_standard_error(rows: list[dict], results_dir: str) -> str | None:
+    """The other trials whose fine accuracy is within one standard error of the best's, and the smallest network among
+    them all, which the one-standard-error rule (Breiman et al., 1984) would choose: on these images they do not differ."""
+    ok = best_first(rows)
+    if not ok or not ok[0]["val_images"]:
+        return None
+    best = ok[0]
+    low = best["fine_accuracy"] - math.sqrt(best["fine_accuracy"] * (1 - best["fine_accuracy"]) / best["val_images"])
+    close = [r for r in ok[1:] if r["fine_accuracy"] >= low]
+    if not close:
+        return f"No other trial is within one standard error of it ({low:.4f} and up)."
+    listed = ", ".join(f"{r['trial']} ({r['fine_accuracy']:.4f})" for r in close[:5])
+    which = "is trial" if len(close) == 1 else "are trials" if len(close) <= 5 else f"are {len(close)} trials, the best of them"
+    note = f"Within one standard error of it ({low:.4f} and up) {which} {listed}."
+    if any(not r["n_params"] for r in (best, *close)):
+        return note
+    smallest = min((best, *close), key=lambda r: r["n_params"])
+    if smallest is best:
+        return f"{note} Trial {best['trial']} is also the smallest network of them."
+    return (f"{note} The one-standard-error rule takes the smallest network of them: trial {smallest['trial']}, "
+            f"{smallest['n_params']:,} parameters against {best['n_params']:,} (retrain it with --result "
+            f"{os.path.join(results_dir, smallest['file'])}).")
+
+
+def budget_note(rows: list[dict], top: int) -> str | None:
+    """Whether the best trials were still improving when their --epochs ran out, which a larger budget may raise."""
+    leaders = best_first(rows)[:top]
+
+    def last_epochs(r: dict) -> int:  # those where a peak means it was still improving: early stopping's, else a tenth
+        return r["patience"] if r["patience"] and r["patience"] < r["max_epochs"] else max(1, r["max_epochs"] // 10)
+
+    improving = [r for r in leaders if not r["pruned"] and r["max_epochs"] and r["best_epoch"]
+                 and r["epochs"] == r["max_epochs"] and r["best_epoch"] > r["max_epochs"] - last_epochs(r)]
+    if not improving:
+        return None
+    budgets = {(last_epochs(r), r["max_epochs"]) for r in improving}
+    if len(budgets) == 1:
+        window, budget = next(iter(budgets))
+        where = f"in the last {'epoch' if window == 1 else f'{window} epochs'} of {budget}"
+    else:  # a resume changed --epochs or --patience
+        where = "in their last --patience epochs of --epochs (the last tenth where early stopping could not end them)"
+    return (f"Their budget may have been short: {len(improving)} of the {len(leaders)} best trials peaked {where}; "
+            "a larger --epochs may raise them.")
+
+
+def suggestions_note(rows: list[dict], top: int) -> str | None:
+    """How many of the best trials TPE suggested, and how many were random draws or enqueued, against the whole search's."""
+    ok = best_first(rows)
+    if not any(r["suggested_by"] == "tpe" for r in ok):
+        return None  # all random draws (--algo random, a short search), or not recorded (2017's)
+    leaders = ok[:top]
+    kinds = [("tpe", "TPE suggestions"), ("random", "random draws"), ("enqueue", "enqueued points"), (None, "unmarked trials")]
+    parts = []
+    for by, what in kinds:
+        if of := sum(r["suggested_by"] == by for r in ok):
+            whose = "its" if parts else "the search's"
+            parts.append(f"{sum(r['suggested_by'] == by for r in leaders)} of {whose} {of} {what}")
+    listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+    return f"The {len(leaders)} best trials hold {listed}."
