@@ -1,5 +1,5 @@
 """What to make of a search's best trials: how closely their accuracies are measured, which others are as good, whether
-their epoch budget was short, and how many of them TPE suggested."""
+their epoch budget was short, how many of them TPE suggested, and how they fared when retrained."""
 
 from __future__ import annotations
 
@@ -90,3 +90,32 @@ def suggestions_note(rows: list[dict], top: int) -> str | None:
             parts.append(f"{sum(r['suggested_by'] == by for r in leaders)} of {whose} {of} {what}")
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     return f"The {len(leaders)} best trials hold {listed}."
+
+
+def retrains_table(rows: list[dict], results_dir: str, weights_dir: str) -> list[str]:
+    """The retrains in `weights_dir` of this search's trials: per trial and training, the draws of its weights, and their
+    best fine accuracies (mean ± standard deviation over the draws); no lines where none was retrained."""
+    from pathlib import Path
+
+    from trial import draws_of_one_training, mean_and_spread
+
+    trial_of = {(Path(results_dir) / r["file"]).resolve(): r["trial"] for r in rows}
+    found = []
+    for draws in draws_of_one_training(weights_dir):
+        trials = {trial_of.get(Path(d["retrained_from"]).resolve()) for d in draws} - {None}
+        if trials:  # two trials of one network and settings are one training
+            found.append((min(trials), draws))
+    if not found:
+        return []
+
+    def spread(draws: list[dict], key: str) -> str:
+        return mean_and_spread([d[key] for d in draws])
+
+    lines = [f"Retrained in {weights_dir}/ (best fine accuracy; over several draws of the weights, mean ± standard deviation):",
+             f"{'trial':>5} {'draws':>5} {'images':>7} {'epochs':>6}  {'validation':16}  test"]
+    for trial, draws in sorted(found, key=lambda f: (f[0], f[1][0]["train_images"] or 0, f[1][0]["max_epochs"] or 0)):
+        first = draws[0]
+        validation = spread(draws, "fine_best_accuracy") if first["selected_on"] == "validation" else "-"
+        lines.append(f"{trial:>5} {len(draws):>5} {first['train_images'] or 0:>7,} {first['max_epochs'] or '-':>6}  "
+                     f"{validation:16}  {spread(draws, 'test_fine_accuracy')}")
+    return lines

@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis_notes import best_first, budget_note, standard_errors, suggestions_note, within_one_standard_error
+from analysis_notes import (best_first, budget_note, retrains_table, standard_errors, suggestions_note,
+                            within_one_standard_error)
 from cli import HelpFormatter, at_least, plural, run
 from trial import leaderboard_title
 from utils import (RESULTS_DIR, SETTINGS, best_epoch, check_writable, is_ok, iter_results, setting, trials_file_for,
@@ -41,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="trials pickle that gives the trial order where it holds these results (default: the search's, "
                              "results.pkl for results/; else results-dir/results.pkl, as the 2017 files have it; else file times)")
     parser.add_argument("--top", type=at_least(1), default=10, help="trials in the leaderboard and the per-epoch plot")
+    parser.add_argument("--weights-dir", default="weights",
+                        help="where retrain_best_with_tensorboard.py wrote its results, to sum up the retrains of these trials")
     args = parser.parse_args(argv)
     args.out = args.out or analysis_dir_for(args.results_dir)
     return args
@@ -290,6 +293,8 @@ def main(argv=None) -> int:
                  suggestions_note(rows, args.top)):
         if note:
             print(note)
+    if retrained := retrains_table(rows, args.results_dir, args.weights_dir):
+        print("\n" + "\n".join(retrained))
     ranked = importance(rows)
     n_ok = sum(r["fine_accuracy"] is not None for r in rows)
     n_pruned = sum(r["fine_accuracy"] is not None and r["pruned"] for r in rows)

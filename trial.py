@@ -130,33 +130,49 @@ def figures(result: dict) -> str:
     return f"{text}, {images:,} training images" if images else text
 
 
-def same_but_the_draw(retrained: dict, folder: str) -> list[dict]:
-    """The retrains in `folder` of this one's network, data, budget and precision, one of each weights seed: this one's
+# What retrains must share to be draws of one training, differing in their weights seed alone.
+DRAW_KEYS = ("space", "dataset", "seed", "selected_on", "train_images", "max_epochs", "precision")
+
+
+def draws_of_one_training(folder: str) -> list[list[dict]]:
+    """The retrains in `folder`, grouped by network, data, budget and precision: in each group one retrain per weights seed,
     the newest."""
+    import json
+
     from utils import iter_results, weights_seed
 
-    keys = ("space", "dataset", "seed", "selected_on", "train_images", "max_epochs", "precision")
-    draws = {}
-    for _, other in iter_results(folder):
-        measured = all(isinstance(other.get(k), (int, float)) for k in ("fine_best_accuracy", "test_fine_accuracy"))
-        if other.get("retrained_from") and measured and all(other.get(k) == retrained[k] for k in keys):
+    groups: dict[str, dict[int, dict]] = {}
+    for _, retrain in iter_results(folder):
+        measured = all(isinstance(retrain.get(k), (int, float)) for k in ("fine_best_accuracy", "test_fine_accuracy"))
+        if retrain.get("retrained_from") and measured:
             # Retrains from before --weights-seed drew the trial's own.
-            seed = other.get("weights_seed", weights_seed(other["seed"], other["space"]))
-            draws[seed] = other | {"weights_seed": seed}
-    return list((draws | {retrained["weights_seed"]: retrained}).values())
+            seed = retrain.get("weights_seed", weights_seed(retrain.get("seed", 0), retrain["space"]))
+            training = json.dumps([retrain.get(k) for k in DRAW_KEYS], sort_keys=True)
+            groups.setdefault(training, {})[seed] = retrain | {"weights_seed": seed}
+    return [list(draws.values()) for draws in groups.values()]
+
+
+def same_but_the_draw(retrained: dict, folder: str) -> list[dict]:
+    """The retrains in `folder` (this saved one among them) that differ from it in their weights seed alone."""
+    return next((draws for draws in draws_of_one_training(folder)
+                 if all(draws[0].get(k) == retrained[k] for k in DRAW_KEYS)), [retrained])
+
+
+def mean_and_spread(values: list[float]) -> str:
+    """Accuracies as their mean ± their (sample) standard deviation, "0.6188 ± 0.0041"; one alone as it is."""
+    import statistics
+
+    return f"{values[0]:.4f}" if len(values) == 1 else f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def over_draws(retrains: list[dict]) -> str | None:
     """The mean and spread of the best fine accuracies of retrains that differ in their weights seed alone; None for one."""
-    import statistics
-
     if len(retrains) < 2:
         return None
     split = retrains[0]["selected_on"]
 
     def spread(key: str) -> str:
-        values = [r[key] for r in retrains]
-        return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return mean_and_spread([r[key] for r in retrains])
 
     test = f", test {spread('test_fine_accuracy')}" if split != "test" else ""
     seeds = ", ".join(str(seed) for seed in sorted(r["weights_seed"] for r in retrains))

@@ -184,7 +184,8 @@ def load_json_result(path: str | os.PathLike) -> dict:
 NUMBER = (int, float)
 RESULT_TYPES = {"status": str, "space": dict, "history": dict, "loss": NUMBER, "fine_best_accuracy": NUMBER,
                 "coarse_best_accuracy": NUMBER, "test_fine_accuracy": NUMBER, "test_coarse_accuracy": NUMBER,
-                "epochs_trained": int, "best_epoch": int, "train_seconds": NUMBER, "tid": int, "model_name": str}
+                "epochs_trained": int, "best_epoch": int, "train_seconds": NUMBER, "tid": int, "model_name": str,
+                "train_images": int, "max_epochs": int, "retrained_from": str}
 
 
 def not_a_result(result) -> str | None:

@@ -15,10 +15,16 @@ import analysis_plots
 import analyze_results
 import hyperspace
 from conftest import REPO
-from utils import save_json_result, save_trials
+from utils import load_json_result, save_json_result, save_trials
 
 PLOTS = ["hyperparameters_vs_accuracy.png", "scatter_matrix.png", "convergence.png", "top_trials_per_epoch.png",
          "fine_vs_coarse.png", "importance.png"]
+
+
+@pytest.fixture(autouse=True)
+def close_the_figures_a_test_drew():
+    yield
+    analysis_plots.plt.close("all")
 
 
 def make_results(folder, n=8, dataset="synthetic"):
@@ -509,3 +515,38 @@ def test_the_budget_is_called_short_only_for_leaders_that_peaked_in_the_epochs_e
     assert analysis_notes.budget_note(short, top=10) == (
         "Their budget may have been short: 1 of the 2 best trials peaked in the last epoch of 2; a larger --epochs may raise them.")
 
+
+
+def test_the_retrains_of_the_searchs_trials_are_summed_up_per_training_over_draws_of_their_weights(tmp_path, capsys):
+    make_results(tmp_path / "results", n=4)
+    rows = analyze_results.load_trials_table(tmp_path / "results")
+    best = max((r for r in rows if r["fine_accuracy"] is not None), key=lambda r: r["fine_accuracy"])
+    source = str(tmp_path / "results" / best["file"])
+    space = load_json_result(source)["space"]
+
+    def retrain(name, weights_seed, accuracy, test, train_images=2700, retrained_from=source, network=space):
+        save_json_result({"status": "ok", "space": network, "model_name": name, "retrained_from": retrained_from,
+                          "dataset": "synthetic", "seed": 0, "selected_on": "validation", "train_images": train_images,
+                          "max_epochs": 6, "precision": "float32", "weights_seed": weights_seed,
+                          "fine_best_accuracy": accuracy, "test_fine_accuracy": test, "loss": -accuracy},
+                         tmp_path / "weights")
+
+    retrain("a.retrain", 1, 0.50, 0.48)
+    retrain("a-2.retrain", 2, 0.54, 0.50)
+    retrain("a-3.retrain", 3, 0.52, 0.46)
+    retrain("a-4.retrain", 1, 0.61, 0.60, train_images=3000)  # all the images: another training
+    retrain("b.retrain", 1, 0.9, 0.9, retrained_from=str(tmp_path / "elsewhere" / "model_0.9_abcde.txt.json"),
+            network=hyperspace.DEMO_SPACE)  # another search's trial
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                                 "--weights-dir", str(tmp_path / "weights")]) == 0
+    out = capsys.readouterr().out
+    trial = best["trial"]
+    assert (f"\nRetrained in {tmp_path / 'weights'}/ (best fine accuracy; over several draws of the weights, mean ± "
+            "standard deviation):\n"
+            "trial draws  images epochs  validation        test\n"
+            f"{trial:>5}     3   2,700      6  0.5200 ± 0.0200   0.4800 ± 0.0200\n"
+            f"{trial:>5}     1   3,000      6  0.6100            0.6000\n\n") in out
+    capsys.readouterr()
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                                 "--weights-dir", str(tmp_path / "none")]) == 0
+    assert "Retrained" not in capsys.readouterr().out
