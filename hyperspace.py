@@ -9,7 +9,7 @@ import os
 from hyperopt import hp, space_eval
 from hyperopt.pyll import Apply, as_apply, dfs
 
-from utils import load_json_result
+from utils import load_best_result, load_json_result
 
 # What the multipliers of the space scale, and the optional first convolution's width (2017's values).
 STARTING_LR = 0.001
@@ -119,12 +119,17 @@ class NotInSpace(ValueError):
 
 
 def point_named(name: str, what: str | None = None) -> dict:
-    """A point of NAMED_POINTS, or the space of a result JSON file; NotInSpace, naming `what` (default: `name`), if neither."""
+    """A point of NAMED_POINTS, the space of a result JSON file, or that of a results folder's best trial (another
+    search's: a pilot on fewer images, say); NotInSpace, naming `what` (default: `name`), if none."""
     what = what or name
     if name in NAMED_POINTS:
         return NAMED_POINTS[name]
+    if os.path.isdir(name):
+        if (best := load_best_result(name)) is None:
+            raise NotInSpace(f"{what}: a results folder without a finished trial")
+        name = str(best[0])
     if not os.path.isfile(name):
-        raise NotInSpace(f"{what}: neither {', '.join(NAMED_POINTS)} nor a result file")
+        raise NotInSpace(f"{what}: neither {', '.join(NAMED_POINTS)}, a result file nor a results folder")
     try:
         point = load_json_result(name).get("space")
     except (OSError, ValueError, AttributeError) as err:

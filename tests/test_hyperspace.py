@@ -9,7 +9,7 @@ from hyperopt import STATUS_OK, Trials, fmin, rand, tpe
 import hyperspace
 from hyperspace import NotInSpace, active, decode, encode, point_named
 from suggestions import suggesting_first
-from utils import finished_copy, load_trials
+from utils import finished_copy, load_trials, save_json_result
 
 
 def sampled_trials(space, n=60):
@@ -63,7 +63,17 @@ def test_a_point_is_named_or_read_from_a_result_file(tmp_path):
     assert point_named(str(result)) == hyperspace.SEED_BEST_SPACE
     (tmp_path / "failed.json").write_text(json.dumps({"status": "fail", "space": None}))
     (tmp_path / "notes.txt").write_text("not JSON")
-    for name, message in ((str(tmp_path / "nothing.json"), "neither 2017-best, demo nor a result file"),
+    # A results folder (another search's, a pilot on fewer images): its best finished trial's.
+    pilot = tmp_path / "pilot"
+    pilot.mkdir()
+    with pytest.raises(NotInSpace, match="^--enqueue pilot: a results folder without a finished trial$"):
+        point_named(str(pilot), "--enqueue pilot")
+    save_json_result({"loss": -0.4, "status": "ok", "model_name": "model_0.4_aaaaa", "space": hyperspace.DEMO_SPACE}, pilot)
+    save_json_result({"loss": -0.6, "status": "ok", "model_name": "model_0.6_bbbbb", "space": hyperspace.SEED_BEST_SPACE},
+                     pilot)
+    save_json_result({"status": "fail", "model_name": "model_failed_ccccc", "space": hyperspace.DEMO_SPACE}, pilot)
+    assert point_named(str(pilot)) == hyperspace.SEED_BEST_SPACE
+    for name, message in ((str(tmp_path / "nothing.json"), "neither 2017-best, demo, a result file nor a results folder"),
                           (str(tmp_path / "notes.txt"), "not a result file of the search (Expecting value"),
                           (str(tmp_path / "failed.json"), "a result without a network (its space is None)")):
         with pytest.raises(NotInSpace) as err:

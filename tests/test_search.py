@@ -374,7 +374,7 @@ def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(t
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--enqueue", "2017-best") == 2
     assert capsys.readouterr().err.startswith("error: --enqueue 2017-best (--space tiny): lr_rate_mult 0.65")
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--enqueue", "best", "--trials-file", "p/r.pkl") == 2
-    assert capsys.readouterr().err == "error: --enqueue best: neither 2017-best, demo nor a result file\n"
+    assert capsys.readouterr().err == "error: --enqueue best: neither 2017-best, demo, a result file nor a results folder\n"
     assert not (tmp_path / "results").exists() and not (tmp_path / "p").exists()
 
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--results-dir", "a", "--seed", "1") == 0
