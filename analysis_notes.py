@@ -101,7 +101,7 @@ def retrains_table(rows: list[dict], results_dir: str, weights_dir: str) -> list
 
     trial_of = {(Path(results_dir) / r["file"]).resolve(): r["trial"] for r in rows}
     found = []
-    for draws in draws_of_one_training(weights_dir):
+    for draws in draws_of_one_training(weights_dir).values():
         trials = {trial_of.get(Path(d["retrained_from"]).resolve()) for d in draws} - {None}
         if trials:  # two trials of one network and settings are one training
             found.append((min(trials), draws))

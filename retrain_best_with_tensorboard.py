@@ -261,7 +261,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
     """Load the data, claim the run (a new one, or the interrupted one to resume), train it; the exit status."""
     from datasets import DatasetError, load_dataset
     from precision import resolve_precision
-    from utils import make_folder, setting
+    from utils import make_folder, setting, weights_seed
 
     dataset = args.dataset or result.get("dataset_file") or setting(result, "dataset") or "cifar100"
     select_on = args.select_on or setting(result, "selected_on") or "validation"
@@ -279,6 +279,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
                 "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}
     if args.weights_seed is not None:  # left out otherwise, so that retrains interrupted before it existed still resume
         settings["weights_seed"] = args.weights_seed
+    weights = weights_seed(seed, result["space"]) if args.weights_seed is None else args.weights_seed
     guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
     try:
         make_folder(WEIGHTS_DIR)
@@ -289,7 +290,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
     again = "" if run == name else f" as {run}, beside the earlier retrains"
     print(f"Retraining {name} (from {path}){again} on {data.summary()}")
     try:
-        return train_run(args, run, resuming, path, result, data, seed, settings.get("weights_seed"), guard)
+        return train_run(args, run, resuming, path, result, data, seed, weights, guard)
     finally:
         lock.release()
 
@@ -321,20 +322,17 @@ def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_f
     ]
 
 
-def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, seed: int, weights: int | None,
+def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, seed: int, weights: int,
               guard: SignalGuard) -> int:
-    """Train the claimed run, from where it stopped if it resumes, and save its result; the exit status.
-
-    `weights`: the seed of its weights and batch order, or None for the trial's own.
-    """
+    """Train the claimed run (its weights and batch order drawn from `weights`), from where it stopped if it resumes, and
+    save its result; the exit status."""
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
     from trial import figures, over_draws, same_but_the_draw
-    from utils import is_ok, print_json, save_json_result, weights_seed
+    from utils import is_ok, print_json, save_json_result
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
-    weights = weights_seed(seed, result["space"]) if weights is None else weights
     try:
         before = progress_of(run, checkpoint) if resuming else None
     except (OSError, ValueError, KeyError) as err:

@@ -16,15 +16,20 @@ from trial import report
 REDRAWS = 10  # a suggestion drawn again, each time with another seed, while a finished or running trial has its point
 
 
+def tried(trials) -> list[dict]:
+    """The points (hyperopt's encoding, the hyperparameters in use) of every trial, finished or running."""
+    return [active(t["misc"]["vals"]) for t in trials.trials]
+
+
 def suggesting_first(points: list[dict], algo):
     """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
     if not points:
         return algo
 
     def suggest(new_ids, domain, trials, seed):
-        tried = [active(t["misc"]["vals"]) for t in trials.trials]
+        trained = tried(trials)
         docs = []
-        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in tried]):
+        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in trained]):
             misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir, "suggested_by": "enqueue"}
             miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
             docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
@@ -57,12 +62,12 @@ def marked(algo: str, startup_trials: int | None):
         return tpe.suggest(new_ids, domain, trials, seed, n_startup_jobs=0), "tpe"
 
     def suggest(new_ids, domain, trials, seed):
-        tried = [active(t["misc"]["vals"]) for t in trials.trials]
+        trained = tried(trials)
         # Searches of one --seed draw the same random points in the same order: a trial of another one, enqueued
         # here, would come again at its place, and train twice.
         for retry in range(REDRAWS):
             docs, by = draw(new_ids, domain, trials, seed + retry)
-            if not any(active(doc["misc"]["vals"]) in tried for doc in docs):
+            if not any(active(doc["misc"]["vals"]) in trained for doc in docs):
                 break
         for doc in docs:
             doc["misc"]["suggested_by"] = by

@@ -130,15 +130,17 @@ def figures(result: dict) -> str:
     return f"{text}, {images:,} training images" if images else text
 
 
-# What retrains must share to be draws of one training, differing in their weights seed alone.
-DRAW_KEYS = ("space", "dataset", "seed", "selected_on", "train_images", "max_epochs", "precision")
-
-
-def draws_of_one_training(folder: str) -> list[list[dict]]:
-    """The retrains in `folder`, grouped by network, data, budget and precision: in each group one retrain per weights seed,
-    the newest."""
+def training_of(retrain: dict) -> str:
+    """What retrains must share to be draws of one training, differing in their weights seed alone: the network, data,
+    budget and precision."""
     import json
 
+    keys = ("space", "dataset", "seed", "selected_on", "train_images", "max_epochs", "precision")
+    return json.dumps([retrain.get(k) for k in keys], sort_keys=True)
+
+
+def draws_of_one_training(folder: str) -> dict[str, list[dict]]:
+    """The retrains in `folder` by their `training_of`: for each, one retrain per weights seed, the newest."""
     from utils import iter_results, weights_seed
 
     groups: dict[str, dict[int, dict]] = {}
@@ -147,15 +149,13 @@ def draws_of_one_training(folder: str) -> list[list[dict]]:
         if retrain.get("retrained_from") and measured:
             # Retrains from before --weights-seed drew the trial's own.
             seed = retrain.get("weights_seed", weights_seed(retrain.get("seed", 0), retrain["space"]))
-            training = json.dumps([retrain.get(k) for k in DRAW_KEYS], sort_keys=True)
-            groups.setdefault(training, {})[seed] = retrain | {"weights_seed": seed}
-    return [list(draws.values()) for draws in groups.values()]
+            groups.setdefault(training_of(retrain), {})[seed] = retrain | {"weights_seed": seed}
+    return {training: list(draws.values()) for training, draws in groups.items()}
 
 
 def same_but_the_draw(retrained: dict, folder: str) -> list[dict]:
     """The retrains in `folder` (this saved one among them) that differ from it in their weights seed alone."""
-    return next((draws for draws in draws_of_one_training(folder)
-                 if all(draws[0].get(k) == retrained[k] for k in DRAW_KEYS)), [retrained])
+    return draws_of_one_training(folder).get(training_of(retrained), [retrained])
 
 
 def mean_and_spread(values: list[float]) -> str:
