@@ -57,7 +57,9 @@ def marked(algo: str, startup_trials: int | None):
         if (suggested := len({t["misc"].get("from_tid", t["tid"]) for t in trials.trials})) < startup:
             return rand.suggest(new_ids, domain, trials, seed), "random"
         if not said:
-            report(f"TPE suggests the trials from here on, modelling the {plural(suggested, 'trial')} before")
+            report(f"TPE suggests the trials from here on, modelling the {plural(suggested, 'trial')} before" if suggested
+                   else "TPE suggests every trial (--startup-trials 0): the first from the space alone, as no trial has "
+                        "finished to model")
             said = True
         return tpe.suggest(new_ids, domain, trials, seed, n_startup_jobs=0), "tpe"
 

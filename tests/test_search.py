@@ -429,7 +429,10 @@ def test_tpe_models_the_trials_from_startup_trials_on_and_each_result_says_which
     assert points["two"][:2] == points["default"][:2] and points["two"][2:] != points["default"][2:]
     assert points["none"][0] != points["default"][0]
     assert drawn_by == {"default": ["random"] * 4, "two": ["random", "random", "tpe", "tpe"], "none": ["tpe"] * 4}
-    assert "TPE suggests the trials from here on, modelling the 2 trials before\n" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "TPE suggests the trials from here on, modelling the 2 trials before\n" in said
+    assert "TPE suggests every trial (--startup-trials 0): the first from the space alone" in said
+    assert "modelling the 0 trials" not in said
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
