@@ -152,6 +152,9 @@ def load_dataset(
         if not 0 < train_subset <= len(train_idx):
             raise DatasetError(f"--train-subset must be between 1 and {len(train_idx)}, got {train_subset}")
         keep, _ = stratified_split(yf_train[train_idx], train_subset, rng)
+        if (unseen := len(np.unique(yf_train[train_idx])) - len(np.unique(yf_train[train_idx[keep]]))) > 0:
+            warn(f"--train-subset {train_subset} leaves {unseen} fine classes without a training image: a smoke test, "
+                 "whose accuracies say little about the networks")
         train_idx = train_idx[keep]
     return Dataset(
         name=label,

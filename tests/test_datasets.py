@@ -218,10 +218,18 @@ def test_validation_split_is_stratified_and_disjoint():
     assert not any(row.tobytes() in train_rows for row in data.x_val)
 
 
-def test_train_subset_is_stratified():
+def test_train_subset_is_stratified(capsys):
     data = load_dataset("synthetic", synthetic_size=2000, train_subset=500)
     assert len(data.x_train) == 500
     assert np.bincount(data.y_train_fine, minlength=100).tolist() == [5] * 100
+    assert capsys.readouterr().err == ""
+
+
+def test_a_train_subset_too_small_for_every_class_is_warned_about(capsys):
+    data = load_dataset("synthetic", train_subset=60)
+    assert len(np.unique(data.y_train_fine)) == 60
+    assert capsys.readouterr().err == ("warning: --train-subset 60 leaves 40 fine classes without a training image: "
+                                       "a smoke test, whose accuracies say little about the networks\n")
 
 
 def test_selecting_on_test_trains_on_every_training_image_or_the_subset_asked_and_says_so():
