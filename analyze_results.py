@@ -30,6 +30,7 @@ HYPERPARAMETERS = NUMERIC + CATEGORICAL
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
 COST_COLUMNS = ["n_params", "train_seconds", "keras_backend", "keras_version", "precision", "device"]
 PERMUTATIONS = 9_999  # shufflings behind each importance p-value
+LEAN_P = 0.05  # below it, the importance table says which way the better trials lean as a finding
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -140,7 +141,7 @@ class Importance(NamedTuple):
     score: float  # in [0, 1]
     p_value: float
     q_value: float
-    tendency: str  # "higher did better", "lower did better"; for a category, "Nadam did best"
+    tendency: str  # "higher did better", "lower did better"; for a category, "Nadam did best"; in parentheses if p >= 0.05
 
 
 def importance(rows: list[dict]) -> list[Importance]:
@@ -180,7 +181,8 @@ def importance(rows: list[dict]) -> list[Importance]:
             scores.append((name, "eta^2", float(test.statistic), float(test.pvalue),
                            f"{best} did best ({means[best]:.3f} mean of {categories.count(best)})"))
     q = false_discovery_control([p for _, _, _, p, _ in scores], method="bh")
-    ranked = [Importance(name, method, score, p, float(q_value), tendency)
+    # A lean that chance would often give (rho 0.002, say) is said in parentheses, not as a finding.
+    ranked = [Importance(name, method, score, p, float(q_value), tendency if p < LEAN_P else f"({tendency})")
               for (name, method, score, p, tendency), q_value in zip(scores, q)]
     return sorted(ranked, key=lambda i: -i.score)
 

@@ -130,17 +130,21 @@ def test_importance_p_values_tell_what_drives_accuracy_from_chance():
     assert scores["batch_size"][1] > 0.05 and scores["activation"][1] > 0.05  # drawn independently of accuracy
 
 
-def test_importance_says_which_way_the_better_trials_lean():
+def test_importance_says_which_way_the_better_trials_lean_and_a_lean_chance_would_often_give_in_parentheses():
     rng = np.random.default_rng(0)
     lr, l2 = rng.uniform(0.6, 1.6, 30), rng.uniform(0.2, 5, 30)
-    accuracy = 0.2 * lr - 0.01 * l2 + rng.normal(0, 0.02, 30)
+    accuracy = 0.2 * lr - 0.04 * l2 + rng.normal(0, 0.02, 30)
     optimizer = ["Nadam" if a > np.median(accuracy) else "Adam" for a in accuracy]
+    batch_size = rng.uniform(100, 450, 30)  # drawn independently of accuracy
     ranked = analyze_results.importance(importance_rows(accuracy, lr_rate_mult=lr, l2_weight_reg_mult=l2,
-                                                        optimizer=optimizer))
+                                                        optimizer=optimizer, batch_size=batch_size))
     tendency = {i.hyperparameter: i.tendency for i in ranked}
     nadam = accuracy[np.array(optimizer) == "Nadam"]
+    rho = np.corrcoef(np.argsort(np.argsort(batch_size)), np.argsort(np.argsort(accuracy)))[0, 1]
     assert tendency == {"lr_rate_mult": "higher did better", "l2_weight_reg_mult": "lower did better",
-                        "optimizer": f"Nadam did best ({nadam.mean():.3f} mean of 15)"}
+                        "optimizer": f"Nadam did best ({nadam.mean():.3f} mean of 15)",
+                        "batch_size": f"({'higher' if rho > 0 else 'lower'} did better)"}
+    assert {i.hyperparameter for i in ranked if i.p_value >= 0.05} == {"batch_size"}
 
 
 def test_importance_of_a_few_trials_is_never_significant():
