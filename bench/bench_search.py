@@ -8,14 +8,14 @@ the total epochs trained, the wall time and the best validation fine accuracy. O
 little on its own: whether the rule stops the trial that would have won depends on the order
 the trials come in. So the unpruned search's learning curves are then replayed under the rule
 (`pruning.should_prune`) in many random orders, each trial stopping where the rule would have
-stopped it: the epochs saved and how often the best accuracy stays within 2 points.
+stopped it: the epochs saved and how often the best accuracy stays within 2 points. The searches'
+own lines (each trial's start and end) go to stderr as progress; the figures to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import random
 import statistics
@@ -63,8 +63,9 @@ def print_replay(r: dict, what: str) -> None:
 
 def run_search(prune: str, args) -> tuple[dict, list[list[float]]]:
     with tempfile.TemporaryDirectory() as folder:
+        print(f"The search with --prune {prune}:", file=sys.stderr, flush=True)
         start = time.time()
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(sys.stderr):
             code = hyperopt_optimize.main([
                 "--dataset", "synthetic", "--space", args.space, "--max-evals", str(args.trials),
                 "--epochs", str(args.epochs), "--prune", prune, "--seed", str(args.seed), "--verbose", "0",
