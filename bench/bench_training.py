@@ -349,6 +349,9 @@ def main() -> None:
         for name, variant, kind, recipe in rows if round_ % 2 == 0 else reversed(rows):
             row = bench_space(name, VARIANTS[variant](SPACES[name]), x, y, args, kind, recipe)
             report["rows"].append({**row, "variant": variant, "callbacks": kind, "round": round_ + 1})
+            # Progress on stderr (a run of several networks and rounds takes many minutes on a CPU); the table at the end.
+            print(f"{name} {variant} ({kind} callbacks), {recipe} recipe, round {round_ + 1} of {args.rounds}: "
+                  f"{row['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
     print(f"backend {report['backend']}, XLA {args.xla}")
