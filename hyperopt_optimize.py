@@ -18,7 +18,7 @@ from pathlib import Path
 import resume
 from cli import SignalGuard, plural, run, unsupported_backend
 from precision import tensorflow_defaults, use_one_gpu
-from trial import Objective, leaderboard_title, report, trial_line
+from trial import Objective, leaderboard_title, pace, report, trial_line
 
 tensorflow_defaults()
 
@@ -137,6 +137,7 @@ class Search:
         self.guard = guard
         self.started = False  # whether trials have begun: an interruption from then on can leave saved trials behind
         self.stop_reason = None
+        self.began = None  # time.monotonic() at which this run's trials began
         self.deadline = None  # time.monotonic() at which --max-hours is up
         self.out_of_time = False  # whether --max-hours ran out: trials were left to start
         self.saved_tids: set[int] = set()
@@ -160,6 +161,7 @@ class Search:
             finished = resume.finished_trials(args)
             self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
             self.saved_tids = {t["tid"] for t in finished.trials}
+            self.resumed = len(self.saved_tids)
             if args.max_evals is not None and len(finished.trials) >= args.max_evals:
                 print(f"Nothing to do: {plural(len(finished.trials), 'trial')} already, --max-evals {args.max_evals}.")
                 self.print_leaderboard(finished)
@@ -207,7 +209,7 @@ class Search:
             poller = Poller(self.trials, self.after_spark_trials)
         else:
             self.trials, poller = finished, None
-        self.started = True
+        self.started, self.began = True, time.monotonic()
         try:
             fmin(
                 self.objective,
@@ -267,6 +269,12 @@ class Search:
     def time_is_up(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
+    def pace(self) -> str | None:
+        """Where the search stands against --max-evals and --max-hours, for the log of a search that runs for days."""
+        now = time.monotonic()
+        left = None if self.deadline is None else max(0.0, self.deadline - now)
+        return pace(len(self.saved_tids), self.args.max_evals, len(self.saved_tids) - self.resumed, now - self.began, left)
+
     def after_spark_trials(self, trials) -> str | None:
         """Under Spark, every second: save the trials that finished; once --max-hours is up, start none of those queued."""
         from spark_search import cancel_queued
@@ -322,7 +330,10 @@ class Search:
             improved = result.get("status") == "ok" and (self.best_loss is None or result["loss"] < self.best_loss)
             if improved:
                 self.best_loss = result["loss"]
-            report(trial_line(result, self.best_loss, self.args.select_on))
+            line = trial_line(result, self.best_loss, self.args.select_on)
+            if trial is new[-1] and (where := self.pace()):
+                line += f"; {where}"
+            report(line)
             if improved and not self.args.no_plot:
                 self.plot(result["space"], "model_best.png")
         errors = [t["result"].get("error") for t in snapshot.trials[-FAILURES_IN_A_ROW:]]

@@ -86,6 +86,22 @@ def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:
             f"{how_it_stopped(result)}, {result['train_seconds']:.0f} s; best so far {best}")
 
 
+def pace(saved: int, max_evals: int | None, done_here: int, seconds_here: float, seconds_left: float | None) -> str | None:
+    """Where a search stands against --max-evals and --max-hours, after `done_here` trials of this run took `seconds_here`
+    (wall time, so that trials at once on Spark count as they run); `seconds_left` until no trial starts. None without either."""
+    hours = None if seconds_left is None else (
+        f"no trial starts after {duration(seconds_left)} more (--max-hours)" if seconds_left > 0 else "--max-hours is up")
+    if max_evals is None:
+        return hours
+    text = f"{saved} of {max_evals} trials"
+    if saved >= max_evals or not done_here:
+        return text
+    to_go = seconds_here / done_here * (max_evals - saved)
+    if seconds_left is not None and seconds_left < to_go:
+        return f"{text}; {hours}"
+    return f"{text}, about {duration(to_go)} to go at this run's pace"
+
+
 def how_it_stopped(result: dict) -> str:
     """A finished training's epochs: its best one, and why it ended before its budget (pruned, diverged, early stopping)."""
     trained, diverged = result["epochs_trained"], result.get("diverged_at_epoch")

@@ -18,7 +18,7 @@ import pytest
 from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import active, describe
-from trial import leaderboard_title, trial_line
+from trial import leaderboard_title, pace, trial_line
 from utils import load_trials, save_trials
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -412,6 +412,31 @@ def test_each_trial_says_when_it_started(tmp_path, monkeypatch, capsys):
     firsts = [line for line in capsys.readouterr().out.splitlines() if ", up to 1 epoch: " in line]
     stamps = [datetime.datetime.strptime(line.split(" Trial ")[0], "%Y-%m-%d %H:%M:%S") for line in firsts]
     assert len(stamps) == 2 and start <= stamps[0] <= stamps[1] <= datetime.datetime.now()
+
+
+@pytest.mark.parametrize("where, said", [
+    ((41, 100, 11, 3300.0, None), "41 of 100 trials, about 4.9 h to go at this run's pace"),  # 300 s a trial, 59 to go
+    ((41, 100, 11, 3300.0, 3600.0), "41 of 100 trials; no trial starts after 60 min more (--max-hours)"),
+    ((41, 100, 11, 3300.0, 0.0), "41 of 100 trials; --max-hours is up"),
+    ((41, 100, 11, 3300.0, 86400.0), "41 of 100 trials, about 4.9 h to go at this run's pace"),
+    ((30, 100, 0, 0.0, None), "30 of 100 trials"),  # resumed, nothing trained yet to pace it by
+    ((100, 100, 70, 9000.0, None), "100 of 100 trials"),
+    ((41, None, 11, 3300.0, 5400.0), "no trial starts after 1.5 h more (--max-hours)"),
+    ((41, None, 11, 3300.0, None), None),  # until Ctrl-C: nothing to measure against
+])
+def test_the_pace_of_a_search_against_its_max_evals_and_max_hours(where, said):
+    assert pace(*where) == said
+
+
+def test_each_trial_line_says_how_far_the_search_is_against_max_evals(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    monkeypatch.setattr(neural_net, "build_and_train", instant)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 0
+    ends = [line.split("; best so far ")[1] for line in capsys.readouterr().out.splitlines() if line.startswith("Trial ")]
+    assert [end.split("; ", 1)[1].split(", about ")[0] for end in ends] == ["1 of 2 trials", "2 of 2 trials", "3 of 3 trials"]
+    assert ends[0].endswith(" s to go at this run's pace")
 
 
 @pytest.mark.slow
