@@ -19,8 +19,8 @@ from analysis_notes import (best_first, budget_note, retrains_table, standard_er
                             within_one_standard_error)
 from cli import HelpFormatter, at_least, plural, run
 from trial import leaderboard_title
-from utils import (RESULTS_DIR, SETTINGS, best_epoch, check_writable, is_ok, iter_results, setting, trials_file_for,
-                   validation_curve, warn)
+from utils import (RESULTS_DIR, SETTINGS, RunLock, best_epoch, check_writable, is_ok, iter_results, setting,
+                   trials_file_for, validation_curve, warn)
 
 NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_weight", "conv_dropout_drop_proba",
            "fc_dropout_drop_proba", "conv_hiddn_units_mult", "conv_pool_res_start_idx", "conv_kernel_size",
@@ -290,6 +290,8 @@ def main(argv=None) -> int:
              f"{'; '.join(mixed)}. Keep each search in its own --results-dir")
     from analysis_plots import p_text, plot_all  # matplotlib: after the checks, so that they answer at once
 
+    if holder := RunLock(args.results_dir).holder_now():
+        print(f"A search is running on {args.results_dir}/ ({holder}): these are its finished trials so far.\n")
     print_leaderboard(rows, args.top)
     for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top),
                  suggestions_note(rows, args.top)):

@@ -363,6 +363,17 @@ class RunLock:
         self._file.flush()
         return True
 
+    def holder_now(self) -> str | None:
+        """Who holds the lock ("pid 1234") while a run does, else None; a look that holds it no longer than it takes."""
+        try:
+            with open(self.path) as file:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self.path.read_text().strip() or "another process"
+        except OSError:  # no lock file: no run; or no file locks there, where nothing tells
+            return None
+        return None
+
     def release(self) -> None:
         """Let go of the lock; the folders it made for a run that wrote nothing there go with it."""
         if self._file is not None:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -105,6 +106,22 @@ def test_each_results_folder_gets_its_own_analysis_folder_by_default(tmp_path, m
     check_outputs(tmp_path / "analysis" / "b", 5)
     assert "Wrote analysis/b/trials.csv" in capsys.readouterr().out
     assert analyze_results.parse_args([]).out == "analysis"  # results/'s, as before
+
+
+def test_the_analysis_of_a_search_still_running_says_so(tmp_path, capsys):
+    from utils import RunLock
+
+    make_results(tmp_path / "results", n=3)
+    search = RunLock(tmp_path / "results")
+    assert search.acquire()
+    try:
+        assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    finally:
+        search.release()
+    assert capsys.readouterr().out.startswith(f"A search is running on {tmp_path}/results/ (pid {os.getpid()}): these are "
+                                              "its finished trials so far.\n\nTop 3 of 4 trials")
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.startswith("Top 3 of 4 trials")  # the search has ended, its lock file stays
 
 
 def importance_rows(accuracies, **varying) -> list[dict]:
