@@ -141,7 +141,7 @@ class Importance(NamedTuple):
     score: float  # in [0, 1]
     p_value: float
     q_value: float
-    tendency: str  # "higher did better", "lower did better"; for a category, "Nadam did best"; in parentheses if p >= 0.05
+    tendency: str  # "higher did better", "lower did better", "Nadam did best, 0.602 mean of 24"; in parentheses if p >= 0.05
 
 
 def importance(rows: list[dict]) -> list[Importance]:
@@ -179,7 +179,7 @@ def importance(rows: list[dict]) -> list[Importance]:
             means = {group: acc[members[:, i] == 1].mean() for i, group in enumerate(sorted(set(categories)))}
             best = max(means, key=means.get)
             scores.append((name, "eta^2", float(test.statistic), float(test.pvalue),
-                           f"{best} did best ({means[best]:.3f} mean of {categories.count(best)})"))
+                           f"{best} did best, {means[best]:.3f} mean of {categories.count(best)}"))
     q = false_discovery_control([p for _, _, _, p, _ in scores], method="bh")
     # A lean that chance would often give (rho 0.002, say) is said in parentheses, not as a finding.
     ranked = [Importance(name, method, score, p, float(q_value), tendency if p < LEAN_P else f"({tendency})")

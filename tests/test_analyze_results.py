@@ -159,7 +159,7 @@ def test_importance_says_which_way_the_better_trials_lean_and_a_lean_chance_woul
     nadam = accuracy[np.array(optimizer) == "Nadam"]
     rho = np.corrcoef(np.argsort(np.argsort(batch_size)), np.argsort(np.argsort(accuracy)))[0, 1]
     assert tendency == {"lr_rate_mult": "higher did better", "l2_weight_reg_mult": "lower did better",
-                        "optimizer": f"Nadam did best ({nadam.mean():.3f} mean of 15)",
+                        "optimizer": f"Nadam did best, {nadam.mean():.3f} mean of 15",
                         "batch_size": f"({'higher' if rho > 0 else 'lower'} did better)"}
     assert {i.hyperparameter for i in ranked if i.p_value >= 0.05} == {"batch_size"}
 
