@@ -43,10 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="trials pickle that gives the trial order where it holds these results (default: the search's, "
                              "results.pkl for results/; else results-dir/results.pkl, as the 2017 files have it; else file times)")
     parser.add_argument("--top", type=at_least(1), default=10, help="trials in the leaderboard and the per-epoch plot")
-    parser.add_argument("--weights-dir", default="weights",
-                        help="where retrain_best_with_tensorboard.py wrote its results, to sum up the retrains of these trials")
+    parser.add_argument("--weights-dir", default=None,
+                        help="where retrain_best_with_tensorboard.py wrote its results, to sum up the retrains of these "
+                             "trials (default: weights, where there is one)")
     args = parser.parse_args(argv)
     args.out = args.out or analysis_dir_for(args.results_dir)
+    if args.weights_dir is not None and not Path(args.weights_dir).is_dir():
+        parser.error(f"--weights-dir {args.weights_dir}: no such folder")
+    args.weights_dir = args.weights_dir or "weights"
     return args
 
 

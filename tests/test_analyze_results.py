@@ -568,6 +568,11 @@ def test_the_retrains_of_the_searchs_trials_are_summed_up_per_training_over_draw
             f"{trial:>5}     3   2,700      6  0.5200 ± 0.0200   0.4800 ± 0.0200\n"
             f"{trial:>5}     1   3,000      6  0.6100            0.6000\n\n") in out
     capsys.readouterr()
+    (tmp_path / "other").mkdir()
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
-                                 "--weights-dir", str(tmp_path / "none")]) == 0
+                                 "--weights-dir", str(tmp_path / "other")]) == 0
     assert "Retrained" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:  # a typo, not a folder without retrains
+        analyze_results.main(["--results-dir", str(tmp_path / "results"), "--weights-dir", str(tmp_path / "wieghts")])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: --weights-dir {tmp_path / 'wieghts'}: no such folder\n")
