@@ -141,6 +141,7 @@ class Search:
         self.deadline = None  # time.monotonic() at which --max-hours is up
         self.out_of_time = False  # whether --max-hours ran out: trials were left to start
         self.saved_tids: set[int] = set()
+        self.resumed = 0  # of the saved trials, those finished before this run
         self.pickle_stamp = None  # the trials pickle as this search last read or wrote it (utils.file_stamp): none yet
         self.plot_broken = False  # after one failed plot, stop trying
 
@@ -269,7 +270,7 @@ class Search:
     def time_is_up(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def pace(self) -> str | None:
+    def where_it_stands(self) -> str | None:
         """Where the search stands against --max-evals and --max-hours, for the log of a search that runs for days."""
         now = time.monotonic()
         left = None if self.deadline is None else max(0.0, self.deadline - now)
@@ -331,7 +332,7 @@ class Search:
             if improved:
                 self.best_loss = result["loss"]
             line = trial_line(result, self.best_loss, self.args.select_on)
-            if trial is new[-1] and (where := self.pace()):
+            if trial is new[-1] and (where := self.where_it_stands()):
                 line += f"; {where}"
             report(line)
             if improved and not self.args.no_plot:
