@@ -164,7 +164,8 @@ class Search:
             self.saved_tids = {t["tid"] for t in finished.trials}
             self.resumed = len(self.saved_tids)
             if args.max_evals is not None and len(finished.trials) >= args.max_evals:
-                print(f"Nothing to do: {plural(len(finished.trials), 'trial')} already, --max-evals {args.max_evals}.")
+                print(f"Nothing to do: {plural(len(finished.trials), 'trial')} already, --max-evals {args.max_evals}, "
+                      "which counts them; a larger --max-evals goes on.")
                 self.print_leaderboard(finished)
                 return 0
             width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]

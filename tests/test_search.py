@@ -716,7 +716,8 @@ def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
     save_trials(Trials(), tmp_path / "results.pkl")
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0  # one trial
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
-    assert "Nothing to do: 1 trial already" in capsys.readouterr().out
+    assert "Nothing to do: 1 trial already, --max-evals 1, which counts them; a larger --max-evals goes on.\n" in (
+        capsys.readouterr().out)
 
 
 @pytest.mark.slow
