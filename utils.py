@@ -330,6 +330,12 @@ def save_trials(trials, path: str | os.PathLike) -> None:
     atomic_write(path, pickle.dumps(trials, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def holder_in(lock_file) -> str:
+    """Who holds a run's lock, as its holder wrote it into the lock file ("pid 1234")."""
+    lock_file.seek(0)
+    return lock_file.read().strip() or "another process"
+
+
 class RunLock:
     """An exclusive lock on a results folder; the OS releases it when the process dies."""
 
@@ -349,8 +355,7 @@ class RunLock:
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._file.seek(0)
-            self.holder = self._file.read().strip() or "another process"
+            self.holder = holder_in(self._file)
             self._file.close()
             self._file = None
             return False
@@ -367,9 +372,10 @@ class RunLock:
         """Who holds the lock ("pid 1234") while a run does, else None; a look that holds it no longer than it takes."""
         try:
             with open(self.path) as file:
-                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return self.path.read_text().strip() or "another process"
+                try:
+                    fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return holder_in(file)
         except OSError:  # no lock file: no run; or no file locks there, where nothing tells
             return None
         return None
