@@ -1,10 +1,13 @@
 """What to make of a search's best trials: how closely their accuracies are measured, which others are as good, whether
-their epoch budget was short, how many of them TPE suggested, and how they fared when retrained."""
+their epoch budget was short, how many of them TPE suggested, which versions of the code trained them, and how they
+fared when retrained."""
 
 from __future__ import annotations
 
 import math
 import os
+
+from cli import plural
 
 
 def best_first(rows: list[dict]) -> list[dict]:
@@ -90,6 +93,25 @@ def suggestions_note(rows: list[dict], top: int) -> str | None:
             parts.append(f"{sum(r['suggested_by'] == by for r in leaders)} of {whose} {of} {what}")
     listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
     return f"The {len(leaders)} best trials hold {listed}."
+
+
+def code_versions_note(rows: list[dict]) -> str | None:
+    """Which versions of the code (git commits) trained the trials, where more than one did: a change between them may
+    weigh on the accuracies."""
+    firsts: dict[str, list[int]] = {}
+    for r in rows:
+        if r["code_version"]:
+            firsts.setdefault(r["code_version"], []).append(r["trial"])
+    if len(firsts) < 2:
+        return None
+    versions = [f"{version} from trial {trials[0]} ({plural(len(trials), 'trial')})" for version, trials in firsts.items()]
+    unrecorded = sum(not r["code_version"] for r in rows)
+    text = f"The trials ran on {len(firsts)} versions of the code (trials.csv's code_version): {', '.join(versions)}"
+    if unrecorded:
+        text += f", and {unrecorded} that record none"
+    if ok := best_first(rows):
+        text += f"; the best, trial {ok[0]['trial']}, on {ok[0]['code_version'] or 'an unrecorded one'}"
+    return text + "."
 
 
 def retrains_table(rows: list[dict], results_dir: str, weights_dir: str) -> list[str]:

@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis_notes import (best_first, budget_note, retrains_table, standard_errors, suggestions_note,
-                            within_one_standard_error)
+from analysis_notes import (best_first, budget_note, code_versions_note, retrains_table, standard_errors,
+                            suggestions_note, within_one_standard_error)
 from cli import HelpFormatter, at_least, plural, run
 from trial import leaderboard_title
 from utils import (RESULTS_DIR, SETTINGS, RunLock, best_epoch, check_writable, is_ok, iter_results, setting,
@@ -28,7 +28,7 @@ NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_we
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
-COST_COLUMNS = ["n_params", "train_seconds", "keras_backend", "keras_version", "precision", "device"]
+COST_COLUMNS = ["n_params", "train_seconds", "keras_backend", "keras_version", "backend_version", "precision", "device"]
 PERMUTATIONS = 9_999  # shufflings behind each importance p-value
 LEAN_P = 0.05  # below it, the importance table says which way the better trials lean as a finding
 
@@ -117,6 +117,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "width_multiple": width_multiple(space) if space else None,
             # What a trial cost, and on what: the seconds of one machine do not compare with another's.
             **{key: result.get(key) for key in COST_COLUMNS},
+            "code_version": result.get("code_version"),  # the git commit that trained it: a search may outlive a version
             "fine_curve": curve,
             "coarse_curve": validation_curve(result, "coarse"),
         }
@@ -249,7 +250,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "pruned", "suggested_by", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
                *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple",
-               *COST_COLUMNS, *HYPERPARAMETERS]
+               *COST_COLUMNS, "code_version", *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
         print(f"A search is running on {args.results_dir}/ ({holder}): these are its finished trials so far.\n")
     print_leaderboard(rows, args.top)
     for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top),
-                 suggestions_note(rows, args.top)):
+                 suggestions_note(rows, args.top), code_versions_note(rows)):
         if note:
             print(note)
     if retrained := retrains_table(rows, args.results_dir, args.weights_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import math
 import time
 import traceback
@@ -259,7 +260,8 @@ def build_and_train(
             gc.collect()
     result["train_seconds"] = round(time.time() - start + (before.seconds if before else 0.0), 2)
     result["max_epochs"] = epochs
-    result |= {"keras_backend": keras.backend.backend(), "keras_version": keras.__version__, "device": device_name(),
+    result |= {"keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
+               "backend_version": importlib.import_module(keras.backend.backend()).__version__, "device": device_name(),
                "precision": precision}
     return model, result
 

@@ -329,7 +329,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from trial import figures, over_draws, same_but_the_draw
+    from trial import code_version, figures, over_draws, same_but_the_draw
     from utils import is_ok, print_json, save_json_result
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
@@ -363,7 +363,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed,
-                     weights_seed=weights)
+                     weights_seed=weights, code_version=code_version())
     if before:
         retrained["resumed_after_epoch"] = done
     try:

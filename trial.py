@@ -38,6 +38,7 @@ class Objective:
         self.finished_curves: list[list[float]] = []
         self.next_tid = 0
         self.enqueued: list[tuple[dict, str]] = []  # (point, --enqueue's name for it), to label its trial
+        self.code_version = code_version()  # here, where the repository is: a Spark worker gets its modules alone
 
     def __call__(self, space: dict) -> dict:
         data = self.data
@@ -70,9 +71,24 @@ class Objective:
         keras.backend.clear_session()
         result["search_space"], result["patience"] = s["space"], s["patience"]
         result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
+        result["code_version"] = self.code_version
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
         return result
+
+
+def code_version(folder: str | None = None) -> str | None:
+    """The git commit of the code in `folder` (by default this project's), with `-dirty` where its tracked files were
+    changed since; None outside a git checkout, or without git."""
+    import subprocess
+
+    folder = folder or os.path.dirname(os.path.realpath(__file__))
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=folder,
+                                   capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return described.stdout.strip() or None if described.returncode == 0 else None
 
 
 def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:

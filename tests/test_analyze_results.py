@@ -28,7 +28,7 @@ def close_the_figures_a_test_drew():
     analysis_plots.plt.close("all")
 
 
-def make_results(folder, n=8, dataset="synthetic"):
+def make_results(folder, n=8, dataset="synthetic", code_version=lambda tid: "1a2b3c4d5e6f"):
     rng = np.random.default_rng(0)
     for tid in range(n):
         acc = float(rng.uniform(0.1, 0.6))
@@ -41,7 +41,8 @@ def make_results(folder, n=8, dataset="synthetic"):
             "model_name": f"model_{acc}_{tid:05d}", "space": space, "selected_on": "validation",
             "dataset": dataset, "train_images": 2700, "val_images": 300, "test_images": 600, "search_space": "full",
             "max_epochs": 6 + tid % 2, "patience": 4, "n_params": 1000 + tid, "train_seconds": 60.5 + tid,
-            "keras_backend": "jax", "keras_version": "3.15.1", "precision": "mixed_bfloat16", "device": "NVIDIA H100 80GB HBM3",
+            "keras_backend": "jax", "keras_version": "3.15.1", "backend_version": "0.10.2", "precision": "mixed_bfloat16",
+            "device": "NVIDIA H100 80GB HBM3", "code_version": code_version(tid),
             "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
         }, folder)
     save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n, "model_name": "model_failed_abcde",
@@ -73,11 +74,13 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert {r["best_epoch"] for r in rows} == {"6", ""}  # from the curves, which peak at their end; a failed trial has none
     # What each trial cost, and on what machine and software.
     first = next(r for r in rows if r["tid"] == "0")
-    assert ((first["n_params"], first["train_seconds"], first["keras_backend"], first["keras_version"], first["precision"],
-             first["device"]) == ("1000", "60.5", "jax", "3.15.1", "mixed_bfloat16", "NVIDIA H100 80GB HBM3"))
+    assert ((first["n_params"], first["train_seconds"], first["keras_backend"], first["keras_version"],
+             first["backend_version"], first["precision"], first["device"], first["code_version"])
+            == ("1000", "60.5", "jax", "3.15.1", "0.10.2", "mixed_bfloat16", "NVIDIA H100 80GB HBM3", "1a2b3c4d5e6f"))
     captured = capsys.readouterr()
     assert "broken.txt.json" in captured.err and "foreign.json" in captured.err
     assert "more than one search" not in captured.err
+    assert "versions of the code" not in captured.out  # one trained them all
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
@@ -94,6 +97,20 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
             "may raise them.\n") in captured.out
     assert {r["selected_on"] for r in rows} == {"validation", ""}  # a failed trial was selected on nothing
     assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value,q_value")
+
+
+def test_the_analysis_says_which_versions_of_the_code_trained_the_trials_where_they_differ(tmp_path, capsys):
+    make_results(tmp_path / "results", code_version=lambda tid: "1a2b3c4d5e6f" if tid < 3 else None if tid == 5 else
+                 "7a8b9c0d1e2f-dirty")
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["code_version"] for r in rows] == ["1a2b3c4d5e6f"] * 3 + ["7a8b9c0d1e2f-dirty", "7a8b9c0d1e2f-dirty", "",
+                                                                         "7a8b9c0d1e2f-dirty", "7a8b9c0d1e2f-dirty", ""]
+    best = max(rows, key=lambda r: float(r["fine_accuracy"] or 0))
+    assert (f"The trials ran on 2 versions of the code (trials.csv's code_version): 1a2b3c4d5e6f from trial 0 (3 trials), "
+            f"7a8b9c0d1e2f-dirty from trial 3 (4 trials), and 2 that record none; the best, trial {best['trial']}, on "
+            f"{best['code_version'] or 'an unrecorded one'}.\n") in capsys.readouterr().out
 
 
 def test_each_results_folder_gets_its_own_analysis_folder_by_default(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ import retrain_best_with_tensorboard as retrain
 from conftest import FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from neural_net import failure
 from test_datasets import write_cifar100_archive
+from trial import code_version
 from utils import load_json_result, save_json_result, weights_seed
 
 RESIDUAL_SPACE = {**SMALL_SPACE, "residual": 1.0, "conv_pool_res_start_idx": 1.0}
@@ -73,6 +74,7 @@ def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained)
     data = load_dataset("synthetic", train_subset=1000)
     scores = model.evaluate(data.x_val, targets(data, "val"), verbose=0, return_dict=True)
     assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)
+    assert result["code_version"] == code_version()  # the commit of the code that retrained it
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """The search driver as a user runs it: resume, kills, signals, the lock, broken pickles, failures."""
 
 import datetime
+import importlib.metadata
 import json
 import os
 import pickle
@@ -18,7 +19,7 @@ import pytest
 from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import active, describe
-from trial import leaderboard_title, pace, trial_line
+from trial import code_version, leaderboard_title, pace, trial_line
 from utils import load_trials, save_trials
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -87,7 +88,27 @@ def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_pa
     result = json.loads(result_files(tmp_path)[0].read_text())
     assert result["precision"] == "float32"
     assert result["space"]["width_multiple"] == 16  # what a retrain of this result rebuilds with
+    assert result["code_version"] == code_version() and result["backend_version"] == importlib.metadata.version("tensorflow")
     assert f"Trial 0, up to 1 epoch: {describe(result['space'])}\n" in done.stdout
+
+
+def test_the_code_version_is_the_git_commit_and_says_whether_tracked_files_changed_since(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert code_version(str(tmp_path)) is None  # not a git checkout: a copy of the scripts
+    git("init", "-q")
+    (tmp_path / "neural_net.py").write_text("x = 1\n")
+    git("add", "neural_net.py")
+    git("commit", "-q", "-m", "first")
+    commit = git("rev-parse", "--short=12", "HEAD")
+    assert code_version(str(tmp_path)) == commit
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "model.txt.json").write_text("{}")  # output, untracked: the code is still the commit's
+    assert code_version(str(tmp_path)) == commit
+    (tmp_path / "neural_net.py").write_text("x = 2\n")
+    assert code_version(str(tmp_path)) == f"{commit}-dirty"
 
 
 @pytest.mark.slow
@@ -98,6 +119,7 @@ def test_the_search_runs_on_the_jax_backend_too(tmp_path):
     assert "on jax" in done.stdout
     result = json.loads(result_files(tmp_path)[0].read_text())
     assert result["status"] == "ok" and result["keras_backend"] == "jax"
+    assert result["backend_version"] == importlib.metadata.version("jax")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, can_become
+from trial import code_version
 from utils import load_trials
 
 pyspark = pytest.importorskip("pyspark")
@@ -48,6 +49,8 @@ def test_local_2_continues_a_sequential_search_two_trials_at_a_time(tmp_path):
     assert sorted(t["tid"] for t in trials.trials) == [0, 1, 2, 3]
     assert all(t["result"]["status"] == "ok" for t in trials.trials)
     assert len(list((tmp_path / "results").glob("model_*.txt.json"))) == 4
+    # A worker gets the project's modules alone: the commit that trained them is the driver's.
+    assert {t["result"]["code_version"] for t in trials.trials} == {code_version()}
 
 
 @pytest.mark.slow
