@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import math
 import time
 import traceback
@@ -17,7 +16,7 @@ import fast_layers
 from batches import batches, evaluation_batch_size
 from datasets import Dataset
 from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width, width_multiple
-from precision import device_name, resolve_precision
+from precision import backend_version, device_name, resolve_precision
 from pruning import MONITOR, Progress, trial_callbacks
 from utils import best_epoch
 
@@ -261,7 +260,7 @@ def build_and_train(
     result["train_seconds"] = round(time.time() - start + (before.seconds if before else 0.0), 2)
     result["max_epochs"] = epochs
     result |= {"keras_backend": keras.backend.backend(), "keras_version": keras.__version__,
-               "backend_version": importlib.import_module(keras.backend.backend()).__version__, "device": device_name(),
+               "backend_version": backend_version(), "device": device_name(),
                "precision": precision}
     return model, result
 

@@ -96,8 +96,17 @@ def training_line(precision: str) -> str:
     """The line a script prints before training: Keras, its backend, the precision and the hardware."""
     import keras
 
-    return (f"Training with Keras {keras.__version__} on {keras.backend.backend()}, "
+    return (f"Training with Keras {keras.__version__} on {keras.backend.backend()} {backend_version()}, "
             f"precision {resolve_precision(precision)}, {describe_hardware()}")
+
+
+def backend_version() -> str:
+    """The version of Keras's backend, TensorFlow's or JAX's: what a trial's numbers and seconds also depend on."""
+    import importlib
+
+    import keras
+
+    return importlib.import_module(keras.backend.backend()).__version__
 
 
 def describe_hardware() -> str:
@@ -106,13 +115,31 @@ def describe_hardware() -> str:
 
     found = accelerators()
     if not found:
-        return f"on the CPU: no GPU is visible to {keras.backend.backend()}"
+        return f"on the CPU ({cpu_name()}): no GPU is visible to {keras.backend.backend()}"
     return f"on {len(found)} {'accelerator' if len(found) == 1 else 'accelerators'}: {device_name(found)}"
 
 
 def device_name(found: list[tuple[str, tuple[int, int] | None]] | None = None) -> str:
-    """What a trial trains on, for its result (its train_seconds mean little without it): the accelerators' names, or CPU."""
-    return ", ".join(sorted({name for name, _ in (accelerators() if found is None else found)})) or "CPU"
+    """What a trial trains on, for its result (its train_seconds mean little without it): the accelerators' names, or
+    the CPU's, "CPU (AMD EPYC 7B13, 8 cores)"."""
+    return ", ".join(sorted({name for name, _ in (accelerators() if found is None else found)})) or f"CPU ({cpu_name()})"
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model and the cores that TensorFlow's kernels may use here, "AMD EPYC 7B13, 8 cores": a Spark
+    worker's share (its TF_NUM_INTRAOP_THREADS), else those this process may run on."""
+    try:
+        with open(cpuinfo) as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    model = " ".join(model.split()) or platform.processor() or platform.machine() or "unknown model"
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        cores = int(threads)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return f"{model}, {cores} {'core' if cores == 1 else 'cores'}"
 
 
 def _capability(value) -> tuple[int, int] | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from precision import tensorflow_defaults  # noqa: E402
+from precision import backend_version, device_name, tensorflow_defaults  # noqa: E402
 
 tensorflow_defaults()
 
@@ -341,7 +341,8 @@ def main() -> None:
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 100, n), rng.integers(0, 20, n)
 
-    report = {"backend": keras.backend.backend(), "xla": args.xla, "rows": []}
+    report = {"backend": keras.backend.backend(), "backend_version": backend_version(), "keras_version": keras.__version__,
+              "device": device_name(), "xla": args.xla, "rows": []}
     if not args.skip_memory:
         report["memory"] = data_memory(args)
     rows = [(name, variant, kind, recipe) for name in spaces for variant in variants for kind in callbacks for recipe in recipes]
@@ -354,7 +355,9 @@ def main() -> None:
                   f"{row['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
-    print(f"backend {report['backend']}, XLA {args.xla}")
+    # Figures mean little apart from their machine and software.
+    print(f"Keras {report['keras_version']} on {report['backend']} {report['backend_version']}, XLA {args.xla}, "
+          f"{report['device']}")
     print(f"{'space':6} {'variant':11} {'callbacks':12} {'recipe':7} {'precision':14} {'spe':>3} {'round':>5} {'params':>10} "
           f"{'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'build s':>7} {'1st epoch s':>11} "
           f"{'trace+lower, XLA s':>18}")

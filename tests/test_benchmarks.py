@@ -1,6 +1,7 @@
 """The benchmarks measure what they say: the requested precision for every network, 2017 as 2017, XLA's bytes and FLOPs."""
 
 import gzip
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -27,13 +28,21 @@ def run_bench(tmp_path, *args, backend: str | None = None) -> tuple[dict, subpro
 
 @pytest.mark.slow
 def test_every_network_of_a_run_trains_in_the_requested_precision(tmp_path):
+    import keras
+
+    from precision import cpu_name
+
     # Keras's clear_session() between networks resets the dtype policy to float32.
-    report, _ = run_bench(tmp_path, "--spaces", "tiny", "--variants", "as-is,filters-x8", "--precision", "mixed_bfloat16",
-                          "--skip-memory")
+    report, done = run_bench(tmp_path, "--spaces", "tiny", "--variants", "as-is,filters-x8", "--precision",
+                             "mixed_bfloat16", "--skip-memory")
     assert [row["variant"] for row in report["rows"]] == ["as-is", "filters-x8"]
     assert [row["dtype_policy"] for row in report["rows"]] == ["mixed_bfloat16", "mixed_bfloat16"]
     assert report["rows"][1]["params"] > report["rows"][0]["params"]  # 56 hidden units instead of 50
     assert all(row["images_per_s"] > 0 for row in report["rows"])
+    # The machine and software the figures came from, with them.
+    software = (report["keras_version"], report["backend"], report["backend_version"], report["device"])
+    assert software == (keras.__version__, "tensorflow", importlib.metadata.version("tensorflow"), f"CPU ({cpu_name()})")
+    assert f"Keras {keras.__version__} on tensorflow {software[2]}, XLA auto, CPU ({cpu_name()})\n" in done.stdout
 
 
 def test_a_search_trials_callbacks_let_keras_on_jax_dispatch_the_next_step_without_waiting():

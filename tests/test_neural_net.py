@@ -14,6 +14,7 @@ from hyperopt.pyll import stochastic
 import hyperspace
 from conftest import REPO, SMALL_SPACE
 from neural_net import build_and_train, build_model
+from precision import cpu_name
 
 
 def count_params_2017(space, input_shape=(32, 32, 3), num_fine=100, num_coarse=20, double_bn=False):
@@ -212,7 +213,7 @@ def test_a_trial_on_synthetic_data_learns(synthetic):
                 "dataset", "selected_on", "keras_backend", "tid", "test_coarse_accuracy"):
         assert key in result
     # What train_seconds were measured on and with (the tests hide any GPU).
-    assert (result["device"], result["keras_version"]) == ("CPU", keras.__version__)
+    assert (result["device"], result["keras_version"]) == (f"CPU ({cpu_name()})", keras.__version__)
 
 
 def test_the_returned_model_holds_the_best_epochs_weights(synthetic):

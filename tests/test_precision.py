@@ -56,8 +56,19 @@ def test_compute_capabilities_read_from_tensorflow_and_jax():
 def test_a_machine_without_accelerators_reports_none_and_says_so():
     # The tests hide any GPU (conftest): the backend's own device query runs and finds none.
     assert precision.accelerators() == []
-    assert precision.describe_hardware() == "on the CPU: no GPU is visible to tensorflow"
-    assert precision.device_name() == "CPU"
+    cpu = precision.cpu_name()
+    assert precision.describe_hardware() == f"on the CPU ({cpu}): no GPU is visible to tensorflow"
+    assert precision.device_name() == f"CPU ({cpu})"
+
+
+def test_a_cpu_is_named_by_its_model_and_the_cores_its_trials_may_use(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R)  Platinum 8480+\nflags\t\t: avx2\n" * 2)
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    assert precision.cpu_name(str(cpuinfo)) == f"Intel(R) Xeon(R) Platinum 8480+, {len(os.sched_getaffinity(0))} cores"
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # a Spark worker's share of them
+    assert precision.cpu_name(str(cpuinfo)) == "Intel(R) Xeon(R) Platinum 8480+, 1 core"
+    assert precision.cpu_name(str(tmp_path / "none")).startswith(platform.processor() or platform.machine())
 
 
 def test_the_hardware_line_names_the_gpus(monkeypatch):

@@ -16,6 +16,7 @@ import conv_filters_visualization as viz
 import retrain_best_with_tensorboard as retrain
 from conftest import FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from neural_net import failure
+from precision import cpu_name
 from test_datasets import write_cifar100_archive
 from trial import code_version
 from utils import load_json_result, save_json_result, weights_seed
@@ -104,7 +105,7 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     assert retrain.main(args) == 130
     checkpoint = tmp_path / "weights" / "model_0.2_aaaaa.keras"
     captured = capsys.readouterr()
-    assert "precision float32, on the CPU: no GPU is visible to tensorflow" in captured.out  # where it trains
+    assert f"precision float32, on the CPU ({cpu_name()}): no GPU is visible to tensorflow" in captured.out  # where it trains
     assert f"SIGINT: stopped; the best model so far is {checkpoint.relative_to(tmp_path)}" in captured.err
     assert "Resume with: " in captured.err and len(seen) == 2
 

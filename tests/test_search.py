@@ -19,6 +19,7 @@ import pytest
 from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import active, describe
+from precision import cpu_name
 from trial import code_version, leaderboard_title, pace, trial_line
 from utils import load_trials, save_trials
 
@@ -83,7 +84,7 @@ def result_files(tmp_path):
 def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_path):
     done = run_cli(tmp_path, "--max-evals", "1", "--epochs", "1", "--precision", "float32", "--width-multiple", "16")
     assert done.returncode == 0, done.stderr
-    assert "precision float32, on the CPU: no GPU is visible to tensorflow" in done.stdout
+    assert f"precision float32, on the CPU ({cpu_name()}): no GPU is visible to tensorflow" in done.stdout
     assert "trial/s" not in done.stdout + done.stderr  # output to a file: no progress bar redrawn into it
     result = json.loads(result_files(tmp_path)[0].read_text())
     assert result["precision"] == "float32"
