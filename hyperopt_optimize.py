@@ -236,6 +236,7 @@ class Search:
             print(f"\n{name}: stopped; {plural(len(self.saved_tids), 'finished trial')} saved, running trials dropped.")
             self.print_leaderboard(self.trials)
             print(f"Resume with: {shlex.join(['python3', *sys.argv])}")  # quoted, so that it pastes back as it ran
+            self.print_next_steps()
             return EXIT_SIGTERM if self.guard.signum == signal.SIGTERM else EXIT_SIGINT
         if poller:
             poller.stop()
@@ -248,6 +249,7 @@ class Search:
             return 1
         if self.out_of_time:
             print(f"Go on for another --max-hours with: {shlex.join(['python3', *sys.argv])}")
+        self.print_next_steps()
         return 0
 
     def within_max_hours(self, algo):
@@ -358,6 +360,20 @@ class Search:
             print(f"{rank:>4} {str(r.get('tid', '-')):>5} {fmt(-r['loss']):>7} {fmt(r.get('coarse_best_accuracy')):>7} "
                   f"{fmt(r.get('test_fine_accuracy')):>7} {str(r.get('epochs_trained', '-')):>6} "
                   f"{'yes' if r.get('pruned') else 'no':>6}  {r.get('model_name', '')}")
+
+    def print_next_steps(self) -> None:
+        """Where a trial finished: the commands that analyse this search and retrain its best network, run as this ran."""
+        from utils import RESULTS_DIR, trials_file_for
+
+        if self.best_loss is None:
+            return
+        scripts = os.path.dirname(sys.argv[0])
+        folder = [] if self.args.results_dir == RESULTS_DIR else ["--results-dir", self.args.results_dir]
+        order = [] if self.args.trials_file == trials_file_for(self.args.results_dir) else ["--trials-file", self.args.trials_file]
+        analyse = shlex.join(["python3", os.path.join(scripts, "analyze_results.py"), *folder, *order])
+        retrain = shlex.join(["python3", os.path.join(scripts, "retrain_best_with_tensorboard.py"), *folder])
+        print(f"Next: {analyse} (leaderboard, importance, plots); {retrain} (the best network again, with TensorBoard "
+              "logs and its best weights)")
 
     def plot(self, space: dict, name: str) -> None:
         """Draw the network of `space` into the results folder; without Graphviz, warn once and go on."""

@@ -91,6 +91,10 @@ def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_pa
     assert result["space"]["width_multiple"] == 16  # what a retrain of this result rebuilds with
     assert result["code_version"] == code_version() and result["backend_version"] == importlib.metadata.version("tensorflow")
     assert f"Trial 0, up to 1 epoch: {describe(result['space'])}\n" in done.stdout
+    # What to run next, as this ran: the sibling scripts, on the same folder.
+    assert (f"Next: python3 {REPO / 'analyze_results.py'} (leaderboard, importance, plots); python3 "
+            f"{REPO / 'retrain_best_with_tensorboard.py'} (the best network again, with TensorBoard logs and its best "
+            "weights)\n") in done.stdout
 
 
 def test_the_code_version_is_the_git_commit_and_says_whether_tracked_files_changed_since(tmp_path):
@@ -175,6 +179,10 @@ def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
     assert saved >= 1 and f"SIGINT: stopped; {plural(saved, 'finished trial')} saved" in out
     resume = next(line for line in out.splitlines() if line.startswith("Resume with: "))
     assert shlex.split(resume.removeprefix("Resume with: ")) == ["python3", SCRIPT, *QUICK, "--epochs", "4", "--prune", "none", *folder]
+    analyse, retrain = next(line for line in out.splitlines() if line.startswith("Next: ")).split("; ")
+    assert shlex.split(analyse.removeprefix("Next: ").removesuffix(" (leaderboard, importance, plots)")) == [
+        "python3", str(REPO / "analyze_results.py"), *folder]
+    assert shlex.split(retrain)[:4] == ["python3", str(REPO / "retrain_best_with_tensorboard.py"), *folder]
 
     # The lock died with the process: a new run starts.
     assert run_cli(tmp_path, "--max-evals", "2", "--epochs", "1", *folder).returncode == 0
@@ -525,7 +533,7 @@ def test_no_trial_starts_after_max_hours_and_the_same_command_goes_on_for_as_lon
     # Trials start at hours 0, 1 and 2; the third one, which ends past the limit, finishes and is saved.
     assert len(load_trials(tmp_path / "results.pkl").trials) == 3 and len(result_files(tmp_path)) == 3
     assert "\n--max-hours 2.5 is up: no more trials start; 3 finished trials saved.\n\nTop 3 of 3 trials" in out
-    assert out.splitlines()[-1].startswith("Go on for another --max-hours with: python3 ")
+    assert out.splitlines()[-2].startswith("Go on for another --max-hours with: python3 ")
 
     assert in_process(tmp_path, monkeypatch, "--max-evals", "10", "--max-hours", "1") == 0
     assert len(load_trials(tmp_path / "results.pkl").trials) == 4
