@@ -126,15 +126,17 @@ def device_name(found: list[tuple[str, tuple[int, int] | None]] | None = None) -
 
 
 def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's model and the cores that TensorFlow's kernels may use here, "AMD EPYC 7B13, 8 cores": a Spark
-    worker's share (its TF_NUM_INTRAOP_THREADS), else those this process may run on."""
+    """The CPU's model and the cores that the backend's kernels may use here, "AMD EPYC 7B13, 8 cores": those this
+    process may run on, or on TensorFlow a Spark worker's share of them (its TF_NUM_INTRAOP_THREADS)."""
+    from cli import keras_backend
+
     try:
         with open(cpuinfo) as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         model = ""
     model = " ".join(model.split()) or platform.processor() or platform.machine() or "unknown model"
-    threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "") if keras_backend()[0] == "tensorflow" else ""
     if threads.isdigit() and int(threads) > 0:
         cores = int(threads)
     else:

@@ -66,8 +66,11 @@ def test_a_cpu_is_named_by_its_model_and_the_cores_its_trials_may_use(tmp_path, 
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R)  Platinum 8480+\nflags\t\t: avx2\n" * 2)
     monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
     assert precision.cpu_name(str(cpuinfo)) == f"Intel(R) Xeon(R) Platinum 8480+, {len(os.sched_getaffinity(0))} cores"
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")  # a Spark worker's share of them
     assert precision.cpu_name(str(cpuinfo)) == "Intel(R) Xeon(R) Platinum 8480+, 1 core"
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # whose kernels do not read it
+    assert precision.cpu_name(str(cpuinfo)) == f"Intel(R) Xeon(R) Platinum 8480+, {len(os.sched_getaffinity(0))} cores"
     assert precision.cpu_name(str(tmp_path / "none")).startswith(platform.processor() or platform.machine())
 
 
