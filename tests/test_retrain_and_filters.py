@@ -338,15 +338,21 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     assert retrained_line.endswith(f"; result in weights/{retrained['model_name']}.txt.json")
     assert f"In the search: {retrained_line.removeprefix('Retrained:').split(';')[0].strip()}" in lines
     assert ", test " in retrained_line and "300 training images" in retrained_line
+    assert not any(line.startswith("Trained with other software") for line in lines)  # the trial's own
     # The same weights, batches and images: the same curve, to the float rounding of threaded reductions.
     for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
         assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
     assert retrained["weights_seed"] == weights_seed(3, trial["space"])
     first = tmp_path / "weights" / f"{trial['model_name']}.retrain.txt.json"  # as a version before --weights-seed wrote it
     first.write_text(json.dumps({k: v for k, v in retrained.items() if k != "weights_seed"}))
-    # Another draw of the weights and batches, on the same images: another curve, beside the first retrain's.
+    # Another draw of the weights and batches, on the same images: another curve, beside the first retrain's. The trial
+    # as an older commit of the code trained it: which the retrain says, as it may set their figures apart.
+    trial_file = next((tmp_path / "results").glob("*.json"))
+    trial_file.write_text(json.dumps(trial | {"code_version": "0123456789ab"}))
     assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
                          "--weights-seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert f"\nTrained with other software than the trial: code_version {code_version()} (the trial's: 0123456789ab)\n" in out
     other = load_json_result(tmp_path / "weights" / f"{trial['model_name']}-2.retrain.txt.json")
     assert other["weights_seed"] == 7 and other["seed"] == 3 and other["val_images"] == trial["val_images"]
     assert other["history"]["loss"] != pytest.approx(trial["history"]["loss"], rel=1e-3)
@@ -359,7 +365,7 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     seeds = ", ".join(map(str, sorted([7, retrained["weights_seed"]])))
     assert (f"Over 2 draws of its weights and batches (--weights-seed {seeds}) on these images: "
             f"validation fine accuracy {spread('fine_best_accuracy')}, test {spread('test_fine_accuracy')} "
-            "(mean ± standard deviation)\n") in capsys.readouterr().out
+            "(mean ± standard deviation)\n") in out
     assert retrain.main(["--epochs", "1", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
                          "--weights-seed", "8"]) == 0
     assert "Over " not in capsys.readouterr().out
