@@ -161,6 +161,16 @@ class SignalGuard:
         self._pending = False
         self._stopping = False
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._previous_unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
+
+    def _unraisable(self, unraisable) -> None:
+        # A signal that comes while Python runs code that cannot raise (JAX's garbage-collection callback, which
+        # Keras imports even on TensorFlow; a __del__) would print "Exception ignored in ..." and a traceback into
+        # the log: the run acts on it at its next check instead (stop_if_signalled).
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and self.signum is not None:
+            return
+        self._previous_unraisable_hook(unraisable)
 
     def _handle(self, signum, frame):
         if self._stopping:
@@ -195,3 +205,4 @@ class SignalGuard:
         """Put the previous signal handlers back."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = self._previous_unraisable_hook

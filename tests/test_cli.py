@@ -109,3 +109,27 @@ def test_a_crash_in_native_code_prints_where_each_thread_was(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == -signal.SIGSEGV
     assert "Fatal Python error: Segmentation fault" in done.stderr and 'line 3 in main' in done.stderr
+
+
+def test_a_signal_that_comes_while_python_runs_code_that_cannot_raise_stops_the_run_without_a_traceback():
+    # Keras imports JAX, whose garbage-collection callback runs often: a Ctrl-C there printed "Exception ignored in
+    # ..." and a traceback into the search's log.
+    code = """
+import gc, os, signal
+import cli
+guard = cli.SignalGuard()
+def collecting(phase, info):
+    if phase == "start":
+        gc.callbacks.remove(collecting)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # Python runs the handler here, inside the callback, whose exceptions it ignores
+            pass
+gc.callbacks.append(collecting)
+gc.collect()
+try:
+    guard.stop_if_signalled()
+except KeyboardInterrupt:
+    print("stopped")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "stopped\n", "")
