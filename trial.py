@@ -84,11 +84,14 @@ def code_version(folder: str | None = None) -> str | None:
 
     folder = folder or os.path.dirname(os.path.realpath(__file__))
     try:
+        # Without the index's lock, which a git command of the user's may hold at that moment.
         described = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=folder,
-                                   capture_output=True, text=True, timeout=30)
+                                   capture_output=True, text=True, timeout=30, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.SubprocessError):
         return None
-    return described.stdout.strip() or None if described.returncode == 0 else None
+    if described.returncode != 0:
+        return None
+    return described.stdout.strip() or None
 
 
 def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:
