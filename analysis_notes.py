@@ -1,6 +1,6 @@
 """What to make of a search's best trials: how closely their accuracies are measured, which others are as good, whether
-their epoch budget was short, how many of them TPE suggested, which versions of the code trained them, and how they
-fared when retrained."""
+their epoch budget was short, how many of them TPE suggested, which versions of the code, devices and precisions
+trained them, and how they fared when retrained."""
 
 from __future__ import annotations
 
@@ -95,22 +95,24 @@ def suggestions_note(rows: list[dict], top: int) -> str | None:
     return f"The {len(leaders)} best trials hold {listed}."
 
 
-def code_versions_note(rows: list[dict]) -> str | None:
-    """Which versions of the code (git commits) trained the trials, where more than one did: a change between them may
-    weigh on the accuracies."""
-    firsts: dict[str, list[int]] = {}
+MIXED = {"code_version": "versions of the code", "device": "devices", "precision": "precisions"}  # that a resume may change
+
+
+def mixed_note(rows: list[dict], key: str) -> str | None:
+    """Which values of `key` (a MIXED one: the code's commit, the device, the precision) the trials ran on, where more
+    than one: a resume on another machine or a newer version of the code, which may weigh on their figures."""
+    trials_of: dict[str, list[int]] = {}
     for r in rows:
-        if r["code_version"]:
-            firsts.setdefault(r["code_version"], []).append(r["trial"])
-    if len(firsts) < 2:
+        if r[key]:
+            trials_of.setdefault(r[key], []).append(r["trial"])
+    if len(trials_of) < 2:
         return None
-    versions = [f"{version} from trial {trials[0]} ({plural(len(trials), 'trial')})" for version, trials in firsts.items()]
-    unrecorded = sum(not r["code_version"] for r in rows)
-    text = f"The trials ran on {len(firsts)} versions of the code (trials.csv's code_version): {', '.join(versions)}"
-    if unrecorded:
-        text += f", and {unrecorded} that record none"
+    values = [f"{value} from trial {trials[0]} ({plural(len(trials), 'trial')})" for value, trials in trials_of.items()]
+    text = f"The trials ran on {len(trials_of)} {MIXED[key]} (trials.csv's {key}): {', '.join(values)}"
+    if unrecorded := sum(not r[key] for r in rows):
+        text += f", and {unrecorded} that {'records' if unrecorded == 1 else 'record'} none"
     if ok := best_first(rows):
-        text += f"; the best, trial {ok[0]['trial']}, on {ok[0]['code_version'] or 'an unrecorded one'}"
+        text += f"; the best, trial {ok[0]['trial']}, on {ok[0][key] or 'an unrecorded one'}"
     return text + "."
 
 

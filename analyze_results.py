@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis_notes import (best_first, budget_note, code_versions_note, retrains_table, standard_errors,
+from analysis_notes import (MIXED, best_first, budget_note, mixed_note, retrains_table, standard_errors,
                             suggestions_note, within_one_standard_error)
 from cli import HelpFormatter, at_least, plural, run
 from trial import leaderboard_title
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         print(f"A search is running on {args.results_dir}/ ({holder}): these are its finished trials so far.\n")
     print_leaderboard(rows, args.top)
     for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top),
-                 suggestions_note(rows, args.top), code_versions_note(rows)):
+                 suggestions_note(rows, args.top), *(mixed_note(rows, key) for key in MIXED)):
         if note:
             print(note)
     if retrained := retrains_table(rows, args.results_dir, args.weights_dir):

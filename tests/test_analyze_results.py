@@ -28,7 +28,7 @@ def close_the_figures_a_test_drew():
     analysis_plots.plt.close("all")
 
 
-def make_results(folder, n=8, dataset="synthetic", code_version=lambda tid: "1a2b3c4d5e6f"):
+def make_results(folder, n=8, dataset="synthetic", recorded=lambda tid: {}):
     rng = np.random.default_rng(0)
     for tid in range(n):
         acc = float(rng.uniform(0.1, 0.6))
@@ -42,9 +42,9 @@ def make_results(folder, n=8, dataset="synthetic", code_version=lambda tid: "1a2
             "dataset": dataset, "train_images": 2700, "val_images": 300, "test_images": 600, "search_space": "full",
             "max_epochs": 6 + tid % 2, "patience": 4, "n_params": 1000 + tid, "train_seconds": 60.5 + tid,
             "keras_backend": "jax", "keras_version": "3.15.1", "backend_version": "0.10.2", "precision": "mixed_bfloat16",
-            "device": "NVIDIA H100 80GB HBM3", "code_version": code_version(tid),
+            "device": "NVIDIA H100 80GB HBM3", "code_version": "1a2b3c4d5e6f",
             "history": {"val_fine_outputs_accuracy": curve, "val_coarse_outputs_accuracy": curve},
-        }, folder)
+        } | recorded(tid), folder)
     save_json_result({"status": "fail", "error": "FloatingPointError: NaN", "tid": n, "model_name": "model_failed_abcde",
                       "space": hyperspace.DEMO_SPACE, "dataset": dataset, "train_images": 2700, "search_space": "full",
                       "selected_on": "validation"}, folder)
@@ -80,7 +80,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     captured = capsys.readouterr()
     assert "broken.txt.json" in captured.err and "foreign.json" in captured.err
     assert "more than one search" not in captured.err
-    assert "versions of the code" not in captured.out  # one trained them all
+    assert "The trials ran on" not in captured.out  # one version of the code, device and precision trained them all
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
@@ -99,18 +99,28 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value,q_value")
 
 
-def test_the_analysis_says_which_versions_of_the_code_trained_the_trials_where_they_differ(tmp_path, capsys):
-    make_results(tmp_path / "results", code_version=lambda tid: "1a2b3c4d5e6f" if tid < 3 else None if tid == 5 else
-                 "7a8b9c0d1e2f-dirty")
+def test_the_analysis_says_which_versions_of_the_code_devices_and_precisions_trained_the_trials_where_they_differ(
+        tmp_path, capsys):
+    def recorded(tid):  # a newer commit from trial 3 on, one trial that recorded none; another GPU from trial 6 on
+        return {"code_version": "1a2b3c4d5e6f" if tid < 3 else None if tid == 5 else "7a8b9c0d1e2f-dirty"} | (
+            {"device": "NVIDIA A100-SXM4-80GB"} if tid >= 6 else {})
+
+    make_results(tmp_path / "results", recorded=recorded)
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     with open(tmp_path / "out" / "trials.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["code_version"] for r in rows] == ["1a2b3c4d5e6f"] * 3 + ["7a8b9c0d1e2f-dirty", "7a8b9c0d1e2f-dirty", "",
                                                                          "7a8b9c0d1e2f-dirty", "7a8b9c0d1e2f-dirty", ""]
     best = max(rows, key=lambda r: float(r["fine_accuracy"] or 0))
+    out = capsys.readouterr().out
     assert (f"The trials ran on 2 versions of the code (trials.csv's code_version): 1a2b3c4d5e6f from trial 0 (3 trials), "
             f"7a8b9c0d1e2f-dirty from trial 3 (4 trials), and 2 that record none; the best, trial {best['trial']}, on "
-            f"{best['code_version'] or 'an unrecorded one'}.\n") in capsys.readouterr().out
+            f"{best['code_version'] or 'an unrecorded one'}.\n") in out
+    # The failed trial, 8, recorded no device.
+    assert (f"The trials ran on 2 devices (trials.csv's device): NVIDIA H100 80GB HBM3 from trial 0 (6 trials), "
+            f"NVIDIA A100-SXM4-80GB from trial 6 (2 trials), and 1 that records none; the best, trial {best['trial']}, on "
+            f"{best['device']}.\n") in out
+    assert "precisions" not in out
 
 
 def test_each_results_folder_gets_its_own_analysis_folder_by_default(tmp_path, monkeypatch, capsys):
