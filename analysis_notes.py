@@ -1,6 +1,6 @@
 """What to make of a search's best trials: how closely their accuracies are measured, which others are as good, whether
-their epoch budget was short, how many of them TPE suggested, which versions of the code, devices and precisions
-trained them, and how they fared when retrained."""
+their epoch budget was short, how many of them TPE suggested, which versions of the code, of Keras and its
+backend, devices and precisions trained them, and how they fared when retrained."""
 
 from __future__ import annotations
 
@@ -95,24 +95,36 @@ def suggestions_note(rows: list[dict], top: int) -> str | None:
     return f"The {len(leaders)} best trials hold {listed}."
 
 
-MIXED = {"code_version": "versions of the code", "device": "devices", "precision": "precisions"}  # that a resume may change
+def software(row: dict) -> str | None:
+    """The Keras and backend that trained a trial, as one value: `Keras 3.15.1 on tensorflow 2.21.0`."""
+    if not row["keras_version"]:
+        return None  # 2017's results record none
+    return " ".join(filter(None, (f"Keras {row['keras_version']} on", row["keras_backend"], row["backend_version"])))
 
 
-def mixed_note(rows: list[dict], key: str) -> str | None:
-    """Which values of `key` (a MIXED one: the code's commit, the device, the precision) the trials ran on, where more
-    than one: a resume on another machine or a newer version of the code, which may weigh on their figures."""
+# That a resume may change, which may weigh on the trials' figures: what it is, trials.csv's columns, a trial's value.
+MIXED = {"code_version": ("versions of the code", "code_version", lambda row: row["code_version"]),
+         "software": ("versions of Keras and its backend", "keras_version, keras_backend, backend_version", software),
+         "device": ("devices", "device", lambda row: row["device"]),
+         "precision": ("precisions", "precision", lambda row: row["precision"])}
+
+
+def mixed_note(rows: list[dict], name: str) -> str | None:
+    """Which values of a MIXED `name` (the code's commit, Keras and its backend, the device, the precision) the trials
+    ran on, where more than one: a resume on another machine or with newer software."""
+    what, columns, value_of = MIXED[name]
     trials_of: dict[str, list[int]] = {}
     for r in rows:
-        if r[key]:
-            trials_of.setdefault(r[key], []).append(r["trial"])
+        if value := value_of(r):
+            trials_of.setdefault(value, []).append(r["trial"])
     if len(trials_of) < 2:
         return None
     values = [f"{value} from trial {trials[0]} ({plural(len(trials), 'trial')})" for value, trials in trials_of.items()]
-    text = f"The trials ran on {len(trials_of)} {MIXED[key]} (trials.csv's {key}): {', '.join(values)}"
-    if unrecorded := sum(not r[key] for r in rows):
+    text = f"The trials ran on {len(trials_of)} {what} (trials.csv's {columns}): {', '.join(values)}"
+    if unrecorded := sum(not value_of(r) for r in rows):
         text += f", and {unrecorded} that {'records' if unrecorded == 1 else 'record'} none"
     if ok := best_first(rows):
-        text += f"; the best, trial {ok[0]['trial']}, on {ok[0][key] or 'an unrecorded one'}"
+        text += f"; the best, trial {ok[0]['trial']}, on {value_of(ok[0]) or 'an unrecorded one'}"
     return text + "."
 
 

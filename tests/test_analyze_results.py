@@ -99,11 +99,12 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert (tmp_path / "out" / "importance.csv").read_text().startswith("hyperparameter,method,score,p_value,q_value")
 
 
-def test_the_analysis_says_which_versions_of_the_code_devices_and_precisions_trained_the_trials_where_they_differ(
+def test_the_analysis_says_which_versions_of_the_code_and_keras_devices_and_precisions_trained_the_trials_where_they_differ(
         tmp_path, capsys):
-    def recorded(tid):  # a newer commit from trial 3 on, one trial that recorded none; another GPU from trial 6 on
-        return {"code_version": "1a2b3c4d5e6f" if tid < 3 else None if tid == 5 else "7a8b9c0d1e2f-dirty"} | (
-            {"device": "NVIDIA A100-SXM4-80GB"} if tid >= 6 else {})
+    def recorded(tid):  # a newer commit from trial 3 on, one trial that recorded none; a newer JAX from trial 4 on;
+        return ({"code_version": "1a2b3c4d5e6f" if tid < 3 else None if tid == 5 else "7a8b9c0d1e2f-dirty"}  # another
+                | ({"backend_version": "0.10.3"} if tid >= 4 else {})  # GPU from trial 6 on
+                | ({"device": "NVIDIA A100-SXM4-80GB"} if tid >= 6 else {}))
 
     make_results(tmp_path / "results", recorded=recorded)
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
@@ -120,6 +121,10 @@ def test_the_analysis_says_which_versions_of_the_code_devices_and_precisions_tra
     assert (f"The trials ran on 2 devices (trials.csv's device): NVIDIA H100 80GB HBM3 from trial 0 (6 trials), "
             f"NVIDIA A100-SXM4-80GB from trial 6 (2 trials), and 1 that records none; the best, trial {best['trial']}, on "
             f"{best['device']}.\n") in out
+    assert (f"The trials ran on 2 versions of Keras and its backend (trials.csv's keras_version, keras_backend, "
+            f"backend_version): Keras 3.15.1 on jax 0.10.2 from trial 0 (4 trials), Keras 3.15.1 on jax 0.10.3 from trial 4 "
+            f"(4 trials), and 1 that records none; the best, trial {best['trial']}, on Keras 3.15.1 on jax "
+            f"{best['backend_version']}.\n") in out
     assert "precisions" not in out
 
 
