@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import zipfile
 from pathlib import Path
@@ -24,8 +25,8 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np  # noqa: E402
 
-from cli import HelpFormatter, SEED, at_least, plural, positive, run  # noqa: E402
-from utils import check_writable  # noqa: E402
+from cli import HelpFormatter, SEED, SignalGuard, at_least, plural, positive, run  # noqa: E402
+from utils import check_writable, replacing  # noqa: E402
 
 BATCH = 32  # filters climbed at once
 TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by default
@@ -127,8 +128,8 @@ def grid(images: list[np.ndarray], n: int, margin: int = 2) -> np.ndarray:
     return canvas
 
 
-def visualize_layer(model, layer, args, rng, out: Path) -> Path:
-    """Climb every chosen filter of one layer and save the grid of the best n x n."""
+def visualize_layer(model, layer, args, rng) -> tuple[str, np.ndarray]:
+    """Climb every chosen filter of one layer: the grid of the best n x n, enlarged, and its file name."""
     from tqdm import tqdm
 
     features = feature_model(model, layer)
@@ -149,11 +150,15 @@ def visualize_layer(model, layer, args, rng, out: Path) -> Path:
         picture = np.repeat(picture, 3, axis=-1)
     zoom = args.zoom or max(1, TILE_PIXELS // max(input_shape[:2]))
     picture = picture.repeat(zoom, axis=0).repeat(zoom, axis=1)  # 32-pixel images are too small to look at
-    path = out / f"{layer.name}_best_filters_{n * n}_({n}x{n})_out_of_{n_filters}.png"
+    return f"{layer.name}_best_filters_{n * n}_({n}x{n})_out_of_{n_filters}.png", picture
+
+
+def save_grid(path: Path, picture: np.ndarray) -> None:
+    """Write one grid whole or not at all: a kill leaves no torn PNG under its name."""
     import matplotlib.image
 
-    matplotlib.image.imsave(path, picture)
-    return path
+    with replacing(path) as tmp:
+        matplotlib.image.imsave(tmp, picture, format="png")
 
 
 def main(argv=None) -> int:
@@ -197,15 +202,24 @@ def main(argv=None) -> int:
         return 2
     rng = np.random.default_rng(args.seed)
     print(f"{path}: {plural(len(layers), 'layer')}: {', '.join(layer.name for layer in layers)}")
+    guard = SignalGuard()  # a scheduler's SIGTERM stops it as a Ctrl-C does
     try:
         for layer in layers:
-            print(f"  wrote {visualize_layer(model, layer, args, rng, out)}")
+            name, picture = visualize_layer(model, layer, args, rng)
+            with guard.saving():  # a signal waits until the grid is written and said to be
+                save_grid(out / name, picture)
+                print(f"  wrote {out / name}")
+            guard.stop_if_signalled()  # one came mid-climb, and TensorFlow swallowed its KeyboardInterrupt
     except KeyboardInterrupt:
-        print("\nInterrupted: the grids written above are complete", file=sys.stderr)
-        return 130
+        guard.stopping()
+        signum = guard.signum or signal.SIGINT
+        print(f"\n{signal.Signals(signum).name}: stopped; the grids written above are complete", file=sys.stderr)
+        return 128 + signum
     except OSError as err:  # a full disk, a file's name taken by a folder
         print(f"error: cannot write a grid ({err}); the grids written above are complete", file=sys.stderr)
         return 1
+    finally:
+        guard.restore()
     return 0
 
 

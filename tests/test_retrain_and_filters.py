@@ -555,17 +555,52 @@ def test_visualization_of_a_torn_model_another_file_or_layers_that_cannot_be_cli
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_an_interrupted_visualization_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
+def test_a_signal_mid_write_lets_the_visualization_finish_and_name_that_grid_then_stops_it_with_one_line(
+        tmp_path, monkeypatch, capsys):
     from neural_net import build_model
 
     build_model(SMALL_SPACE).save(tmp_path / "ours.keras")
+    real_imsave = matplotlib.image.imsave
 
-    def ctrl_c(*args):
-        raise KeyboardInterrupt
+    def imsave_then_sigterm(*args, **kwargs):  # as a cluster's scheduler stops a job while the first grid is written
+        real_imsave(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(viz, "visualize_layer", ctrl_c)
-    assert viz.main(["--model", str(tmp_path / "ours.keras"), "--out", str(tmp_path)]) == 130
-    assert capsys.readouterr().err == "\nInterrupted: the grids written above are complete\n"
+    monkeypatch.setattr(matplotlib.image, "imsave", imsave_then_sigterm)
+    handler = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "layers"
+    args = ["--model", str(tmp_path / "ours.keras"), "--layers", "conv", "--steps", "1", "--max-filters", "4", "--out", str(out)]
+    assert viz.main(args) == 143
+    captured = capsys.readouterr()
+    assert captured.err == "\nSIGTERM: stopped; the grids written above are complete\n"
+    [grid] = os.listdir(out)  # of the model's 2 conv layers, the first alone, and no temporary file beside it
+    assert ": 2 layers: " in captured.out and captured.out.endswith(f"\n  wrote {out / grid}\n")
+    assert matplotlib.image.imread(out / grid).shape == (2 * 128 + 2 * 4, 2 * 128 + 2 * 4, 4)  # whole: 2x2 tiles
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_that_tensorflow_swallowed_mid_climb_still_stops_the_visualization_after_that_layer(
+        tmp_path, monkeypatch, capsys, signum):
+    from neural_net import build_model
+
+    build_model(SMALL_SPACE).save(tmp_path / "ours.keras")
+    real_ascend = viz.ascend
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            return real_ascend(*args, **kwargs)
+        raise AssertionError(f"{signum!r} was not turned into KeyboardInterrupt")
+
+    monkeypatch.setattr(viz, "ascend", swallowing)
+    args = ["--model", str(tmp_path / "ours.keras"), "--layers", "conv", "--steps", "1", "--max-filters", "1",
+            "--out", str(tmp_path / "layers")]
+    assert viz.main(args) == 128 + signum
+    assert capsys.readouterr().err == f"\n{signal.Signals(signum).name}: stopped; the grids written above are complete\n"
+    assert len(os.listdir(tmp_path / "layers")) == 1
 
 
 def test_a_full_disk_ends_the_visualization_with_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
