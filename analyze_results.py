@@ -18,7 +18,7 @@ import numpy as np
 from analysis_notes import (MIXED, best_first, budget_note, mixed_note, retrains_table, standard_errors,
                             suggestions_note, within_one_standard_error)
 from cli import HelpFormatter, at_least, plural, run
-from trial import leaderboard_title
+from trial import leaderboard_header, leaderboard_row, leaderboard_title
 from utils import (RESULTS_DIR, SETTINGS, RunLock, best_epoch, check_writable, is_ok, iter_results, setting,
                    trials_file_for, validation_curve, warn)
 
@@ -232,19 +232,14 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
         spread.append((ratio, name))
     varying = [name for ratio, name in sorted(spread, reverse=True)[:4] if ratio > 0]
     print(leaderboard_title(len(ok), rows))
-    header = f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  "
-    print(header + "  ".join(varying))
-
-    def fmt(v):
-        return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
     def short(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v if v != "" else "none")
 
+    print(leaderboard_header("  ".join(varying)))
     for rank, r in enumerate(ok, 1):
-        print(f"{rank:>4} {r['trial']:>5} {fmt(r['fine_accuracy']):>7} {fmt(r['coarse_accuracy']):>7} "
-              f"{fmt(r['test_fine_accuracy']):>7} {str(r['epochs'] or '-'):>6} {'yes' if r['pruned'] else 'no':>6}  "
-              + "  ".join(f"{short(r[n]):>{len(n)}}" for n in varying))
+        print(leaderboard_row(rank, r["trial"], r["fine_accuracy"], r["coarse_accuracy"], r["test_fine_accuracy"], r["epochs"],
+                              r["pruned"], "  ".join(f"{short(r[n]):>{len(n)}}" for n in varying)))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import resume
 from cli import SignalGuard, plural, run, unsupported_backend
 from precision import tensorflow_defaults, use_one_gpu
-from trial import Objective, leaderboard_title, pace, report, trial_line
+from trial import Objective, leaderboard_header, leaderboard_row, leaderboard_title, pace, report, trial_line
 
 tensorflow_defaults()
 
@@ -353,13 +353,10 @@ class Search:
             print("No finished trial yet.")
             return
         print(f"\n{leaderboard_title(len(ok), results)}")
-        print(f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  model")
+        print(leaderboard_header("model"))
         for rank, r in enumerate(ok, 1):
-            def fmt(v):
-                return f"{v:.4f}" if isinstance(v, (int, float)) else "   -  "
-            print(f"{rank:>4} {str(r.get('tid', '-')):>5} {fmt(-r['loss']):>7} {fmt(r.get('coarse_best_accuracy')):>7} "
-                  f"{fmt(r.get('test_fine_accuracy')):>7} {str(r.get('epochs_trained', '-')):>6} "
-                  f"{'yes' if r.get('pruned') else 'no':>6}  {r.get('model_name', '')}")
+            print(leaderboard_row(rank, r.get("tid"), -r["loss"], r.get("coarse_best_accuracy"), r.get("test_fine_accuracy"),
+                                  r.get("epochs_trained"), r.get("pruned"), r.get("model_name", "")))
 
     def print_next_steps(self) -> None:
         """Where a trial finished: the commands that analyse this search and retrain its best network, run as this ran."""

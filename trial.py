@@ -150,6 +150,20 @@ def leaderboard_title(shown: int, trials: list[dict]) -> str:
     return f"Top {shown} of {plural(len(trials), 'trial')} ({failed} failed, {pruned} pruned{spent}):"
 
 
+def leaderboard_header(last: str) -> str:
+    """A leaderboard's column names: a trial's figures (leaderboard_row), then `last`."""
+    return f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  {last}"
+
+
+def leaderboard_row(rank: int, tid, fine, coarse, test, epochs, pruned, last: str) -> str:
+    """One trial's row of a leaderboard, "-" for a figure it does not record (coarse, on a dataset without coarse labels)."""
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+    return (f"{rank:>4} {'-' if tid is None else tid:>5} {fmt(fine):>7} {fmt(coarse):>7} {fmt(test):>7} {epochs or '-':>6} "
+            f"{'yes' if pruned else 'no':>6}  {last}")
+
+
 def figures(result: dict) -> str:
     """A finished training's best fine accuracies, its epochs and its training images, 2017's results' too."""
     from utils import best_epoch, setting, validation_curve

@@ -20,7 +20,7 @@ from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import active, describe
 from precision import cpu_name
-from trial import code_version, leaderboard_title, pace, trial_line
+from trial import code_version, leaderboard_header, leaderboard_row, leaderboard_title, pace, trial_line
 from utils import load_trials, save_trials
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -74,6 +74,13 @@ def test_a_leaderboard_says_how_long_its_trials_trained_where_each_finished_one_
     assert leaderboard_title(1, [{**finished, "train_seconds": 45.2}]) == "Top 1 of 1 trial (0 failed, 0 pruned; 45 s of training):"
     # The 2017 files recorded no time: the count alone, rather than a sum of some.
     assert leaderboard_title(2, [finished, {"status": "ok"}]) == "Top 2 of 2 trials (0 failed, 0 pruned):"
+
+
+def test_a_leaderboard_row_marks_the_figures_a_trial_does_not_record():
+    assert leaderboard_header("model") == "rank trial    fine  coarse    test epochs pruned  model"
+    # Trained on a dataset without coarse labels, selected on the test set: no coarse, no separate test figure.
+    assert leaderboard_row(1, 12, 0.6761, None, None, 37, True, "model_a") == "   1    12  0.6761       -       -     37    yes  model_a"
+    assert leaderboard_row(2, None, 0.5, 0.6, 0.49, None, False, "") == "   2     -  0.5000  0.6000  0.4900      -     no  "
 
 
 def result_files(tmp_path):
@@ -143,6 +150,17 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     assert [t["tid"] for t in trials.trials] == [0, 1, 2]
     assert trials.trials[2]["misc"]["vals"] not in [t["misc"]["vals"] for t in trials.trials[:2]]
     assert "Top 3 of 3 trials (0 failed, 0 pruned; " in second.stdout  # too few finished trials before them to prune
+
+    # The analysis ranks the trials as the search did, each with the same figures in the same columns.
+    def rows(out):
+        lines = out.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("rank trial    fine  coarse    test epochs pruned  "))
+        return [line[:46] for line in lines[start + 1:start + 4]]
+
+    analysis = subprocess.run([sys.executable, str(REPO / "analyze_results.py"), "--out", "analysis"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+    assert analysis.returncode == 0, analysis.stderr
+    assert rows(analysis.stdout) == rows(second.stdout) and len(rows(second.stdout)) == 3
 
 
 @pytest.mark.slow
