@@ -68,11 +68,12 @@ def _levels(ok: list[dict], name: str) -> list[str]:
 
 
 def _positions(ok: list[dict], name: str, kind: str) -> np.ndarray:
-    """A hyperparameter's values along an axis: numbers as they are (none as 0), categories by their label's place."""
+    """A hyperparameter's values along an axis: numbers as they are (none as 0; NaN, drawn nowhere, where it shaped
+    nothing of the network: analyze_results.as_built), categories by their label's place."""
     if kind == "category":
         levels = _levels(ok, name)
         return np.array([levels.index(str(r[name])) for r in ok], dtype=float)
-    return np.array([0.0 if r[name] == "" else float(r[name]) for r in ok])
+    return np.array([np.nan if r[name] is None else 0.0 if r[name] == "" else float(r[name]) for r in ok])
 
 
 def _pruned(rows: list[dict]) -> np.ndarray:
@@ -93,7 +94,8 @@ def _trials(ax, x, y, pruned: np.ndarray, colours: np.ndarray | None = None, **s
 
 def _whole_numbers(values: np.ndarray) -> bool:
     """Whether an axis shows a few whole numbers (kernel sizes, unit counts), to be marked 2, 3, 4 rather than 2.5."""
-    return all(v == int(v) for v in values) and np.ptp(values) <= 10
+    values = values[~np.isnan(values)]  # of networks that it did not shape
+    return len(values) > 0 and all(v == int(v) for v in values) and np.ptp(values) <= 10
 
 
 def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: str):
@@ -116,13 +118,16 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
                        color="red", label="mean")
             ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
         else:
-            _trials(ax, x, acc, pruned, **when)
-            if kind == "log" and x.min() > 0:
+            _trials(ax, x, acc, pruned, **when)  # a NaN, of a network that it did not shape, is drawn nowhere
+            shown = x[~np.isnan(x)]
+            if len(shown) < len(x):
+                name = f"{name} ({len(shown)} of {len(x)} trials)"
+            if kind == "log" and len(shown) and shown.min() > 0:
                 ax.set_xscale("log")
-                ticks = log_ticks(list(x))
+                ticks = log_ticks(list(shown))
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-            elif _whole_numbers(x):
+            elif _whole_numbers(shown):
                 ax.xaxis.set_major_locator(ticker.MultipleLocator(1))
         ax.set_title(name, fontsize=8)
     for ax in list(axes.flat)[len(kinds):]:
@@ -154,7 +159,7 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
         for j in range(k):
             ax = axes[i][j]
             if i == j:
-                ax.hist(columns[i], bins=12)
+                ax.hist(columns[i][~np.isnan(columns[i])], bins=12)
             else:
                 _trials(ax, columns[j], columns[i], pruned, colours=acc, s=8, cmap="viridis", vmin=acc.min(), vmax=acc.max())
                 if levels[i]:

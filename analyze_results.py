@@ -27,6 +27,8 @@ NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_we
            "res_conv_kernel_size", "fc_units_1_mult", "residual", "one_more_fc"]
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
+# Hyperparameters of residual units, which shape a network only where it has them (as_built), and the trials whose they are.
+RESIDUAL_ONLY = {"conv_pool_res_start_idx": "that chose residual units", "res_conv_kernel_size": "with residual units"}
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
 COST_COLUMNS = ["n_params", "train_seconds", "keras_backend", "keras_version", "backend_version", "precision", "device"]
 PERMUTATIONS = 9_999  # shufflings behind each importance p-value
@@ -79,6 +81,17 @@ def trial_ids(trials_files, model_names) -> dict[str, int]:
     return {}
 
 
+def as_built(row: dict) -> None:
+    """Set a row's residual hyperparameters to what its network has: neural_net adds `residual` units to each block from
+    `conv_pool_res_start_idx` on, so none where that is past the last block; and None (shaped nothing) for those of
+    units it lacks, which the space draws all the same."""
+    start, blocks = row["conv_pool_res_start_idx"], row["nb_conv_pool_layers"]
+    if row["residual"] == "":
+        row["conv_pool_res_start_idx"] = row["res_conv_kernel_size"] = None
+    elif isinstance(start, (int, float)) and isinstance(blocks, (int, float)) and int(start) >= int(blocks):
+        row["residual"], row["res_conv_kernel_size"] = "", None
+
+
 def load_trials_table(results_dir, trials_files=()) -> list[dict]:
     """One row per result file: order, status, metrics and flattened hyperparameters."""
     from hyperspace import width_multiple
@@ -124,6 +137,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
         for name in HYPERPARAMETERS:
             value = space.get(name)
             row[name] = "" if value is None else value  # nested choices: a value or empty
+        as_built(row)
         rows.append(row)
     # Trial order: the recorded trial id, else when the file was written.
     rows.sort(key=lambda r: (r["tid"] is None, r["tid"] if r["tid"] is not None else r["mtime"], r["file"]))
@@ -167,13 +181,15 @@ def importance(rows: list[dict]) -> list[Importance]:
         return scores
     names = shaping(rows)
     for name in (n for n in NUMERIC if n in names):
-        values = np.array([_number(r[name]) for r in ok])
-        if np.ptp(values) > 0 and np.ptp(acc) > 0:
+        shaped = [r for r in ok if r[name] is not None]  # the trials whose networks it shaped (as_built)
+        values, their_acc = np.array([_number(r[name]) for r in shaped]), np.array([r["fine_accuracy"] for r in shaped])
+        if len(shaped) >= 3 and np.ptp(values) > 0 and np.ptp(their_acc) > 0:
             # Spearman's rho is Pearson's r of the ranks; scipy's own p-value for rho holds for hundreds of trials only.
-            test = pearsonr(rankdata(values), rankdata(acc), method=PermutationMethod(n_resamples=PERMUTATIONS, rng=0))
+            test = pearsonr(rankdata(values), rankdata(their_acc), method=PermutationMethod(n_resamples=PERMUTATIONS, rng=0))
             rho = float(test.statistic)
             tendency = "higher did better" if rho > 0 else "lower did better" if rho < 0 else "no trend"
-            scores.append((name, "|spearman|", abs(rho), float(test.pvalue), tendency))
+            scores.append((name, "|spearman|", abs(rho), float(test.pvalue), tendency,
+                           f", over the {len(shaped)} trials {RESIDUAL_ONLY[name]}" if len(shaped) < len(ok) else ""))
     for name in (n for n in CATEGORICAL if n in names):
         categories = [str(r[name]) for r in ok]
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
@@ -184,11 +200,11 @@ def importance(rows: list[dict]) -> list[Importance]:
             means = {group: acc[members[:, i] == 1].mean() for i, group in enumerate(sorted(set(categories)))}
             best = max(means, key=means.get)
             scores.append((name, "eta^2", float(test.statistic), float(test.pvalue),
-                           f"{best} did best, {means[best]:.3f} mean of {categories.count(best)}"))
-    q = false_discovery_control([p for _, _, _, p, _ in scores], method="bh")
+                           f"{best} did best, {means[best]:.3f} mean of {categories.count(best)}", ""))
+    q = false_discovery_control([p for _, _, _, p, *_ in scores], method="bh")
     # A lean that chance would often give (rho 0.002, say) is said in parentheses, not as a finding.
-    ranked = [Importance(name, method, score, p, float(q_value), tendency if p < LEAN_P else f"({tendency})")
-              for (name, method, score, p, tendency), q_value in zip(scores, q)]
+    ranked = [Importance(name, method, score, p, float(q_value), (tendency if p < LEAN_P else f"({tendency})") + over)
+              for (name, method, score, p, tendency, over), q_value in zip(scores, q)]
     return sorted(ranked, key=lambda i: -i.score)
 
 
@@ -227,14 +243,15 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
         if name in CATEGORICAL:
             ratio = len({str(r[name]) for r in ok}) / max(1, len({str(r[name]) for r in rows}))
         else:
-            everyone = np.std([_number(r[name]) for r in rows])
-            ratio = np.std([_number(r[name]) for r in ok]) / everyone if everyone > 0 else 0.0
+            everyone = np.std([_number(r[name]) for r in rows if r[name] is not None])
+            leaders = [_number(r[name]) for r in ok if r[name] is not None]
+            ratio = np.std(leaders) / everyone if everyone > 0 and leaders else 0.0
         spread.append((ratio, name))
     varying = [name for ratio, name in sorted(spread, reverse=True)[:4] if ratio > 0]
     print(leaderboard_title(len(ok), rows))
 
-    def short(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v if v != "" else "none")
+    def short(v):  # "-": of residual units that the network lacks
+        return f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v if v != "" else "none")
 
     print(leaderboard_header("  ".join(varying)))
     for rank, r in enumerate(ok, 1):
@@ -259,7 +276,9 @@ def axis_kinds(rows: list[dict]) -> dict[str, str]:
 
 
 def _number(value) -> float:
-    """A numeric hyperparameter's value; none (a nested choice's None) as 0: "no residual units", "no second FC layer"."""
+    """A numeric hyperparameter's value; none (a nested choice's None) as 0: "no residual units", "no second FC layer".
+
+    Not for None: a hyperparameter that shaped nothing of the trial's network (as_built) has no value."""
     return 0.0 if value == "" else float(value)
 
 

@@ -196,6 +196,33 @@ def test_importance_says_which_way_the_better_trials_lean_and_a_lean_chance_woul
     assert {i.hyperparameter for i in ranked if i.p_value >= 0.05} == {"batch_size"}
 
 
+def test_the_hyperparameters_of_residual_units_count_only_for_the_networks_that_have_them(tmp_path, capsys):
+    # 12 networks whose residual units' kernel drives their accuracy; 6 without units, and 6 whose units would start
+    # past their last block (neural_net adds none): their kernels, drawn all the same, say nothing of their accuracy.
+    rng = np.random.default_rng(0)
+    for tid in range(24):
+        kernel = [2.0, 3.0, 4.0][tid % 3] if tid < 12 else float(rng.integers(2, 5))
+        residual, start, blocks = (2.0, 0.0, 3) if tid < 12 else (None, 1.0, 3) if tid < 18 else (3.0, 2.0, 2)
+        acc = 0.3 + 0.05 * kernel + rng.normal(0, 0.01) if tid < 12 else float(rng.uniform(0.3, 0.55))
+        space = {**hyperspace.SEED_BEST_SPACE, "res_conv_kernel_size": kernel, "residual": residual,
+                 "conv_pool_res_start_idx": start, "nb_conv_pool_layers": blocks, "lr_rate_mult": float(rng.uniform(0.6, 1.6))}
+        save_json_result({"loss": -acc, "status": "ok", "fine_best_accuracy": acc, "coarse_best_accuracy": acc, "tid": tid,
+                          "model_name": f"model_{acc}_{tid:05d}", "space": space, "dataset": "synthetic",
+                          "selected_on": "validation"}, tmp_path / "results")
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    with open(tmp_path / "out" / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    # trials.csv holds the networks as built: none of the units' hyperparameters where a network has no units.
+    assert {(r["residual"], r["conv_pool_res_start_idx"], r["res_conv_kernel_size"] != "") for r in rows} == {
+        ("2.0", "0.0", True), ("", "", False), ("", "2.0", False)}
+    with open(tmp_path / "out" / "importance.csv") as f:
+        scored = {r["hyperparameter"]: r for r in csv.DictReader(f)}
+    kernel = scored["res_conv_kernel_size"]
+    assert kernel["tendency"] == "higher did better, over the 12 trials with residual units" and float(kernel["p_value"]) < 0.001
+    assert scored["conv_pool_res_start_idx"]["tendency"].endswith(", over the 18 trials that chose residual units")
+    assert "higher did better, over the 12 trials with residual units" in capsys.readouterr().out
+
+
 def test_importance_of_a_few_trials_is_never_significant():
     # Three trials in the same order as a hyperparameter: 2 of their 6 orderings score |rho| = 1, so p = 1/3,
     # where the usual t approximation says p = 0. A category holding the best trial alone scores as high when it
