@@ -241,7 +241,9 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
     spread = []
     for name in shaping(rows):
         if name in CATEGORICAL:
-            ratio = len({str(r[name]) for r in ok}) / max(1, len({str(r[name]) for r in rows}))
+            # None where the leaders share one (and every trial, where the search has one), all where they hold all.
+            levels = len({str(r[name]) for r in rows})
+            ratio = (len({str(r[name]) for r in ok}) - 1) / (levels - 1) if levels > 1 else 0.0
         else:
             everyone = np.std([_number(r[name]) for r in rows if r[name] is not None])
             leaders = [_number(r[name]) for r in ok if r[name] is not None]

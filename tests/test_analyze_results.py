@@ -81,6 +81,9 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert "broken.txt.json" in captured.err and "foreign.json" in captured.err
     assert "more than one search" not in captured.err
     assert "The trials ran on" not in captured.out  # one version of the code, device and precision trained them all
+    # Beside each leader, the hyperparameters that vary most among the leaders: none that every trial shares.
+    header = next(line for line in captured.out.splitlines() if line.startswith("rank trial")).split()
+    assert sorted(header[7:]) == ["lr_rate_mult", "pooling_type", "residual"]
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
