@@ -6,8 +6,9 @@ set -euo pipefail
 usage="Usage: ./delete_results.sh [-y] [RESULTS_DIR]
   Without RESULTS_DIR: removes results/, results.pkl, TensorBoard/, weights/, layers/ and analysis/
   beside this script, then recreates the empty folders; refuses while a search or a retrain runs.
-  With RESULTS_DIR (a search's --results-dir): removes its result files, its model plots and its
-  trials pickle (RESULTS_DIR.pkl), and the folder if nothing else is left in it.
+  With RESULTS_DIR (a search's --results-dir): removes its result files, its model plots, its
+  trials pickle (RESULTS_DIR.pkl) and its analysis (analysis/NAME/, analyze_results.py's default
+  for RESULTS_DIR NAME), and each folder if nothing else is left in it.
   -y: do not ask first."
 yes=false
 dir=
@@ -42,6 +43,16 @@ else
     echo "error: ${dir%/}/ holds no search results and there is no $pickle; nothing to delete" >&2
     exit 2
   fi
+  # Its analysis, where analyze_results.py writes it by default (analysis_dir_for): analysis/NAME/ for runs/NAME.
+  case "$dir" in
+    results|./results) analysis=analysis ;;
+    *) analysis=analysis/$(basename "$(cd "$dir" 2>/dev/null && pwd || echo "$dir")") ;;
+  esac
+  shopt -s nullglob
+  analysed=("$analysis"/{trials,importance}.csv "$analysis"/{hyperparameters_vs_accuracy,scatter_matrix,convergence}.png
+            "$analysis"/{top_trials_per_epoch,fine_vs_coarse,importance}.png)
+  shopt -u nullglob
+  targets+=("${analysed[@]}")
 fi
 # A running search or retrain holds its lock (see utils.RunLock) and would write into what is deleted.
 for lock in "${locks[@]}"; do
@@ -64,7 +75,7 @@ if [[ "$yes" != true ]]; then
   if [[ -z "$dir" ]]; then
     echo "This deletes in $PWD/: ${targets[*]}"  # the script's folder, which need not be the one it was run from
   else
-    echo "This deletes ${#results[@]} result file(s) in $dir/$([[ -f "$pickle" ]] && echo " and $pickle")"
+    echo "This deletes ${#results[@]} result file(s) in $dir/$([[ -f "$pickle" ]] && echo " and $pickle")$( ((${#analysed[@]})) && echo ", and its analysis in $analysis/")"
   fi
   if ! read -r -p "Delete them? [y/N] " answer; then  # no answer to read: run from a script, stdin closed
     printf '\nNothing deleted: no answer on stdin (-y deletes without asking).\n' >&2
@@ -80,5 +91,6 @@ if [[ -z "$dir" ]]; then
   echo "Deleted; empty results/, TensorBoard/, weights/ and layers/ recreated in $PWD/."
 else
   rmdir "$dir" 2>/dev/null || true
-  echo "Deleted the search in $dir/ (${#results[@]} result file(s))."
+  ((${#analysed[@]} == 0)) || rmdir "$analysis" 2>/dev/null || true
+  echo "Deleted the search in $dir/ (${#results[@]} result file(s))$( ((${#analysed[@]})) && echo " and its analysis in $analysis/")."
 fi

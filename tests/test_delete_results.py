@@ -103,6 +103,32 @@ def test_a_named_results_folder_loses_only_what_its_search_wrote(tmp_path):
     assert (tmp_path / "results.pkl").exists() and (tmp_path / "results/model_0.5_abcde.txt.json").exists()
 
 
+def test_a_named_results_folder_loses_its_default_analysis_and_nothing_else_there(tmp_path, monkeypatch):
+    import analyze_results
+    from test_analyze_results import make_results
+
+    make_project(tmp_path)
+    make_results(tmp_path / "runs" / "a", n=3)
+    monkeypatch.chdir(tmp_path)  # where the analysis writes analysis/a/ by default, and the deletion looks for it
+    assert analyze_results.main(["--results-dir", "runs/a"]) == 0
+    assert analyze_results.main(["--results-dir", "runs/a", "--out", "analysis/b"]) == 0  # another's, by its name
+    out = subprocess.run(["bash", "delete_results.sh", "runs/a"], cwd=tmp_path, input="y\n", capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "This deletes 4 result file(s) in runs/a/, and its analysis in analysis/a/" in out.stdout
+    assert "Deleted the search in runs/a/ (4 result file(s)) and its analysis in analysis/a/." in out.stdout
+    assert not (tmp_path / "analysis" / "a").exists() and not (tmp_path / "runs" / "a").exists()
+    assert (tmp_path / "analysis" / "b" / "trials.csv").exists()
+
+    (tmp_path / "analysis" / "c").mkdir()
+    for f in ("trials.csv", "convergence.png", "notes.md"):
+        (tmp_path / "analysis" / "c" / f).write_text("x")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "model_0.7_12345.txt.json").write_text("x")
+    out = subprocess.run(["bash", "delete_results.sh", "-y", "c/"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in (tmp_path / "analysis" / "c").iterdir()) == ["notes.md"]  # not the analysis's
+
+
 def test_a_named_results_folder_left_empty_is_removed(tmp_path):
     make_project(tmp_path)
     (tmp_path / "b").mkdir()
