@@ -186,7 +186,7 @@ def importance(rows: list[dict]) -> list[Importance]:
         if len(shaped) >= 3 and np.ptp(values) > 0 and np.ptp(their_acc) > 0:
             # Spearman's rho is Pearson's r of the ranks; scipy's own p-value for rho holds for hundreds of trials only.
             test = pearsonr(rankdata(values), rankdata(their_acc), method=PermutationMethod(n_resamples=PERMUTATIONS, rng=0))
-            rho = float(test.statistic)
+            rho = round(float(test.statistic), 12)  # rounding's -2e-17 for ranks that do not correlate is no lean
             tendency = "higher did better" if rho > 0 else "lower did better" if rho < 0 else "no trend"
             scores.append((name, "|spearman|", abs(rho), float(test.pvalue), tendency,
                            f", over the {len(shaped)} trials {RESIDUAL_ONLY[name]}" if len(shaped) < len(ok) else ""))

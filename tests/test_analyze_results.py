@@ -226,6 +226,12 @@ def test_the_hyperparameters_of_residual_units_count_only_for_the_networks_that_
     assert "higher did better, over the 12 trials with residual units" in capsys.readouterr().out
 
 
+def test_importance_says_no_trend_where_the_ranks_do_not_correlate():
+    # Pearson's r of these ranks comes out as -2.5e-17, which would read as "lower did better".
+    [ranked] = analyze_results.importance(importance_rows([0.0567, 0.0333, 0.0133], lr_rate_mult=[1.0, 2.0, 1.0]))
+    assert (ranked.score, ranked.tendency) == (0.0, "(no trend)")
+
+
 def test_importance_of_a_few_trials_is_never_significant():
     # Three trials in the same order as a hyperparameter: 2 of their 6 orderings score |rho| = 1, so p = 1/3,
     # where the usual t approximation says p = 0. A category holding the best trial alone scores as high when it
