@@ -27,7 +27,8 @@ NUMERIC = ["lr_rate_mult", "l2_weight_reg_mult", "batch_size", "coarse_labels_we
            "res_conv_kernel_size", "fc_units_1_mult", "residual", "one_more_fc"]
 CATEGORICAL = ["optimizer", "use_BN", "first_conv", "nb_conv_pool_layers", "pooling_type", "activation"]
 HYPERPARAMETERS = NUMERIC + CATEGORICAL
-# Hyperparameters of residual units, which shape a network only where it has them (as_built), and the trials whose they are.
+# The residual units' own hyperparameters, which shape a network only where it has them (as_built): the trials each is
+# scored over.
 RESIDUAL_ONLY = {"conv_pool_res_start_idx": "that chose residual units", "res_conv_kernel_size": "with residual units"}
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
 COST_COLUMNS = ["n_params", "train_seconds", "keras_backend", "keras_version", "backend_version", "precision", "device"]
@@ -241,7 +242,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
     spread = []
     for name in shaping(rows):
         if name in CATEGORICAL:
-            # None where the leaders share one (and every trial, where the search has one), all where they hold all.
+            # 0 where the leaders share one level (as every trial does, where the search tried one), 1 where they hold all.
             levels = len({str(r[name]) for r in rows})
             ratio = (len({str(r[name]) for r in ok}) - 1) / (levels - 1) if levels > 1 else 0.0
         else:
