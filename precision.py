@@ -135,13 +135,24 @@ def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         model = ""
-    model = " ".join(model.split()) or platform.processor() or platform.machine() or "unknown model"
+    model = " ".join((model or mac_brand_string()).split()) or platform.processor() or platform.machine() or "unknown model"
     threads = os.environ.get("TF_NUM_INTRAOP_THREADS", "") if keras_backend()[0] == "tensorflow" else ""
     if threads.isdigit() and int(threads) > 0:
         cores = int(threads)
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return f"{model}, {cores} {'core' if cores == 1 else 'cores'}"
+
+
+def mac_brand_string() -> str:
+    """The CPU's model on macOS, which has no /proc/cpuinfo ("Apple M2 Pro"; platform.processor() says "arm"); elsewhere ""."""
+    if platform.system() != "Darwin":
+        return ""
+    try:
+        return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def _capability(value) -> tuple[int, int] | None:

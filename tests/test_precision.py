@@ -74,6 +74,19 @@ def test_a_cpu_is_named_by_its_model_and_the_cores_its_trials_may_use(tmp_path, 
     assert precision.cpu_name(str(tmp_path / "none")).startswith(platform.processor() or platform.machine())
 
 
+def test_a_mac_cpu_is_named_by_its_brand_string(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    sysctl = tmp_path / "bin" / "sysctl"
+    sysctl.write_text('#!/bin/sh\n[ "$*" = "-n machdep.cpu.brand_string" ] && echo "Apple M2 Pro"\n')
+    sysctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    assert precision.cpu_name(str(tmp_path / "none")) == f"Apple M2 Pro, {len(os.sched_getaffinity(0))} cores"
+    sysctl.unlink()  # no sysctl to ask: what Python knows
+    assert precision.cpu_name(str(tmp_path / "none")).startswith(platform.processor() or platform.machine())
+
+
 def test_the_hardware_line_names_the_gpus(monkeypatch):
     monkeypatch.setattr(precision, "accelerators", lambda: [("NVIDIA H100 80GB HBM3", (9, 0))] * 2)
     assert precision.describe_hardware() == "on 2 accelerators: NVIDIA H100 80GB HBM3"
