@@ -74,24 +74,29 @@ def reference_dir():
     return REFERENCE
 
 
-def swallow_a_signal_while_the_data_loads(monkeypatch, signum: int = signal.SIGINT) -> None:
-    """Make loading a dataset send this process `signum` and swallow its KeyboardInterrupt.
+def swallow_a_signal_in(monkeypatch, owner, name: str, signum: int = signal.SIGINT) -> None:
+    """Make `owner.name` send this process `signum` and swallow its KeyboardInterrupt before it runs.
 
-    As a finalizer that runs while TensorFlow loads, or C code that calls back into Python, can.
+    As a finalizer that runs while TensorFlow works, or C code that calls back into Python, can.
     """
-    import datasets
-
-    real = datasets.load_dataset
+    real = getattr(owner, name)
 
     def swallowing(*args, **kwargs):
         try:
             os.kill(os.getpid(), signum)
             time.sleep(5)
         except KeyboardInterrupt:
-            pass
-        return real(*args, **kwargs)
+            return real(*args, **kwargs)
+        raise AssertionError(f"{signal.Signals(signum).name} was not turned into KeyboardInterrupt")
 
-    monkeypatch.setattr(datasets, "load_dataset", swallowing)
+    monkeypatch.setattr(owner, name, swallowing)
+
+
+def swallow_a_signal_while_the_data_loads(monkeypatch, signum: int = signal.SIGINT) -> None:
+    """Make loading a dataset send this process `signum` and swallow its KeyboardInterrupt."""
+    import datasets
+
+    swallow_a_signal_in(monkeypatch, datasets, "load_dataset", signum)
 
 
 def can_become(uid: int) -> bool:

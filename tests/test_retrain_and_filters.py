@@ -14,7 +14,8 @@ import pytest
 
 import conv_filters_visualization as viz
 import retrain_best_with_tensorboard as retrain
-from conftest import FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
+from conftest import (FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_in,
+                      swallow_a_signal_while_the_data_loads)
 from neural_net import failure
 from precision import cpu_name
 from test_datasets import write_cifar100_archive
@@ -585,17 +586,7 @@ def test_a_signal_that_tensorflow_swallowed_mid_climb_still_stops_the_visualizat
     from neural_net import build_model
 
     build_model(SMALL_SPACE).save(tmp_path / "ours.keras")
-    real_ascend = viz.ascend
-
-    def swallowing(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signum)
-            time.sleep(5)
-        except KeyboardInterrupt:
-            return real_ascend(*args, **kwargs)
-        raise AssertionError(f"{signum!r} was not turned into KeyboardInterrupt")
-
-    monkeypatch.setattr(viz, "ascend", swallowing)
+    swallow_a_signal_in(monkeypatch, viz, "ascend", signum)
     args = ["--model", str(tmp_path / "ours.keras"), "--layers", "conv", "--steps", "1", "--max-filters", "1",
             "--out", str(tmp_path / "layers")]
     assert viz.main(args) == 128 + signum
