@@ -226,6 +226,22 @@ def test_the_hyperparameters_of_residual_units_count_only_for_the_networks_that_
     assert "higher did better, over the 12 trials with residual units" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("residual, start, blocks", [(None, 0.0, 2), (2.0, 1.0, 2), (3.0, 2.0, 2), (1.0, 2.0, 3)])
+def test_the_analysis_reads_a_network_as_neural_net_builds_it(residual, start, blocks):
+    import keras
+
+    from conftest import SMALL_SPACE
+    from neural_net import build_model
+
+    space = {**SMALL_SPACE, "residual": residual, "conv_pool_res_start_idx": start, "nb_conv_pool_layers": blocks}
+    units = sum(isinstance(layer, keras.layers.Add) for layer in build_model(space).layers)
+    row = {name: "" if space.get(name) is None else space[name] for name in analyze_results.HYPERPARAMETERS}
+    analyze_results.as_built(row)
+    assert (row["residual"] != "") == (units > 0)
+    assert (row["res_conv_kernel_size"] is not None) == (units > 0)
+    assert (row["conv_pool_res_start_idx"] is not None) == (residual is not None)  # where units start, or do not
+
+
 def test_importance_says_no_trend_where_the_ranks_do_not_correlate():
     # Pearson's r of these ranks comes out as -2.5e-17, which would read as "lower did better".
     [ranked] = analyze_results.importance(importance_rows([0.0567, 0.0333, 0.0133], lr_rate_mult=[1.0, 2.0, 1.0]))
