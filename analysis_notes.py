@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from operator import itemgetter
 
 from cli import plural
 
@@ -103,10 +104,10 @@ def software(row: dict) -> str | None:
 
 
 # That a resume may change, which may weigh on the trials' figures: what it is, trials.csv's columns, a trial's value.
-MIXED = {"code_version": ("versions of the code", "code_version", lambda row: row["code_version"]),
+MIXED = {"code_version": ("versions of the code", "code_version", itemgetter("code_version")),
          "software": ("versions of Keras and its backend", "keras_version, keras_backend, backend_version", software),
-         "device": ("devices", "device", lambda row: row["device"]),
-         "precision": ("precisions", "precision", lambda row: row["precision"])}
+         "device": ("devices", "device", itemgetter("device")),
+         "precision": ("precisions", "precision", itemgetter("precision"))}
 
 
 def mixed_note(rows: list[dict], name: str) -> str | None:
