@@ -636,15 +636,22 @@ def test_a_resume_on_other_data_a_training_subset_selection_set_space_or_seed_is
 
 
 @pytest.mark.slow
-def test_a_resume_with_another_epoch_budget_patience_or_width_multiple_is_warned_about_and_goes_on(tmp_path, monkeypatch, capsys):
+def test_a_resume_with_another_budget_patience_width_multiple_or_code_version_is_warned_about_and_goes_on(tmp_path, monkeypatch,
+                                                                                                           capsys):
+    import trial
+
+    monkeypatch.setattr(trial, "code_version", lambda: "fedcba987654")  # as outside a git checkout, where it is None
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--width-multiple", "8", "--patience", "15") == 0  # the defaults
     assert "warning" not in capsys.readouterr().err
+    monkeypatch.setattr(trial, "code_version", lambda: "0123456789ab")  # a git pull since
     assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--epochs", "2", "--width-multiple", "1", "--patience", "1") == 0
     err = capsys.readouterr().err
     assert "warning: results.pkl holds trials of --epochs 1, this run's is 2: TPE will compare" in err
     assert "warning: results.pkl holds trials of --patience 15, this run's is 1: TPE will compare" in err
     assert "warning: results.pkl holds trials of --width-multiple 8, this run's is 1: TPE will compare networks" in err
+    assert ("warning: results.pkl holds trials of code version fedcba987654, this run's is 0123456789ab: TPE will "
+            "compare accuracies of networks trained by different code") in err
     results = load_trials(tmp_path / "results.pkl").results
     assert [(r["max_epochs"], r["patience"], r["space"]["width_multiple"]) for r in results] == [(1, 15, 8), (1, 15, 8), (2, 1, 1)]
 
