@@ -243,11 +243,12 @@ def fine_vs_coarse(both: list[dict], split: str):
 
 def importance_ranking(ranked: list, split: str):
     """The importance scores (`analyze_results.Importance`) as bars, highest on top, each with its p- and q-value."""
-    fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(ranked), 1) + 1))
-    bars = ax.barh([f"{i.hyperparameter} ({i.method})" for i in ranked][::-1], [i.score for i in ranked][::-1])
-    ax.bar_label(bars, [f"p {p_text(i.p_value)}, q {p_text(i.q_value)}; {i.tendency}" for i in ranked][::-1], padding=2,
-                 fontsize=7)
-    ax.set_xlim(0, 1.6)  # room for the labels; the scores lie in [0, 1]
-    ax.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1])
+    fig, ax = plt.subplots(figsize=(4, 0.3 * max(len(ranked), 1) + 1))
+    ax.barh([f"{i.hyperparameter} ({i.method})" for i in ranked][::-1], [i.score for i in ranked][::-1])
+    ax.set_xlim(0, 1)  # the scores' range
+    # Beside the frame, in a column, rather than at a bar's end: a long one on a high bar would cross the frame.
+    for y, i in enumerate(reversed(ranked)):
+        ax.annotate(f"{i.score:.3f}; p {p_text(i.p_value)}, q {p_text(i.q_value)}; {i.tendency}", (1, y),
+                    xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_xlabel(f"how much it explains {split} fine accuracy\np: so much by chance; q: p adjusted for testing them all")
     return fig

@@ -469,6 +469,23 @@ def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
     assert analysis_plots.log_ticks([1.6, 2.5]) == pytest.approx([2])  # all there is
 
 
+def test_the_importance_plot_labels_each_bar_beside_it_and_no_label_crosses_the_frame():
+    ranked = [analyze_results.Importance("conv_pool_res_start_idx", "|spearman|", 1.0, 0.3, 0.6,
+                                         "(higher did better), over the 3 trials that chose residual units"),
+              analyze_results.Importance("optimizer", "eta^2", 0.5, 0.01, 0.02, "Nadam did best, 0.602 mean of 24"),
+              analyze_results.Importance("batch_size", "|spearman|", 0.0, 0.9, 0.9, "(no trend)")]
+    fig = analysis_plots.importance_ranking(ranked, "validation")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    frame = ax.get_window_extent()
+    labels = {t.get_text(): t.get_window_extent() for t in ax.texts}
+    assert list(labels) == ["0.000; p 0.900, q 0.900; (no trend)", "0.500; p 0.010, q 0.020; Nadam did best, 0.602 mean of 24",
+                            "1.000; p 0.300, q 0.600; (higher did better), over the 3 trials that chose residual units"]
+    assert all(not box.x0 < frame.x1 < box.x1 for box in labels.values())
+    for box, bar in zip(labels.values(), ax.patches):  # on a bar's line, lowest first as drawn
+        assert (box.y0 + box.y1) / 2 == pytest.approx((bar.get_window_extent().y0 + bar.get_window_extent().y1) / 2, abs=1)
+
+
 def test_the_scatter_matrix_places_categories_in_order_and_marks_them_with_their_labels():
     rows = [{"fine_accuracy": acc, "activation": act, "first_conv": conv, "lr_rate_mult": lr, "pruned": False}
             for acc, act, conv, lr in ((0.3, "relu", "", 1.0), (0.2, "elu", "3", 0.8), (0.1, "relu", "4", 1.2))]
