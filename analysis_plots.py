@@ -243,7 +243,7 @@ def fine_vs_coarse(both: list[dict], split: str):
 
 def importance_ranking(ranked: list, split: str):
     """The importance scores (`analyze_results.Importance`) as bars, highest on top, each with its p- and q-value."""
-    fig, ax = plt.subplots(figsize=(4, 0.3 * max(len(ranked), 1) + 1))
+    fig, ax = plt.subplots(figsize=(11, 0.3 * max(len(ranked), 1) + 1))  # wide enough for its names, bars and labels
     ax.barh([f"{i.hyperparameter} ({i.method})" for i in ranked][::-1], [i.score for i in ranked][::-1])
     ax.set_xlim(0, 1)  # the scores' range
     # Beside the frame, in a column, rather than at a bar's end: a long one on a high bar would cross the frame.

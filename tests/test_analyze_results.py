@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import matplotlib.image
 import numpy as np
@@ -475,6 +476,9 @@ def test_the_importance_plot_labels_each_bar_beside_it_and_no_label_crosses_the_
               analyze_results.Importance("optimizer", "eta^2", 0.5, 0.01, 0.02, "Nadam did best, 0.602 mean of 24"),
               analyze_results.Importance("batch_size", "|spearman|", 0.0, 0.9, 0.9, "(no trend)")]
     fig = analysis_plots.importance_ranking(ranked, "validation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Tight layout not applied": a figure too narrow for its labels
+        fig.tight_layout()  # as plot_all lays it out
     fig.canvas.draw()
     ax = fig.axes[0]
     frame = ax.get_window_extent()
