@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
 import shlex
 import signal
@@ -198,6 +199,7 @@ class Search:
         from suggestions import marked, suggesting_first
 
         args = self.args
+        self.space = space
         if parallelism:
             from spark_search import Poller, SparkUnavailable, broadcast, make_trials
 
@@ -296,6 +298,7 @@ class Search:
         """Save newly finished trials (pickle, then JSON), report them; stop after repeated failures."""
         import threading
 
+        import hyperspace
         from utils import file_stamp, finished_copy, finished_curves, name_apart, save_json_result, save_trials
 
         snapshot = finished_copy(trials)
@@ -334,6 +337,12 @@ class Search:
             improved = result.get("status") == "ok" and (self.best_loss is None or result["loss"] < self.best_loss)
             if improved:
                 self.best_loss = result["loss"]
+            if self.objective.parallelism:  # its first line went to a worker's log, amid the other trials' at once
+                # The worker's clock; a worker that crashed left only when Spark took the trial (hyperopt's, in UTC).
+                started = (datetime.datetime.fromisoformat(result["started"]) if "started" in result else
+                           trial["book_time"].replace(tzinfo=datetime.timezone.utc)).timestamp()
+                point = hyperspace.decode(trial["misc"]["vals"], self.space)  # what the worker trained
+                report(self.objective.first_line(trial["tid"], point, started, self.data.has_coarse))
             line = trial_line(result, self.best_loss, self.args.select_on)
             if trial is new[-1] and (where := self.where_it_stands()):
                 line += f"; {where}"

@@ -8,6 +8,7 @@ And how a finished training reads: its figures, beside its trial's, and its retr
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import time
 
@@ -49,18 +50,13 @@ class Objective:
             data = self.data.value
         import keras
 
-        from hyperspace import describe
         from neural_net import build_and_train
         from pruning import MedianStoppingRule
         from utils import weights_seed
 
         s = self.settings
-        label = "A trial" if self.parallelism else f"Trial {self.next_tid}"
-        if name := next((name for point, name in self.enqueued if point == space), None):
-            label += f" (--enqueue {name})"
-        # When: in a log of days, what a trial's seconds alone do not tell.
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        report(f"{started} {label}, up to {plural(s['epochs'], 'epoch')}: {describe(space, coarse_head=data.has_coarse)}")
+        started = time.time()
+        report(self.first_line(None if self.parallelism else self.next_tid, space, started, data.has_coarse))
         callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
         model, result = build_and_train(
             space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
@@ -72,9 +68,21 @@ class Objective:
         result["search_space"], result["patience"] = s["space"], s["patience"]
         result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
         result["code_version"] = self.code_version
+        result["started"] = datetime.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
         return result
+
+    def first_line(self, tid: int | None, space: dict, started: float, coarse_head: bool) -> str:
+        """A trial's first line: when it started (in a log of days, what its seconds alone do not tell), which trial it
+        is (None on a Spark worker, which cannot know) and what it trains."""
+        from hyperspace import describe
+
+        label = "A trial" if tid is None else f"Trial {tid}"
+        if name := next((name for point, name in self.enqueued if point == space), None):
+            label += f" (--enqueue {name})"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+        return f"{when} {label}, up to {plural(self.settings['epochs'], 'epoch')}: {describe(space, coarse_head=coarse_head)}"
 
 
 def code_version(folder: str | None = None) -> str | None:

@@ -1,15 +1,18 @@
 """Trials in parallel on Spark (local[2]): results, resume in both directions, failed workers."""
 
+import datetime
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, can_become
+from hyperspace import SPACES, decode, describe
 from trial import code_version
 from utils import load_trials
 
@@ -23,11 +26,18 @@ import spark_search  # noqa: E402
 SCRIPT = str(REPO / "hyperopt_optimize.py")
 QUICK = ["--dataset", "synthetic", "--space", "tiny", "--train-subset", "300", "--verbose", "0", "--no-plot",
          "--epochs", "1"]
+# A time zone half an hour off UTC's, for the log's local times: hyperopt's own are UTC.
+INDIA, INDIA_TZ = datetime.timezone(datetime.timedelta(hours=5, minutes=30)), "IST-5:30"
 
 
-def run_cli(tmp_path, *args):
+def india_now() -> datetime.datetime:
+    """The time in INDIA to the second, without its zone, as the log writes it."""
+    return datetime.datetime.now(INDIA).replace(tzinfo=None, microsecond=0)
+
+
+def run_cli(tmp_path, *args, env=None):
     return subprocess.run([sys.executable, SCRIPT, *QUICK, *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 @pytest.mark.parametrize("master, requested, trials_at_once", [
@@ -39,10 +49,22 @@ def test_trials_at_once_are_the_local_masters_threads_unless_parallelism_says(ma
 
 
 @pytest.mark.slow
-def test_local_2_continues_a_sequential_search_two_trials_at_a_time(tmp_path):
+def test_local_2_continues_a_sequential_search_two_trials_at_a_time_and_names_each_trials_network(tmp_path):
     assert run_cli(tmp_path, "--max-evals", "1").returncode == 0
-    out = run_cli(tmp_path, "--max-evals", "4", "--spark-master", "local[2]")
+    began = india_now()
+    out = run_cli(tmp_path, "--max-evals", "4", "--spark-master", "local[2]", env={**os.environ, "TZ": INDIA_TZ})
+    ended = india_now()
     assert out.returncode == 0, out.stderr[-2000:]
+    # A worker cannot know its trial's number: the driver says which network each finished trial trained, and when.
+    lines = out.stdout.splitlines()
+    for trial in load_trials(tmp_path / "results.pkl").trials[1:]:
+        tid, first = trial["tid"], f"Trial {trial['tid']}, up to 1 epoch: {describe(trial['result']['space'])}"
+        started, = [line.removesuffix(f" {first}") for line in lines if line.endswith(f" {first}")]
+        assert began <= datetime.datetime.fromisoformat(started) <= ended
+        # The time on the worker's clock, as its own first line (in Spark's log, on stderr) and the result have it.
+        assert f"{started} A trial, up to 1 epoch: {describe(trial['result']['space'])}" in out.stderr.splitlines()
+        assert trial["result"]["started"] == started.replace(" ", "T") + "+05:30"
+        assert lines.index(f"{started} {first}") < next(i for i, line in enumerate(lines) if line.startswith(f"Trial {tid}: "))
     assert "Resuming: 1 trial," in out.stdout and "Running up to 2 trials at once on Spark" in out.stdout
     assert "Warning" not in out.stderr  # pyspark's about job tags, which the search does not use
     trials = load_trials(tmp_path / "results.pkl")
@@ -83,14 +105,28 @@ def test_a_crashed_worker_trial_is_recorded_as_failed_and_the_search_resumes_ove
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     monkeypatch.setattr(hyperopt_optimize, "Objective", ExplodingObjective)
     monkeypatch.chdir(tmp_path)
-    assert hyperopt_optimize.main([*QUICK, "--max-evals", "3", "--spark-master", "local[2]"]) == 1
+    monkeypatch.setenv("TZ", INDIA_TZ)
+    time.tzset()
+    try:
+        began = india_now()
+        assert hyperopt_optimize.main([*QUICK, "--max-evals", "3", "--spark-master", "local[2]"]) == 1
+        ended = india_now()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     trials = load_trials(tmp_path / "results.pkl")
     assert [t["result"]["status"] for t in trials.trials] == ["fail"] * 3
     failed = sorted((tmp_path / "results").glob("model_failed_*.txt.json"))
     assert len(failed) == 3 and "worker exploded" in failed[0].read_text()
-    assert "3 trials in a row failed with: RuntimeError: worker exploded" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "3 trials in a row failed with: RuntimeError: worker exploded" in err
+    for trial in trials.trials:  # which network each crashed worker had, and since when
+        point = decode(trial["misc"]["vals"], SPACES["tiny"])
+        first = f" Trial {trial['tid']}, up to 1 epoch: {describe(point)}"
+        started, = [line.removesuffix(first) for line in out.splitlines() if line.endswith(first)]
+        assert began <= datetime.datetime.fromisoformat(started) <= ended
 
-    monkeypatch.undo()  # a trial that trains again, now without Spark: a sequential run resumes Spark's trials
+    # A trial that trains again, now without Spark: a sequential run resumes Spark's trials.
     monkeypatch.chdir(tmp_path)
     assert hyperopt_optimize.main([*QUICK, "--max-evals", "4"]) == 0
     assert "Resuming: 3 trials" in capsys.readouterr().out
