@@ -31,7 +31,7 @@ HYPERPARAMETERS = NUMERIC + CATEGORICAL
 # scored over.
 RESIDUAL_ONLY = {"conv_pool_res_start_idx": "that chose residual units", "res_conv_kernel_size": "with residual units"}
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
-COST_COLUMNS = ["n_params", "train_seconds", "keras_backend", "keras_version", "backend_version", "precision", "device"]
+COST_COLUMNS = ["n_params", "train_seconds", "started", "keras_backend", "keras_version", "backend_version", "precision", "device"]
 PERMUTATIONS = 9_999  # shufflings behind each importance p-value
 LEAN_P = 0.05  # below it, the importance table says which way the better trials lean as a finding
 
@@ -129,7 +129,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "max_epochs": setting(result, "max_epochs"),
             "patience": result.get("patience"),
             "width_multiple": width_multiple(space) if space else None,
-            # What a trial cost, and on what: the seconds of one machine do not compare with another's.
+            # What a trial cost, when, and on what: the seconds of one machine do not compare with another's.
             **{key: result.get(key) for key in COST_COLUMNS},
             "code_version": result.get("code_version"),  # the git commit that trained it: a search may outlive a version
             "fine_curve": curve,

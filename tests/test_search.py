@@ -97,7 +97,8 @@ def test_the_search_says_which_precision_and_widths_its_trials_train_with(tmp_pa
     assert result["precision"] == "float32"
     assert result["space"]["width_multiple"] == 16  # what a retrain of this result rebuilds with
     assert result["code_version"] == code_version() and result["backend_version"] == importlib.metadata.version("tensorflow")
-    assert f"Trial 0, up to 1 epoch: {describe(result['space'])}\n" in done.stdout
+    started = result["started"][:19].replace("T", " ")  # its first line's time, in the zone it records
+    assert f"{started} Trial 0, up to 1 epoch: {describe(result['space'])}\n" in done.stdout
     # What to run next, as this ran: the sibling scripts, on the same folder.
     assert (f"Next: python3 {REPO / 'analyze_results.py'} (leaderboard, importance, plots); python3 "
             f"{REPO / 'retrain_best_with_tensorboard.py'} (the best network again, with TensorBoard logs and its best "
