@@ -74,7 +74,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert {(r["max_epochs"], r["patience"], r["width_multiple"]) for r in rows if r["status"] == "ok"} == {("6", "4", "8"), ("7", "4", "8")}
     assert {r["residual"] for r in rows if r["status"] == "ok"} == {"", "2.0"}  # nested choice: a value or empty
     assert {r["best_epoch"] for r in rows} == {"6", ""}  # from the curves, which peak at their end; a failed trial has none
-    # What each trial cost, and on what machine and software.
+    # What each trial cost, when, and on what machine and software.
     first = next(r for r in rows if r["tid"] == "0")
     assert ((first["n_params"], first["train_seconds"], first["started"], first["keras_backend"], first["keras_version"],
              first["backend_version"], first["precision"], first["device"], first["code_version"])

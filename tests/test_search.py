@@ -641,7 +641,7 @@ def test_a_resume_with_another_budget_patience_width_multiple_or_code_version_is
                                                                                                            capsys):
     import trial
 
-    monkeypatch.setattr(trial, "code_version", lambda: "fedcba987654")  # as outside a git checkout, where it is None
+    monkeypatch.setattr(trial, "code_version", lambda: "fedcba987654")  # a commit wherever the tests run: None outside a git checkout
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--width-multiple", "8", "--patience", "15") == 0  # the defaults
     assert "warning" not in capsys.readouterr().err
