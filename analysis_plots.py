@@ -246,6 +246,9 @@ def importance_ranking(ranked: list, split: str):
     fig, ax = plt.subplots(figsize=(11, 0.3 * max(len(ranked), 1) + 1))  # wide enough for its names, bars and labels
     ax.barh([f"{i.hyperparameter} ({i.method})" for i in ranked][::-1], [i.score for i in ranked][::-1])
     ax.set_xlim(0, 1)  # the scores' range
+    if not ranked:  # as the analysis's output says: too few trials, or nothing that varies
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "nothing to rank (see the analysis's output)", transform=ax.transAxes, ha="center", va="center")
     # Beside the frame, in a column, rather than at a bar's end: a long one on a high bar would cross the frame.
     for y, i in enumerate(reversed(ranked)):
         ax.annotate(f"{i.score:.3f}; p {p_text(i.p_value)}, q {p_text(i.q_value)}; {i.tendency}", (1, y),

@@ -328,6 +328,10 @@ def main(argv=None) -> int:
     split = selection_set(rows)
     if n_ok < 3:
         print(f"\nWhat explains {split} fine accuracy: too few finished trials to say ({counted}; it takes 3)")
+    elif not ranked:  # networks that never learn, say: each at chance, whatever its hyperparameters
+        reached = {r["fine_accuracy"] for r in rows if r["fine_accuracy"] is not None}
+        why = f"every one reached {reached.pop():.4f}" if len(reached) == 1 else "no hyperparameter varies among them"
+        print(f"\nWhat explains {split} fine accuracy over {counted}: nothing to say, {why}")
     else:
         print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
               "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "

@@ -412,6 +412,19 @@ def test_two_trials_get_their_leaderboard_and_no_importance_ranking(tmp_path, ca
     assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value,tendency"
 
 
+def test_trials_that_all_reached_one_accuracy_are_said_to_explain_nothing_and_their_importance_plot_says_so(tmp_path,
+                                                                                                             capsys):
+    make_results(tmp_path / "results", n=3)
+    for file in (tmp_path / "results").glob("model_0*.json"):  # three networks that never learned: each at chance
+        file.write_text(json.dumps(json.loads(file.read_text()) | {"loss": -0.01, "fine_best_accuracy": 0.01}))
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    assert "What explains validation fine accuracy over 3 trials: nothing to say, every one reached 0.0100\n" in (
+        capsys.readouterr().out)
+    fig = analysis_plots.importance_ranking([], "validation")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["nothing to rank (see the analysis's output)"]
+    assert list(fig.axes[0].get_yticks()) == []
+
+
 def test_a_long_top_keeps_the_per_epoch_plots_legend_within_the_figure(tmp_path):
     make_results(tmp_path / "results", n=80)
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
