@@ -17,7 +17,7 @@ import numpy as np
 
 from analysis_notes import (MIXED, best_first, budget_note, mixed_note, retrains_table, standard_errors,
                             suggestions_note, within_one_standard_error)
-from cli import HelpFormatter, at_least, plural, run
+from cli import ArgumentParser, at_least, plural, run
 from trial import leaderboard_header, leaderboard_row, leaderboard_title
 from utils import (RESULTS_DIR, SETTINGS, RunLock, best_epoch, check_writable, is_ok, iter_results, setting,
                    trials_file_for, validation_curve, warn)
@@ -37,7 +37,7 @@ LEAN_P = 0.05  # below it, the importance table says which way the better trials
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="folder of result JSON files")
     parser.add_argument("--out", default=None,
                         help="folder for trials.csv, importance.csv and the PNGs (default: analysis/ for results/, "

@@ -99,6 +99,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """A script's parser: --help in HelpFormatter's form, and a bad argument said in one line."""
+
+    def __init__(self, description: str | None = None):
+        super().__init__(description=description, formatter_class=HelpFormatter)
+
+    def error(self, message: str):
+        # argparse's own puts the whole usage first, a dozen lines above the one that says what is wrong.
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 class ReaderMayLeave:
     """A standard stream whose reader may go (`| head`, a `tee` that died): what follows is dropped, the work goes on.
 

@@ -25,7 +25,7 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import numpy as np  # noqa: E402
 
-from cli import HelpFormatter, SEED, SignalGuard, at_least, plural, positive, run  # noqa: E402
+from cli import ArgumentParser, SEED, SignalGuard, at_least, plural, positive, run  # noqa: E402
 from utils import check_writable, replacing  # noqa: E402
 
 BATCH = 32  # filters climbed at once
@@ -33,7 +33,7 @@ TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by def
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model", default=None, help="a saved .keras model (default: the newest in weights/)")
     parser.add_argument("--layers", default=None, help="regex of layer names; a dense layer climbs each unit, a head each class "
                         "(default: the residual add layers, else the conv layers)")

@@ -28,11 +28,11 @@ FAILURES_IN_A_ROW = 3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from cli import HelpFormatter, SEED, at_least, positive
+    from cli import ArgumentParser, SEED, at_least, positive
     from precision import PRECISION_HELP, PRECISIONS
     from utils import trials_file_for
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--dataset", default="cifar100", help="cifar100 | cifar10 | synthetic | FILE.npz")
     parser.add_argument("--data-dir", default=None,
                         help="folder holding the official cifar-100-python.tar.gz (cifar10: cifar-10-python.tar.gz) "

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 tensorflow_defaults()
 
-from cli import SEED, HelpFormatter, SignalGuard, at_least, run, unsupported_backend  # noqa: E402
+from cli import SEED, ArgumentParser, SignalGuard, at_least, run, unsupported_backend  # noqa: E402
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
@@ -33,7 +33,7 @@ SETTINGS_FILE, HISTORY_LOG, SECONDS_LOG = "settings.json", "history.csv", "secon
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--result", default=None, help="result JSON to retrain (default: the best in --results-dir by its loss)")
     parser.add_argument("--results-dir", default="results", help="folder of result JSON files")
     parser.add_argument("--epochs", type=at_least(1), default=100, help="epochs to train")

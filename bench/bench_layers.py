@@ -12,7 +12,6 @@ costs the same on both sides (15-20 ms at 320x32x32x64 on a 2-core CPU).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -29,7 +28,7 @@ import keras  # noqa: E402
 
 import fast_layers  # noqa: E402
 from bench_training import SPACES, VARIANTS  # noqa: E402
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import ArgumentParser, at_least  # noqa: E402
 from neural_net import build_model  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
 
@@ -80,7 +79,7 @@ def make_layer(kind: str, rate: float | None, fast: bool) -> keras.layers.Layer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--networks", default=",".join(NETWORKS), help=f"comma-separated: {', '.join(NETWORKS)}")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
     parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the space's own batch size")

@@ -39,7 +39,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_training  # noqa: E402
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import ArgumentParser, at_least  # noqa: E402
 from neural_net import build_model  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
 
@@ -314,7 +314,7 @@ def _cell(row: dict, key: str, percent: bool = False) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(bench_training.SPACES)}")
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated, as in bench_training.py: {', '.join(bench_training.VARIANTS)}, or all")

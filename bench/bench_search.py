@@ -14,7 +14,6 @@ own lines (each trial's start and end) go to stderr as progress; the figures to 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import random
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hyperopt_optimize  # noqa: E402  (sets TensorFlow's defaults before TensorFlow loads)
 from pruning import should_prune  # noqa: E402
-from cli import HelpFormatter, SEED, at_least  # noqa: E402
+from cli import ArgumentParser, SEED, at_least  # noqa: E402
 from precision import PRECISIONS  # noqa: E402
 from utils import finished_curves, iter_results  # noqa: E402
 
@@ -83,7 +82,7 @@ def run_search(prune: str, args) -> tuple[dict, list[list[float]]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--trials", type=at_least(1), default=20, help="trials of each search")
     parser.add_argument("--epochs", type=at_least(1), default=30, help="most epochs per trial (patience stays 15)")
     parser.add_argument("--space", choices=["tiny", "full"], default="tiny", help="the search space, as hyperopt_optimize.py's --space")

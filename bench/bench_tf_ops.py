@@ -12,7 +12,6 @@ filter-gradient kernel, which do the same arithmetic: their GFLOP/s say which on
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import re
@@ -31,7 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_training import SPACES, VARIANTS, conv_flops  # noqa: E402
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import ArgumentParser, at_least  # noqa: E402
 from batches import Batches  # noqa: E402
 from neural_net import build_model, default_steps_per_execution  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
@@ -130,7 +129,7 @@ def print_report(report: dict, top: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--space", choices=list(SPACES), default="best", help="the network")
     parser.add_argument("--variant", choices=list(VARIANTS), default="filters-x8",
                         help="a change to the network, as bench_training.py's (filters-x8: the widths a search builds)")

@@ -9,7 +9,6 @@ gathered per batch, sparse labels; with --callbacks trial, also with a trial's c
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
 import pruning  # noqa: E402
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import ArgumentParser, at_least  # noqa: E402
 from batches import Batches  # noqa: E402
 from neural_net import build_model, default_steps_per_execution  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
@@ -298,7 +297,7 @@ def print_speedups(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--spaces", default="demo,best", help=f"comma-separated: {', '.join(SPACES)} (empty: memory only)")
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated changes to each network, or all: {', '.join(VARIANTS)}")

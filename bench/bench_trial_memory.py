@@ -9,7 +9,6 @@ prints the resident memory after every trial and its growth per trial after a wa
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -29,11 +28,11 @@ import hyperspace  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from bench_training import rss_mb  # noqa: E402
 from neural_net import build_and_train  # noqa: E402
-from cli import HelpFormatter, at_least  # noqa: E402
+from cli import ArgumentParser, at_least  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--trials", type=at_least(1), default=30, help="trials to train, one after another in this process")
     parser.add_argument("--warm-up", type=at_least(0), default=5, help="trials before growth is counted")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
