@@ -16,7 +16,7 @@ for arg in "$@"; do
   case "$arg" in
     -h|--help) echo "$usage"; exit 0 ;;
     -y) yes=true ;;
-    -*) echo "error: unknown option $arg" >&2; echo "$usage" >&2; exit 2 ;;
+    -*) echo "error: unknown option $arg (--help says what it takes)" >&2; exit 2 ;;
     *) [[ -z "$dir" ]] || { echo "error: give one results folder at most" >&2; exit 2; }
        dir=${arg%/}; dir=${dir:-/} ;;  # "/" stays a folder, not the default of everything
   esac

@@ -152,6 +152,15 @@ def test_a_folder_without_search_results_is_refused(tmp_path):
     assert (tmp_path / "results.pkl").exists() and (tmp_path / "results/model_0.5_abcde.txt.json").exists()
 
 
+def test_a_bad_option_or_a_second_folder_is_one_line_and_deletes_nothing(tmp_path):
+    make_project(tmp_path)
+    for args, message in [(["-y", "--yes"], "error: unknown option --yes (--help says what it takes)"),
+                          (["-y", "results", "weights"], "error: give one results folder at most")]:
+        out = subprocess.run(["bash", "delete_results.sh", *args], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr == message + "\n"
+    assert (tmp_path / "results.pkl").exists() and (tmp_path / "weights/m.keras").exists()
+
+
 def test_a_running_search_in_a_named_folder_is_not_deleted(tmp_path):
     from utils import RunLock
 
