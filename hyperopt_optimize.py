@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import re
 import shlex
 import signal
 import sys
@@ -349,9 +350,11 @@ class Search:
             report(line)
             if improved and not self.args.no_plot:
                 self.plot(result["space"], "model_best.png")
-        errors = [t["result"].get("error") for t in snapshot.trials[-FAILURES_IN_A_ROW:]]
-        if len(errors) == FAILURES_IN_A_ROW and errors[0] and errors.count(errors[0]) == FAILURES_IN_A_ROW:
-            self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[0]}"
+        errors = [t["result"].get("error") or "" for t in snapshot.trials[-FAILURES_IN_A_ROW:]]
+        # One cause whatever its numbers: an out-of-memory error names each network's own tensor shape.
+        causes = {re.sub(r"\d+", "#", error) for error in errors}
+        if len(errors) == FAILURES_IN_A_ROW and len(causes) == 1 and all(errors):
+            self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
             return True, []
         return False, []
 

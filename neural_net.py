@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import re
 import time
 import traceback
 import uuid
@@ -333,11 +334,26 @@ def _finite_min(values: list[float]) -> float | None:
     return min((v for v in values if math.isfinite(v)), default=None)
 
 
+# The lines of TensorFlow's "Graph execution error:" that say where, not what: the failing node, its stack, a count.
+GRAPH_ERROR_FRAME = re.compile(r'Detected at node |<stack traces unavailable>|File "|\[\[|\d+ root error\(s\) found\.')
+
+
+def error_line(err: BaseException) -> str:
+    """The error in one line: its type and the line of its message that says what went wrong."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if lines[:1] == ["Graph execution error:"]:
+        # TensorFlow's error in a compiled step: where the failing node was defined comes first, what went wrong
+        # (an out-of-memory, a label out of range) after it, for each root error if there are several.
+        said = [line for line in lines[1:] if not GRAPH_ERROR_FRAME.match(line)]
+        lines = [re.sub(r"^\(\d+\) ", "", said[0])] if said else lines
+    return f"{type(err).__name__}: {' '.join(lines[0].split()) if lines else ''}".rstrip(": ")
+
+
 def failure(space: dict, data: Dataset | None, err: BaseException) -> dict:
     """The result of a trial that could not train: never a candidate for best."""
     return {
         "status": STATUS_FAIL,
-        "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}".rstrip(": "),
+        "error": error_line(err),
         "traceback": traceback.format_exc(),
         "space": space,
         "model_name": f"model_failed_{uuid.uuid4().hex[:5]}",

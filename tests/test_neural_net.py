@@ -282,6 +282,21 @@ def test_an_exception_fails_the_trial_without_raising(synthetic):
     assert model is None and result["status"] == "fail" and "KeyError" in result["error"]
 
 
+def test_a_failed_training_step_records_what_went_wrong_not_tensorflows_preamble(synthetic):
+    import dataclasses
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's errors in a compiled step")
+    # A head of 50 classes for labels up to 99: the loss's kernel refuses them inside the compiled step.
+    assert synthetic.y_train_fine.max() >= 50
+    _, result = build_and_train(SMALL_SPACE, dataclasses.replace(synthetic, num_fine=50), epochs=1)
+    assert result["status"] == "fail" and "Graph execution error" in result["traceback"]
+    assert result["error"].startswith("InvalidArgumentError: Received a label value of ")
+    assert "which is outside the valid range of [0, 50)" in result["error"] and "\n" not in result["error"]
+
+
 def test_a_failed_trial_records_the_settings_a_resume_compares():
     from datasets import load_dataset
 

@@ -571,6 +571,22 @@ def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypat
     assert "3 trials in a row failed with: FloatingPointError" in capsys.readouterr().err
 
 
+def test_three_out_of_memory_failures_in_a_row_stop_the_run_though_each_names_its_own_tensor(tmp_path, monkeypatch,
+                                                                                              capsys):
+    import neural_net
+
+    # Another process holding the GPU: every network fails, each at a tensor of its own shape.
+    shapes = iter(range(64, 6400, 64))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError(f"OOM when allocating tensor with shape[{next(shapes)},128,16,16] and type float")
+
+    monkeypatch.setattr(neural_net, "build_model", out_of_memory)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "10") == 1
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 3
+    assert "3 trials in a row failed with: MemoryError: OOM when allocating tensor with shape[192," in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_file(tmp_path, monkeypatch, capsys):
     import utils
