@@ -1,6 +1,6 @@
 """What to make of a search's best trials: how closely their accuracies are measured, which others are as good, whether
 their epoch budget was short, how many of them TPE suggested, which versions of the code, of Keras and its
-backend, devices and precisions trained them, and how they fared when retrained."""
+backend, devices and precisions trained them, how they fared when retrained; and why trials failed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 from operator import itemgetter
 
 from cli import plural
+from utils import failure_cause
 
 
 def best_first(rows: list[dict]) -> list[dict]:
@@ -156,3 +157,20 @@ def retrains_table(rows: list[dict], results_dir: str, weights_dir: str) -> list
         lines.append(f"{trial:>5} {len(draws):>5} {first['train_images'] or 0:>7,} {first['max_epochs'] or '-':>6}  "
                      f"{validation:16}  {spread(draws, 'test_fine_accuracy')}")
     return lines
+
+
+def failures_note(rows: list[dict]) -> str | None:
+    """Why trials failed: each cause (its numbers aside), an error of it, how many trials and which."""
+    trials_of: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["status"] != "ok":
+            trials_of.setdefault(failure_cause(r["error"] or "no error recorded"), []).append(r)
+    if not trials_of:
+        return None
+    lines = [f"Why {plural(sum(map(len, trials_of.values())), 'trial')} failed (their result files hold each traceback):"]
+    for failed in sorted(trials_of.values(), key=len, reverse=True):
+        error = failed[-1]["error"] or "no error recorded"
+        numbers = ", ".join(str(r["trial"]) for r in failed[:8]) + (", ..." if len(failed) > 8 else "")
+        lines.append(f"  {len(failed):4}  {error if len(error) <= 160 else error[:157] + '...'}  "
+                     f"({'trial' if len(failed) == 1 else 'trials'} {numbers})")
+    return "\n".join(lines)

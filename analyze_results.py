@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis_notes import (MIXED, best_first, budget_note, mixed_note, retrains_table, standard_errors,
+from analysis_notes import (MIXED, best_first, budget_note, failures_note, mixed_note, retrains_table, standard_errors,
                             suggestions_note, within_one_standard_error)
 from cli import ArgumentParser, at_least, plural, run
 from trial import leaderboard_header, leaderboard_row, leaderboard_title
@@ -113,6 +113,7 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "tid": result.get("tid", known_tids.get(result.get("model_name"))),
             "mtime": path.stat().st_mtime,
             "status": result.get("status"),
+            "error": result.get("error") if not ok else None,  # why a failed trial failed, in one line
             "pruned": bool(result.get("pruned", False)),
             "suggested_by": result.get("suggested_by"),  # enqueue, random or tpe; unknown for 2017's trials
             "fine_accuracy": result.get("fine_best_accuracy", -result["loss"]) if ok else None,
@@ -263,7 +264,7 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    columns = ["trial", "tid", "file", "status", "pruned", "suggested_by", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
+    columns = ["trial", "tid", "file", "status", "error", "pruned", "suggested_by", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
                *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple",
                *COST_COLUMNS, "code_version", *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
@@ -316,7 +317,7 @@ def main(argv=None) -> int:
         print(f"A search is running on {args.results_dir}/ ({holder}): these are its finished trials so far.\n")
     print_leaderboard(rows, args.top)
     for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top),
-                 suggestions_note(rows, args.top), *(mixed_note(rows, name) for name in MIXED)):
+                 suggestions_note(rows, args.top), *(mixed_note(rows, name) for name in MIXED), failures_note(rows)):
         if note:
             print(note)
     if retrained := retrains_table(rows, args.results_dir, args.weights_dir):

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import re
 import shlex
 import signal
 import sys
@@ -300,7 +299,8 @@ class Search:
         import threading
 
         import hyperspace
-        from utils import file_stamp, finished_copy, finished_curves, name_apart, save_json_result, save_trials
+        from utils import (failure_cause, file_stamp, finished_copy, finished_curves, name_apart, save_json_result,
+                           save_trials)
 
         snapshot = finished_copy(trials)
         new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]
@@ -351,9 +351,7 @@ class Search:
             if improved and not self.args.no_plot:
                 self.plot(result["space"], "model_best.png")
         errors = [t["result"].get("error") or "" for t in snapshot.trials[-FAILURES_IN_A_ROW:]]
-        # One cause whatever its numbers: an out-of-memory error names each network's own tensor shape.
-        causes = {re.sub(r"\d+", "#", error) for error in errors}
-        if len(errors) == FAILURES_IN_A_ROW and len(causes) == 1 and all(errors):
+        if len(errors) == FAILURES_IN_A_ROW and all(errors) and len({failure_cause(error) for error in errors}) == 1:
             self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
             return True, []
         return False, []

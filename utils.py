@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import sys
 import tempfile
 import uuid
@@ -237,6 +238,12 @@ def is_ok(result: dict) -> bool:
     """A finished trial with a usable loss (failed trials never count as best)."""
     loss = result.get("loss")
     return result.get("status") == "ok" and isinstance(loss, (int, float)) and math.isfinite(loss)
+
+
+def failure_cause(error: str) -> str:
+    """A failed trial's error with its numbers masked: failures of one cause share it (each out-of-memory names its own
+    tensor's shape, each NaN its epoch)."""
+    return re.sub(r"\d+", "#", error)
 
 
 def load_best_result(results_dir: str | os.PathLike = RESULTS_DIR) -> tuple[Path, dict] | None:

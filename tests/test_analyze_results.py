@@ -367,6 +367,24 @@ def test_a_search_of_failures_only_is_said_so_without_an_empty_leaderboard(tmp_p
         assert [r["status"] for r in csv.DictReader(f)] == ["fail", "fail"]
 
 
+def test_the_analysis_says_why_trials_failed_one_line_a_cause_whatever_its_numbers(tmp_path, capsys):
+    make_results(tmp_path / "results", n=3)  # trial 3 failed on a NaN
+    oom = "ResourceExhaustedError: OOM when allocating tensor with shape[{},256,16,16] and type float on GPU:0"
+    for tid, error in [(4, oom.format(320)), (5, None), (6, oom.format(640))]:
+        save_json_result({"status": "fail", "error": error, "tid": tid, "model_name": f"model_failed_{tid}",
+                          "space": hyperspace.DEMO_SPACE, "dataset": "synthetic", "train_images": 2700,
+                          "search_space": "full", "selected_on": "validation"}, tmp_path / "results")
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert ("Why 4 trials failed (their result files hold each traceback):\n"
+            f"     2  {oom.format(640)}  (trials 4, 6)\n"
+            "     1  FloatingPointError: NaN  (trial 3)\n"
+            "     1  no error recorded  (trial 5)\n") in out
+    with open(tmp_path / "out" / "trials.csv") as f:
+        assert [r["error"] for r in csv.DictReader(f)] == ["", "", "", "FloatingPointError: NaN", oom.format(320), "",
+                                                           oom.format(640)]
+
+
 def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights_importance(tmp_path, capsys):
     # A .npz without coarse labels: the model has the fine head only, coarse_labels_weight shapes nothing.
     make_results(tmp_path / "results")
