@@ -713,4 +713,5 @@ def test_the_retrains_of_the_searchs_trials_are_summed_up_per_training_over_draw
     with pytest.raises(SystemExit) as refused:  # a typo, not a folder without retrains
         analyze_results.main(["--results-dir", str(tmp_path / "results"), "--weights-dir", str(tmp_path / "wieghts")])
     assert refused.value.code == 2
-    assert capsys.readouterr().err.endswith(f"error: --weights-dir {tmp_path / 'wieghts'}: no such folder\n")
+    assert capsys.readouterr().err.endswith(
+        f"error: --weights-dir {tmp_path / 'wieghts'}: no such folder (--help lists the options)\n")

@@ -297,7 +297,7 @@ def test_trials_that_drew_the_same_name_keep_a_result_file_each(tmp_path, monkey
 
     def same_name(space, data, **kwargs):  # as five hex digits can draw twice, over a long search
         calls.append(space)
-        failed = neural_net.failure(space, data, RuntimeError(f"failure {len(calls)}"))
+        failed = neural_net.failure(space, data, RuntimeError(("disk", "memory", "network")[len(calls) - 1]))
         return None, failed | {"model_name": "model_failed_00000"}
 
     monkeypatch.setattr(neural_net, "build_and_train", same_name)
