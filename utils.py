@@ -242,8 +242,8 @@ def is_ok(result: dict) -> bool:
 
 def failure_cause(error: str) -> str:
     """A failed trial's error with its numbers masked: failures of one cause share it (each out-of-memory names its own
-    tensor's shape, each NaN its epoch)."""
-    return re.sub(r"\d+", "#", error)
+    tensor's shape, each NaN its epoch, an object its address)."""
+    return re.sub(r"0x[0-9a-fA-F]+|\d+", "#", error)
 
 
 def load_best_result(results_dir: str | os.PathLike = RESULTS_DIR) -> tuple[Path, dict] | None:
