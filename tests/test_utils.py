@@ -163,8 +163,8 @@ def test_failures_of_one_cause_share_it_whatever_their_numbers_and_others_do_not
 
     same = [("ResourceExhaustedError: OOM when allocating tensor with shape[320,256,16,16] and type float",
              "ResourceExhaustedError: OOM when allocating tensor with shape[640,128,8,8] and type float"),
-            ("XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.23GiB.",
-             "XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 812.5MiB."),
+            ("XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 7406166528 bytes.",
+             "XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 285212672 bytes."),
             ("FloatingPointError: loss is NaN or infinite at epoch 1", "FloatingPointError: loss is NaN or infinite at epoch 12"),
             ("TypeError: <Foo object at 0x7f3a9c2e1b50> is no tensor", "TypeError: <Foo object at 0x7fe01285de10> is no tensor")]
     for one, other in same:
