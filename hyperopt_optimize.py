@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import re
 import shlex
 import signal
 import sys
@@ -25,6 +26,7 @@ tensorflow_defaults()
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 FAILURES_IN_A_ROW = 3
+OUT_OF_MEMORY = re.compile(r"\bOOM\b|out of memory|RESOURCE_EXHAUSTED", re.IGNORECASE)  # TensorFlow's, JAX's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -353,6 +355,8 @@ class Search:
         errors = [t["result"].get("error") or "" for t in snapshot.trials[-FAILURES_IN_A_ROW:]]
         if len(errors) == FAILURES_IN_A_ROW and all(errors) and len({failure_cause(error) for error in errors}) == 1:
             self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
+            if OUT_OF_MEMORY.search(errors[-1]):
+                self.stop_reason += "; does another process hold the GPU's memory (nvidia-smi)?"
             return True, []
         return False, []
 

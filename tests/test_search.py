@@ -584,7 +584,9 @@ def test_three_out_of_memory_failures_in_a_row_stop_the_run_though_each_names_it
     monkeypatch.setattr(neural_net, "build_model", out_of_memory)
     assert in_process(tmp_path, monkeypatch, "--max-evals", "10") == 1
     assert len(load_trials(tmp_path / "results.pkl").trials) == 3
-    assert "3 trials in a row failed with: MemoryError: OOM when allocating tensor with shape[192," in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 trials in a row failed with: MemoryError: OOM when allocating tensor with shape[192," in err
+    assert err.endswith(" and type float; does another process hold the GPU's memory (nvidia-smi)?\n")
 
 
 @pytest.mark.slow
