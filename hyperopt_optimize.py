@@ -356,7 +356,9 @@ class Search:
         if len(errors) == FAILURES_IN_A_ROW and all(errors) and len({failure_cause(error) for error in errors}) == 1:
             self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
             if OUT_OF_MEMORY.search(errors[-1]):
-                self.stop_reason += "; does another process hold the GPU's memory (nvidia-smi)?"
+                on_cpu = str(snapshot.trials[-1]["result"].get("device", "")).startswith("CPU")
+                self.stop_reason += (f"; does another process hold {'this machine' if on_cpu else 'the GPU'}'s memory "
+                                     f"({'free -h' if on_cpu else 'nvidia-smi'})?")
             return True, []
         return False, []
 
