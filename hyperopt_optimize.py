@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import re
 import shlex
 import signal
 import sys
@@ -20,13 +19,12 @@ from pathlib import Path
 import resume
 from cli import SignalGuard, plural, run, unsupported_backend
 from precision import tensorflow_defaults, use_one_gpu
-from trial import Objective, leaderboard_header, leaderboard_row, leaderboard_title, pace, report, trial_line
+from trial import (Objective, leaderboard_header, leaderboard_row, leaderboard_title, pace, repeated_failure, report,
+                   trial_line)
 
 tensorflow_defaults()
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-FAILURES_IN_A_ROW = 3
-OUT_OF_MEMORY = re.compile(r"\bOOM\b|out of memory|RESOURCE_EXHAUSTED", re.IGNORECASE)  # TensorFlow's, JAX's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -301,8 +299,7 @@ class Search:
         import threading
 
         import hyperspace
-        from utils import (failure_cause, file_stamp, finished_copy, finished_curves, name_apart, save_json_result,
-                           save_trials)
+        from utils import file_stamp, finished_copy, finished_curves, name_apart, save_json_result, save_trials
 
         snapshot = finished_copy(trials)
         new = [t for t in snapshot.trials if t["tid"] not in self.saved_tids]
@@ -352,13 +349,8 @@ class Search:
             report(line)
             if improved and not self.args.no_plot:
                 self.plot(result["space"], "model_best.png")
-        errors = [t["result"].get("error") or "" for t in snapshot.trials[-FAILURES_IN_A_ROW:]]
-        if len(errors) == FAILURES_IN_A_ROW and all(errors) and len({failure_cause(error) for error in errors}) == 1:
-            self.stop_reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
-            if OUT_OF_MEMORY.search(errors[-1]):
-                on_cpu = str(snapshot.trials[-1]["result"].get("device", "")).startswith("CPU")
-                self.stop_reason += (f"; does another process hold {'this machine' if on_cpu else 'the GPU'}'s memory "
-                                     f"({'free -h' if on_cpu else 'nvidia-smi'})?")
+        if reason := repeated_failure([t["result"] for t in snapshot.trials]):
+            self.stop_reason = reason
             return True, []
         return False, []
 

@@ -1,4 +1,5 @@
-"""One trial of the search: train the network of a sampled point; its line in the log once saved, and a leaderboard's title.
+"""One trial of the search: train the network of a sampled point; its line in the log once saved, when failures in a row
+stop the search, and a leaderboard's title.
 
 And how a finished training reads: its figures, beside its trial's, and its retrains' spread over draws of the weights.
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import time
 
 from cli import duration, plural
+from utils import failure_cause
 
 
 def report(line: str) -> None:
@@ -111,6 +114,23 @@ def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:
     coarse_text = "n/a" if coarse is None else f"{coarse:.4f}"
     return (f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} {select_on} accuracy, "
             f"{how_it_stopped(result)}, {result['train_seconds']:.0f} s; best so far {best}")
+
+
+FAILURES_IN_A_ROW = 3
+OUT_OF_MEMORY = re.compile(r"\bOOM\b|out of memory|RESOURCE_EXHAUSTED", re.IGNORECASE)  # TensorFlow's, JAX's
+
+
+def repeated_failure(results: list[dict]) -> str | None:
+    """Why the search stops after these results, in trial order: its last trials failed in a row of one cause; or None."""
+    errors = [result.get("error") or "" for result in results[-FAILURES_IN_A_ROW:]]
+    if len(errors) < FAILURES_IN_A_ROW or not all(errors) or len({failure_cause(error) for error in errors}) > 1:
+        return None
+    reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
+    if OUT_OF_MEMORY.search(errors[-1]):
+        on_cpu = str(results[-1].get("device", "")).startswith("CPU")
+        reason += (f"; does another process hold {'this machine' if on_cpu else 'the GPU'}'s memory "
+                   f"({'free -h' if on_cpu else 'nvidia-smi'})?")
+    return reason
 
 
 def pace(saved: int, max_evals: int | None, done_here: int, seconds_here: float, seconds_left: float | None) -> str | None:
