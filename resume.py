@@ -74,8 +74,10 @@ def enqueued_points(finished, args: argparse.Namespace) -> list[tuple[str, dict]
     for name in args.enqueue or ():
         point = point_named(name, f"--enqueue {name}")
         vals = encode(point, SPACES[args.space], f"--enqueue {name} (--space {args.space})")
-        if trained := [t["tid"] for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
-            print(f"--enqueue {name}: trained already, as trial {trained[0]}")
+        if trained := [t for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
+            result = trained[0]["result"]
+            failed = "" if result.get("status") == "ok" else f", which failed ({result.get('error') or 'no error recorded'})"
+            print(f"--enqueue {name}: trained already, as trial {trained[0]['tid']}{failed}")
         elif active(vals) not in [active(queued) for _, queued in points]:
             print(f"--enqueue {name}: trained first")
             points.append((name, vals))

@@ -444,6 +444,18 @@ def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(t
     assert len(trials) == 2 and trials[1]["misc"]["vals"] != point
 
 
+def test_an_enqueued_network_that_failed_before_is_said_to_have_failed_and_why(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    monkeypatch.setattr(neural_net, "build_and_train",
+                        lambda space, data, **kw: (None, neural_net.failure(space, data, RuntimeError("disk"))))
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    [failed] = (tmp_path / "results").glob("model_failed_*.txt.json")
+    capsys.readouterr()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--enqueue", str(failed)) == 0
+    assert f"--enqueue {failed}: trained already, as trial 0, which failed (RuntimeError: disk)\n" in capsys.readouterr().out
+
+
 def instant(space, data, **kw):
     """A trial's result without its training, for tests of what the search does around trials."""
     accuracy = 0.1 * space["lr_rate_mult"]
