@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-from tqdm import tqdm
 
+from trial import report
 from utils import best_epoch
 
 MONITOR = "val_fine_outputs_accuracy"  # what selects epochs and trials
@@ -77,8 +77,7 @@ class MedianStoppingRule(keras.callbacks.Callback):
             bar = median_bar(len(self.curve), self.finished_curves, min_epoch=self.min_epoch, min_trials=self.min_trials)
             self.pruned = True
             self.model.stop_training = True
-            # tqdm.write: a plain print would tear the search's progress bar.
-            tqdm.write(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below {bar:.4f}, the median of "
+            report(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below {bar:.4f}, the median of "
                        f"{len(self.finished_curves)} finished trials' best by epoch {epoch + 1}")
 
 

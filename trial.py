@@ -19,10 +19,14 @@ from utils import failure_cause
 
 
 def report(line: str) -> None:
-    """Print a line without tearing hyperopt's progress bar."""
+    """Print a line without tearing hyperopt's progress bar, in one write.
+
+    tqdm.write writes a line and its end apart; Spark's workers write unbuffered to one stream, where two trials starting
+    at once then merged their lines.
+    """
     from tqdm import tqdm
 
-    tqdm.write(line)
+    tqdm.write(line + "\n", end="")
 
 
 class Objective:

@@ -48,6 +48,35 @@ def test_trials_at_once_are_the_local_masters_threads_unless_parallelism_says(ma
     assert spark_search.parallelism_of(master, requested) == trials_at_once
 
 
+def test_a_workers_lines_are_written_whole_so_that_two_trials_starting_at_once_do_not_merge_them(monkeypatch):
+    from pruning import MedianStoppingRule
+    from trial import report
+
+    writes = []
+
+    class Unbuffered:  # a Spark worker's stdout: every write reaches the stream the other workers share at once
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    class FakeModel:
+        stop_training = False
+
+    monkeypatch.setattr(sys, "stdout", Unbuffered())
+    report("2026-12-07 10:49:57 A trial, up to 1 epoch: 3 blocks of conv3 8/16/32")
+    rule = MedianStoppingRule([[0.5] * 5] * 3)
+    rule.set_model(FakeModel())
+    rule.on_train_begin()
+    for epoch in range(5):
+        rule.on_epoch_end(epoch, {"val_fine_outputs_accuracy": 0.1})
+    assert [text for text in writes if text] == ["2026-12-07 10:49:57 A trial, up to 1 epoch: 3 blocks of conv3 8/16/32\n",
+                                                 "Pruned at epoch 5: best 0.1000 is below 0.5000, the median of 3 "
+                                                 "finished trials' best by epoch 5\n"]
+
+
 @pytest.mark.slow
 def test_local_2_continues_a_sequential_search_two_trials_at_a_time_and_names_each_trials_network(tmp_path):
     assert run_cli(tmp_path, "--max-evals", "1").returncode == 0
