@@ -240,8 +240,7 @@ def build_and_train(
                 validation_data=batches(data, "val", evaluation),
                 callbacks=trial_callbacks(epochs, patience, callbacks, before) + ([ProgressBar()] if verbose == 1 else []),
             ).history
-        earlier = before.history if before else {}
-        history = {key: earlier.get(key, []) + [float(v) for v in history.get(key, [])] for key in earlier | history}
+        history = _with_earlier_epochs(history, before)
         diverged = next((i + 1 for i, v in enumerate(history.get("loss", [])) if not math.isfinite(v)), None)
         # A network that diverges after learning counts with its best epoch before, whose weights
         # early stopping restored: hours of a long trial are not thrown away, and TPE learns from them.
@@ -250,9 +249,11 @@ def build_and_train(
         test = model.evaluate(batches(data, "test", evaluation), verbose=0, return_dict=True)
         result = _result(space, data, history, test, model, callbacks) | {"diverged_at_epoch": diverged}
     except Exception as err:  # noqa: BLE001 -- a trial must never crash the search
+        # The epochs it finished, as Keras's History callback holds them: how far it got before it failed.
+        history = _with_earlier_epochs(getattr(getattr(model, "history", None), "history", None) or {}, before)
         del model
         model = None
-        result = failure(space, data, err)
+        result = failure(space, data, err, history)
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if model is None:
@@ -329,6 +330,12 @@ def _result(space, data, history, test, model, callbacks) -> dict:
     }
 
 
+def _with_earlier_epochs(history: dict, before: Progress | None) -> dict[str, list[float]]:
+    """A training's history, after that of the training it resumed (`before`), as floats."""
+    earlier = before.history if before else {}
+    return {key: earlier.get(key, []) + [float(v) for v in history.get(key, [])] for key in earlier | history}
+
+
 def _finite_min(values: list[float]) -> float | None:
     """The smallest finite value (a diverged epoch's NaN loss is none), or None."""
     return min((v for v in values if math.isfinite(v)), default=None)
@@ -349,9 +356,10 @@ def error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(lines[0].split()) if lines else ''}".rstrip(": ")
 
 
-def failure(space: dict, data: Dataset | None, err: BaseException) -> dict:
-    """The result of a trial that could not train: never a candidate for best."""
-    return {
+def failure(space: dict, data: Dataset | None, err: BaseException, history: dict | None = None) -> dict:
+    """The result of a trial that could not train, with the epochs it finished (`history`): never a candidate for best."""
+    finished = {"history": history, "epochs_trained": len(history[MONITOR])} if history and history.get(MONITOR) else {}
+    return finished | {
         "status": STATUS_FAIL,
         "error": error_line(err),
         "traceback": traceback.format_exc(),

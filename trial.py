@@ -15,7 +15,7 @@ import re
 import time
 
 from cli import duration, plural
-from utils import failure_cause
+from utils import failure_cause, validation_curve
 
 
 def report(line: str) -> None:
@@ -113,7 +113,11 @@ def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:
     """A saved trial's line in the log: its accuracies (on `select_on`), epochs and time, and the best so far (`best_loss`)."""
     best = "none yet" if best_loss is None else f"{-best_loss:.4f}"
     if result.get("status") != "ok":
-        return f"Trial {result['tid']} FAILED: {result.get('error')} ({result.get('train_seconds', 0):.0f} s); best so far {best}"
+        epochs = result.get("epochs_trained")
+        curve = validation_curve(result)
+        got = f" after {plural(epochs, 'epoch')} (best {max(curve):.4f})" if epochs and curve else ""
+        return (f"Trial {result['tid']} FAILED{got}: {result.get('error')} ({result.get('train_seconds', 0):.0f} s); "
+                f"best so far {best}")
     coarse = result.get("coarse_best_accuracy")
     coarse_text = "n/a" if coarse is None else f"{coarse:.4f}"
     return (f"Trial {result['tid']}: fine {result['fine_best_accuracy']:.4f} / coarse {coarse_text} {select_on} accuracy, "

@@ -282,6 +282,28 @@ def test_an_exception_fails_the_trial_without_raising(synthetic):
     assert model is None and result["status"] == "fail" and "KeyError" in result["error"]
 
 
+def test_a_training_that_fails_midway_keeps_the_epochs_it_finished_and_its_line_says_how_far_it_got(synthetic):
+    import keras
+
+    from pruning import MONITOR
+    from trial import trial_line
+
+    class DeviceLost(keras.callbacks.Callback):  # hours into a trial, the GPU falls off the bus
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("device lost")
+
+    _, result = build_and_train(SMALL_SPACE, synthetic, epochs=4, callbacks=[DeviceLost()])
+    assert result["status"] == "fail" and result["error"] == "RuntimeError: device lost"
+    curve = result["history"][MONITOR]
+    assert result["epochs_trained"] == len(curve) == 2 and len(result["history"]["loss"]) == 2
+    assert trial_line({**result, "tid": 7}, None, "validation").startswith(
+        f"Trial 7 FAILED after 2 epochs (best {max(curve):.4f}): RuntimeError: device lost (")
+    # One that failed before an epoch ended says nothing of epochs.
+    _, result = build_and_train({**SMALL_SPACE, "optimizer": "SGD-that-does-not-exist"}, synthetic, epochs=1)
+    assert "history" not in result and trial_line({**result, "tid": 8}, None, "validation").startswith("Trial 8 FAILED: ")
+
+
 def test_a_failed_training_step_records_what_went_wrong_not_tensorflows_preamble(synthetic):
     import dataclasses
 
