@@ -78,7 +78,7 @@ class MedianStoppingRule(keras.callbacks.Callback):
             self.pruned = True
             self.model.stop_training = True
             report(f"Pruned at epoch {epoch + 1}: best {max(self.curve):.4f} is below {bar:.4f}, the median of "
-                       f"{len(self.finished_curves)} finished trials' best by epoch {epoch + 1}")
+                   f"{len(self.finished_curves)} finished trials' best by epoch {epoch + 1}")
 
 
 class StopOnNaN(keras.callbacks.Callback):
