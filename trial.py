@@ -202,7 +202,7 @@ def leaderboard_row(rank: int, tid, fine, coarse, test, epochs, pruned, last: st
 
 def figures(result: dict) -> str:
     """A finished training's best fine accuracies, its epochs and its training images, 2017's results' too."""
-    from utils import best_epoch, setting, validation_curve
+    from utils import best_epoch, setting
 
     split, test, images = setting(result, "selected_on"), result.get("test_fine_accuracy"), setting(result, "train_images")
     text = f"{split} fine accuracy {result['fine_best_accuracy']:.4f}"
