@@ -15,7 +15,7 @@ import re
 import time
 
 from cli import duration, plural
-from utils import failure_cause, validation_curve
+from utils import best_epoch, failure_cause, iter_results, setting, validation_curve, weights_seed
 
 
 def report(line: str) -> None:
@@ -59,7 +59,6 @@ class Objective:
 
         from neural_net import build_and_train
         from pruning import MedianStoppingRule
-        from utils import weights_seed
 
         s = self.settings
         started = time.time()
@@ -202,8 +201,6 @@ def leaderboard_row(rank: int, tid, fine, coarse, test, epochs, pruned, last: st
 
 def figures(result: dict) -> str:
     """A finished training's best fine accuracies, its epochs and its training images, 2017's results' too."""
-    from utils import best_epoch, setting
-
     split, test, images = setting(result, "selected_on"), result.get("test_fine_accuracy"), setting(result, "train_images")
     text = f"{split} fine accuracy {result['fine_best_accuracy']:.4f}"
     if split != "test" and test is not None:
@@ -237,8 +234,6 @@ def training_of(retrain: dict) -> str:
 
 def draws_of_one_training(folder: str) -> dict[str, list[dict]]:
     """The retrains in `folder` by their `training_of`: for each, one retrain per weights seed, the newest."""
-    from utils import iter_results, weights_seed
-
     groups: dict[str, dict[int, dict]] = {}
     for _, retrain in iter_results(folder):
         measured = all(isinstance(retrain.get(k), (int, float)) for k in ("fine_best_accuracy", "test_fine_accuracy"))
