@@ -159,6 +159,9 @@ def retrains_table(rows: list[dict], results_dir: str, weights_dir: str) -> list
     return lines
 
 
+FAILURE_CAUSES_SHOWN = 10  # the commonest; trials.csv has every trial's error
+
+
 def failures_note(rows: list[dict]) -> str | None:
     """Why trials failed: each cause (its numbers aside), an error of it, how many trials and which."""
     trials_of: dict[str, list[dict]] = {}
@@ -168,9 +171,12 @@ def failures_note(rows: list[dict]) -> str | None:
     if not trials_of:
         return None
     lines = [f"Why {plural(sum(map(len, trials_of.values())), 'trial')} failed (their result files hold each traceback):"]
-    for failed in sorted(trials_of.values(), key=len, reverse=True):
+    causes = sorted(trials_of.values(), key=len, reverse=True)
+    for failed in causes[:FAILURE_CAUSES_SHOWN]:
         error = failed[-1]["error"] or "no error recorded"
         numbers = ", ".join(str(r["trial"]) for r in failed[:8]) + (", ..." if len(failed) > 8 else "")
         lines.append(f"  {len(failed):4}  {error if len(error) <= 160 else error[:157] + '...'}  "
                      f"({'trial' if len(failed) == 1 else 'trials'} {numbers})")
+    if rest := causes[FAILURE_CAUSES_SHOWN:]:
+        lines.append(f"  {sum(map(len, rest)):4}  more, of {plural(len(rest), 'other cause')} (trials.csv's error column)")
     return "\n".join(lines)

@@ -385,6 +385,15 @@ def test_the_analysis_says_why_trials_failed_one_line_a_cause_whatever_its_numbe
                                                            oom.format(640)]
 
 
+def test_the_failures_of_many_causes_are_summed_up_past_the_ten_commonest():
+    rows = [{"trial": n, "status": "fail", "error": f"ValueError: cause {'abcdefghijklmn'[n]}"} for n in range(14)]
+    rows += [{"trial": 14, "status": "fail", "error": "ValueError: cause n"}, {"trial": 15, "status": "ok", "error": None}]
+    lines = analysis_notes.failures_note(rows).splitlines()
+    assert lines[0] == "Why 15 trials failed (their result files hold each traceback):"
+    assert lines[1] == "     2  ValueError: cause n  (trials 13, 14)" and len(lines) == 12
+    assert lines[-1] == "     4  more, of 4 other causes (trials.csv's error column)"
+
+
 def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights_importance(tmp_path, capsys):
     # A .npz without coarse labels: the model has the fine head only, coarse_labels_weight shapes nothing.
     make_results(tmp_path / "results")
