@@ -358,7 +358,7 @@ def main() -> None:
     print(f"Keras {report['keras_version']} on {report['backend']} {report['backend_version']}, XLA {args.xla}, "
           f"{report['device']}")
     print(f"{'space':6} {'variant':11} {'callbacks':12} {'recipe':7} {'precision':14} {'spe':>3} {'round':>5} {'params':>10} "
-          f"{'batch':>5} {'img/s':>9} {'GFLOP/img':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'build s':>7} {'1st epoch s':>11} "
+          f"{'batch':>5} {'img/s':>9} {'fwd GFLOP':>9} {'TFLOP/s':>8} {'of peak':>7} {'dev MB':>8} {'build s':>7} {'1st epoch s':>11} "
           f"{'trace+lower, XLA s':>18}")
     for r in report["rows"]:
         frac = f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
