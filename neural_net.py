@@ -32,6 +32,16 @@ if keras.backend.backend() == "tensorflow":
 OPTIMIZERS = {"Adam": keras.optimizers.Adam, "Nadam": keras.optimizers.Nadam, "RMSprop": keras.optimizers.RMSprop}
 
 
+def _keras_settings() -> None:
+    """Keras's settings that the networks assume, whatever ~/.keras/keras.json says."""
+    # Images are height x width x channels, which each layer reads from Keras's setting as it is
+    # made: a keras.json of channels_first would have them read rows as channels. Its floatx too:
+    # --precision's policy sets the layers' dtypes, but the losses and metrics add up in floatx,
+    # and float16 there failed every training step; and where no policy is set, Keras's is floatx.
+    keras.config.set_image_data_format("channels_last")
+    keras.config.set_floatx("float32")
+
+
 def build_model(
     space: dict,
     input_shape: tuple[int, int, int] = (32, 32, 3),
@@ -46,12 +56,7 @@ def build_model(
 
     Widths are rounded up to the space's `width_multiple` (absent, as in 2017's spaces: 1).
     """
-    # Images are height x width x channels, which each layer reads from Keras's setting as it is
-    # made: a ~/.keras/keras.json of channels_first would have them read rows as channels. Its
-    # floatx too: --precision's policy sets the layers' dtypes, but the losses and metrics add up
-    # in floatx, and float16 there failed every training step.
-    keras.config.set_image_data_format("channels_last")
-    keras.config.set_floatx("float32")
+    _keras_settings()
     net = _Builder(space)
     inputs = keras.Input(input_shape, dtype="uint8", name="images")
     x = keras.layers.Rescaling(1.0 / 255.0, offset=-0.5)(inputs)
@@ -221,6 +226,7 @@ def build_and_train(
     start = time.time()
     model = None
     precision = resolve_precision(precision)
+    _keras_settings()  # before Keras's policy is read: unset, it is floatx's, which it would then keep
     previous_policy = keras.config.dtype_policy()
     try:
         if seed is not None:

@@ -164,6 +164,19 @@ def test_a_keras_config_of_another_floatx_trains_in_float32(synthetic, floatx):
     assert {layer.compute_dtype for layer in model.layers if layer.weights} == {"float32"}
 
 
+def test_a_keras_config_of_another_floatx_does_not_become_the_policy_a_trial_leaves_behind(tmp_path):
+    # A fresh process, where Keras has no dtype policy yet: it then reads floatx's, keras.json's float64 here, and a
+    # trial that restored the policy it read left every network built after it (a model plot) in float64.
+    (tmp_path / "keras.json").write_text('{"floatx": "float64"}')
+    code = ("import keras\nfrom conftest import SMALL_SPACE\nfrom datasets import load_dataset\n"
+            "from neural_net import build_and_train, build_model\n"
+            "build_and_train(SMALL_SPACE, load_dataset('synthetic', synthetic_size=300), epochs=1, precision='float32')\n"
+            "print(keras.config.dtype_policy().name, build_model(SMALL_SPACE).weights[0].dtype)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "KERAS_HOME": str(tmp_path), "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    assert done.stdout.split() == ["float32", "float32"], done.stderr[-2000:]
+
+
 def test_searched_networks_round_filters_and_hidden_units_up_to_multiples_of_8():
     def widths(space):
         layers = build_model(space).layers
