@@ -124,7 +124,8 @@ def trial_line(result: dict, best_loss: float | None, select_on: str) -> str:
 
 
 FAILURES_IN_A_ROW = 3
-OUT_OF_MEMORY = re.compile(r"\bOOM\b|out of memory|RESOURCE_EXHAUSTED", re.IGNORECASE)  # TensorFlow's, JAX's
+# TensorFlow's, JAX's and Python's out-of-memory errors.
+OUT_OF_MEMORY = re.compile(r"\bOOM\b|out of memory|RESOURCE_EXHAUSTED|^MemoryError\b", re.IGNORECASE)
 
 
 def repeated_failure(results: list[dict]) -> str | None:
@@ -134,7 +135,8 @@ def repeated_failure(results: list[dict]) -> str | None:
         return None
     reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
     if OUT_OF_MEMORY.search(errors[-1]):
-        on_cpu = str(results[-1].get("device", "")).startswith("CPU")
+        # Python's own MemoryError is the host's, whatever trains the networks.
+        on_cpu = errors[-1].startswith("MemoryError") or str(results[-1].get("device", "")).startswith("CPU")
         reason += (f"; does another process hold {'this machine' if on_cpu else 'the GPU'}'s memory "
                    f"({'free -h' if on_cpu else 'nvidia-smi'})?")
     return reason

@@ -583,17 +583,25 @@ def test_three_failures_in_a_row_from_one_cause_stop_the_run(tmp_path, monkeypat
     assert "3 trials in a row failed with: FloatingPointError" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("device, where", [(None, "this machine's memory (free -h)"),
-                                           ("NVIDIA H100 80GB HBM3", "the GPU's memory (nvidia-smi)")])
-def test_three_out_of_memory_failures_in_a_row_stop_the_run_though_each_names_its_own_tensor(device, where, tmp_path,
-                                                                                              monkeypatch, capsys):
+class ResourceExhaustedError(Exception):
+    """TensorFlow's out-of-memory error, by its name."""
+
+
+@pytest.mark.parametrize("error, device, where", [
+    (ResourceExhaustedError, None, "this machine's memory (free -h)"),
+    (ResourceExhaustedError, "NVIDIA H100 80GB HBM3", "the GPU's memory (nvidia-smi)"),
+    (MemoryError, "NVIDIA H100 80GB HBM3", "this machine's memory (free -h)"),  # Python's own: the host's memory
+], ids=["cpu", "gpu", "host-on-a-gpu-machine"])
+def test_three_out_of_memory_failures_in_a_row_stop_the_run_though_each_names_its_own_tensor(error, device, where,
+                                                                                              tmp_path, monkeypatch,
+                                                                                              capsys):
     import neural_net
 
     # Another process holding the memory: every network fails, each at a tensor of its own shape.
     shapes = iter(range(64, 6400, 64))
 
     def out_of_memory(*args, **kwargs):
-        raise MemoryError(f"OOM when allocating tensor with shape[{next(shapes)},128,16,16] and type float")
+        raise error(f"OOM when allocating tensor with shape[{next(shapes)},128,16,16] and type float")
 
     monkeypatch.setattr(neural_net, "build_model", out_of_memory)
     if device:
@@ -601,7 +609,7 @@ def test_three_out_of_memory_failures_in_a_row_stop_the_run_though_each_names_it
     assert in_process(tmp_path, monkeypatch, "--max-evals", "10") == 1
     assert len(load_trials(tmp_path / "results.pkl").trials) == 3
     err = capsys.readouterr().err
-    assert "3 trials in a row failed with: MemoryError: OOM when allocating tensor with shape[192," in err
+    assert f"3 trials in a row failed with: {error.__name__}: OOM when allocating tensor with shape[192," in err
     assert err.endswith(f" and type float; does another process hold {where}?\n")
 
 
