@@ -164,17 +164,18 @@ FAILURE_CAUSES_SHOWN = 10  # the commonest; trials.csv has every trial's error
 
 def failures_note(rows: list[dict]) -> str | None:
     """Why trials failed: each cause (its numbers aside), an error of it, how many trials and which."""
-    trials_of: dict[str, list[dict]] = {}
+    trials_of: dict[str, list[tuple[int, str]]] = {}  # cause: (trial, error) of each trial it failed
     for r in rows:
         if r["status"] != "ok":
-            trials_of.setdefault(failure_cause(r["error"] or "no error recorded"), []).append(r)
+            error = r["error"] or "no error recorded"
+            trials_of.setdefault(failure_cause(error), []).append((r["trial"], error))
     if not trials_of:
         return None
     lines = [f"Why {plural(sum(map(len, trials_of.values())), 'trial')} failed (their result files hold each traceback):"]
     causes = sorted(trials_of.values(), key=len, reverse=True)
     for failed in causes[:FAILURE_CAUSES_SHOWN]:
-        error = failed[-1]["error"] or "no error recorded"
-        numbers = ", ".join(str(r["trial"]) for r in failed[:8]) + (", ..." if len(failed) > 8 else "")
+        error = failed[-1][1]
+        numbers = ", ".join(str(trial) for trial, _ in failed[:8]) + (", ..." if len(failed) > 8 else "")
         lines.append(f"  {len(failed):4}  {error if len(error) <= 160 else error[:157] + '...'}  "
                      f"({'trial' if len(failed) == 1 else 'trials'} {numbers})")
     if rest := causes[FAILURE_CAUSES_SHOWN:]:

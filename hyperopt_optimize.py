@@ -152,6 +152,7 @@ class Search:
         from datasets import DatasetError
         from precision import training_line
         from spark_search import SparkUnavailable, check_requirements, parallelism_of
+        from trial import code_version
         from utils import TrialsFileError, file_stamp, finished_curves
 
         args = self.args
@@ -170,7 +171,8 @@ class Search:
                 self.print_leaderboard(finished)
                 return 0
             width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
-            resume.warn_of_changed_settings(finished, args, width)
+            version = code_version()  # once: what every trial of this run records
+            resume.warn_of_changed_settings(finished, args, width, version)
             first = resume.enqueued_points(finished, args)
             space = hyperspace.SPACES[args.space] | {"width_multiple": width}
             self.data = resume.load_data(finished, args)
@@ -184,6 +186,7 @@ class Search:
             self.plot(hyperspace.DEMO_SPACE, "model_demo.png")
 
         self.objective = Objective(self.data, args, parallelism)
+        self.objective.code_version = version
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
         self.objective.enqueued = [(hyperspace.decode(vals, space), name) for name, vals in first]

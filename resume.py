@@ -46,11 +46,10 @@ def finished_trials(args: argparse.Namespace):
     return trials
 
 
-def warn_of_changed_settings(finished, args: argparse.Namespace, width: int) -> None:
+def warn_of_changed_settings(finished, args: argparse.Namespace, width: int, version: str | None) -> None:
     """Say which settings that a resume may change differ from the finished trials' (a deliberate choice: not refused),
-    and whether the code that trains them does (a `git pull` between two runs)."""
+    and whether the code that trains them, at `version`, does (a `git pull` between two runs)."""
     from hyperspace import width_multiple
-    from trial import code_version
     from utils import recorded, warn
 
     for option, now, before, what in (
@@ -61,8 +60,8 @@ def warn_of_changed_settings(finished, args: argparse.Namespace, width: int) -> 
         if others := before - {now}:
             warn(f"{args.trials_file} holds trials of {option} {', '.join(map(str, sorted(others)))}, this run's is {now}: "
                  f"TPE will compare {what}")
-    if (now := code_version()) and (others := recorded(finished, "code_version") - {now}):
-        warn(f"{args.trials_file} holds trials of code version {', '.join(sorted(others))}, this run's is {now}: TPE will "
+    if version and (others := recorded(finished, "code_version") - {version}):
+        warn(f"{args.trials_file} holds trials of code version {', '.join(sorted(others))}, this run's is {version}: TPE will "
              "compare accuracies of networks trained by different code (analyze_results.py says which trial ran which)")
 
 

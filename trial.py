@@ -46,7 +46,7 @@ class Objective:
         self.finished_curves: list[list[float]] = []
         self.next_tid = 0
         self.enqueued: list[tuple[dict, str]] = []  # (point, --enqueue's name for it), to label its trial
-        self.code_version = code_version()  # here, where the repository is: a Spark worker gets its modules alone
+        self.code_version: str | None = None  # the search's: a Spark worker gets the modules alone, no repository
 
     def __call__(self, space: dict) -> dict:
         data = self.data
