@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import gc
 import json
 import os
 import signal
@@ -160,6 +161,11 @@ def run(main: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         status = 130
+    # A training that a signal stopped mid-epoch leaves Keras's tf.data iterator (a GeneratorDataset over the batches)
+    # in reference cycles. Left to the interpreter's teardown, TensorFlow would finalize it by calling back into a
+    # Python that is going away ("Error occurred when finalizing GeneratorDataset iterator ... The process may be
+    # terminated"): freed now, while Python still runs.
+    gc.collect()
     sys.exit(status)
 
 

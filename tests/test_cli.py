@@ -134,3 +134,34 @@ except KeyboardInterrupt:
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, "stopped\n", "")
+
+
+def test_a_training_stopped_mid_epoch_leaves_no_data_pipeline_for_python_to_tear_down(tmp_path):
+    # Left to the interpreter's teardown, TensorFlow finalizes a tf.data iterator by calling back into a Python that is
+    # going away, which may kill the process: a Ctrl-C'd search could end in a segfault instead of its summary.
+    code = f"""
+import atexit, gc
+gc.disable()  # as if no collection came between the Ctrl-C and the exit
+import keras, tensorflow as tf
+import cli
+from datasets import load_dataset
+from neural_net import build_and_train
+
+class CtrlC(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        raise KeyboardInterrupt
+
+def main():
+    try:
+        build_and_train({SMALL_SPACE!r}, load_dataset("synthetic", train_subset=600), epochs=2,
+                        callbacks=[CtrlC()])
+    except KeyboardInterrupt:
+        return 130
+
+atexit.register(lambda: print("iterators left:", sum(isinstance(o, tf.data.Iterator) for o in gc.get_objects())))
+cli.run(main)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "iterators left: 0" in done.stdout, done.stdout

@@ -193,7 +193,7 @@ def test_second_run_is_refused_and_sigint_stops_cleanly(tmp_path):
 
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, out[-5000:]
     saved = len(load_trials(tmp_path / "my runs.pkl").trials)
     assert saved >= 1 and f"SIGINT: stopped; {plural(saved, 'finished trial')} saved" in out
     resume = next(line for line in out.splitlines() if line.startswith("Resume with: "))
