@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import keras
@@ -52,6 +53,22 @@ class Batches(keras.utils.PyDataset):
 def batches(data: Dataset, split: str, batch_size: int, seed: int | None = None) -> Batches:
     """The batches of one split (`train` shuffled, `val` and `test` in order)."""
     return Batches(getattr(data, f"x_{split}"), targets(data, split), batch_size, shuffle=split == "train", seed=seed)
+
+
+def stop_feeding(*feeds: Batches | None) -> None:
+    """Stop the threads that fed these batches to a training that failed, and drop the batches they queued.
+
+    Keras stops them at the end of each pass; a pass that an error ends leaves them running, with
+    up to `max_queue_size` batches each, for the rest of the search: six threads a failed trial on
+    TensorFlow. Keras keeps them where only a scan of Python's objects finds them.
+    """
+    try:
+        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetEnqueuer
+    except ImportError:  # private to Keras: where it moved, a failed trial keeps its threads
+        return
+    for obj in gc.get_objects():
+        if issubclass(type(obj), PyDatasetEnqueuer) and any(obj.py_dataset is feed for feed in feeds if feed is not None):
+            obj.stop()
 
 
 def evaluation_batch_size(batch_size: int, *split_sizes: int) -> int:

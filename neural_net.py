@@ -14,7 +14,7 @@ import keras
 from hyperopt import STATUS_FAIL, STATUS_OK
 
 import fast_layers
-from batches import batches, evaluation_batch_size
+from batches import batches, evaluation_batch_size, stop_feeding
 from datasets import Dataset
 from hyperspace import FIRST_CONV_FILTERS, STARTING_L2_REG, STARTING_LR, rounded_width, width_multiple
 from precision import backend_version, device_name, resolve_precision
@@ -224,7 +224,7 @@ def build_and_train(
     BackupAndRestore), continues that training: the result covers its epochs and seconds too.
     """
     start = time.time()
-    model = None
+    model = train = validation = test = None
     precision = resolve_precision(precision)
     _keras_settings()  # before Keras's policy is read: unset, it is floatx's, which it would then keep
     previous_policy = keras.config.dtype_policy()
@@ -240,10 +240,11 @@ def build_and_train(
             horizontal_flip=data.horizontal_flip,
             steps_per_execution=min(default_steps_per_execution(), len(train)),
         )
+        validation = batches(data, "val", evaluation)
         with _unregistering_custom_gradients():
             history = model.fit(
                 train, epochs=epochs, verbose=verbose,
-                validation_data=batches(data, "val", evaluation),
+                validation_data=validation,
                 callbacks=trial_callbacks(epochs, patience, callbacks, before) + ([ProgressBar()] if verbose == 1 else []),
             ).history
         history = _with_earlier_epochs(history, before)
@@ -252,8 +253,9 @@ def build_and_train(
         # early stopping restored: hours of a long trial are not thrown away, and TPE learns from them.
         if diverged is not None and diverged <= 1 + history[MONITOR].index(max(history[MONITOR])):
             raise FloatingPointError(f"loss is NaN or infinite at epoch {diverged}")
-        test = model.evaluate(batches(data, "test", evaluation), verbose=0, return_dict=True)
-        result = _result(space, data, history, test, model, callbacks) | {"diverged_at_epoch": diverged}
+        test = batches(data, "test", evaluation)
+        scores = model.evaluate(test, verbose=0, return_dict=True)
+        result = _result(space, data, history, scores, model, callbacks) | {"diverged_at_epoch": diverged}
     except Exception as err:  # noqa: BLE001 -- a trial must never crash the search
         # The epochs it finished, as Keras's History callback holds them: how far it got before it failed.
         history = _with_earlier_epochs(getattr(getattr(model, "history", None), "history", None) or {}, before)
@@ -263,6 +265,7 @@ def build_and_train(
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if model is None:
+            stop_feeding(train, validation, test)
             keras.backend.clear_session()
             gc.collect()
     result["train_seconds"] = round(time.time() - start + (before.seconds if before else 0.0), 2)

@@ -317,6 +317,29 @@ def test_a_training_that_fails_midway_keeps_the_epochs_it_finished_and_its_line_
     assert "history" not in result and trial_line({**result, "tid": 8}, None, "validation").startswith("Trial 8 FAILED: ")
 
 
+def test_a_training_that_fails_mid_pass_leaves_no_thread_feeding_it(synthetic):
+    # Keras's threads that gather the batches stop at the end of a pass; one that an error ended kept them, with
+    # their queued batches, for the rest of the search: six threads a failed trial.
+    import threading
+
+    class DeviceLost(keras.callbacks.Callback):
+        def __init__(self, when):
+            super().__init__()
+            setattr(self, when, self.fail)
+
+        def fail(self, batch, logs=None):
+            raise RuntimeError("device lost")
+
+    def ours():  # not TensorFlow's own threads, which Python sees while they run Python code
+        return {t for t in threading.enumerate() if not isinstance(t, threading._DummyThread)}
+
+    before = ours()
+    for when in ("on_train_batch_end", "on_test_batch_end"):  # in a training pass, in a validation pass
+        _, result = build_and_train(SMALL_SPACE, synthetic, epochs=2, callbacks=[DeviceLost(when)])
+        assert result["error"] == "RuntimeError: device lost"
+        assert ours() == before, when
+
+
 def test_a_failed_training_step_records_what_went_wrong_not_tensorflows_preamble(synthetic):
     import dataclasses
 
