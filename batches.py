@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 
@@ -68,7 +69,10 @@ def stop_feeding(*feeds: Batches | None) -> None:
         return
     for obj in gc.get_objects():
         if issubclass(type(obj), PyDatasetEnqueuer) and any(obj.py_dataset is feed for feed in feeds if feed is not None):
-            obj.stop()
+            # Stopping waits for the batches being gathered; the error of one (out of memory, say) must not take the
+            # place of the trial's own.
+            with contextlib.suppress(Exception):
+                obj.stop()
 
 
 def evaluation_batch_size(batch_size: int, *split_sizes: int) -> int:

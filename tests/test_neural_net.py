@@ -340,6 +340,25 @@ def test_a_training_that_fails_mid_pass_leaves_no_thread_feeding_it(synthetic):
         assert ours() == before, when
 
 
+def test_a_batch_that_fails_while_its_feed_stops_does_not_replace_the_trials_own_error(synthetic, monkeypatch):
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetEnqueuer
+
+    class DeviceLost(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise RuntimeError("device lost")
+
+    def stop_then_fail(self, drain_queue_and_join=True):  # a batch it waited for had run out of memory
+        waits = self.running and drain_queue_and_join
+        original(self, drain_queue_and_join)
+        if waits:
+            raise MemoryError("gathering a batch")
+
+    original = PyDatasetEnqueuer.stop
+    monkeypatch.setattr(PyDatasetEnqueuer, "stop", stop_then_fail)
+    model, result = build_and_train(SMALL_SPACE, synthetic, epochs=2, callbacks=[DeviceLost()])
+    assert model is None and result["error"] == "RuntimeError: device lost"
+
+
 def test_a_failed_training_step_records_what_went_wrong_not_tensorflows_preamble(synthetic):
     import dataclasses
 
