@@ -161,7 +161,7 @@ def main():
 atexit.register(lambda: print("iterators left:", sum(isinstance(o, tf.data.Iterator) for o in gc.get_objects())))
 cli.run(main)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 130, done.stderr[-3000:]
     assert "iterators left: 0" in done.stdout, done.stdout

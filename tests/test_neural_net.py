@@ -337,7 +337,7 @@ def test_a_training_that_fails_mid_pass_leaves_no_thread_feeding_it(synthetic):
     for when in ("on_train_batch_end", "on_test_batch_end"):  # in a training pass, in a validation pass
         _, result = build_and_train(SMALL_SPACE, synthetic, epochs=2, callbacks=[DeviceLost(when)])
         assert result["error"] == "RuntimeError: device lost"
-        assert ours() == before, when
+        assert not ours() - before, when  # threads of earlier tests may end meanwhile
 
 
 def test_a_batch_that_fails_while_its_feed_stops_does_not_replace_the_trials_own_error(synthetic, monkeypatch):
