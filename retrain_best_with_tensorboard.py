@@ -14,6 +14,7 @@ import math
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,11 +138,16 @@ def progress_of(run: str, checkpoint: Path) -> Progress | None:
             if None not in row.values():  # a row cut short by a kill
                 rows[int(row.pop("epoch"))] = {key: float(value) for key, value in row.items()}
     history = {key: [rows[epoch][key] for epoch in range(done)] for key in rows[0]}
-    try:
-        seconds = json.loads((backup / SECONDS_LOG).read_text())["train_seconds"]
-    except FileNotFoundError:  # a backup of a version that did not count them
-        seconds = 0.0
+    seconds = read_seconds_log(backup).get("train_seconds", 0.0)  # absent in a backup of a version that did not count them
     return Progress(history, keras.saving.load_model(checkpoint).get_weights(), seconds)
+
+
+def read_seconds_log(backup: Path) -> dict:
+    """What an interrupted retrain's seconds log holds: the seconds it had taken and when it first started; or {}."""
+    try:
+        return json.loads((backup / SECONDS_LOG).read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def best_model_checkpoint(path: Path, monitor: str, best: float = -math.inf):
@@ -168,10 +174,9 @@ def best_model_checkpoint(path: Path, monitor: str, best: float = -math.inf):
     return BestModelCheckpoint()
 
 
-def seconds_log(path: Path, before: float):
-    """A callback that writes, after each epoch, the seconds the retrain has taken so far, earlier runs' included."""
-    import time
-
+def seconds_log(path: Path, before: float, started: float):
+    """A callback that writes, after each epoch, the seconds the retrain has taken so far, earlier runs' included, and
+    when its first run `started`."""
     import keras
 
     from utils import atomic_write
@@ -180,7 +185,7 @@ def seconds_log(path: Path, before: float):
 
     class SecondsLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            atomic_write(path, json.dumps({"train_seconds": before + time.time() - start}).encode())
+            atomic_write(path, json.dumps({"train_seconds": before + time.time() - start, "started": started}).encode())
 
     return SecondsLog()
 
@@ -296,8 +301,9 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
 
 
 def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_freq: int, best_before: float,
-                      seconds_before: float, guard: SignalGuard) -> list:
-    """The retrain's logs, best model and backup, from `best_before` and `seconds_before` when it resumes.
+                      seconds_before: float, started: float, guard: SignalGuard) -> list:
+    """The retrain's logs, best model and backup, from `best_before` and `seconds_before` when it resumes a retrain that
+    `started` earlier.
 
     None of them waits for a step: Keras on JAX dispatches the next one before the last ends.
     """
@@ -315,7 +321,7 @@ def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_f
         # Each epoch's row of the history and the time so far, then the state to resume from: a kill between the
         # two loses nothing.
         keras.callbacks.CSVLogger(backup / HISTORY_LOG, append=True),
-        seconds_log(backup / SECONDS_LOG, seconds_before),
+        seconds_log(backup / SECONDS_LOG, seconds_before, started),
         restore,
         # After the epoch's backup: a signal whose KeyboardInterrupt C code swallowed mid-epoch stops the retrain here.
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: guard.stop_if_signalled()),
@@ -329,7 +335,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from trial import code_version, figures, other_software, over_draws, same_but_the_draw
+    from trial import code_version, figures, local_time, other_software, over_draws, same_but_the_draw
     from utils import is_ok, print_json, save_json_result
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
@@ -344,8 +350,10 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"Resuming the interrupted retrain after epoch {done} (best {data.selects_on} fine accuracy {best_before:.4f}){left}")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
+    # When the first run began: a backup of a version that did not log it, or of a run stopped in its first epoch, says now.
+    started = (read_seconds_log(backup) if before else {}).get("started", time.time())
     callbacks = retrain_callbacks(log_dir, checkpoint, backup, args.histogram_freq, best_before,
-                                  before.seconds if before else 0.0, guard)
+                                  before.seconds if before else 0.0, started, guard)
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
                                            verbose=args.verbose, precision=args.precision,
@@ -363,7 +371,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed,
-                     weights_seed=weights, code_version=code_version())
+                     weights_seed=weights, code_version=code_version(), started=local_time(started))
     if before:
         retrained["resumed_after_epoch"] = done
     try:

@@ -74,7 +74,7 @@ class Objective:
         result["search_space"], result["patience"] = s["space"], s["patience"]
         result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
         result["code_version"] = self.code_version
-        result["started"] = datetime.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds")
+        result["started"] = local_time(started)
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
         return result
@@ -89,6 +89,11 @@ class Objective:
             label += f" (--enqueue {name})"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
         return f"{when} {label}, up to {plural(self.settings['epochs'], 'epoch')}: {describe(space, coarse_head=coarse_head)}"
+
+
+def local_time(seconds: float) -> str:
+    """A moment (seconds since the epoch) as results record it: local time to the second, with its UTC offset."""
+    return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
 
 
 def code_version(folder: str | None = None) -> str | None:

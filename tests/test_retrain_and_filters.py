@@ -1,5 +1,6 @@
 """Retraining with TensorBoard and checkpoints, then filter visualisation, on a tiny network."""
 
+import datetime
 import json
 import os
 import signal
@@ -103,6 +104,7 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
                       "dataset": "synthetic"}, tmp_path / "results")
     monkeypatch.chdir(tmp_path)
     args = ["--epochs", "4", "--train-subset", "300", "--verbose", "0", "--precision", "float32", "--histogram-freq", "0"]
+    first_run = time.time()
     assert retrain.main(args) == 130
     checkpoint = tmp_path / "weights" / "model_0.2_aaaaa.keras"
     captured = capsys.readouterr()
@@ -124,6 +126,7 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     result = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa.retrain.txt.json")
     assert (result["epochs_trained"], result["diverged_at_epoch"], result["resumed_after_epoch"]) == (3, 3, 2)
     assert result["train_seconds"] > resumed_seconds + 2  # both runs' seconds
+    assert int(first_run) <= datetime.datetime.fromisoformat(result["started"]).timestamp() < started - 3  # the first run's
     assert result["history"][MONITOR][:2] == pytest.approx(seen, abs=0) and result["fine_best_accuracy"] == max(seen)
     # The model kept is still the best epoch's, and the one the result's test accuracy is of.
     data = load_dataset("synthetic", train_subset=300)
