@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import re
 import time
@@ -247,8 +248,21 @@ def draws_of_one_training(folder: str) -> dict[str, list[dict]]:
         if retrain.get("retrained_from") and measured:
             # Retrains from before --weights-seed drew the trial's own.
             seed = retrain.get("weights_seed", weights_seed(retrain.get("seed", 0), retrain["space"]))
-            groups.setdefault(training_of(retrain), {})[seed] = retrain | {"weights_seed": seed}
+            draws = groups.setdefault(training_of(retrain), {})
+            if seed not in draws or newness(retrain) > newness(draws[seed]):
+                draws[seed] = retrain | {"weights_seed": seed}
     return {training: list(draws.values()) for training, draws in groups.items()}
+
+
+def newness(retrain: dict) -> tuple[float, int]:
+    """What orders retrains by age: when they started (older versions did not record it), then their run's number (a later
+    retrain of a model is its -2, -3...), which their file names do not sort by (-10 before -2 before the first)."""
+    try:
+        started = datetime.datetime.fromisoformat(retrain["started"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        started = -math.inf
+    run = re.search(r"-(\d+)\.retrain$", str(retrain.get("model_name")))
+    return started, int(run[1]) if run else 1
 
 
 def same_but_the_draw(retrained: dict, folder: str) -> list[dict]:

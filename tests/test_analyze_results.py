@@ -692,16 +692,20 @@ def test_the_retrains_of_the_searchs_trials_are_summed_up_per_training_over_draw
     source = str(tmp_path / "results" / best["file"])
     space = load_json_result(source)["space"]
 
-    def retrain(name, weights_seed, accuracy, test, train_images=2700, retrained_from=source, network=space):
+    def retrain(name, weights_seed, accuracy, test, train_images=2700, retrained_from=source, network=space, **started):
         save_json_result({"status": "ok", "space": network, "model_name": name, "retrained_from": retrained_from,
                           "dataset": "synthetic", "seed": 0, "selected_on": "validation", "train_images": train_images,
                           "max_epochs": 6, "precision": "float32", "weights_seed": weights_seed,
-                          "fine_best_accuracy": accuracy, "test_fine_accuracy": test, "loss": -accuracy},
+                          "fine_best_accuracy": accuracy, "test_fine_accuracy": test, "loss": -accuracy, **started},
                          tmp_path / "weights")
 
-    retrain("a.retrain", 1, 0.50, 0.48)
+    retrain("a.retrain", 1, 0.40, 0.38)  # by a version that did not record when it started
     retrain("a-2.retrain", 2, 0.54, 0.50)
-    retrain("a-3.retrain", 3, 0.52, 0.46)
+    retrain("a-3.retrain", 3, 0.52, 0.46, started="2026-12-07T12:00:00+01:00")
+    # The same draws again: each counts once, with its newest retrain's figures (by run, whose files sort -10 before -2
+    # before the first; by when they started, where they say).
+    retrain("a-10.retrain", 1, 0.50, 0.48)
+    retrain("a-11.retrain", 3, 0.70, 0.70, started="2026-12-07T12:30:00+02:00")  # before a-3
     retrain("a-4.retrain", 1, 0.61, 0.60, train_images=3000)  # all the images: another training
     retrain("b.retrain", 1, 0.9, 0.9, retrained_from=str(tmp_path / "elsewhere" / "model_0.9_abcde.txt.json"),
             network=hyperspace.DEMO_SPACE)  # another search's trial
