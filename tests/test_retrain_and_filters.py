@@ -498,7 +498,7 @@ def test_the_retrains_callbacks_let_keras_on_jax_dispatch_the_next_step_without_
     # Keras's own TensorBoard and BackupAndRestore callbacks have per-step hooks, so Keras on JAX waited for every
     # step of a retrain.
     check = ("import keras, retrain_best_with_tensorboard as r, cli; from pathlib import Path; "
-             "mine = r.retrain_callbacks(Path('logs'), Path('m.keras'), Path('m.backup'), 1, 0.0, 0.0, cli.SignalGuard()); "
+             "mine = r.retrain_callbacks(Path('logs'), Path('m.keras'), Path('m.backup'), 1, 0.0, 0.0, 0.0, cli.SignalGuard()); "
              "print(keras.callbacks.CallbackList(mine)._async_train, "
              "keras.callbacks.CallbackList([keras.callbacks.TensorBoard()])._async_train)")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
