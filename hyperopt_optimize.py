@@ -54,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="hyperopt trials pickle, rewritten after every trial (default: the results folder's name + .pkl, "
                              "results.pkl; so that searches in other folders never share one)")
     parser.add_argument("--enqueue", action="append", metavar="POINT",
-                        help="train this point of the space first, unless a finished trial has: 2017-best (the 2017 "
+                        help="train this point of the space first, unless a trial trained it (one whose trials failed: up to "
+                             "3 tries): 2017-best (the 2017 "
                              "search's best network), demo, a result JSON (its space), or a results folder (its best "
                              "trial's: a pilot search's on fewer images, say); repeatable")
     parser.add_argument("--select-on", choices=["validation", "test"], default="validation",

@@ -65,21 +65,36 @@ def warn_of_changed_settings(finished, args: argparse.Namespace, width: int, ver
              "compare accuracies of networks trained by different code (analyze_results.py says which trial ran which)")
 
 
+# Tries of an --enqueue point whose trials all failed: a failure can pass (another process held the GPU), or come back.
+ENQUEUE_TRIES = 3
+
+
 def enqueued_points(finished, args: argparse.Namespace) -> list[tuple[str, dict]]:
-    """The --enqueue points that no finished trial trained: (name, hyperopt's encoding); NotInSpace for one the space cannot sample."""
+    """The --enqueue points to train first: those that no finished trial trained, or whose trials all failed, fewer than
+    ENQUEUE_TRIES times; (name, hyperopt's encoding). NotInSpace for one the space cannot sample."""
     from hyperspace import SPACES, active, encode, point_named
 
     points: list[tuple[str, dict]] = []
     for name in args.enqueue or ():
         point = point_named(name, f"--enqueue {name}")
         vals = encode(point, SPACES[args.space], f"--enqueue {name} (--space {args.space})")
-        if trained := [t for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]:
-            result = trained[0]["result"]
-            failed = "" if result.get("status") == "ok" else f", which failed ({result.get('error') or 'no error recorded'})"
-            print(f"--enqueue {name}: trained already, as trial {trained[0]['tid']}{failed}")
-        elif active(vals) not in [active(queued) for _, queued in points]:
+        tries = [t for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]
+        if ok := [t for t in tries if t["result"].get("status") == "ok"]:
+            print(f"--enqueue {name}: trained already, as trial {ok[0]['tid']}")
+            continue
+        if active(vals) in [active(queued) for _, queued in points]:
+            continue
+        if tries:
+            error = tries[-1]["result"].get("error") or "no error recorded"
+            failed = (f"its trial {tries[0]['tid']} failed ({error})" if len(tries) == 1 else
+                      f"its trials {', '.join(str(t['tid']) for t in tries)} failed, the last with {error}")
+            if len(tries) >= ENQUEUE_TRIES:
+                print(f"--enqueue {name}: {failed}; not trained again")
+                continue
+            print(f"--enqueue {name}: {failed}; trained again first")
+        else:
             print(f"--enqueue {name}: trained first")
-            points.append((name, vals))
+        points.append((name, vals))
     return points
 
 

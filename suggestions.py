@@ -1,5 +1,6 @@
 """What each trial of a search trains: the points asked for first (--enqueue), then hyperopt's random draws and TPE's
-suggestions; each trial marked with which it was, and never a point that a trial has already."""
+suggestions; each trial marked with which it was, and never a point that a trial has already, but an enqueued point whose
+trials failed."""
 
 from __future__ import annotations
 
@@ -22,17 +23,18 @@ def tried(trials) -> list[dict]:
 
 
 def suggesting_first(points: list[dict], algo):
-    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, those that no trial has."""
+    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, each once."""
     if not points:
         return algo
+    queue = list(points)  # a point may have a failed trial already: it is tried again
 
     def suggest(new_ids, domain, trials, seed):
-        trained = tried(trials)
         docs = []
-        for new_id, vals in zip(new_ids, [p for p in points if active(p) not in trained]):
+        for new_id, vals in zip(new_ids, queue[:len(new_ids)]):
             misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir, "suggested_by": "enqueue"}
             miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
             docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
+        del queue[:len(docs)]
         rest = new_ids[len(docs):]
         return docs + (algo(rest, domain, trials, seed) if rest else [])
 

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from hyperopt import STATUS_OK, Trials, fmin, rand, tpe
+from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, rand, tpe
+from hyperopt.exceptions import AllTrialsFailed
 
 import hyperspace
 from hyperspace import NotInSpace, active, decode, encode, point_named
@@ -16,7 +17,7 @@ def sampled_trials(space, n=60):
     """Trials of hyperopt's own sampling of `space`: its encoding of each point."""
     trials = Trials()
     fmin(lambda point: {"loss": 0.0, "status": STATUS_OK}, space, algo=rand.suggest, max_evals=n, trials=trials,
-         rstate=np.random.default_rng(0), show_progressbar=False)
+         rstate=np.random.default_rng(0), show_progressbar=False, return_argmin=False)
     return trials
 
 
@@ -81,19 +82,22 @@ def test_a_point_is_named_or_read_from_a_result_file(tmp_path):
         assert str(err.value).startswith(f"{name}: {message}")
 
 
-def test_the_points_are_suggested_first_and_never_twice():
+def test_the_points_are_suggested_first_each_once_even_where_a_trial_of_them_failed():
     trained = []
 
     def objective(point):
         trained.append(point)
-        return {"loss": 0.0, "status": STATUS_OK}
+        return {"loss": 0.0, "status": STATUS_OK} if len(trained) > 1 else {"status": STATUS_FAIL}
 
     first = [encode(hyperspace.SEED_BEST_SPACE, hyperspace.space), encode(hyperspace.DEMO_SPACE, hyperspace.space)]
     trials = Trials()
-    for max_evals in (3, 5):  # a resume asks for the same points again
-        fmin(objective, hyperspace.space, algo=suggesting_first(first, tpe.suggest), max_evals=max_evals, trials=trials,
-             rstate=np.random.default_rng(max_evals), show_progressbar=False)
+    with pytest.raises(AllTrialsFailed):  # fmin's closing argmin, as in a search
+        fmin(objective, hyperspace.space, algo=suggesting_first(first[:1], tpe.suggest), max_evals=1, trials=trials,
+             rstate=np.random.default_rng(0), show_progressbar=False)
+    # A resume that tries the failed point again (the search enqueues it once more), then the other.
+    fmin(objective, hyperspace.space, algo=suggesting_first(first, tpe.suggest), max_evals=5, trials=trials,
+         rstate=np.random.default_rng(1), show_progressbar=False)
     without_width = [{k: v for k, v in point.items() if k != "width_multiple"} for point in trained]
-    assert without_width[:2] == [hyperspace.SEED_BEST_SPACE, hyperspace.DEMO_SPACE]
-    assert len(trained) == 5 and all(p not in without_width[:2] for p in without_width[2:])
-    assert [t["misc"]["vals"] for t in trials.trials[:2]] == first
+    assert without_width[:3] == [hyperspace.SEED_BEST_SPACE, hyperspace.SEED_BEST_SPACE, hyperspace.DEMO_SPACE]
+    assert len(trained) == 5 and all(p not in without_width[:3] for p in without_width[3:])
+    assert [t["misc"]["vals"] for t in trials.trials[:3]] == [first[0], *first]

@@ -444,16 +444,40 @@ def test_an_enqueued_network_trains_first_and_a_resume_does_not_train_it_again(t
     assert len(trials) == 2 and trials[1]["misc"]["vals"] != point
 
 
-def test_an_enqueued_network_that_failed_before_is_said_to_have_failed_and_why(tmp_path, monkeypatch, capsys):
+def test_an_enqueued_network_whose_trials_failed_is_trained_again_up_to_three_tries(tmp_path, monkeypatch, capsys):
     import neural_net
 
-    monkeypatch.setattr(neural_net, "build_and_train",
-                        lambda space, data, **kw: (None, neural_net.failure(space, data, RuntimeError("disk"))))
+    errors = iter(["disk", "device lost", "out of host memory"])  # not one error three times: the search goes on
+
+    def failing_then_instant(space, data, **kw):
+        if error := next(errors, None):
+            return None, neural_net.failure(space, data, RuntimeError(error))
+        return instant(space, data, **kw)
+
+    monkeypatch.setattr(neural_net, "build_and_train", failing_then_instant)
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     [failed] = (tmp_path / "results").glob("model_failed_*.txt.json")
+    enqueue = ["--enqueue", str(failed)]
     capsys.readouterr()
-    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--enqueue", str(failed)) == 0
-    assert f"--enqueue {failed}: trained already, as trial 0, which failed (RuntimeError: disk)\n" in capsys.readouterr().out
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", *enqueue) == 0
+    out = capsys.readouterr().out
+    assert f"--enqueue {failed}: its trial 0 failed (RuntimeError: disk); trained again first\n" in out
+    assert f"Trial 1 (--enqueue {failed}), up to " in out
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", *enqueue) == 0
+    assert (f"--enqueue {failed}: its trials 0, 1 failed, the last with RuntimeError: device lost; trained again first"
+            in capsys.readouterr().out)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "4", *enqueue) == 0
+    out = capsys.readouterr().out
+    assert (f"--enqueue {failed}: its trials 0, 1, 2 failed, the last with RuntimeError: out of host memory; not trained "
+            "again\n") in out and "Trial 3, up to " in out
+    trials = load_trials(tmp_path / "results.pkl").trials
+    assert [t["result"]["status"] for t in trials] == ["fail", "fail", "fail", "ok"]
+    assert [t["result"].get("suggested_by") for t in trials] == ["random", "enqueue", "enqueue", "random"]
+    assert trials[1]["misc"]["vals"] == trials[2]["misc"]["vals"] == trials[0]["misc"]["vals"] != trials[3]["misc"]["vals"]
+    # Once a trial of it trained, it is trained already.
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "5", "--enqueue", str(next(
+        (tmp_path / "results").glob("model_0*.txt.json")))) == 0
+    assert ": trained already, as trial 3\n" in capsys.readouterr().out
 
 
 def instant(space, data, **kw):
