@@ -340,6 +340,9 @@ def _check_arrays(name, x_train, yf_train, yc_train, x_test, yf_test, yc_test):
             )
     if len(np.unique(yf_train)) < 2:
         raise DatasetError(f"{name}: y_train_fine needs at least 2 classes")
+    if yc_train is not None and len(np.unique(yc_train)) < 2:
+        raise DatasetError(f"{name}: y_train_coarse needs at least 2 classes, or none (a fine head alone): leave the coarse "
+                           "labels out")
 
 
 def make_synthetic(n_train: int = SYNTHETIC_DEFAULT_SIZE, *, seed: int = 0, n_test: int | None = None):

@@ -321,6 +321,10 @@ def test_npz_can_ask_for_horizontal_flips(tmp_path):
         ({"x_test": np.zeros((40, 21, 24), np.uint8)}, "x_test images are"),
         ({"x_train": np.zeros((200, 20, 24, 2), np.uint8)}, "C 1 or 3"),
         ({"y_test_coarse": None}, "both y_train_coarse and y_test_coarse"),
+        ({"y_train_fine": np.zeros(200, int), "y_test_fine": np.zeros(40, int)}, "y_train_fine needs at least 2 classes"),
+        # One coarse class: a head whose softmax is always 1, and whose accuracy Keras reported as 0.
+        ({"y_train_coarse": np.zeros(200, int), "y_test_coarse": np.zeros(40, int)},
+         "y_train_coarse needs at least 2 classes, or none (a fine head alone): leave the coarse labels out"),
         ({"x_test": np.zeros((0, 20, 24), np.uint8), "y_test_fine": np.zeros(0, int), "y_test_coarse": np.zeros(0, int)},
          "x_test holds no images"),
         ({"horizontal_flip": np.array([True, False])}, "horizontal_flip must be one true or false value, got shape (2,)"),
