@@ -17,7 +17,7 @@ def sampled_trials(space, n=60):
     """Trials of hyperopt's own sampling of `space`: its encoding of each point."""
     trials = Trials()
     fmin(lambda point: {"loss": 0.0, "status": STATUS_OK}, space, algo=rand.suggest, max_evals=n, trials=trials,
-         rstate=np.random.default_rng(0), show_progressbar=False, return_argmin=False)
+         rstate=np.random.default_rng(0), show_progressbar=False)
     return trials
 
 
