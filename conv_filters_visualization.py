@@ -81,7 +81,7 @@ def feature_model(model, layer):
     """From the scaled float input (after Rescaling) to the layer's output."""
     import keras
 
-    scaled = next(l for l in model.layers if isinstance(l, keras.layers.Rescaling))
+    scaled = next(each for each in model.layers if isinstance(each, keras.layers.Rescaling))
     return keras.Model(scaled.output, layer.output)
 
 
