@@ -96,11 +96,13 @@ class StopOnNaN(keras.callbacks.Callback):
 
 @dataclasses.dataclass
 class Progress:
-    """What an interrupted training had done: its epochs' history, its best epoch's weights, the seconds it took."""
+    """What an interrupted training had done: its epochs' history, its best epoch's weights, the seconds it took, and when
+    it started (seconds since the epoch; None where not recorded)."""
 
     history: dict[str, list[float]]
     best_weights: list[np.ndarray]
     seconds: float = 0.0
+    started: float | None = None
 
 
 class BestEpochKeeper(keras.callbacks.EarlyStopping):

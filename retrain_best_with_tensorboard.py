@@ -120,7 +120,8 @@ def read_settings(backup: Path) -> dict | None:
 
 
 def progress_of(run: str, checkpoint: Path) -> Progress | None:
-    """The epochs an interrupted retrain finished (by its backup), their history (its log) and its best model's weights."""
+    """The epochs an interrupted retrain finished (by its backup), their history (its log), its best model's weights, and
+    the seconds it took since it first started (its seconds log)."""
     import csv
 
     import keras
@@ -138,16 +139,12 @@ def progress_of(run: str, checkpoint: Path) -> Progress | None:
             if None not in row.values():  # a row cut short by a kill
                 rows[int(row.pop("epoch"))] = {key: float(value) for key, value in row.items()}
     history = {key: [rows[epoch][key] for epoch in range(done)] for key in rows[0]}
-    seconds = read_seconds_log(backup).get("train_seconds", 0.0)  # absent in a backup of a version that did not count them
-    return Progress(history, keras.saving.load_model(checkpoint).get_weights(), seconds)
-
-
-def read_seconds_log(backup: Path) -> dict:
-    """What an interrupted retrain's seconds log holds: the seconds it had taken and when it first started; or {}."""
     try:
-        return json.loads((backup / SECONDS_LOG).read_text())
-    except FileNotFoundError:
-        return {}
+        times = json.loads((backup / SECONDS_LOG).read_text())
+    except FileNotFoundError:  # a backup of a version that did not count them
+        times = {}
+    return Progress(history, keras.saving.load_model(checkpoint).get_weights(), times.get("train_seconds", 0.0),
+                    times.get("started"))
 
 
 def best_model_checkpoint(path: Path, monitor: str, best: float = -math.inf):
@@ -351,7 +348,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
     # When the first run began: a backup of a version that did not log it, or of a run stopped in its first epoch, says now.
-    started = (read_seconds_log(backup) if before else {}).get("started", time.time())
+    started = before.started if before and before.started is not None else time.time()
     callbacks = retrain_callbacks(log_dir, checkpoint, backup, args.histogram_freq, best_before,
                                   before.seconds if before else 0.0, started, guard)
     try:
