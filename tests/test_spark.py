@@ -1,6 +1,7 @@
 """Trials in parallel on Spark (local[2]): results, resume in both directions, failed workers."""
 
 import datetime
+import json
 import os
 import shutil
 import subprocess
@@ -297,3 +298,36 @@ def test_missing_pyspark_gets_a_one_line_message(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert hyperopt_optimize.main([*QUICK, "--max-evals", "1", "--spark-master", "local[2]"]) == 2
     assert "pip install -r requirements-spark.txt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_spark_benchmark_trains_the_same_networks_one_at_a_time_and_on_spark_and_prints_both(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_spark.py"), "--trials", "2", "--epochs", "1",
+                           "--train-subset", "300", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(s["mode"], s["trials"], s["failed"], s["exit_code"]) for s in report["searches"]] == [
+        ("sequential", 2, 0, 0), ("local[2]", 2, 0, 0)]
+    # Each Spark trial trains on its share of the machine's cores.
+    cores = os.cpu_count()
+    assert report["searches"][1]["device"].endswith(f", {max(1, cores // 2)} core{'s' if cores // 2 > 1 else ''})")
+    assert report["comparison"]["same_networks"] and report["comparison"]["trials_compared"] == 2
+    table = done.stdout.splitlines()
+    assert [line.split()[:3] for line in table if line.startswith(("sequential ", "local[2] "))] == [
+        ["sequential", "2", "0"], ["local[2]", "2", "0"]]
+    assert table[-1].startswith("local[2]: ") and "x the sequential search's trials an hour; the same networks" in table[-1]
+
+
+def test_the_spark_benchmark_tells_searches_that_trained_other_networks_apart():
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_spark import compare
+
+    def result(loss, **space):
+        return {"status": "ok", "loss": loss, "space": {"batch_size": 32, **space}}
+
+    one = {0: result(-0.5), 1: result(-0.25)}
+    assert compare(one, {0: result(-0.5), 1: result(-0.27)}) == {
+        "same_networks": True, "trials_compared": 2, "max_accuracy_gap": 0.02, "median_accuracy_gap": 0.01}
+    assert not compare(one, {0: result(-0.5), 1: result(-0.25, batch_size=64)})["same_networks"]
+    assert not compare(one, {0: result(-0.5)})["same_networks"]
