@@ -332,7 +332,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from trial import code_version, figures, local_time, other_software, over_draws, same_but_the_draw
+    from trial import code_version, figures, local_time, over_draws, same_but_the_draw, trained_otherwise
     from utils import is_ok, print_json, save_json_result
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
@@ -381,8 +381,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     # What it may repeat: the same figures, where it trained on the trial's images with the trial's weights seed.
     if is_ok(result) and isinstance(result.get("fine_best_accuracy"), (int, float)):
         print(f"In the search: {figures(result)}")
-        if software := other_software(result, retrained):
-            print(software)
+        if otherwise := trained_otherwise(result, retrained):
+            print(otherwise)
     if spread := over_draws(same_but_the_draw(retrained, WEIGHTS_DIR)):
         print(spread)
     print("See the logs with: tensorboard --logdir=TensorBoard/")

@@ -220,15 +220,17 @@ def figures(result: dict) -> str:
     return f"{text}, {images:,} training images" if images else text
 
 
-SOFTWARE = ("code_version", "keras_backend", "keras_version", "backend_version", "precision")  # what else sets a figure
+# What else sets a training's figures: the code, its software, its precision, and where it ran (another GPU, or a CPU's
+# other number of cores, sums in another order: a Spark trial trains on its share of the cores).
+SETUP = ("code_version", "keras_backend", "keras_version", "backend_version", "precision", "device")
 
 
-def other_software(trial: dict, retrained: dict) -> str | None:
-    """What a retrain trained with that its trial did not (another commit of the code, backend, version or precision),
-    which may set their figures apart; None where the trial recorded the same, or nothing (2017's)."""
-    differ = [f"{key} {retrained.get(key)} (the trial's: {trial[key]})" for key in SOFTWARE
+def trained_otherwise(trial: dict, retrained: dict) -> str | None:
+    """What a retrain trained with that its trial did not (another commit of the code, backend, version, precision or
+    device), which may set their figures apart; None where the trial recorded the same, or nothing (2017's)."""
+    differ = [f"{key} {retrained.get(key)} (the trial's: {trial[key]})" for key in SETUP
               if trial.get(key) is not None and trial[key] != retrained.get(key)]
-    return f"Trained with other software than the trial: {', '.join(differ)}" if differ else None
+    return f"Trained with other software or hardware than the trial: {', '.join(differ)}" if differ else None
 
 
 def training_of(retrain: dict) -> str:

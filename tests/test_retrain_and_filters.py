@@ -18,7 +18,7 @@ import retrain_best_with_tensorboard as retrain
 from conftest import (FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_signal_in,
                       swallow_a_signal_while_the_data_loads)
 from neural_net import failure
-from precision import cpu_name
+from precision import cpu_name, device_name
 from test_datasets import write_cifar100_archive
 from trial import code_version
 from utils import load_json_result, save_json_result, weights_seed
@@ -342,7 +342,7 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     assert retrained_line.endswith(f"; result in weights/{retrained['model_name']}.txt.json")
     assert f"In the search: {retrained_line.removeprefix('Retrained:').split(';')[0].strip()}" in lines
     assert ", test " in retrained_line and "300 training images" in retrained_line
-    assert not any(line.startswith("Trained with other software") for line in lines)  # the trial's own
+    assert not any(line.startswith("Trained with other") for line in lines)  # the trial's own software and device
     # The same weights, batches and images: the same curve, to the float rounding of threaded reductions.
     for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
         assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
@@ -350,13 +350,15 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     first = tmp_path / "weights" / f"{trial['model_name']}.retrain.txt.json"  # as a version before --weights-seed wrote it
     first.write_text(json.dumps({k: v for k, v in retrained.items() if k != "weights_seed"}))
     # Another draw of the weights and batches, on the same images: another curve, beside the first retrain's. The trial
-    # as an older commit of the code trained it: which the retrain says, as it may set their figures apart.
+    # as an older commit of the code trained it, on a Spark worker's share of the cores: which the retrain says, as they may
+    # set their figures apart.
     trial_file = next((tmp_path / "results").glob("*.json"))
-    trial_file.write_text(json.dumps(trial | {"code_version": "0123456789ab"}))
+    trial_file.write_text(json.dumps(trial | {"code_version": "0123456789ab", "device": "CPU (Other CPU, 1 core)"}))
     assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
                          "--weights-seed", "7"]) == 0
     out = capsys.readouterr().out
-    assert f"\nTrained with other software than the trial: code_version {code_version()} (the trial's: 0123456789ab)\n" in out
+    assert (f"\nTrained with other software or hardware than the trial: code_version {code_version()} (the trial's: "
+            f"0123456789ab), device {device_name()} (the trial's: CPU (Other CPU, 1 core))\n") in out
     other = load_json_result(tmp_path / "weights" / f"{trial['model_name']}-2.retrain.txt.json")
     assert other["weights_seed"] == 7 and other["seed"] == 3 and other["val_images"] == trial["val_images"]
     assert other["history"]["loss"] != pytest.approx(trial["history"]["loss"], rel=1e-3)
