@@ -158,15 +158,20 @@ class Importance(NamedTuple):
     """How much a hyperparameter explains the accuracies, how likely by chance, and which way the best trials lean."""
 
     hyperparameter: str
-    method: str  # "|spearman|" for numbers, "eta^2" for categories
-    score: float  # in [0, 1]
+    method: str  # "|spearman|" for numbers, "eta" for categories
+    score: float  # in [0, 1], a correlation's scale for both
     p_value: float
     q_value: float
     tendency: str  # "higher did better", "lower did better", "Nadam did best, 0.602 mean of 24"; in parentheses if p >= 0.05
 
 
 def importance(rows: list[dict]) -> list[Importance]:
-    """Each hyperparameter's `Importance`, highest score first: |Spearman rho| or eta squared.
+    """Each hyperparameter's `Importance`, highest score first: |Spearman rho|, or for a category the correlation ratio eta.
+
+    Both are on a correlation's scale, so that they rank together: a two-level category's eta is the |Pearson r| of its
+    indicator with accuracy (eta squared, the share of the variance between categories, would be r squared, and rank
+    every category below a number that explains as much). A category of many levels scores higher by chance alone, which
+    its p-value accounts for.
 
     The p-value is how often a hyperparameter unrelated to accuracy would score as high: the share
     of 9,999 shufflings of the accuracies (all of them, for a few trials) that score at least as
@@ -197,11 +202,11 @@ def importance(rows: list[dict]) -> list[Importance]:
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
             members = np.array([[c == group for group in sorted(set(categories))] for c in categories], dtype=float)
             # The accuracies shuffled among the trials, each trial's category kept.
-            test = permutation_test((acc,), lambda a, axis: eta_squared(members, a), permutation_type="pairings",
+            test = permutation_test((acc,), lambda a, axis: correlation_ratio(members, a), permutation_type="pairings",
                                     vectorized=True, n_resamples=PERMUTATIONS, alternative="greater", rng=0)
             means = {group: acc[members[:, i] == 1].mean() for i, group in enumerate(sorted(set(categories)))}
             best = max(means, key=means.get)
-            scores.append((name, "eta^2", float(test.statistic), float(test.pvalue),
+            scores.append((name, "eta", float(test.statistic), float(test.pvalue),
                            f"{best} did best, {means[best]:.3f} mean of {categories.count(best)}", ""))
     q = false_discovery_control([p for _, _, _, p, *_ in scores], method="bh")
     # A lean that chance would often give (rho 0.002, say) is said in parentheses, not as a finding.
@@ -210,12 +215,13 @@ def importance(rows: list[dict]) -> list[Importance]:
     return sorted(ranked, key=lambda i: -i.score)
 
 
-def eta_squared(members: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """The share of the accuracies' variance (last axis) between the categories' means; members: trials x categories, 0 or 1."""
+def correlation_ratio(members: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """eta: the square root of the share of the accuracies' variance (last axis) between the categories' means; members:
+    trials x categories, 0 or 1."""
     counts = members.sum(axis=0)
     mean = acc.mean(axis=-1, keepdims=True)
     between = (counts * (acc @ members / counts - mean) ** 2).sum(axis=-1)
-    return between / ((acc - mean) ** 2).sum(axis=-1)
+    return np.sqrt(between / ((acc - mean) ** 2).sum(axis=-1))
 
 
 def mixed_settings(rows: list[dict]) -> list[str]:
@@ -334,8 +340,8 @@ def main(argv=None) -> int:
         why = f"every one reached {reached.pop():.4f}" if len(reached) == 1 else "no hyperparameter varies among them"
         print(f"\nWhat explains {split} fine accuracy over {counted}: nothing to say, {why}")
     else:
-        print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, eta^2 for "
-              "categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "
+        print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, the correlation "
+              "ratio eta for categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "
               f"for testing {len(ranked)} at once):")
     for name, method, score, p, q, tendency in ranked:
         print(f"  {name:24} {method:11} {score:.3f}  p {p_text(p):7}  q {p_text(q):7}  {tendency}")

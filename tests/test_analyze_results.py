@@ -257,7 +257,20 @@ def test_importance_of_a_few_trials_is_never_significant():
     # holds the worst instead: p = 2/3.
     ranked = analyze_results.importance(importance_rows([0.1, 0.2, 0.3], lr_rate_mult=[1, 2, 3], use_BN=[False, False, True]))
     assert [(i.hyperparameter, i.score, i.p_value) for i in ranked] == [
-        ("lr_rate_mult", pytest.approx(1.0), pytest.approx(1 / 3)), ("use_BN", pytest.approx(0.75), pytest.approx(2 / 3))]
+        ("lr_rate_mult", pytest.approx(1.0), pytest.approx(1 / 3)), ("use_BN", pytest.approx(0.75 ** 0.5), pytest.approx(2 / 3))]
+
+
+def test_a_category_and_a_number_that_split_the_trials_alike_score_alike():
+    # use_BN and batch_size take two values on the same trials; the accuracies are evenly spaced, so that their ranks
+    # are a linear function of them: Spearman's rho of batch_size is then the Pearson r of use_BN's indicator, which
+    # eta is. eta squared scored use_BN 0.75 against batch_size's 0.866, ranking the category below the number.
+    accuracy = np.linspace(0.30, 0.60, 12)
+    bn = [a > 0.4 for a in accuracy]
+    ranked = analyze_results.importance(importance_rows(accuracy, use_BN=bn, batch_size=[300.0 if b else 100.0 for b in bn]))
+    scores = {i.hyperparameter: (i.method, i.score) for i in ranked}
+    r = np.corrcoef(bn, accuracy)[0, 1]  # the point-biserial correlation
+    assert scores == {"use_BN": ("eta", pytest.approx(r)), "batch_size": ("|spearman|", pytest.approx(r))}
+    assert all(i.p_value < 0.01 for i in ranked)  # each from its own 9,999 shufflings: alike, not equal
 
 
 def test_importance_q_values_discount_chance_among_many_hyperparameters():
@@ -515,7 +528,7 @@ def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
 def test_the_importance_plot_labels_each_bar_beside_it_and_no_label_crosses_the_frame():
     ranked = [analyze_results.Importance("conv_pool_res_start_idx", "|spearman|", 1.0, 0.3, 0.6,
                                          "(higher did better), over the 3 trials that chose residual units"),
-              analyze_results.Importance("optimizer", "eta^2", 0.5, 0.01, 0.02, "Nadam did best, 0.602 mean of 24"),
+              analyze_results.Importance("optimizer", "eta", 0.5, 0.01, 0.02, "Nadam did best, 0.602 mean of 24"),
               analyze_results.Importance("batch_size", "|spearman|", 0.0, 0.9, 0.9, "(no trend)")]
     fig = analysis_plots.importance_ranking(ranked, "validation")
     with warnings.catch_warnings():
