@@ -249,14 +249,12 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
     spread = []
     for name in shaping(rows):
         if name in CATEGORICAL:
-            # 0 where the leaders share one level (as every trial does, where the search tried one), 1 where they hold all.
-            levels = len({str(r[name]) for r in rows})
-            ratio = (len({str(r[name]) for r in ok}) - 1) / (levels - 1) if levels > 1 else 0.0
+            everyone, leaders = category_spread([r[name] for r in rows]), category_spread([r[name] for r in ok])
         else:
             everyone = np.std([_number(r[name]) for r in rows if r[name] is not None])
-            leaders = [_number(r[name]) for r in ok if r[name] is not None]
-            ratio = np.std(leaders) / everyone if everyone > 0 and leaders else 0.0
-        spread.append((ratio, name))
+            numbers = [_number(r[name]) for r in ok if r[name] is not None]
+            leaders = np.std(numbers) if numbers else 0.0
+        spread.append((leaders / everyone if everyone > 0 else 0.0, name))
     varying = [name for ratio, name in sorted(spread, reverse=True)[:4] if ratio > 0]
     print(leaderboard_title(len(ok), rows))
 
@@ -267,6 +265,13 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
     for rank, r in enumerate(ok, 1):
         print(leaderboard_row(rank, r["trial"], r["fine_accuracy"], r["coarse_accuracy"], r["test_fine_accuracy"], r["epochs"],
                               r["pruned"], "  ".join(f"{short(r[n]):>{len(n)}}" for n in varying)))
+
+
+def category_spread(values: list) -> float:
+    """A category's spread on a number's scale: the square root of the chance that two of its values differ (Gini-Simpson),
+    which for two levels is sqrt(2) times the standard deviation of a 0/1 variable; 0 where all share one level."""
+    shares = np.unique([str(v) for v in values], return_counts=True)[1] / len(values) if values else np.ones(1)
+    return float(np.sqrt(1 - (shares ** 2).sum()))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
