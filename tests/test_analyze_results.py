@@ -654,6 +654,18 @@ def test_each_hyperparameters_trials_are_coloured_by_when_the_search_tried_them(
     assert {tuple(mark.get_facecolor()[0][:3]) for mark in legend.legend_handles} == {matplotlib.colors.to_rgb("grey")}
 
 
+def test_every_hyperparameters_panel_reads_accuracy_on_one_scale_those_of_fewer_trials_too():
+    # The weakest trial has no residual units: res_conv_kernel_size's panel leaves it out, and on a scale of its own
+    # would stretch the others' spread over the whole panel.
+    rows = [{"trial": i, "fine_accuracy": acc, "pruned": False, "lr_rate_mult": 0.6 + 0.2 * i,
+             "res_conv_kernel_size": None if acc < 0.2 else 2.0 + i % 3} for i, acc in enumerate((0.1, 0.5, 0.55, 0.6))]
+    fig = analysis_plots.hyperparameters_vs_accuracy(rows, {"lr_rate_mult": "log", "res_conv_kernel_size": "number"},
+                                                     "validation")
+    everyone, fewer = fig.axes[:2]
+    assert fewer.get_title() == "res_conv_kernel_size (3 of 4 trials)"
+    assert fewer.get_ylim() == everyone.get_ylim() and everyone.get_ylim()[0] < 0.1
+
+
 def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
     rows = [{"fine_accuracy": acc, "conv_kernel_size": k, "pruned": False} for acc, k in ((0.3, 2), (0.2, 3), (0.1, 4))]
     fig = analysis_plots.scatter_matrix(rows, {"conv_kernel_size": "number"})
