@@ -154,6 +154,9 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
     labels = [*chosen, "fine accuracy"]
     # A category's axis is marked with its labels at their places.
     levels = [_levels(ok, name) if kind == "category" else None for name, kind in chosen.items()] + [None]
+    # Trials of one category would hide one another at its place: spread them a little across it, as the slice plot does.
+    rng = np.random.default_rng(0)
+    jitter = [rng.uniform(-0.2, 0.2, len(ok)) if level else 0.0 for level in levels]
     k = len(columns)
     fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
     for i in range(k):
@@ -162,7 +165,8 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
             if i == j:
                 ax.hist(columns[i][~np.isnan(columns[i])], bins=12)
             else:
-                _trials(ax, columns[j], columns[i], pruned, colours=acc, s=8, cmap="viridis", vmin=acc.min(), vmax=acc.max())
+                _trials(ax, columns[j] + jitter[j], columns[i] + jitter[i], pruned, colours=acc, s=8, cmap="viridis",
+                        vmin=acc.min(), vmax=acc.max())
                 if levels[i]:
                     ax.set_yticks(range(len(levels[i])), [level or "none" for level in levels[i]])
             if levels[j]:

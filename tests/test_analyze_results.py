@@ -666,6 +666,20 @@ def test_every_hyperparameters_panel_reads_accuracy_on_one_scale_those_of_fewer_
     assert fewer.get_ylim() == everyone.get_ylim() and everyone.get_ylim()[0] < 0.1
 
 
+def test_the_scatter_matrix_spreads_a_categorys_trials_across_its_place_so_that_they_do_not_hide_one_another():
+    rows = [{"fine_accuracy": 0.3 + 0.01 * (i % 3), "pruned": False, "optimizer": ["Adam", "Nadam"][i % 2], "residual": i % 3}
+            for i in range(12)]
+    fig = analysis_plots.scatter_matrix(rows, {"optimizer": "category", "residual": "number"})
+    # optimizer (x) against residual (y): 12 trials at 6 places of the two, each seen apart, within 0.2 of its level.
+    [points] = [c for c in fig.axes[3].collections if c.get_label() == "trial"]
+    x, y = points.get_offsets().T
+    assert len({(round(a, 6), b) for a, b in zip(x, y)}) == 12 and list(y) == [r["residual"] for r in rows]
+    assert all(abs(a - ["Adam", "Nadam"].index(r["optimizer"])) <= 0.2 for a, r in zip(x, rows))
+    assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == ["Adam", "Nadam"]
+    counts = fig.axes[0].patches  # the diagonal's histogram counts each category at its place
+    assert sorted(p.get_height() for p in counts if p.get_height()) == [6, 6]
+
+
 def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
     rows = [{"fine_accuracy": acc, "conv_kernel_size": k, "pruned": False} for acc, k in ((0.3, 2), (0.2, 3), (0.1, 4))]
     fig = analysis_plots.scatter_matrix(rows, {"conv_kernel_size": "number"})
