@@ -157,18 +157,28 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
     # Trials of one category would hide one another at its place: spread them a little across it, as the slice plot does.
     rng = np.random.default_rng(0)
     jitter = [rng.uniform(-0.2, 0.2, len(ok)) if level else 0.0 for level in levels]
+    # On a log axis where the slice plot has one (a learning rate's multiplier, say), where every value is positive.
+    logs = [kind == "log" and np.nanmin(column) > 0 for kind, column in zip(chosen.values(), columns)] + [False]
     k = len(columns)
     fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
     for i in range(k):
         for j in range(k):
             ax = axes[i][j]
             if i == j:
-                ax.hist(columns[i][~np.isnan(columns[i])], bins=12)
+                shown = columns[i][~np.isnan(columns[i])]
+                ax.hist(shown, bins=np.geomspace(shown.min(), shown.max(), 13) if logs[i] else 12)
             else:
                 _trials(ax, columns[j] + jitter[j], columns[i] + jitter[i], pruned, colours=acc, s=8, cmap="viridis",
                         vmin=acc.min(), vmax=acc.max())
                 if levels[i]:
                     ax.set_yticks(range(len(levels[i])), [level or "none" for level in levels[i]])
+            for log, scale, axis, values in ((logs[j], ax.set_xscale, ax.xaxis, columns[j]),
+                                             (logs[i] and i != j, ax.set_yscale, ax.yaxis, columns[i])):
+                if log:
+                    scale("log")
+                    ticks = log_ticks(list(values[~np.isnan(values)]))
+                    axis.set_ticks(ticks, [f"{t:g}" for t in ticks])
+                    axis.set_minor_formatter(ticker.NullFormatter())
             if levels[j]:
                 ax.set_xticks(range(len(levels[j])), [level or "none" for level in levels[j]])
             elif _whole_numbers(columns[j]):

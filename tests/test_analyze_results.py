@@ -681,6 +681,18 @@ def test_the_scatter_matrix_spreads_a_categorys_trials_across_its_place_so_that_
     assert sorted(p.get_height() for p in counts if p.get_height()) == [6, 6]
 
 
+def test_a_log_scaled_hyperparameter_is_on_a_log_axis_in_the_scatter_matrix_as_in_the_slice_plot():
+    rows = [{"trial": i, "fine_accuracy": 0.1 * i, "pruned": False, "lr_rate_mult": lr, "one_more_fc": fc}
+            for i, (lr, fc) in enumerate(((0.6, 0.0), (0.9, 0.7), (1.2, 0.0), (1.6, 1.5)))]
+    kinds = {"lr_rate_mult": "log", "one_more_fc": "log"}  # the second with none, as 0: no log axis
+    matrix, panels = analysis_plots.scatter_matrix(rows, kinds), analysis_plots.hyperparameters_vs_accuracy(rows, kinds, "validation")
+    axes = np.array(matrix.axes).reshape(3, 3)
+    assert [ax.get_xscale() for ax in axes[2]] == ["log", "linear", "linear"]
+    assert [ax.get_yscale() for ax in axes[:, 2]] == ["log", "linear", "linear"]
+    assert axes[0][0].get_xscale() == "log"  # its histogram, over log-spaced bins
+    assert list(axes[2][0].get_xticks()) == list(panels.axes[0].get_xticks())
+
+
 def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
     rows = [{"fine_accuracy": acc, "conv_kernel_size": k, "pruned": False} for acc, k in ((0.3, 2), (0.2, 3), (0.1, 4))]
     fig = analysis_plots.scatter_matrix(rows, {"conv_kernel_size": "number"})
