@@ -205,9 +205,10 @@ class Search:
         args = self.args
         self.space = space
         if parallelism:
-            from spark_search import Poller, SparkUnavailable, broadcast, make_trials
+            from spark_search import Poller, SparkUnavailable, broadcast, cpu_share, make_trials
 
-            print(f"Running up to {parallelism} trials at once on Spark ({args.spark_master})")
+            share = cpu_share(args.spark_master, parallelism)  # one trial at a time trains on all of them
+            print(f"Running up to {parallelism} trials at once on Spark ({args.spark_master}){', ' + share if share else ''}")
             try:
                 self.trials = make_trials(args.spark_master, parallelism, finished.trials)
             except SparkUnavailable as err:

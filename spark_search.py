@@ -138,6 +138,21 @@ def spare_the_gpus_in_the_driver() -> None:
     os.environ.update(chosen, **{DRIVER_SET: ",".join(chosen)})
 
 
+def worker_threads(parallelism: int) -> int:
+    """The CPU threads that each of `parallelism` trials at once on this machine trains with: its share of the cores."""
+    return max(1, (os.cpu_count() or 1) // parallelism)
+
+
+def cpu_share(master: str, parallelism: int) -> str | None:
+    """Where a local master's trials train on this machine's CPU (no GPU visible): the cores each one trains on, as the
+    search says at start; None elsewhere."""
+    from precision import accelerators
+
+    if not re.fullmatch(r"local(\[.*\])?", master) or accelerators():
+        return None
+    return f"each on {worker_threads(parallelism)} of this machine's {os.cpu_count() or 1} CPU cores"
+
+
 def prepare_worker(parallelism: int) -> None:
     """In a Spark worker: TensorFlow threads = its share of the cores; a GPU, shared evenly when trials outnumber GPUs."""
     global _worker_gpu_lock
@@ -145,7 +160,7 @@ def prepare_worker(parallelism: int) -> None:
         return  # too late to change, or done already by this worker process
     for name in filter(None, os.environ.pop(DRIVER_SET, "").split(",")):
         os.environ.pop(name, None)  # inherited from the driver, as local workers are its children
-    threads = str(max(1, (os.cpu_count() or 1) // parallelism))
+    threads = str(worker_threads(parallelism))
     os.environ.update(TF_NUM_INTRAOP_THREADS=threads, TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=threads,
                       HYPEROPT_CNN_WORKER_READY="1")
     if "CUDA_VISIBLE_DEVICES" in os.environ:

@@ -49,6 +49,18 @@ def test_trials_at_once_are_the_local_masters_threads_unless_parallelism_says(ma
     assert spark_search.parallelism_of(master, requested) == trials_at_once
 
 
+def test_the_search_says_the_cores_each_local_trial_trains_on_where_no_gpu_is_visible(monkeypatch):
+    import precision
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(precision, "accelerators", lambda: [])
+    assert spark_search.cpu_share("local[4]", 4) == "each on 4 of this machine's 16 CPU cores"
+    assert spark_search.cpu_share("local[*]", 32) == "each on 1 of this machine's 16 CPU cores"
+    assert spark_search.cpu_share("spark://host:7077", 4) is None  # the executors' cores, not this machine's
+    monkeypatch.setattr(precision, "accelerators", lambda: [("NVIDIA H100 80GB HBM3", (9, 0))])
+    assert spark_search.cpu_share("local[4]", 4) is None
+
+
 def test_a_workers_lines_are_written_whole_so_that_two_trials_starting_at_once_do_not_merge_them(monkeypatch):
     from pruning import MedianStoppingRule
     from trial import report
@@ -95,7 +107,11 @@ def test_local_2_continues_a_sequential_search_two_trials_at_a_time_and_names_ea
         assert f"{started} A trial, up to 1 epoch: {describe(trial['result']['space'])}" in out.stderr.splitlines()
         assert trial["result"]["started"] == started.replace(" ", "T") + "+05:30"
         assert lines.index(f"{started} {first}") < next(i for i, line in enumerate(lines) if line.startswith(f"Trial {tid}: "))
-    assert "Resuming: 1 trial," in out.stdout and "Running up to 2 trials at once on Spark" in out.stdout
+    assert "Resuming: 1 trial," in out.stdout
+    # On a CPU, each trial trains on its share of the cores, where one at a time trains on all of them.
+    cores = os.cpu_count()
+    assert (f"Running up to 2 trials at once on Spark (local[2]), each on {max(1, cores // 2)} of this machine's {cores} "
+            "CPU cores\n") in out.stdout
     assert "Warning" not in out.stderr  # pyspark's about job tags, which the search does not use
     trials = load_trials(tmp_path / "results.pkl")
     assert sorted(t["tid"] for t in trials.trials) == [0, 1, 2, 3]
