@@ -109,7 +109,8 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
     rng = np.random.default_rng(0)
     cols, lines = 5, math.ceil(len(kinds) / 5)
     # One accuracy scale for every panel, those of a residual unit's hyperparameters (fewer trials) too: panels compare.
-    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False, layout="constrained", sharey=True)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, (name, kind) in zip(axes.flat, kinds.items()):
         x = _positions(ok, name, kind)
         if kind == "category":

@@ -270,7 +270,9 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
 def category_spread(values: list) -> float:
     """A category's spread on a number's scale: the square root of the chance that two of its values differ (Gini-Simpson),
     which for two levels is sqrt(2) times the standard deviation of a 0/1 variable; 0 where all share one level."""
-    shares = np.unique([str(v) for v in values], return_counts=True)[1] / len(values) if values else np.ones(1)
+    if not values:
+        return 0.0
+    shares = np.unique([str(v) for v in values], return_counts=True)[1] / len(values)
     return float(np.sqrt(1 - (shares ** 2).sum()))
 
 
@@ -345,9 +347,9 @@ def main(argv=None) -> int:
         why = f"every one reached {reached.pop():.4f}" if len(reached) == 1 else "no hyperparameter varies among them"
         print(f"\nWhat explains {split} fine accuracy over {counted}: nothing to say, {why}")
     else:
-        print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, the correlation "
-              "ratio eta for categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted "
-              f"for testing {len(ranked)} at once):")
+        print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, the correlation ratio eta "
+              "for categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted for "
+              f"testing {len(ranked)} at once):")
     for name, method, score, p, q, tendency in ranked:
         print(f"  {name:24} {method:11} {score:.3f}  p {p_text(p):7}  q {p_text(q):7}  {tendency}")
     try:
