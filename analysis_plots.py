@@ -39,6 +39,21 @@ def log_ticks(values: list[float]) -> list[float]:
     return ticks
 
 
+def on_log_axis(kind: str, values: np.ndarray) -> bool:
+    """Whether a hyperparameter's axis is logarithmic: log-uniform in the space, and every value drawn positive."""
+    shown = values[~np.isnan(values)]
+    return kind == "log" and len(shown) > 0 and shown.min() > 0
+
+
+def log_axis(ax, which: str, values: np.ndarray) -> None:
+    """Make the `which` ("x" or "y") axis of `ax` logarithmic over these values, marked at round numbers."""
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    ticks = log_ticks(list(values[~np.isnan(values)]))
+    axis.set_ticks(ticks, [f"{t:g}" for t in ticks])
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def plot_all(rows: list[dict], ranked: list, kinds: dict[str, str], out: Path,
              top: int, split: str) -> list[Path]:
     """Write every PNG into `out`, accuracies labelled as on `split`, of the hyperparameters in `kinds`; return their paths."""
@@ -124,11 +139,8 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
             shown = x[~np.isnan(x)]
             if len(shown) < len(x):
                 name = f"{name} ({len(shown)} of {len(x)} trials)"
-            if kind == "log" and len(shown) and shown.min() > 0:
-                ax.set_xscale("log")
-                ticks = log_ticks(list(shown))
-                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            if on_log_axis(kind, x):
+                log_axis(ax, "x", x)
             elif _whole_numbers(shown):
                 ax.xaxis.set_major_locator(ticker.MultipleLocator(1))
         ax.set_title(name, fontsize=8)
@@ -159,7 +171,7 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
     rng = np.random.default_rng(0)
     jitter = [rng.uniform(-0.2, 0.2, len(ok)) if level else 0.0 for level in levels]
     # On a log axis where the slice plot has one (a learning rate's multiplier, say), where every value is positive.
-    logs = [kind == "log" and np.nanmin(column) > 0 for kind, column in zip(chosen.values(), columns)] + [False]
+    logs = [on_log_axis(kind, column) for kind, column in zip(chosen.values(), columns)] + [False]
     k = len(columns)
     fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
     for i in range(k):
@@ -173,13 +185,10 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
                         vmin=acc.min(), vmax=acc.max())
                 if levels[i]:
                     ax.set_yticks(range(len(levels[i])), [level or "none" for level in levels[i]])
-            for log, scale, axis, values in ((logs[j], ax.set_xscale, ax.xaxis, columns[j]),
-                                             (logs[i] and i != j, ax.set_yscale, ax.yaxis, columns[i])):
-                if log:
-                    scale("log")
-                    ticks = log_ticks(list(values[~np.isnan(values)]))
-                    axis.set_ticks(ticks, [f"{t:g}" for t in ticks])
-                    axis.set_minor_formatter(ticker.NullFormatter())
+            if logs[j]:
+                log_axis(ax, "x", columns[j])
+            if logs[i] and i != j:
+                log_axis(ax, "y", columns[i])
             if levels[j]:
                 ax.set_xticks(range(len(levels[j])), [level or "none" for level in levels[j]])
             elif _whole_numbers(columns[j]):

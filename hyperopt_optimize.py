@@ -55,9 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "results.pkl; so that searches in other folders never share one)")
     parser.add_argument("--enqueue", action="append", metavar="POINT",
                         help="train this point of the space first, unless a trial trained it (one whose trials failed: up to "
-                             "3 tries): 2017-best (the 2017 "
-                             "search's best network), demo, a result JSON (its space), or a results folder (its best "
-                             "trial's: a pilot search's on fewer images, say); repeatable")
+                             f"{resume.ENQUEUE_TRIES} tries): 2017-best (the 2017 search's best network), demo, a result JSON "
+                             "(its space), or a results folder (its best trial's: a pilot search's on fewer images, say); "
+                             "repeatable")
     parser.add_argument("--select-on", choices=["validation", "test"], default="validation",
                         help="what selects epochs and trials: a validation split, or the test set as in 2017")
     parser.add_argument("--train-subset", type=at_least(1), default=None, help="train on this many images (stratified) for quick runs")

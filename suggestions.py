@@ -30,7 +30,7 @@ def suggesting_first(points: list[dict], algo):
 
     def suggest(new_ids, domain, trials, seed):
         docs = []
-        for new_id, vals in zip(new_ids, queue[:len(new_ids)]):
+        for new_id, vals in zip(new_ids, queue):
             misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir, "suggested_by": "enqueue"}
             miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
             docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
