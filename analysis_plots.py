@@ -270,7 +270,7 @@ def importance_ranking(ranked: list, split: str):
     """The importance scores (`analyze_results.Importance`) as bars, highest on top, each with its p- and q-value."""
     fig, ax = plt.subplots(figsize=(11, 0.3 * max(len(ranked), 1) + 1))  # wide enough for its names, bars and labels
     ax.barh([f"{i.hyperparameter} ({i.method})" for i in ranked][::-1], [i.score for i in ranked][::-1])
-    ax.set_xlim(0, 1)  # the scores' range
+    ax.set_xlim(min([0, *(i.score for i in ranked)]), 1)  # below 0: explained less than chance
     if not ranked:  # as the analysis's output says: too few trials, or nothing that varies
         ax.set_yticks([])
         ax.text(0.5, 0.5, "nothing to rank (see the analysis's output)", transform=ax.transAxes, ha="center", va="center")
@@ -278,5 +278,7 @@ def importance_ranking(ranked: list, split: str):
     for y, i in enumerate(reversed(ranked)):
         ax.annotate(f"{i.score:.3f}; p {p_text(i.p_value)}, q {p_text(i.q_value)}; {i.tendency}", (1, y),
                     xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
-    ax.set_xlabel(f"how much it explains {split} fine accuracy\np: so much by chance; q: p adjusted for testing them all")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"the share of the trials' ranking by {split} fine accuracy it explains beyond chance (adjusted R²)\n"
+                  "p: so much by chance; q: p adjusted for testing them all")
     return fig

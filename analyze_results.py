@@ -158,26 +158,27 @@ class Importance(NamedTuple):
     """How much a hyperparameter explains the accuracies, how likely by chance, and which way the best trials lean."""
 
     hyperparameter: str
-    method: str  # "|spearman|" for numbers, "eta" for categories
-    score: float  # in [0, 1], a correlation's scale for both
+    method: str  # "spearman" for numbers, "kruskal" (Kruskal-Wallis) for categories
+    score: float  # beyond_chance of the correlation: at most 1, about 0 for a hyperparameter that does not matter
     p_value: float
     q_value: float
     tendency: str  # "higher did better", "lower did better", "Nadam did best, 0.602 mean of 24"; in parentheses if p >= 0.05
+    correlation: float  # unadjusted: |Spearman rho|, or the correlation ratio eta of the accuracies' ranks
 
 
 def importance(rows: list[dict]) -> list[Importance]:
-    """Each hyperparameter's `Importance`, highest score first: |Spearman rho|, or for a category the correlation ratio eta.
+    """Each hyperparameter's `Importance`, highest score first: how much of the trials' ranking it explains beyond chance.
 
-    Both are on a correlation's scale, so that they rank together: a two-level category's eta is the |Pearson r| of its
-    indicator with accuracy (eta squared, the share of the variance between categories, would be r squared, and rank
-    every category below a number that explains as much). A category of many levels scores higher by chance alone, which
-    its p-value accounts for.
+    Both kinds are scored on the accuracies' ranks, so that a network that never learned counts as the worst and no
+    more: a number by Spearman's rho, a category by the correlation ratio eta of the ranks (Kruskal-Wallis's effect
+    size). A two-level category then scores exactly as a number that splits the trials alike. A category of k levels
+    fits k means, so it correlates by chance alone more than a number, which fits a line: each is scored by its R² less
+    what its fit explains by chance (`beyond_chance`), so that both score about 0 on average where they do not matter.
 
-    The p-value is how often a hyperparameter unrelated to accuracy would score as high: the share
-    of 9,999 shufflings of the accuracies (all of them, for a few trials) that score at least as
-    high. The q-value is the p-value adjusted for the number of hyperparameters tested at once
-    (Benjamini-Hochberg): those with q below 0.05 hold at most 5% false discoveries on average.
-    Neither knows that TPE chose the trials.
+    The p-value is how often a hyperparameter unrelated to accuracy would correlate as much: the share
+    of 9,999 shufflings of the accuracies (all of them, for a few trials) that do. The q-value is the p-value
+    adjusted for the number of hyperparameters tested at once (Benjamini-Hochberg): those with q below 0.05 hold at
+    most 5% false discoveries on average. Neither knows that TPE chose the trials.
     """
     from scipy.stats import PermutationMethod, false_discovery_control, pearsonr, permutation_test, rankdata
 
@@ -195,24 +196,38 @@ def importance(rows: list[dict]) -> list[Importance]:
             test = pearsonr(rankdata(values), rankdata(their_acc), method=PermutationMethod(n_resamples=PERMUTATIONS, rng=0))
             rho = round(float(test.statistic), 12)  # rounding's -2e-17 for ranks that do not correlate is no lean
             tendency = "higher did better" if rho > 0 else "lower did better" if rho < 0 else "no trend"
-            scores.append((name, "|spearman|", abs(rho), float(test.pvalue), tendency,
+            scores.append((name, "spearman", abs(rho), len(shaped), 2, float(test.pvalue), tendency,
                            f", over the {len(shaped)} trials {RESIDUAL_ONLY[name]}" if len(shaped) < len(ok) else ""))
     for name in (n for n in CATEGORICAL if n in names):
         categories = [str(r[name]) for r in ok]
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
             members = np.array([[c == group for group in sorted(set(categories))] for c in categories], dtype=float)
-            # The accuracies shuffled among the trials, each trial's category kept.
-            test = permutation_test((acc,), lambda a, axis: correlation_ratio(members, a), permutation_type="pairings",
-                                    vectorized=True, n_resamples=PERMUTATIONS, alternative="greater", rng=0)
+            # The accuracies' ranks shuffled among the trials, each trial's category kept.
+            test = permutation_test((rankdata(acc),), lambda a, axis: correlation_ratio(members, a),
+                                    permutation_type="pairings", vectorized=True, n_resamples=PERMUTATIONS,
+                                    alternative="greater", rng=0)
             means = {group: acc[members[:, i] == 1].mean() for i, group in enumerate(sorted(set(categories)))}
             best = max(means, key=means.get)
-            scores.append((name, "eta", float(test.statistic), float(test.pvalue),
+            scores.append((name, "kruskal", float(test.statistic), len(ok), len(means), float(test.pvalue),
                            f"{best} did best, {means[best]:.3f} mean of {categories.count(best)}", ""))
-    q = false_discovery_control([p for _, _, _, p, *_ in scores], method="bh")
+    q = false_discovery_control([p for *_, p, _, _ in scores], method="bh")
     # A lean that chance would often give (rho 0.002, say) is said in parentheses, not as a finding.
-    ranked = [Importance(name, method, score, p, float(q_value), (tendency if p < LEAN_P else f"({tendency})") + over)
-              for (name, method, score, p, tendency, over), q_value in zip(scores, q)]
-    return sorted(ranked, key=lambda i: -i.score)
+    ranked = [Importance(name, method, beyond_chance(r, n, fitted), p, float(q_value),
+                         (tendency if p < LEAN_P else f"({tendency})") + over, r)
+              for (name, method, r, n, fitted, p, tendency, over), q_value in zip(scores, q)]
+    return sorted(ranked, key=lambda i: (-i.score, i.p_value))
+
+
+def beyond_chance(correlation: float, n: int, fitted: int) -> float:
+    """The share of the variance that a correlation over n trials explains beyond chance: its adjusted R², for a fit of
+    these parameters (a line's 2, or a category's k means); below 0 where less than chance.
+
+    k means fitted to n trials explain (k - 1) / (n - 1) of the variance by chance alone, and adjusted R² takes that
+    off: for a category, it is Kruskal-Wallis's effect size, eta squared H (Tomczak & Tomczak 2014).
+    """
+    if n <= fitted:  # a category with a trial per level: the fit is exact whatever the accuracies
+        return 0.0
+    return 1 - (1 - correlation ** 2) * (n - 1) / (n - fitted)
 
 
 def correlation_ratio(members: np.ndarray, acc: np.ndarray) -> np.ndarray:
@@ -347,11 +362,12 @@ def main(argv=None) -> int:
         why = f"every one reached {reached.pop():.4f}" if len(reached) == 1 else "no hyperparameter varies among them"
         print(f"\nWhat explains {split} fine accuracy over {counted}: nothing to say, {why}")
     else:
-        print(f"\nWhat explains {split} fine accuracy over {counted} (|Spearman rho| for numbers, the correlation ratio eta "
-              "for categories; p: the chance of so high a score from a hyperparameter that does not matter; q: p adjusted for "
-              f"testing {len(ranked)} at once):")
-    for name, method, score, p, q, tendency in ranked:
-        print(f"  {name:24} {method:11} {score:.3f}  p {p_text(p):7}  q {p_text(q):7}  {tendency}")
+        print(f"\nWhat explains {split} fine accuracy over {counted} (score: the share of the trials' ranking it explains "
+              "beyond chance, an adjusted R² of Spearman's rho for numbers, of Kruskal-Wallis for categories; p: the chance "
+              "of so high a correlation from a hyperparameter that does not matter; q: p adjusted for testing "
+              f"{len(ranked)} at once):")
+    for name, method, score, p, q, tendency, _ in ranked:
+        print(f"  {name:24} {method:8} {score:6.3f}  p {p_text(p):7}  q {p_text(q):7}  {tendency}")
     try:
         with open(out / "importance.csv", "w", newline="") as f:
             csv.writer(f).writerows([Importance._fields, *ranked])

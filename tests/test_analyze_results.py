@@ -198,9 +198,10 @@ def test_importance_p_values_tell_what_drives_accuracy_from_chance():
     scores = {i.hyperparameter: (i.score, i.p_value) for i in analyze_results.importance(importance_rows(
         accuracy, lr_rate_mult=lr, batch_size=rng.uniform(100, 450, 30), optimizer=optimizer,
         activation=rng.choice(["relu", "elu"], 30)))}
-    assert scores["lr_rate_mult"][0] > 0.9 and scores["lr_rate_mult"][1] < 0.001
+    assert scores["lr_rate_mult"][0] > 0.8 and scores["lr_rate_mult"][1] < 0.001  # rho 0.93: R² 0.86, adjusted
     assert scores["optimizer"][0] > 0.5 and scores["optimizer"][1] < 0.001
     assert scores["batch_size"][1] > 0.05 and scores["activation"][1] > 0.05  # drawn independently of accuracy
+    assert scores["batch_size"][0] < 0.1 and scores["activation"][0] < 0.1
 
 
 def test_importance_says_which_way_the_better_trials_lean_and_a_lean_chance_would_often_give_in_parentheses():
@@ -266,29 +267,58 @@ def test_the_analysis_reads_a_network_as_neural_net_builds_it(residual, start, b
 def test_importance_says_no_trend_where_the_ranks_do_not_correlate():
     # Pearson's r of these ranks comes out as -2.5e-17, which would read as "lower did better".
     [ranked] = analyze_results.importance(importance_rows([0.0567, 0.0333, 0.0133], lr_rate_mult=[1.0, 2.0, 1.0]))
-    assert (ranked.score, ranked.tendency) == (0.0, "(no trend)")
+    assert (ranked.correlation, ranked.tendency) == (0.0, "(no trend)")
 
 
 def test_importance_of_a_few_trials_is_never_significant():
     # Three trials in the same order as a hyperparameter: 2 of their 6 orderings score |rho| = 1, so p = 1/3,
     # where the usual t approximation says p = 0. A category holding the best trial alone scores as high when it
-    # holds the worst instead: p = 2/3.
+    # holds the worst instead: p = 2/3; its eta squared of 0.75 is what a two-level split of 3 trials gives half the
+    # time, and its score, beyond chance, 1 - 0.25 * 2 / 1.
     ranked = analyze_results.importance(importance_rows([0.1, 0.2, 0.3], lr_rate_mult=[1, 2, 3], use_BN=[False, False, True]))
     assert [(i.hyperparameter, i.score, i.p_value) for i in ranked] == [
-        ("lr_rate_mult", pytest.approx(1.0), pytest.approx(1 / 3)), ("use_BN", pytest.approx(0.75 ** 0.5), pytest.approx(2 / 3))]
+        ("lr_rate_mult", pytest.approx(1.0), pytest.approx(1 / 3)), ("use_BN", pytest.approx(0.5), pytest.approx(2 / 3))]
 
 
 def test_a_category_and_a_number_that_split_the_trials_alike_score_alike():
-    # use_BN and batch_size take two values on the same trials; the accuracies are evenly spaced, so that their ranks
-    # are a linear function of them: Spearman's rho of batch_size is then the Pearson r of use_BN's indicator, which
-    # eta is. eta squared scored use_BN r squared, 0.67 against batch_size's 0.82, ranking the category below the number.
-    accuracy = np.linspace(0.30, 0.60, 12)
-    bn = [a > 0.4 for a in accuracy]
+    # use_BN and batch_size take two values on the same trials, one of them a network that never learned (0.01). Both
+    # are scored on the accuracies' ranks: Spearman's rho of batch_size is the Pearson r of use_BN's indicator with the
+    # ranks, which eta of the ranks is. eta of the accuracies themselves gave use_BN 0.53 against batch_size's 0.87:
+    # the one network at 0.01 held most of the variance.
+    accuracy = np.array([0.01, 0.30, 0.33, 0.36, 0.40, 0.43, 0.46, 0.50, 0.53, 0.56, 0.60, 0.63])
+    bn = [a > 0.38 for a in accuracy]
     ranked = analyze_results.importance(importance_rows(accuracy, use_BN=bn, batch_size=[300.0 if b else 100.0 for b in bn]))
-    scores = {i.hyperparameter: (i.method, i.score) for i in ranked}
-    r = np.corrcoef(bn, accuracy)[0, 1]  # the point-biserial correlation
-    assert scores == {"use_BN": ("eta", pytest.approx(r)), "batch_size": ("|spearman|", pytest.approx(r))}
+    scores = {i.hyperparameter: (i.method, i.correlation, i.score) for i in ranked}
+    r = np.corrcoef(bn, np.argsort(np.argsort(accuracy)))[0, 1]  # the point-biserial correlation with the ranks
+    adjusted = 1 - (1 - r ** 2) * 11 / 10  # R², less what a split of 12 trials explains by chance
+    assert scores == {"use_BN": ("kruskal", pytest.approx(r), pytest.approx(adjusted)),
+                      "batch_size": ("spearman", pytest.approx(r), pytest.approx(adjusted))}
     assert all(i.p_value < 0.01 for i in ranked)  # each from its own 9,999 shufflings: alike, not equal
+
+
+def test_a_category_with_a_trial_per_level_explains_nothing():
+    # Four trials, four pooling types: any accuracies split so fit exactly (eta 1), which scored it above a learning
+    # rate that nearly orders them (rho 0.8).
+    ranked = analyze_results.importance(importance_rows([0.2, 0.3, 0.4, 0.1], lr_rate_mult=[1, 3, 4, 2],
+                                                        pooling_type=["max", "avg", "all_conv", "inception"]))
+    assert [(i.hyperparameter, i.correlation) for i in ranked] == [("lr_rate_mult", pytest.approx(0.8)),
+                                                                     ("pooling_type", pytest.approx(1.0))]
+    assert ranked[1].score == 0 and ranked[1].p_value == 1
+
+
+def test_a_category_of_many_levels_scores_about_as_a_number_when_neither_matters(monkeypatch):
+    # 300 searches of 12 trials whose accuracies are unrelated to a number and to a 4-level category. The category fits
+    # 4 means to the number's line, so it correlates more by chance (eta about 0.48 against |rho| 0.24 on average);
+    # scored beyond chance, each scores about 0 on average.
+    monkeypatch.setattr(analyze_results, "PERMUTATIONS", 9)  # p-values are not looked at
+    rng = np.random.default_rng(0)
+    scores = {"lr_rate_mult": [], "pooling_type": []}
+    for _ in range(300):
+        for i in analyze_results.importance(importance_rows(rng.uniform(0.3, 0.6, 12), lr_rate_mult=rng.uniform(0.6, 1.6, 12),
+                                                            pooling_type=rng.choice(["max", "avg", "all_conv", "inception"], 12))):
+            scores[i.hyperparameter].append(i.score)
+    assert np.mean(scores["pooling_type"]) == pytest.approx(0, abs=0.04)
+    assert np.mean(scores["lr_rate_mult"]) == pytest.approx(0, abs=0.04)
 
 
 def test_importance_q_values_discount_chance_among_many_hyperparameters():
@@ -467,7 +497,7 @@ def test_two_trials_get_their_leaderboard_and_no_importance_ranking(tmp_path, ca
     assert "Top 2 of 3 trials" in out
     assert "one standard error" in out
     assert "What explains validation fine accuracy: too few finished trials to say (2 trials; it takes 3)" in out
-    assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value,tendency"
+    assert (tmp_path / "out" / "importance.csv").read_text().strip() == "hyperparameter,method,score,p_value,q_value,tendency,correlation"
 
 
 def test_trials_that_all_reached_one_accuracy_are_said_to_explain_nothing_and_their_importance_plot_says_so(tmp_path,
@@ -544,10 +574,10 @@ def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
 
 
 def test_the_importance_plot_labels_each_bar_beside_it_and_no_label_crosses_the_frame():
-    ranked = [analyze_results.Importance("conv_pool_res_start_idx", "|spearman|", 1.0, 0.3, 0.6,
-                                         "(higher did better), over the 3 trials that chose residual units"),
-              analyze_results.Importance("optimizer", "eta", 0.5, 0.01, 0.02, "Nadam did best, 0.602 mean of 24"),
-              analyze_results.Importance("batch_size", "|spearman|", 0.0, 0.9, 0.9, "(no trend)")]
+    ranked = [analyze_results.Importance("conv_pool_res_start_idx", "spearman", 1.0, 0.3, 0.6,
+                                         "(higher did better), over the 3 trials that chose residual units", 1.0),
+              analyze_results.Importance("optimizer", "kruskal", 0.5, 0.01, 0.02, "Nadam did best, 0.602 mean of 24", 0.55),
+              analyze_results.Importance("batch_size", "spearman", 0.0, 0.9, 0.9, "(no trend)", 0.02)]
     fig = analysis_plots.importance_ranking(ranked, "validation")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "Tight layout not applied": a figure too narrow for its labels
