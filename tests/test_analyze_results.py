@@ -306,6 +306,18 @@ def test_a_category_with_a_trial_per_level_explains_nothing():
     assert ranked[1].score == 0 and ranked[1].p_value == 1
 
 
+def test_a_category_scores_kruskal_wallis_eta_squared_h():
+    # Tomczak & Tomczak (2014): eta squared H = (H - k + 1) / (n - k), from scipy's H (ties corrected) over 3 levels.
+    from scipy.stats import kruskal
+
+    rng = np.random.default_rng(1)
+    accuracy = np.round(rng.uniform(0.3, 0.6, 15), 2)  # with ties
+    optimizer = rng.choice(["Adam", "Nadam", "RMSprop"], 15)
+    [ranked] = analyze_results.importance(importance_rows(accuracy, optimizer=optimizer))
+    h = kruskal(*(accuracy[optimizer == level] for level in ("Adam", "Nadam", "RMSprop"))).statistic
+    assert ranked.score == pytest.approx((h - 3 + 1) / (15 - 3))
+
+
 def test_a_category_of_many_levels_scores_about_as_a_number_when_neither_matters(monkeypatch):
     # 300 searches of 12 trials whose accuracies are unrelated to a number and to a 4-level category. The category fits
     # 4 means to the number's line, so it correlates more by chance (eta about 0.48 against |rho| 0.24 on average);
