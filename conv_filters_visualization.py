@@ -34,7 +34,7 @@ TILE_PIXELS = 128  # the smallest side of one filter's image in the PNGs, by def
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
-    parser.add_argument("--model", default=None, help="a saved .keras model (default: the newest in weights/)")
+    parser.add_argument("--model", default=None, help="a saved .keras model, or a folder: its newest (default: weights/)")
     parser.add_argument("--layers", default=None, help="regex of layer names; a dense layer climbs each unit, a head each class "
                         "(default: the residual add layers, else the conv layers)")
     parser.add_argument("--steps", type=at_least(1), default=40, help="gradient ascent steps per filter")
@@ -163,10 +163,11 @@ def save_grid(path: Path, picture: np.ndarray) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    path = Path(args.model) if args.model else newest_model()
+    folder = args.model if args.model and Path(args.model).is_dir() else None if args.model else "weights"
+    path = newest_model(folder) if folder else Path(args.model)
     if path is None or not path.is_file():
-        print(f"error: no model to load ({args.model or 'weights/*.keras'}); run retrain_best_with_tensorboard.py "
-              "first or pass --model PATH", file=sys.stderr)
+        print(f"error: no model to load ({os.path.join(folder, '*.keras') if folder else args.model}); run "
+              "retrain_best_with_tensorboard.py first or pass --model PATH", file=sys.stderr)
         return 2
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
         print(f"error: {path} is not a whole .keras model: a .keras file is a zip archive, this one is not "

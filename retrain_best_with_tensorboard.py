@@ -215,6 +215,10 @@ def main(argv=None) -> int:
         print(f"error: --results-dir {args.results_dir} is a file: to retrain that result, pass it with --result",
               file=sys.stderr)
         return 2
+    if args.result and Path(args.result).is_dir():
+        print(f"error: --result {args.result} is a folder: to retrain its best trial, pass it with --results-dir",
+              file=sys.stderr)
+        return 2
     try:
         picked = pick_result(args)
     except OSError as err:

@@ -273,7 +273,9 @@ def load_trials(path: str | os.PathLike):
             trials = pickle.load(f)
     except FileNotFoundError:
         raise
-    except OSError as err:  # a folder, no permission: the file may be fine
+    except IsADirectoryError:
+        raise TrialsFileError(f"{path} is a folder, not a trials pickle: give the pickle's path (results.pkl, say)") from None
+    except OSError as err:  # no permission: the file may be fine
         raise TrialsFileError(f"cannot read {path}: {err.strerror}") from None
     except Exception as err:  # noqa: BLE001 -- any unpickling failure means a broken file
         raise TrialsFileError(

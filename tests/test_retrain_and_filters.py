@@ -399,6 +399,15 @@ def test_a_result_file_given_as_the_results_folder_is_refused_naming_the_result_
     assert not (tmp_path / "weights").exists()
 
 
+def test_a_results_folder_given_as_the_result_is_refused_naming_the_folder_option(tmp_path, monkeypatch, capsys):
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE}, tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--result", "results"]) == 2
+    assert capsys.readouterr().err == ("error: --result results is a folder: to retrain its best trial, pass it with "
+                                       "--results-dir\n")
+    assert not (tmp_path / "weights").exists()
+
+
 def test_retrain_of_a_search_whose_trials_all_failed_says_so_rather_than_to_run_one(tmp_path, monkeypatch, capsys):
     for _ in range(2):
         save_json_result(failure(SMALL_SPACE, None, MemoryError("out of memory")), tmp_path / "results")
@@ -445,6 +454,13 @@ def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best
     assert [p.name for p in path.parent.iterdir()] == ["model.keras"]  # no temporary file left behind
 
 
+def test_a_folder_without_a_model_given_to_visualise_is_named_in_the_error(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert viz.main(["--model", str(tmp_path / "runs"), "--out", str(tmp_path / "layers")]) == 2
+    assert capsys.readouterr().err == (f"error: no model to load ({tmp_path / 'runs' / '*.keras'}); run "
+                                       "retrain_best_with_tensorboard.py first or pass --model PATH\n")
+
+
 def test_the_default_model_to_visualise_is_the_newest_saved_not_a_save_in_progress(tmp_path):
     for when, name in enumerate(["model_a.keras", "model_b.keras", ".model_a.keras.x1y2z3.tmp.keras"]):  # last: torn by a kill
         (tmp_path / name).write_bytes(b"PK")
@@ -463,8 +479,9 @@ def test_filter_images_have_the_grid_size_and_are_not_flat(retrained, tmp_path):
     side = (4 * 32 + 3 * 2) * 4  # 4x4 input-sized images, 2-pixel margins, each pixel 4x4 for viewing
     assert image.shape[:2] == (side, side)
     assert image.std() > 0.05
-    assert viz.main(["--model", str(folder / "weights" / "model_0.2_aaaaa.keras"), "--max-filters", "16",
-                     "--steps", "10", "--out", str(tmp_path), "--zoom", "1"]) == 0
+    # Its folder given instead: the newest model there, the same one.
+    assert viz.main(["--model", str(folder / "weights"), "--max-filters", "16", "--steps", "10", "--out", str(tmp_path),
+                     "--zoom", "1"]) == 0
     assert np.array_equal(matplotlib.image.imread(pngs[0]), image[::4, ::4])  # the same pixels, one for one
 
 

@@ -104,7 +104,7 @@ def test_the_2017_trials_pickle_loads(reference_dir):
 
 def test_a_folder_given_as_the_trials_pickle_is_not_called_corrupt(tmp_path):
     (tmp_path / "results").mkdir()
-    with pytest.raises(TrialsFileError, match=r"^cannot read .*results: Is a directory$"):
+    with pytest.raises(TrialsFileError, match=r"^.*results is a folder, not a trials pickle: give the pickle's path"):
         load_trials(tmp_path / "results")
 
 
