@@ -357,3 +357,18 @@ def test_the_search_benchmark_runs_both_searches_showing_their_trials_as_they_go
     # Progress on stderr, where a terminal shows it; the figures alone on stdout.
     assert done.stderr.count(", up to 1 epoch: ") == 2 and "The search with --prune median:" in done.stderr
     assert done.stdout.startswith("precision float32, space tiny, seed 0\n") and "Trial " not in done.stdout
+
+
+def test_the_importance_benchmark_runs_tpe_searches_as_the_analysis_sees_them(tmp_path):
+    import bench_importance
+
+    rows = bench_importance.search_rows(0, trials=25, noise=0.01)
+    assert [r["suggested_by"] for r in rows] == ["random"] * 20 + ["tpe"] * 5
+    assert all(0 <= r["lr_rate_mult"] <= 1 and r["batch_size"] != 1.0 for r in rows)  # drawn, not the constant
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_importance.py"), "--searches", "2", "--trials", "25",
+                           "--json", str(tmp_path / "figures.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads((tmp_path / "figures.json").read_text())["figures"]
+    assert set(figures) == {"across the whole search", "among trials drawn alike"}
+    assert all(0 <= f["unrelated_significant"] <= 1 and 0 <= f["learning_rate_found"] <= 1 for f in figures.values())
+    assert "among trials drawn alike" in done.stdout
