@@ -26,12 +26,13 @@ import numpy as np  # noqa: E402
 from hyperopt import Trials, fmin, hp, tpe  # noqa: E402
 
 import analyze_results  # noqa: E402
+import significance  # noqa: E402
 from cli import ArgumentParser, SEED, at_least, positive  # noqa: E402
 
 STARTUP = 20  # hyperopt's n_startup_jobs: random draws before TPE models the trials
 NAMES = analyze_results.NUMERIC[:8]  # their names; lr_rate_mult is the one that matters
 WAYS = {"across the whole search": lambda trials: np.zeros(len(trials), dtype=int),
-        "among trials drawn alike": analyze_results.exchangeable}
+        "among trials drawn alike": significance.exchangeable}
 
 
 def search_rows(seed: int, trials: int, noise: float) -> list[dict]:
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the first search (the next ones count up)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    analyze_results.PERMUTATIONS = 999  # enough to tell p < 0.05 apart, ten times as fast
+    significance.PERMUTATIONS = 999  # enough to tell p < 0.05 apart, ten times as fast
     unrelated, found = {way: 0 for way in WAYS}, {way: 0 for way in WAYS}
     for seed in range(args.seed, args.seed + args.searches):
         rows = search_rows(seed, args.trials, args.noise)

@@ -16,6 +16,7 @@ import analysis_notes
 import analysis_plots
 import analyze_results
 import hyperspace
+import significance
 from conftest import REPO
 from utils import load_json_result, save_json_result, save_trials
 
@@ -277,9 +278,9 @@ def test_a_hyperparameter_that_drifted_while_the_search_improved_is_not_called_s
 
 def test_the_random_draws_of_a_search_are_shuffled_among_themselves_and_tpe_trials_among_a_few_neighbours():
     kinds = {"r": "random", "t": "tpe", "e": "enqueue", "-": None}  # -: 2017's trials, which record none
-    assert list(analyze_results.exchangeable([{"suggested_by": kinds[k]} for k in "errrrrrrtttttttttttt"])) == [
+    assert list(significance.exchangeable([{"suggested_by": kinds[k]} for k in "errrrrrrtttttttttttt"])) == [
         0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 4, 4]
-    assert list(analyze_results.exchangeable([{"suggested_by": None}] * 12)) == [0] * 5 + [1] * 5 + [2] * 2
+    assert list(significance.exchangeable([{"suggested_by": None}] * 12)) == [0] * 5 + [1] * 5 + [2] * 2
     # A search of random draws alone (--algo random) is one block: its trials were drawn alike, whatever their order.
     rng = np.random.default_rng(0)
     progress = np.arange(60) / 60
@@ -346,7 +347,7 @@ def test_a_category_of_many_levels_scores_about_as_a_number_when_neither_matters
     # 300 searches of 12 trials whose accuracies are unrelated to a number and to a 4-level category. The category fits
     # 4 means to the number's line, so it correlates more by chance (eta about 0.48 against |rho| 0.24 on average);
     # scored beyond chance, each scores about 0 on average.
-    monkeypatch.setattr(analyze_results, "PERMUTATIONS", 9)  # p-values are not looked at
+    monkeypatch.setattr(significance, "PERMUTATIONS", 9)  # p-values are not looked at
     rng = np.random.default_rng(0)
     scores = {"lr_rate_mult": [], "pooling_type": []}
     for _ in range(300):
