@@ -347,8 +347,7 @@ def main(argv=None) -> int:
         print(f"\nWhat explains {split} fine accuracy over {counted} (score: the share of the trials' ranking it explains "
               "beyond chance, an adjusted R² of Spearman's rho for numbers, of Kruskal-Wallis for categories; p: the chance "
               "of so high a correlation from a hyperparameter that does not matter, among trials drawn alike; q: p adjusted "
-              "for testing "
-              f"{len(ranked)} at once):")
+              f"for testing {len(ranked)} at once):")
     for name, method, score, p, q, tendency, _ in ranked:
         print(f"  {name:24} {method:8} {score:6.3f}  p {p_text(p):7}  q {p_text(q):7}  {tendency}")
     try:
