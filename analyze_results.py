@@ -166,7 +166,7 @@ class Importance(NamedTuple):
     correlation: float  # unadjusted: |Spearman rho|, or the correlation ratio eta of the accuracies' ranks
 
 
-def importance(rows: list[dict]) -> list[Importance]:
+def importance(rows: list[dict], blocks_of=exchangeable) -> list[Importance]:
     """Each hyperparameter's `Importance`, highest score first: how much of the trials' ranking it explains beyond chance.
 
     Both kinds are scored on the accuracies' ranks, so that a network that never learned counts as the worst and no
@@ -177,13 +177,12 @@ def importance(rows: list[dict]) -> list[Importance]:
 
     The p-value is how often a hyperparameter unrelated to accuracy would correlate as much: the share of 9,999
     shufflings of the accuracies (all of them, for a few trials) that do, each trial's accuracy shuffled only among
-    the trials drawn as it was (`exchangeable`). TPE's trials are not: their accuracy rises as TPE learns, and a
-    hyperparameter that does not matter drifts along with the trials TPE models, so over the whole search the two
-    correlate by the drift alone; a shuffle among a few neighbours keeps both drifts. In simulated TPE searches
-    (bench/bench_importance.py) an unrelated hyperparameter reached p < 0.05 12.9% of the time shuffled across the
-    whole search, 5.9% shuffled so. The q-value is the p-value adjusted for the number of
-    hyperparameters tested at once (Benjamini-Hochberg): those with q below 0.05 hold at most 5% false discoveries on
-    average.
+    the trials drawn as it was (`blocks_of`: by default `exchangeable`). TPE's trials are not: their accuracy rises as
+    TPE learns, and a hyperparameter that does not matter drifts along with the trials TPE models, so over the whole
+    search the two correlate by the drift alone; a shuffle among a few neighbours keeps both drifts. In simulated TPE
+    searches (bench/bench_importance.py) an unrelated hyperparameter reached p < 0.05 12.9% of the time shuffled
+    across the whole search, 5.9% shuffled so. The q-value is the p-value adjusted for the number of hyperparameters
+    tested at once (Benjamini-Hochberg): those with q below 0.05 hold at most 5% false discoveries on average.
     """
     from scipy.stats import false_discovery_control, rankdata
 
@@ -199,7 +198,7 @@ def importance(rows: list[dict]) -> list[Importance]:
         if len(shaped) >= 3 and np.ptp(values) > 0 and np.ptp(their_acc) > 0:
             # Spearman's rho is Pearson's r of the ranks.
             ranks = rankdata(values)
-            rho, p = shuffled_p(rankdata(their_acc), exchangeable(shaped), lambda a: pearson_r(ranks, a))
+            rho, p = shuffled_p(rankdata(their_acc), blocks_of(shaped), lambda a: pearson_r(ranks, a))
             rho = round(rho, 12)  # rounding's -2e-17 for ranks that do not correlate is no lean
             tendency = "higher did better" if rho > 0 else "lower did better" if rho < 0 else "no trend"
             scores.append((name, "spearman", abs(rho), len(shaped), 2, p, tendency,
@@ -208,7 +207,7 @@ def importance(rows: list[dict]) -> list[Importance]:
         categories = [str(r[name]) for r in ok]
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
             members = np.array([[c == group for group in sorted(set(categories))] for c in categories], dtype=float)
-            eta, p = shuffled_p(rankdata(acc), exchangeable(ok), lambda a: correlation_ratio(members, a))
+            eta, p = shuffled_p(rankdata(acc), blocks_of(ok), lambda a: correlation_ratio(members, a))
             means = {group: acc[members[:, i] == 1].mean() for i, group in enumerate(sorted(set(categories)))}
             best = max(means, key=means.get)
             scores.append((name, "kruskal", eta, len(ok), len(means), p,

@@ -64,8 +64,7 @@ def main() -> None:
     for seed in range(args.seed, args.seed + args.searches):
         rows = search_rows(seed, args.trials, args.noise)
         for way, blocks in WAYS.items():
-            analyze_results.exchangeable = blocks
-            p = {i.hyperparameter: i.p_value for i in analyze_results.importance(rows)}
+            p = {i.hyperparameter: i.p_value for i in analyze_results.importance(rows, blocks_of=blocks)}
             unrelated[way] += sum(p[name] < 0.05 for name in NAMES if name != "lr_rate_mult")
             found[way] += p["lr_rate_mult"] < 0.05
         print(f"search {seed}: " + "; ".join(f"{way} {unrelated[way]} unrelated, {found[way]} found" for way in WAYS),
