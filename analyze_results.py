@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import math
 import os
 import sys
 from pathlib import Path
@@ -201,8 +202,9 @@ def importance(rows: list[dict], blocks_of=exchangeable) -> list[Importance]:
             rho, p = shuffled_p(rankdata(their_acc), blocks_of(shaped), lambda a: pearson_r(ranks, a))
             rho = round(rho, 12)  # rounding's -2e-17 for ranks that do not correlate is no lean
             tendency = "higher did better" if rho > 0 else "lower did better" if rho < 0 else "no trend"
-            scores.append((name, "spearman", abs(rho), len(shaped), 2, p, tendency,
-                           f", over the {len(shaped)} trials {RESIDUAL_ONLY[name]}" if len(shaped) < len(ok) else ""))
+            over = f", over the {len(shaped)} trials {RESIDUAL_ONLY[name]}" if len(shaped) < len(ok) else ""
+            scores.append(Importance(name, "spearman", beyond_chance(abs(rho), len(shaped), 2), p, math.nan,
+                                     leaning(tendency, p) + over, abs(rho)))
     for name in (n for n in CATEGORICAL if n in names):
         categories = [str(r[name]) for r in ok]
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
@@ -210,14 +212,17 @@ def importance(rows: list[dict], blocks_of=exchangeable) -> list[Importance]:
             eta, p = shuffled_p(rankdata(acc), blocks_of(ok), lambda a: correlation_ratio(members, a))
             means = {group: acc[members[:, i] == 1].mean() for i, group in enumerate(sorted(set(categories)))}
             best = max(means, key=means.get)
-            scores.append((name, "kruskal", eta, len(ok), len(means), p,
-                           f"{best} did best, {means[best]:.3f} mean of {categories.count(best)}", ""))
-    q = false_discovery_control([p for *_, p, _, _ in scores], method="bh")
-    # A lean that chance would often give (rho 0.002, say) is said in parentheses, not as a finding.
-    ranked = [Importance(name, method, beyond_chance(r, n, fitted), p, float(q_value),
-                         (tendency if p < LEAN_P else f"({tendency})") + over, r)
-              for (name, method, r, n, fitted, p, tendency, over), q_value in zip(scores, q)]
+            scores.append(Importance(name, "kruskal", beyond_chance(eta, len(ok), len(means)), p, math.nan,
+                                     leaning(f"{best} did best, {means[best]:.3f} mean of {categories.count(best)}", p),
+                                     eta))
+    q = false_discovery_control([i.p_value for i in scores], method="bh")
+    ranked = [i._replace(q_value=float(q_value)) for i, q_value in zip(scores, q)]
     return sorted(ranked, key=lambda i: (-i.score, i.p_value))
+
+
+def leaning(tendency: str, p: float) -> str:
+    """Which way the better trials lean, in parentheses where chance would often give it (rho 0.002, say)."""
+    return tendency if p < LEAN_P else f"({tendency})"
 
 
 def mixed_settings(rows: list[dict]) -> list[str]:

@@ -163,11 +163,14 @@ def save_grid(path: Path, picture: np.ndarray) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    folder = args.model if args.model and Path(args.model).is_dir() else None if args.model else "weights"
-    path = newest_model(folder) if folder else Path(args.model)
+    if args.model and not Path(args.model).is_dir():
+        path, where = Path(args.model), args.model
+    else:  # the newest model of a folder: weights/, or the one --model gives
+        folder = args.model or "weights"
+        path, where = newest_model(folder), os.path.join(folder, "*.keras")
     if path is None or not path.is_file():
-        print(f"error: no model to load ({os.path.join(folder, '*.keras') if folder else args.model}); run "
-              "retrain_best_with_tensorboard.py first or pass --model PATH", file=sys.stderr)
+        print(f"error: no model to load ({where}); run retrain_best_with_tensorboard.py first or pass --model PATH",
+              file=sys.stderr)
         return 2
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
         print(f"error: {path} is not a whole .keras model: a .keras file is a zip archive, this one is not "
