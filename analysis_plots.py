@@ -19,6 +19,7 @@ from matplotlib import ticker  # noqa: E402
 from trial import training_seconds  # noqa: E402
 
 LEGEND_ENTRIES = 10  # trials named in the per-epoch plot's legend
+ZOOM_FROM = 6  # epochs from which the per-epoch plot adds its last half, zoomed
 # How every plot marks a trial that ran its course, and one that was pruned (drawn at its accuracy when stopped).
 MARKS = {False: dict(label="trial", marker="o", s=14, color="C0"), True: dict(label="pruned", marker="v", s=20, color="C1")}
 
@@ -236,19 +237,24 @@ def convergence(rows: list[dict], split: str):
 
 
 def top_trials_per_epoch(ok: list[dict], top: int, split: str):
-    """The per-epoch accuracy of the `top` trials: a fine panel, and a coarse one where they had a coarse head."""
+    """The per-epoch accuracy of the `top` trials: a fine panel, and a coarse one where they had a coarse head; below
+    each, from `ZOOM_FROM` epochs on, its last half with the accuracy axis fit to it, where the leaders part (on the
+    whole run's axis the first epochs' rise squeezes them into a sliver)."""
     leaders = sorted(ok, key=lambda r: -r["fine_accuracy"])[:top]
     heads = ["fine", "coarse"] if any(r["coarse_curve"] for r in leaders) else ["fine"]
-    fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), squeeze=False)
-    for ax, head in zip(axes[0], heads):
-        for rank, r in enumerate(leaders):
-            curve = r[f"{head}_curve"]
-            # A trial of one epoch is a point, which a line alone does not draw.
-            ax.plot(range(1, len(curve) + 1), curve, marker="." if len(curve) == 1 else None,
-                    label=f"trial {r['trial']}" if rank < LEGEND_ENTRIES else None)
-        ax.set_title(f"{split} {head} accuracy")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+    longest = max(len(r["fine_curve"]) for r in leaders)
+    starts = [1, longest // 2 + 1] if longest >= ZOOM_FROM else [1]
+    fig, axes = plt.subplots(len(starts), len(heads), figsize=(5.5 * len(heads), 4 * len(starts)), squeeze=False)
+    for row, start in enumerate(starts):
+        for ax, head in zip(axes[row], heads):
+            for rank, r in enumerate(leaders):
+                curve = r[f"{head}_curve"][start - 1:]
+                # A trial of one epoch is a point, which a line alone does not draw.
+                ax.plot(range(start, start + len(curve)), curve, marker="." if len(curve) == 1 else None,
+                        label=f"trial {r['trial']}" if rank < LEGEND_ENTRIES else None)
+            ax.set_title(f"{split} {head} accuracy" + (f", epochs {start} to {longest}" if start > 1 else ""))
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
     more = len(leaders) > LEGEND_ENTRIES  # a --top of hundreds would make the legend taller than the figure
     axes[0][0].legend(fontsize=6, title=f"best {LEGEND_ENTRIES} of {len(leaders)}" if more else None, title_fontsize=6)
     return fig

@@ -504,7 +504,7 @@ def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights
     assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     assert not (tmp_path / "out" / "fine_vs_coarse.png").exists()
     per_epoch = matplotlib.image.imread(tmp_path / "out" / "top_trials_per_epoch.png")
-    assert per_epoch.shape[1] < per_epoch.shape[0] * 1.8  # one panel, not a fine and an empty coarse one
+    assert per_epoch.shape[1] < per_epoch.shape[0]  # one column (whole run, zoom), not a fine and an empty coarse one
     importance = (tmp_path / "out" / "importance.csv").read_text()
     assert "lr_rate_mult" in importance and "coarse_labels_weight" not in importance
     out = capsys.readouterr().out
@@ -552,10 +552,26 @@ def test_trials_that_all_reached_one_accuracy_are_said_to_explain_nothing_and_th
 
 def test_a_long_top_keeps_the_per_epoch_plots_legend_within_the_figure(tmp_path):
     make_results(tmp_path / "results", n=80)
-    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
-                                 "--top", "80"]) == 0
-    height, width, _ = matplotlib.image.imread(tmp_path / "out" / "top_trials_per_epoch.png").shape
-    assert height < width / 2
+    shapes = []
+    for top in ("8", "80"):
+        assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / top),
+                                     "--top", top]) == 0
+        shapes.append(matplotlib.image.imread(tmp_path / top / "top_trials_per_epoch.png").shape)
+    assert shapes[0] == shapes[1]  # a legend taller than its panel would have grown the figure
+
+
+def test_the_per_epoch_plot_zooms_on_the_last_half_where_the_leaders_part():
+    rows = importance_rows([0.60, 0.62, 0.64])
+    for trial, r in enumerate(rows):  # a fast rise, then a plateau where the three part
+        r["trial"], r["fine_curve"] = trial, list(np.minimum(np.linspace(0.02, 2.0, 20), r["fine_accuracy"]))
+        r["coarse_curve"] = []
+    whole, zoomed = analysis_plots.top_trials_per_epoch(rows, 3, "validation").axes
+    assert whole.get_ylim()[0] < 0.05 and whole.get_title() == "validation fine accuracy"
+    assert zoomed.get_title() == "validation fine accuracy, epochs 11 to 20"
+    assert 0.55 < zoomed.get_ylim()[0] < 0.60 and zoomed.get_ylim()[1] < 0.65
+    for r in rows:
+        r["fine_curve"] = r["fine_curve"][:analysis_plots.ZOOM_FROM - 1]
+    assert len(analysis_plots.top_trials_per_epoch(rows, 3, "validation").axes) == 1  # too few epochs to zoom on
 
 
 def test_empty_or_missing_results_dir_exits_2(tmp_path, capsys):
