@@ -217,9 +217,22 @@ def test_importance_says_which_way_the_better_trials_lean_and_a_lean_chance_woul
     nadam = accuracy[np.array(optimizer) == "Nadam"]
     rho = np.corrcoef(np.argsort(np.argsort(batch_size)), np.argsort(np.argsort(accuracy)))[0, 1]
     assert tendency == {"lr_rate_mult": "higher did better", "l2_weight_reg_mult": "lower did better",
-                        "optimizer": f"Nadam did best, {nadam.mean():.3f} mean of 15",
+                        "optimizer": f"Nadam did best, median {np.median(nadam):.3f} of 15",
                         "batch_size": f"({'higher' if rho > 0 else 'lower'} did better)"}
     assert {i.hyperparameter for i in ranked if i.p_value >= 0.05} == {"batch_size"}
+
+
+def test_the_level_of_a_category_that_did_best_is_the_one_whose_trials_ranked_higher_not_one_with_no_collapsed_network():
+    # "a" trained three networks above every "b" one and a fourth that never learned, which drags its mean below b's.
+    ranked = analyze_results.importance(importance_rows([0.60, 0.61, 0.62, 0.05, 0.50, 0.51, 0.52, 0.53],
+                                                        first_conv=["a"] * 4 + [""] * 4))
+    assert ranked[0].tendency == "(a did best, median 0.605 of 4)"
+    ranked = analyze_results.importance(importance_rows([0.50, 0.51, 0.52, 0.53, 0.60, 0.61, 0.62, 0.05],
+                                                        first_conv=[""] * 4 + ["a"] * 4))
+    assert ranked[0].tendency == "(a did best, median 0.605 of 4)"
+    ranked = analyze_results.importance(importance_rows([0.60, 0.61, 0.62, 0.05, 0.50, 0.51, 0.52, 0.53],
+                                                        first_conv=[""] * 4 + ["a"] * 4))
+    assert ranked[0].tendency == "(none did best, median 0.605 of 4)"  # a nested choice's None, as the plots name it
 
 
 def test_the_hyperparameters_of_residual_units_count_only_for_the_networks_that_have_them(tmp_path, capsys):
@@ -629,7 +642,7 @@ def test_log_uniform_hyperparameters_get_round_ticks_within_their_values():
 def test_the_importance_plot_labels_each_bar_beside_it_and_no_label_crosses_the_frame():
     ranked = [analyze_results.Importance("conv_pool_res_start_idx", "spearman", 1.0, 0.3, 0.6,
                                          "(higher did better), over the 3 trials that chose residual units", 1.0),
-              analyze_results.Importance("optimizer", "kruskal", 0.5, 0.01, 0.02, "Nadam did best, 0.602 mean of 24", 0.55),
+              analyze_results.Importance("optimizer", "kruskal", 0.5, 0.01, 0.02, "Nadam did best, median 0.623 of 24", 0.55),
               analyze_results.Importance("batch_size", "spearman", 0.0, 0.9, 0.9, "(no trend)", 0.02)]
     fig = analysis_plots.importance_ranking(ranked, "validation")
     with warnings.catch_warnings():
@@ -639,7 +652,7 @@ def test_the_importance_plot_labels_each_bar_beside_it_and_no_label_crosses_the_
     ax = fig.axes[0]
     frame = ax.get_window_extent()
     labels = {t.get_text(): t.get_window_extent() for t in ax.texts}
-    assert list(labels) == ["0.000; p 0.900, q 0.900; (no trend)", "0.500; p 0.010, q 0.020; Nadam did best, 0.602 mean of 24",
+    assert list(labels) == ["0.000; p 0.900, q 0.900; (no trend)", "0.500; p 0.010, q 0.020; Nadam did best, median 0.623 of 24",
                             "1.000; p 0.300, q 0.600; (higher did better), over the 3 trials that chose residual units"]
     assert all(not box.x0 < frame.x1 < box.x1 for box in labels.values())
     for box, bar in zip(labels.values(), ax.patches):  # on a bar's line, lowest first as drawn
