@@ -61,7 +61,7 @@ def plot_all(rows: list[dict], ranked: list, kinds: dict[str, str], out: Path,
     ok = [r for r in rows if r["fine_accuracy"] is not None]
     figures = {
         "hyperparameters_vs_accuracy.png": hyperparameters_vs_accuracy(ok, kinds, split),
-        "scatter_matrix.png": scatter_matrix(ok, {name: kinds[name] for name, *_ in ranked[:4]}),
+        "scatter_matrix.png": scatter_matrix(ok, {name: kinds[name] for name, *_ in ranked[:4]}, split),
         "convergence.png": convergence(rows, split),
         "top_trials_per_epoch.png": top_trials_per_epoch(ok, top, split),
     }
@@ -116,7 +116,7 @@ def _whole_numbers(values: np.ndarray) -> bool:
 
 def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: str):
     """One panel per hyperparameter: each trial's fine accuracy against its value, coloured by its trial number
-    (categories: their means too)."""
+    (categories: their medians too)."""
     acc = np.array([r["fine_accuracy"] for r in ok])
     pruned = _pruned(ok)
     # As Optuna's slice plot: where the search went as it learned, TPE's later trials against its first random ones.
@@ -132,8 +132,9 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
         if kind == "category":
             levels = _levels(ok, name)
             _trials(ax, x + rng.uniform(-0.2, 0.2, len(x)), acc, pruned, **when)
-            ax.scatter(range(len(levels)), [acc[x == i].mean() for i in range(len(levels))], marker="_", s=600,
-                       color="red", label="mean")
+            # The median, as the importance table gives it: one network that never learned drags a mean down.
+            ax.scatter(range(len(levels)), [np.median(acc[x == i]) for i in range(len(levels))], marker="_", s=600,
+                       color="red", label="median")
             ax.set_xticks(range(len(levels)), [level or "none" for level in levels], fontsize=7)
         else:
             _trials(ax, x, acc, pruned, **when)  # a NaN, of a network that it did not shape, is drawn nowhere
@@ -160,12 +161,15 @@ def hyperparameters_vs_accuracy(ok: list[dict], kinds: dict[str, str], split: st
     return fig
 
 
-def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
-    """Every pair of the chosen hyperparameters (name: kind) and fine accuracy, points coloured by accuracy; histograms on the diagonal."""
+def scatter_matrix(ok: list[dict], chosen: dict[str, str], split: str):
+    """Every pair of the chosen hyperparameters (name: kind) and fine accuracy, points coloured by accuracy, as a colour
+    bar says; histograms on the diagonal."""
     acc = np.array([r["fine_accuracy"] for r in ok])
     pruned = _pruned(ok)
     columns = [_positions(ok, name, kind) for name, kind in chosen.items()] + [acc]
-    labels = [*chosen, "fine accuracy"]
+    labels = [*chosen, f"{split} fine accuracy"]
+    # From the tenth percentile up: a network or two that never learned would spread the colours over the gap to them.
+    shade = dict(cmap="viridis", norm=plt.Normalize(np.percentile(acc, 10), acc.max()))
     # A category's axis is marked with its labels at their places.
     levels = [_levels(ok, name) if kind == "category" else None for name, kind in chosen.items()] + [None]
     # Trials of one category would hide one another at its place: spread them a little across it, as the slice plot does.
@@ -174,7 +178,7 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
     # On a log axis where the slice plot has one (a learning rate's multiplier, say), where every value is positive.
     logs = [on_log_axis(kind, column) for kind, column in zip(chosen.values(), columns)] + [False]
     k = len(columns)
-    fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False)
+    fig, axes = plt.subplots(k, k, figsize=(2.3 * k, 2.3 * k), squeeze=False, layout="constrained")
     for i in range(k):
         for j in range(k):
             ax = axes[i][j]
@@ -182,8 +186,7 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
                 shown = columns[i][~np.isnan(columns[i])]
                 ax.hist(shown, bins=np.geomspace(shown.min(), shown.max(), 13) if logs[i] else 12)
             else:
-                _trials(ax, columns[j] + jitter[j], columns[i] + jitter[i], pruned, colours=acc, s=8, cmap="viridis",
-                        vmin=acc.min(), vmax=acc.max())
+                _trials(ax, columns[j] + jitter[j], columns[i] + jitter[i], pruned, colours=acc, s=8, **shade)
                 if levels[i]:
                     ax.set_yticks(range(len(levels[i])), [level or "none" for level in levels[i]])
             if logs[j]:
@@ -201,6 +204,7 @@ def scatter_matrix(ok: list[dict], chosen: dict[str, str]):
             if j == 0:
                 ax.set_ylabel(labels[i], fontsize=7)
             ax.tick_params(labelsize=6)
+    fig.colorbar(matplotlib.cm.ScalarMappable(**shade), ax=axes, label=labels[-1], fraction=0.02, pad=0.01, extend="min")
     return fig
 
 

@@ -662,8 +662,8 @@ def test_the_importance_plot_labels_each_bar_beside_it_and_no_label_crosses_the_
 def test_the_scatter_matrix_places_categories_in_order_and_marks_them_with_their_labels():
     rows = [{"fine_accuracy": acc, "activation": act, "first_conv": conv, "lr_rate_mult": lr, "pruned": False}
             for acc, act, conv, lr in ((0.3, "relu", "", 1.0), (0.2, "elu", "3", 0.8), (0.1, "relu", "4", 1.2))]
-    fig = analysis_plots.scatter_matrix(rows, {"activation": "category", "first_conv": "category", "lr_rate_mult": "log"})
-    axes = np.array(fig.axes).reshape(4, 4)
+    fig = analysis_plots.scatter_matrix(rows, {"activation": "category", "first_conv": "category", "lr_rate_mult": "log"}, "validation")
+    axes = np.array(fig.axes[:16]).reshape(4, 4)  # then the colour bar
     assert [t.get_text() for t in axes[3][0].get_xticklabels()] == ["elu", "relu"]
     assert [t.get_text() for t in axes[1][3].get_yticklabels()] == ["none", "3", "4"]  # a nested choice's None
     # Accuracy against activation: relu's trials at 1, elu's at 0 (each spread a little across it).
@@ -721,7 +721,7 @@ def test_pruned_trials_are_told_apart_in_every_plot_of_accuracy_they_appear_in()
                                                             (0.3, False, 1.4, "elu")))]
     panels = analysis_plots.hyperparameters_vs_accuracy(rows, {"lr_rate_mult": "log", "activation": "category"}, "validation")
     pairs = analysis_plots.fine_vs_coarse(rows, "validation")
-    matrix = analysis_plots.scatter_matrix(rows, {"lr_rate_mult": "log"})  # lr_rate_mult against accuracy, bottom left
+    matrix = analysis_plots.scatter_matrix(rows, {"lr_rate_mult": "log"}, "validation")  # lr_rate_mult against accuracy, bottom left
     marks = {c.get_label(): (c.get_offsets().tolist(), c.get_paths()[0].vertices.shape) for c in matrix.axes[2].collections}
     assert marks["pruned"][0] == [pytest.approx([0.7, 0.1])] and len(marks["trial"][0]) == 2
     assert marks["pruned"][1] != marks["trial"][1]  # another shape, the colour saying the accuracy in both
@@ -751,6 +751,14 @@ def test_each_hyperparameters_trials_are_coloured_by_when_the_search_tried_them(
     assert {tuple(mark.get_facecolor()[0][:3]) for mark in legend.legend_handles} == {matplotlib.colors.to_rgb("grey")}
 
 
+def test_a_categorys_panel_marks_each_levels_median_as_the_importance_table_gives_it():
+    rows = [{"trial": i, "fine_accuracy": acc, "pruned": False, "optimizer": opt}
+            for i, (acc, opt) in enumerate(((0.60, "Adam"), (0.61, "Adam"), (0.05, "Adam"), (0.5, "Nadam")))]
+    ax = analysis_plots.hyperparameters_vs_accuracy(rows, {"optimizer": "category"}, "validation").axes[0]
+    [medians] = [c for c in ax.collections if c.get_label() == "median"]
+    assert medians.get_offsets().tolist() == [[0, 0.60], [1, 0.5]]  # Adam's mean, 0.42, would read as the worse
+
+
 def test_every_hyperparameters_panel_reads_accuracy_on_one_scale_those_of_fewer_trials_too():
     # The weakest trial has no residual units: res_conv_kernel_size's panel leaves it out, and on a scale of its own
     # would stretch the others' spread over the whole panel.
@@ -766,7 +774,7 @@ def test_every_hyperparameters_panel_reads_accuracy_on_one_scale_those_of_fewer_
 def test_the_scatter_matrix_spreads_a_categorys_trials_across_its_place_so_that_they_do_not_hide_one_another():
     rows = [{"fine_accuracy": 0.3 + 0.01 * (i % 3), "pruned": False, "optimizer": ["Adam", "Nadam"][i % 2], "residual": i % 3}
             for i in range(12)]
-    fig = analysis_plots.scatter_matrix(rows, {"optimizer": "category", "residual": "number"})
+    fig = analysis_plots.scatter_matrix(rows, {"optimizer": "category", "residual": "number"}, "validation")
     # optimizer (x) against residual (y): 12 trials at 6 places of the two, each seen apart, within 0.2 of its level.
     [points] = [c for c in fig.axes[3].collections if c.get_label() == "trial"]
     x, y = points.get_offsets().T
@@ -781,17 +789,29 @@ def test_a_log_scaled_hyperparameter_is_on_a_log_axis_in_the_scatter_matrix_as_i
     rows = [{"trial": i, "fine_accuracy": 0.1 * i, "pruned": False, "lr_rate_mult": lr, "one_more_fc": fc}
             for i, (lr, fc) in enumerate(((0.6, 0.0), (0.9, 0.7), (1.2, 0.0), (1.6, 1.5)))]
     kinds = {"lr_rate_mult": "log", "one_more_fc": "log"}  # the second with none, as 0: no log axis
-    matrix, panels = analysis_plots.scatter_matrix(rows, kinds), analysis_plots.hyperparameters_vs_accuracy(rows, kinds, "validation")
-    axes = np.array(matrix.axes).reshape(3, 3)
+    matrix, panels = analysis_plots.scatter_matrix(rows, kinds, "validation"), analysis_plots.hyperparameters_vs_accuracy(rows, kinds, "validation")
+    axes = np.array(matrix.axes[:9]).reshape(3, 3)
     assert [ax.get_xscale() for ax in axes[2]] == ["log", "linear", "linear"]
     assert [ax.get_yscale() for ax in axes[:, 2]] == ["log", "linear", "linear"]
     assert axes[0][0].get_xscale() == "log"  # its histogram, over log-spaced bins
     assert list(axes[2][0].get_xticks()) == list(panels.axes[0].get_xticks())
 
 
+def test_the_scatter_matrix_says_that_its_colours_are_the_accuracy_and_on_which_set():
+    rows = [{"fine_accuracy": acc, "lr_rate_mult": lr, "pruned": False} for acc, lr in ((0.3, 0.7), (0.2, 1.0), (0.1, 1.4))]
+    fig = analysis_plots.scatter_matrix(rows, {"lr_rate_mult": "log"}, "test")
+    *panels, bar = fig.axes
+    assert len(panels) == 4 and panels[3].get_xlabel() == "test fine accuracy"
+    assert bar.get_ylabel() == "test fine accuracy" and bar.get_ylim() == pytest.approx((0.12, 0.3))  # from the 10th percentile
+    fig.canvas.draw()
+    [points] = panels[2].collections  # accuracy against lr_rate_mult: the trial at 0.1 as dark as one at 0.12 would be
+    viridis = matplotlib.colormaps["viridis"]
+    assert [tuple(c[:3]) for c in points.get_facecolors()] == [pytest.approx(viridis(v)[:3]) for v in (1.0, 8 / 18, 0.0)]
+
+
 def test_kernel_sizes_are_marked_at_whole_numbers_in_the_scatter_matrix():
     rows = [{"fine_accuracy": acc, "conv_kernel_size": k, "pruned": False} for acc, k in ((0.3, 2), (0.2, 3), (0.1, 4))]
-    fig = analysis_plots.scatter_matrix(rows, {"conv_kernel_size": "number"})
+    fig = analysis_plots.scatter_matrix(rows, {"conv_kernel_size": "number"}, "validation")
     fig.canvas.draw()
     accuracy_by_kernel, kernel_by_accuracy = fig.axes[2], fig.axes[1]
     for ticks in (accuracy_by_kernel.get_xticks(), kernel_by_accuracy.get_yticks(), fig.axes[0].get_xticks()):
