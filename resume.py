@@ -22,7 +22,8 @@ def finished_trials(args: argparse.Namespace):
     """
     from hyperopt import Trials
 
-    from utils import TrialsFileError, finished_copy, iter_results, load_trials, mismatched_setting, result_path, save_json_result
+    from utils import (BrokenTrialsFile, TrialsFileError, finished_copy, iter_results, load_trials, mismatched_setting,
+                       result_path, save_json_result)
 
     if not os.path.exists(args.trials_file):
         # A new search there would restart TPE and number its trials from 0 among the old ones.
@@ -32,7 +33,10 @@ def finished_trials(args: argparse.Namespace):
                 f"{args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
         print(f"Starting a new search: trials go to {args.trials_file}, results to {args.results_dir}/")
         return Trials()
-    trials = finished_copy(load_trials(args.trials_file))
+    try:
+        trials = finished_copy(load_trials(args.trials_file))
+    except BrokenTrialsFile as err:
+        raise TrialsFileError(f"{err}; move it away to start a new search") from None
     # A run that stopped between saving the pickle and a result file (a full disk) left it out.
     for result in trials.results:
         if "tid" in result and not result_path(result, args.results_dir).exists():

@@ -264,8 +264,13 @@ class TrialsFileError(Exception):
     """The trials pickle cannot be used; the message is one line for the user."""
 
 
+class BrokenTrialsFile(TrialsFileError):
+    """The trials pickle holds no hyperopt Trials: torn, or another file."""
+
+
 def load_trials(path: str | os.PathLike):
-    """Load a hyperopt Trials pickle, or raise TrialsFileError without touching the file."""
+    """Load a hyperopt Trials pickle, or raise TrialsFileError (BrokenTrialsFile where it holds none) without touching
+    the file."""
     from hyperopt import Trials
 
     try:
@@ -278,13 +283,9 @@ def load_trials(path: str | os.PathLike):
     except OSError as err:  # no permission: the file may be fine
         raise TrialsFileError(f"cannot read {path}: {err.strerror}") from None
     except Exception as err:  # noqa: BLE001 -- any unpickling failure means a broken file
-        raise TrialsFileError(
-            f"{path} is corrupt or truncated ({type(err).__name__}); move it away to start a new search"
-        ) from None
+        raise BrokenTrialsFile(f"{path} is corrupt or truncated ({type(err).__name__})") from None
     if not isinstance(trials, Trials):
-        raise TrialsFileError(
-            f"{path} holds a {type(trials).__name__}, not hyperopt Trials; move it away to start a new search"
-        )
+        raise BrokenTrialsFile(f"{path} holds a {type(trials).__name__}, not hyperopt Trials")
     return trials
 
 

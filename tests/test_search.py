@@ -227,6 +227,7 @@ def test_a_broken_trials_pickle_is_refused_untouched(tmp_path, content, message)
     out = run_cli(tmp_path, "--max-evals", "1")
     assert out.returncode == 2
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.strip().endswith("; move it away to start a new search")
     assert (tmp_path / "results.pkl").read_bytes() == content
 
 
