@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--trials-file", default=None,
                         help="hyperopt trials pickle, rewritten after every trial (default: the results folder's name + .pkl, "
                              "results.pkl; so that searches in other folders never share one)")
+    parser.add_argument("--rebuild-trials", action="store_true",
+                        help="where the trials pickle is lost (deleted, or moved away as unreadable), rebuild it from the "
+                             "result files in --results-dir, each of which records its trial's id and point, and go on")
     parser.add_argument("--enqueue", action="append", metavar="POINT",
                         help="train this point of the space first, unless a trial trained it (one whose trials failed: up to "
                              f"{resume.ENQUEUE_TRIES} tries): 2017-best (the 2017 search's best network), demo, a result JSON "

@@ -146,7 +146,7 @@ def encode(point: dict, space: dict, what: str = "the point") -> dict[str, list]
 
     Raises NotInSpace, naming `what`, where the point lacks a hyperparameter or holds a value the space cannot sample.
     """
-    vals = {node.arg["label"].obj: [] for node in dfs(as_apply(space)) if node.name == "hyperopt_param"}
+    vals = unused(space)
     try:
         for key, node in space.items():
             if isinstance(node, Apply):
@@ -156,6 +156,11 @@ def encode(point: dict, space: dict, what: str = "the point") -> dict[str, list]
     except NotInSpace as err:
         raise NotInSpace(f"{what}: {err}") from None
     return vals
+
+
+def unused(space: dict) -> dict[str, list]:
+    """hyperopt's encoding of a point that uses none of `space`'s hyperparameters: each label, []."""
+    return {node.arg["label"].obj: [] for node in dfs(as_apply(space)) if node.name == "hyperopt_param"}
 
 
 def _encode(node: Apply, value, key: str, vals: dict) -> None:

@@ -16,38 +16,89 @@ def best_loss(trials) -> float | None:
 
 
 def finished_trials(args: argparse.Namespace):
-    """Trials from the pickle, without the ones that never finished, if they share this run's settings; or new Trials.
+    """Trials from the pickle, without the ones that never finished, if they share this run's settings; or new Trials;
+    or, with --rebuild-trials, those of the result files, saved as the pickle.
 
     TrialsFileError for a pickle that cannot be read or whose trials do not compare with this run's.
     """
     from hyperopt import Trials
 
     from utils import (BrokenTrialsFile, TrialsFileError, finished_copy, iter_results, load_trials, mismatched_setting,
-                       result_path, save_json_result)
+                       result_path, save_json_result, save_trials)
 
-    if not os.path.exists(args.trials_file):
+    def searched() -> int:  # the results of this project's searches there (2017's record no trial id)
+        return sum("tid" in result for _, result in iter_results(args.results_dir))
+
+    if args.rebuild_trials:
+        if os.path.exists(args.trials_file):
+            raise TrialsFileError(f"--rebuild-trials writes {args.trials_file} only where there is none: move that one "
+                                  "away first")
+        trials = rebuilt_trials(args.results_dir)
+        print(f"Rebuilt the trials of {args.trials_file} from {plural(len(trials.trials), 'result file')} in "
+              f"{args.results_dir}/")
+    elif not os.path.exists(args.trials_file):
         # A new search there would restart TPE and number its trials from 0 among the old ones.
-        if orphans := sum("tid" in result for _, result in iter_results(args.results_dir)):
+        if orphans := searched():
             raise TrialsFileError(
                 f"{args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
-                f"{args.trials_file}: pass that pickle with --trials-file, or start a new search with another --results-dir")
+                f"{args.trials_file}: pass that pickle with --trials-file, rebuild it from them with --rebuild-trials, or "
+                "start a new search with another --results-dir")
         print(f"Starting a new search: trials go to {args.trials_file}, results to {args.results_dir}/")
         return Trials()
-    try:
-        trials = finished_copy(load_trials(args.trials_file))
-    except BrokenTrialsFile as err:
-        raise TrialsFileError(f"{err}; move it away to start a new search") from None
-    # A run that stopped between saving the pickle and a result file (a full disk) left it out.
-    for result in trials.results:
-        if "tid" in result and not result_path(result, args.results_dir).exists():
-            save_json_result(result, args.results_dir)
-            print(f"Restored the result file of trial {result['tid']} from {args.trials_file}")
+    else:
+        try:
+            trials = finished_copy(load_trials(args.trials_file))
+        except BrokenTrialsFile as err:
+            again = "rebuild it from the result files with --rebuild-trials" if searched() else "start a new search"
+            raise TrialsFileError(f"{err}; move it away to {again}") from None
+        # A run that stopped between saving the pickle and a result file (a full disk) left it out.
+        for result in trials.results:
+            if "tid" in result and not result_path(result, args.results_dir).exists():
+                save_json_result(result, args.results_dir)
+                print(f"Restored the result file of trial {result['tid']} from {args.trials_file}")
     best = best_loss(trials)
     print(f"Resuming: {plural(len(trials.trials), 'trial')}, best fine accuracy {'none yet' if best is None else f'{-best:.4f}'}")
     if mismatch := mismatched_setting(trials, args.trials_file, dataset=os.path.basename(args.dataset),
                                       selected_on=args.select_on, search_space=args.space, seed=args.seed):
         raise TrialsFileError(mismatch)
+    if args.rebuild_trials:  # once they compare with this run's: a pickle of others would be refused at every resume
+        save_trials(trials, args.trials_file)
     return trials
+
+
+def rebuilt_trials(results_dir: str):
+    """The finished trials of a search, rebuilt from its result files: each records its trial id, the point it trained
+    (or, for a Spark worker that crashed, hyperopt's encoding of it), how it was suggested and its result, which is all
+    that TPE models. TrialsFileError where they are not one search's."""
+    from hyperopt import JOB_STATE_DONE, Trials
+    from hyperopt.base import miscs_update_idxs_vals
+
+    from hyperspace import SPACES, NotInSpace, encode, unused
+    from utils import TrialsFileError, holding, iter_results
+
+    trials, docs, files = Trials(), [], {}
+    for path, result in iter_results(results_dir):
+        if (tid := result.get("tid")) is None:  # a 2017 file: its trial lives in 2017's pickle alone
+            continue
+        if tid in files:
+            raise TrialsFileError(f"{results_dir}/ holds two result files of trial {tid}, {files[tid]} and {path.name}: "
+                                  "not one search's")
+        files[tid] = path.name
+        space = SPACES.get(result.get("search_space", "full"), SPACES["full"])
+        try:
+            vals = (encode(result["space"], space, str(path)) if result["space"] else
+                    unused(space) | {label: [value] for label, value in result.get("hyperopt_vals", {}).items()})
+        except NotInSpace as err:
+            raise TrialsFileError(f"cannot rebuild the trials: {err}") from None
+        # As hyperopt's own generate_trials_to_calculate builds a trial of a given point.
+        misc = {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
+                "suggested_by": result.get("suggested_by")}
+        miscs_update_idxs_vals([misc], {label: [tid] * len(v) for label, v in vals.items()}, vals)
+        [doc] = trials.new_trial_docs([tid], [None], [result], [misc])
+        docs.append({**doc, "state": JOB_STATE_DONE})
+    if not docs:
+        raise TrialsFileError(f"--rebuild-trials: {results_dir}/ holds no result file of this project's searches")
+    return holding(trials, sorted(docs, key=lambda doc: doc["tid"]))
 
 
 def warn_of_changed_settings(finished, args: argparse.Namespace, width: int, version: str | None) -> None:

@@ -771,6 +771,66 @@ def test_results_whose_trials_pickle_is_elsewhere_are_refused_untouched(tmp_path
     assert "Resuming: 1 trial," in capsys.readouterr().out
 
 
+def trials_as_tpe_models_them(trials) -> list:
+    return [(t["tid"], t["state"], active(t["misc"]["vals"]), t["misc"]["idxs"], t["misc"]["suggested_by"], t["result"])
+            for t in trials.trials]
+
+
+@pytest.mark.slow
+def test_a_lost_trials_pickle_is_rebuilt_from_the_result_files_and_tpe_goes_on_as_it_would_have(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--startup-trials", "2") == 0
+    (tmp_path / "results.pkl").rename(tmp_path / "kept.pkl")
+    capsys.readouterr()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 2
+    assert "rebuild it from them with --rebuild-trials" in capsys.readouterr().err
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--rebuild-trials") == 0
+    out = capsys.readouterr().out
+    assert "Rebuilt the trials of results.pkl from 3 result files in results/\nResuming: 3 trials," in out
+    kept, rebuilt = load_trials(tmp_path / "kept.pkl"), load_trials(tmp_path / "results.pkl")
+    assert trials_as_tpe_models_them(rebuilt) == trials_as_tpe_models_them(kept)
+    # A rebuilt pickle is never overwritten by another rebuild.
+    before = (tmp_path / "results.pkl").read_bytes()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--rebuild-trials") == 2
+    assert capsys.readouterr().err == ("error: --rebuild-trials writes results.pkl only where there is none: move that "
+                                       "one away first\n")
+    assert (tmp_path / "results.pkl").read_bytes() == before
+    # TPE's next suggestion from the rebuilt pickle is the one it makes from the original.
+    shutil.copytree(tmp_path / "results", tmp_path / "original")
+    (tmp_path / "kept.pkl").rename(tmp_path / "original.pkl")
+    for folder in ("results", "original"):
+        assert in_process(tmp_path, monkeypatch, "--max-evals", "4", "--results-dir", folder) == 0
+    assert ([active(t["misc"]["vals"]) for t in load_trials(tmp_path / "results.pkl").trials] ==
+            [active(t["misc"]["vals"]) for t in load_trials(tmp_path / "original.pkl").trials])
+    # An unreadable pickle: the way out names the rebuild.
+    (tmp_path / "results.pkl").write_bytes(b"torn")
+    capsys.readouterr()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "5") == 2
+    assert capsys.readouterr().err.endswith("is corrupt or truncated (UnpicklingError); move it away to rebuild it from "
+                                            "the result files with --rebuild-trials\n")
+
+
+def test_trials_are_rebuilt_from_a_crashed_workers_result_and_not_from_two_searches_or_2017s(tmp_path):
+    import resume
+    from hyperopt import STATUS_FAIL
+
+    from utils import TrialsFileError
+
+    (tmp_path / "results").mkdir()
+    crashed = {"status": STATUS_FAIL, "error": "worker lost", "model_name": "model_failed_abcde", "space": None,
+               "pruned": False, "hyperopt_vals": {"lr_rate_mult": 1.2, "optimizer": 1}, "tid": 4}
+    (tmp_path / "results" / "model_failed_abcde.txt.json").write_text(json.dumps(crashed))
+    # A 2017 file records no trial id: its trial is in 2017's pickle alone.
+    (tmp_path / "results" / "model_2017.txt.json").write_text(json.dumps({"status": "ok", "loss": -0.6, "space": {}}))
+    [trial] = resume.rebuilt_trials(str(tmp_path / "results")).trials
+    assert trial["tid"] == 4 and trial["result"] == crashed
+    assert active(trial["misc"]["vals"]) == {"lr_rate_mult": [1.2], "optimizer": [1]}
+    assert trial["misc"]["vals"]["residual"] == [] and trial["misc"]["idxs"]["lr_rate_mult"] == [4]
+    (tmp_path / "results" / "model_failed_fghij.txt.json").write_text(json.dumps(crashed | {"model_name": "model_failed_fghij"}))
+    with pytest.raises(TrialsFileError, match="holds two result files of trial 4, model_failed_abcde.txt.json and model_failed_fghij"):
+        resume.rebuilt_trials(str(tmp_path / "results"))
+
+
 @pytest.mark.parametrize("where, folder", [(["--results-dir", "a_file/results"], "a_file/results"),
                                            (["--results-dir", "a_file"], "a_file"),
                                            (["--trials-file", "a_file/results.pkl"], "a_file")])
