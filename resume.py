@@ -74,11 +74,12 @@ def rebuilt_trials(results_dir: str):
     from hyperopt.base import miscs_update_idxs_vals
 
     from hyperspace import SPACES, NotInSpace, encode, unused
-    from utils import TrialsFileError, holding, iter_results
+    from utils import TrialsFileError, holding, iter_results, warn
 
-    trials, docs, files = Trials(), [], {}
+    trials, docs, files, without_id = Trials(), [], {}, 0
     for path, result in iter_results(results_dir):
-        if (tid := result.get("tid")) is None:  # a 2017 file: its trial lives in 2017's pickle alone
+        if (tid := result.get("tid")) is None:  # a 2017 file
+            without_id += 1
             continue
         if tid in files:
             raise TrialsFileError(f"{results_dir}/ holds two result files of trial {tid}, {files[tid]} and {path.name}: "
@@ -98,6 +99,9 @@ def rebuilt_trials(results_dir: str):
         docs.append({**doc, "state": JOB_STATE_DONE})
     if not docs:
         raise TrialsFileError(f"--rebuild-trials: {results_dir}/ holds no result file of this project's searches")
+    if without_id:
+        warn(f"{plural(without_id, 'result file')} in {results_dir}/ {'records' if without_id == 1 else 'record'} no "
+             "trial id, as 2017's do: their trials, in 2017's pickle alone, are left out of the rebuilt one")
     return holding(trials, sorted(docs, key=lambda doc: doc["tid"]))
 
 

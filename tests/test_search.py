@@ -810,7 +810,7 @@ def test_a_lost_trials_pickle_is_rebuilt_from_the_result_files_and_tpe_goes_on_a
                                             "the result files with --rebuild-trials\n")
 
 
-def test_trials_are_rebuilt_from_a_crashed_workers_result_and_not_from_two_searches_or_2017s(tmp_path):
+def test_trials_are_rebuilt_from_a_crashed_workers_result_and_not_from_two_searches_or_2017s(tmp_path, capsys):
     import resume
     from hyperopt import STATUS_FAIL
 
@@ -823,6 +823,8 @@ def test_trials_are_rebuilt_from_a_crashed_workers_result_and_not_from_two_searc
     # A 2017 file records no trial id: its trial is in 2017's pickle alone.
     (tmp_path / "results" / "model_2017.txt.json").write_text(json.dumps({"status": "ok", "loss": -0.6, "space": {}}))
     [trial] = resume.rebuilt_trials(str(tmp_path / "results")).trials
+    assert capsys.readouterr().err == (f"warning: 1 result file in {tmp_path / 'results'}/ records no trial id, as 2017's "
+                                       "do: their trials, in 2017's pickle alone, are left out of the rebuilt one\n")
     assert trial["tid"] == 4 and trial["result"] == crashed
     assert active(trial["misc"]["vals"]) == {"lr_rate_mult": [1.2], "optimizer": [1]}
     assert trial["misc"]["vals"]["residual"] == [] and trial["misc"]["idxs"]["lr_rate_mult"] == [4]
