@@ -51,6 +51,14 @@ def finished_trials(args: argparse.Namespace):
         except BrokenTrialsFile as err:
             again = "rebuild it from the result files with --rebuild-trials" if searched() else "start a new search"
             raise TrialsFileError(f"{err}; move it away to {again}") from None
+        # An older copy of the pickle (a backup put back, a folder synced without it): the next trials would take the
+        # ids of trials that it lacks, and two result files would say they are one trial.
+        known = {t["tid"] for t in trials.trials}
+        if lacked := sorted({result["tid"] for _, result in iter_results(args.results_dir) if "tid" in result} - known):
+            shown = ", ".join(map(str, lacked[:5])) + (f" and {len(lacked) - 5} more" if len(lacked) > 5 else "")
+            raise TrialsFileError(f"{args.results_dir}/ holds the results of {plural(len(lacked), 'trial')} that "
+                                  f"{args.trials_file} lacks ({shown}): an older copy of it? Move it away to rebuild it "
+                                  "from the result files with --rebuild-trials")
         # A run that stopped between saving the pickle and a result file (a full disk) left it out.
         for result in trials.results:
             if "tid" in result and not result_path(result, args.results_dir).exists():

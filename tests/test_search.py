@@ -810,6 +810,20 @@ def test_a_lost_trials_pickle_is_rebuilt_from_the_result_files_and_tpe_goes_on_a
                                             "the result files with --rebuild-trials\n")
 
 
+@pytest.mark.slow
+def test_an_older_copy_of_the_trials_pickle_is_refused_untouched_before_a_trial_takes_the_id_of_one_it_lacks(
+        tmp_path, monkeypatch, capsys):
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    older = (tmp_path / "results.pkl").read_bytes()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    (tmp_path / "results.pkl").write_bytes(older)  # a backup put back
+    capsys.readouterr()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 2
+    assert capsys.readouterr().err == ("error: results/ holds the results of 1 trial that results.pkl lacks (1): an older "
+                                       "copy of it? Move it away to rebuild it from the result files with --rebuild-trials\n")
+    assert (tmp_path / "results.pkl").read_bytes() == older and len(list((tmp_path / "results").glob("*.json"))) == 2
+
+
 def test_trials_are_rebuilt_from_a_crashed_workers_result_and_not_from_two_searches_or_2017s(tmp_path, capsys):
     import resume
     from hyperopt import STATUS_FAIL
