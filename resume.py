@@ -23,11 +23,7 @@ def finished_trials(args: argparse.Namespace):
     """
     from hyperopt import Trials
 
-    from utils import (BrokenTrialsFile, TrialsFileError, finished_copy, iter_results, load_trials, mismatched_setting,
-                       result_path, save_json_result, save_trials)
-
-    def searched() -> int:  # the results of this project's searches there (2017's record no trial id)
-        return sum("tid" in result for _, result in iter_results(args.results_dir))
+    from utils import TrialsFileError, iter_results, mismatched_setting, save_trials
 
     if args.rebuild_trials:
         if os.path.exists(args.trials_file):
@@ -38,7 +34,7 @@ def finished_trials(args: argparse.Namespace):
               f"{args.results_dir}/")
     elif not os.path.exists(args.trials_file):
         # A new search there would restart TPE and number its trials from 0 among the old ones.
-        if orphans := searched():
+        if orphans := sum("tid" in result for _, result in iter_results(args.results_dir)):  # 2017's record none
             raise TrialsFileError(
                 f"{args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
                 f"{args.trials_file}: pass that pickle with --trials-file, rebuild it from them with --rebuild-trials, or "
@@ -46,24 +42,7 @@ def finished_trials(args: argparse.Namespace):
         print(f"Starting a new search: trials go to {args.trials_file}, results to {args.results_dir}/")
         return Trials()
     else:
-        try:
-            trials = finished_copy(load_trials(args.trials_file))
-        except BrokenTrialsFile as err:
-            again = "rebuild it from the result files with --rebuild-trials" if searched() else "start a new search"
-            raise TrialsFileError(f"{err}; move it away to {again}") from None
-        # An older copy of the pickle (a backup put back, a folder synced without it): the next trials would take the
-        # ids of trials that it lacks, and two result files would say they are one trial.
-        known = {t["tid"] for t in trials.trials}
-        if lacked := sorted({result["tid"] for _, result in iter_results(args.results_dir) if "tid" in result} - known):
-            shown = ", ".join(map(str, lacked[:5])) + (f" and {len(lacked) - 5} more" if len(lacked) > 5 else "")
-            raise TrialsFileError(f"{args.results_dir}/ holds the results of {plural(len(lacked), 'trial')} that "
-                                  f"{args.trials_file} lacks ({shown}): an older copy of it? Move it away to rebuild it "
-                                  "from the result files with --rebuild-trials")
-        # A run that stopped between saving the pickle and a result file (a full disk) left it out.
-        for result in trials.results:
-            if "tid" in result and not result_path(result, args.results_dir).exists():
-                save_json_result(result, args.results_dir)
-                print(f"Restored the result file of trial {result['tid']} from {args.trials_file}")
+        trials = loaded_trials(args)
     best = best_loss(trials)
     print(f"Resuming: {plural(len(trials.trials), 'trial')}, best fine accuracy {'none yet' if best is None else f'{-best:.4f}'}")
     if mismatch := mismatched_setting(trials, args.trials_file, dataset=os.path.basename(args.dataset),
@@ -71,6 +50,33 @@ def finished_trials(args: argparse.Namespace):
         raise TrialsFileError(mismatch)
     if args.rebuild_trials:  # once they compare with this run's: a pickle of others would be refused at every resume
         save_trials(trials, args.trials_file)
+    return trials
+
+
+def loaded_trials(args: argparse.Namespace):
+    """The finished trials of the pickle, if the results folder holds no trial that it lacks; the result files that it
+    holds and the folder lacks written again."""
+    from utils import (BrokenTrialsFile, TrialsFileError, finished_copy, iter_results, load_trials, result_path,
+                       save_json_result)
+
+    saved = {result["tid"] for _, result in iter_results(args.results_dir) if "tid" in result}  # 2017's record none
+    try:
+        trials = finished_copy(load_trials(args.trials_file))
+    except BrokenTrialsFile as err:
+        again = "rebuild it from the result files with --rebuild-trials" if saved else "start a new search"
+        raise TrialsFileError(f"{err}; move it away to {again}") from None
+    # An older copy of the pickle (a backup put back, a folder synced without it): the next trials would take the
+    # ids of trials that it lacks, and two result files would say they are one trial.
+    if lacked := sorted(saved - {t["tid"] for t in trials.trials}):
+        shown = ", ".join(map(str, lacked[:5])) + (f" and {len(lacked) - 5} more" if len(lacked) > 5 else "")
+        raise TrialsFileError(f"{args.results_dir}/ holds the results of {plural(len(lacked), 'trial')} that "
+                              f"{args.trials_file} lacks ({shown}): an older copy of it? Move it away to rebuild it "
+                              "from the result files with --rebuild-trials")
+    # A run that stopped between saving the pickle and a result file (a full disk) left it out.
+    for result in trials.results:
+        if "tid" in result and not result_path(result, args.results_dir).exists():
+            save_json_result(result, args.results_dir)
+            print(f"Restored the result file of trial {result['tid']} from {args.trials_file}")
     return trials
 
 
