@@ -1,5 +1,5 @@
-"""Where a search starts: the finished trials of its pickle, if they can share one TPE history with this run's settings,
-its data, and the points it trains first (--enqueue)."""
+"""Where a search starts: the finished trials of its pickle (or rebuilt from its result files, --rebuild-trials), if they
+can share one TPE history with this run's settings, its data, and the points it trains first (--enqueue)."""
 
 from __future__ import annotations
 
