@@ -205,16 +205,16 @@ def importance(rows: list[dict], blocks_of=exchangeable) -> list[Importance]:
             over = f", over the {len(shaped)} trials {RESIDUAL_ONLY[name]}" if len(shaped) < len(ok) else ""
             scores.append(Importance(name, "spearman", beyond_chance(abs(rho), len(shaped), 2), p, math.nan,
                                      leaning(tendency, p) + over, abs(rho)))
+    acc_ranks, blocks = rankdata(acc), blocks_of(ok)  # every category's trials are all of them
     for name in (n for n in CATEGORICAL if n in names):
         categories = [str(r[name]) for r in ok]
         if len(set(categories)) > 1 and np.ptp(acc) > 0:
             groups = sorted(set(categories))
             members = np.array([[c == group for group in groups] for c in categories], dtype=float)
-            ranks = rankdata(acc)
-            eta, p = shuffled_p(ranks, blocks_of(ok), lambda a: correlation_ratio(members, a))
+            eta, p = shuffled_p(acc_ranks, blocks, lambda a: correlation_ratio(members, a))
             # The best level by its mean rank, which the score compares, and its median: one network that never
             # learned drags a mean down, as it does not a rank.
-            best = max(range(len(groups)), key=lambda i: ranks[members[:, i] == 1].mean())
+            best = max(range(len(groups)), key=lambda i: acc_ranks[members[:, i] == 1].mean())
             theirs = acc[members[:, best] == 1]
             tendency = f"{groups[best] or 'none'} did best, median {np.median(theirs):.3f} of {len(theirs)}"
             scores.append(Importance(name, "kruskal", beyond_chance(eta, len(ok), len(groups)), p, math.nan,

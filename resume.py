@@ -23,7 +23,7 @@ def finished_trials(args: argparse.Namespace):
     """
     from hyperopt import Trials
 
-    from utils import TrialsFileError, iter_results, mismatched_setting, save_trials
+    from utils import TrialsFileError, mismatched_setting, save_trials
 
     if args.rebuild_trials:
         if os.path.exists(args.trials_file):
@@ -34,7 +34,7 @@ def finished_trials(args: argparse.Namespace):
               f"{args.results_dir}/")
     elif not os.path.exists(args.trials_file):
         # A new search there would restart TPE and number its trials from 0 among the old ones.
-        if orphans := sum("tid" in result for _, result in iter_results(args.results_dir)):  # 2017's record none
+        if orphans := len(searched_tids(args.results_dir)):
             raise TrialsFileError(
                 f"{args.results_dir}/ holds the results of a search ({plural(orphans, 'trial')}) whose trials pickle is not "
                 f"{args.trials_file}: pass that pickle with --trials-file, rebuild it from them with --rebuild-trials, or "
@@ -56,10 +56,9 @@ def finished_trials(args: argparse.Namespace):
 def loaded_trials(args: argparse.Namespace):
     """The finished trials of the pickle, if the results folder holds no trial that it lacks; the result files that it
     holds and the folder lacks written again."""
-    from utils import (BrokenTrialsFile, TrialsFileError, finished_copy, iter_results, load_trials, result_path,
-                       save_json_result)
+    from utils import BrokenTrialsFile, TrialsFileError, finished_copy, load_trials, result_path, save_json_result
 
-    saved = {result["tid"] for _, result in iter_results(args.results_dir) if "tid" in result}  # 2017's record none
+    saved = searched_tids(args.results_dir)
     try:
         trials = finished_copy(load_trials(args.trials_file))
     except BrokenTrialsFile as err:
@@ -80,14 +79,21 @@ def loaded_trials(args: argparse.Namespace):
     return trials
 
 
+def searched_tids(results_dir: str) -> set[int]:
+    """The trial ids of the result files in a folder: its results of this project's searches (2017's record none)."""
+    from utils import iter_results
+
+    return {result["tid"] for _, result in iter_results(results_dir) if "tid" in result}
+
+
 def rebuilt_trials(results_dir: str):
     """The finished trials of a search, rebuilt from its result files: each records its trial id, the point it trained
     (or, for a Spark worker that crashed, hyperopt's encoding of it), how it was suggested and its result, which is all
     that TPE models. TrialsFileError where they are not one search's."""
     from hyperopt import JOB_STATE_DONE, Trials
-    from hyperopt.base import miscs_update_idxs_vals
 
     from hyperspace import SPACES, NotInSpace, encode, unused
+    from suggestions import trial_doc
     from utils import TrialsFileError, holding, iter_results, warn
 
     trials, docs, files, without_id = Trials(), [], {}, 0
@@ -105,12 +111,7 @@ def rebuilt_trials(results_dir: str):
                     unused(space) | {label: [value] for label, value in result.get("hyperopt_vals", {}).items()})
         except NotInSpace as err:
             raise TrialsFileError(f"cannot rebuild the trials: {err}") from None
-        # As hyperopt's own generate_trials_to_calculate builds a trial of a given point.
-        misc = {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
-                "suggested_by": result.get("suggested_by")}
-        miscs_update_idxs_vals([misc], {label: [tid] * len(v) for label, v in vals.items()}, vals)
-        [doc] = trials.new_trial_docs([tid], [None], [result], [misc])
-        docs.append({**doc, "state": JOB_STATE_DONE})
+        docs.append({**trial_doc(trials, tid, vals, result, result.get("suggested_by")), "state": JOB_STATE_DONE})
     if not docs:
         raise TrialsFileError(f"--rebuild-trials: {results_dir}/ holds no result file of this project's searches")
     if without_id:

@@ -31,14 +31,22 @@ def suggesting_first(points: list[dict], algo):
     def suggest(new_ids, domain, trials, seed):
         docs = []
         for new_id, vals in zip(new_ids, queue):
-            misc = {"tid": new_id, "cmd": domain.cmd, "workdir": domain.workdir, "suggested_by": "enqueue"}
-            miscs_update_idxs_vals([misc], {label: [new_id] * len(v) for label, v in vals.items()}, vals)
-            docs += trials.new_trial_docs([new_id], [None], [domain.new_result()], [misc])
+            docs.append(trial_doc(trials, new_id, vals, domain.new_result(), "enqueue", domain.cmd, domain.workdir))
         del queue[:len(docs)]
         rest = new_ids[len(docs):]
         return docs + (algo(rest, domain, trials, seed) if rest else [])
 
     return suggest
+
+
+def trial_doc(trials, tid: int, vals: dict, result: dict, suggested_by: str | None,
+              cmd=("domain_attachment", "FMinIter_Domain"), workdir=None) -> dict:
+    """hyperopt's document of a trial of the point `vals` (hyperopt's encoding), as its own generate_trials_to_calculate
+    builds one (`cmd`: fmin's domain), marked with how it was suggested."""
+    misc = {"tid": tid, "cmd": cmd, "workdir": workdir, "suggested_by": suggested_by}
+    miscs_update_idxs_vals([misc], {label: [tid] * len(v) for label, v in vals.items()}, vals)
+    [doc] = trials.new_trial_docs([tid], [None], [result], [misc])
+    return doc
 
 
 def marked(algo: str, startup_trials: int | None):
