@@ -1,6 +1,7 @@
-"""What to make of a search's best trials: how closely their accuracies are measured, which others are as good, whether
-their epoch budget was short, how many of them TPE suggested, which versions of the code, of Keras and its
-backend, devices and precisions trained them, how they fared when retrained; and why trials failed."""
+"""What to make of a search's best trials: how closely their accuracies are measured, which others are as good, which
+networks no smaller one beats, whether their epoch budget was short, how many of them TPE suggested, which versions of
+the code, of Keras and its backend, devices and precisions trained them, how they fared when retrained; and why trials
+failed."""
 
 from __future__ import annotations
 
@@ -58,6 +59,45 @@ def within_one_standard_error(rows: list[dict], results_dir: str) -> str | None:
     return (f"{note} The one-standard-error rule takes the smallest network of them: trial {smallest['trial']}, "
             f"{smallest['n_params']:,} parameters against {best['n_params']:,} (retrain it with --result "
             f"{os.path.join(results_dir, smallest['file'])}).")
+
+
+FRONT_SHOWN = 8  # the most accurate networks of the front named in the analysis's output; the plot has them all
+
+
+def cheapest_for_accuracy(rows: list[dict], cost: str) -> list[dict]:
+    """The trials that ran their course which no other beats at no more `cost` (trials.csv's n_params or train_seconds),
+    the cheapest first; none where one of them did not record it.
+
+    A pruned trial is left out: its accuracy is where it stopped, not what its network reaches."""
+    ran = [r for r in rows if r["fine_accuracy"] is not None and not r["pruned"]]
+    if not ran or any(not r[cost] for r in ran):
+        return []
+    front, best = [], -math.inf
+    for r in sorted(ran, key=lambda r: (r[cost], -r["fine_accuracy"], r["trial"])):
+        if r["fine_accuracy"] > best:
+            front.append(r)
+            best = r["fine_accuracy"]
+    return front
+
+
+def parameters(count: int) -> str:
+    """A network's parameter count as a person reads it: "7.06 M", "213 k"."""
+    return f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count / 1e3:.0f} k"
+
+
+def size_note(rows: list[dict]) -> str | None:
+    """The networks that no smaller one beats in fine accuracy, from the most accurate down: what each step in accuracy
+    cost in parameters."""
+    front = cheapest_for_accuracy(rows, "n_params")
+    if len(front) < 2:
+        return None  # no parameter count recorded (2017's results), or the most accurate network is the smallest too
+    ran = sum(r["fine_accuracy"] is not None and not r["pruned"] for r in rows)
+    shown = front[::-1][:FRONT_SHOWN]
+    listed = ", ".join(f"trial {r['trial']} {r['fine_accuracy']:.4f} with {parameters(r['n_params'])}" for r in shown)
+    if rest := front[:-FRONT_SHOWN]:
+        listed += f", and {len(rest)} smaller, of {rest[-1]['fine_accuracy']:.4f} or less"
+    return (f"The networks that no smaller one beats, of the {plural(ran, 'trial')} that ran their course (parameters; "
+            f"cost_vs_accuracy.png): {listed}.")
 
 
 def budget_note(rows: list[dict], top: int) -> str | None:

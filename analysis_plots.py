@@ -1,4 +1,5 @@
-"""The analysis's figures: what each hyperparameter did to accuracy, how the search converged, the leaders' epochs, the ranking.
+"""The analysis's figures: what each hyperparameter did to accuracy, how the search converged, the leaders' epochs, what
+accuracy cost, the ranking.
 
 Each function draws one figure from the rows of `analyze_results.load_trials_table`; `plot_all` writes them all as PNGs.
 Hyperparameters are drawn by their kind: "category", "log" (log-uniform in the space) or "number".
@@ -16,8 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from analysis_notes import cheapest_for_accuracy  # noqa: E402
 from trial import training_seconds  # noqa: E402
 
+# What a trial's network cost, as its result file records it: the axis, and its front in the legend.
+COST_LABELS = {"n_params": ("parameters", "no smaller network is more accurate"),
+               "train_seconds": ("training time (s: the trial's train_seconds)", "no quicker trial is more accurate")}
 LEGEND_ENTRIES = 10  # trials named in the per-epoch plot's legend
 ZOOM_FROM = 6  # epochs from which the per-epoch plot adds its last half, zoomed
 # How every plot marks a trial that ran its course, and one that was pruned (drawn at its accuracy when stopped).
@@ -67,6 +72,8 @@ def plot_all(rows: list[dict], ranked: list, kinds: dict[str, str], out: Path,
     }
     if both := [r for r in ok if r["coarse_accuracy"] is not None]:
         figures["fine_vs_coarse.png"] = fine_vs_coarse(both, split)
+    if fronts := {cost: front for cost in COST_LABELS if (front := cheapest_for_accuracy(ok, cost))}:
+        figures["cost_vs_accuracy.png"] = cost_vs_accuracy(ok, fronts, split)
     figures["importance.png"] = importance_ranking(ranked, split)
     written = []
     for name, fig in figures.items():
@@ -273,6 +280,29 @@ def fine_vs_coarse(both: list[dict], split: str):
     ax.set_ylabel(f"{split} coarse accuracy")
     if pruned.any():
         ax.legend()
+    return fig
+
+
+def cost_vs_accuracy(ok: list[dict], fronts: dict[str, list[dict]], split: str):
+    """A panel per cost (COST_LABELS) with a front: each trial's fine accuracy against it, on a log axis, and the front
+    of the trials that no cheaper one beats (`analysis_notes.cheapest_for_accuracy`), each named by its number."""
+    fig, axes = plt.subplots(1, len(fronts), figsize=(6 * len(fronts), 4.5), squeeze=False)
+    for ax, (cost, front) in zip(axes[0], fronts.items()):
+        shown = [r for r in ok if r[cost]]  # a pruned trial, not on the front, may not have recorded it
+        x = np.array([r[cost] for r in shown], dtype=float)
+        _trials(ax, x, [r["fine_accuracy"] for r in shown], _pruned(shown))
+        axis, line = COST_LABELS[cost]
+        ax.step([r[cost] for r in front], [r["fine_accuracy"] for r in front], where="post", color="red",
+                label=f"front: {line}")
+        for r in front:
+            ax.annotate(str(r["trial"]), (r[cost], r["fine_accuracy"]), xytext=(2, 3), textcoords="offset points",
+                        fontsize=6, color="red")
+        log_axis(ax, "x", x)
+        if cost == "n_params":
+            ax.xaxis.set_major_formatter(ticker.EngFormatter())  # 200 k, 1 M rather than 200000, 1e+06
+        ax.set_xlabel(axis)
+        ax.set_ylabel(f"{split} fine accuracy")
+        ax.legend(fontsize=7)
     return fig
 
 

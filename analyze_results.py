@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis_notes import (MIXED, best_first, budget_note, failures_note, mixed_note, retrains_table, standard_errors,
-                            suggestions_note, within_one_standard_error)
+from analysis_notes import (MIXED, best_first, budget_note, failures_note, mixed_note, retrains_table, size_note,
+                            standard_errors, suggestions_note, within_one_standard_error)
 from cli import ArgumentParser, at_least, plural, run
 from significance import beyond_chance, correlation_ratio, exchangeable, pearson_r, shuffled_p
 from trial import leaderboard_header, leaderboard_row, leaderboard_title
@@ -334,7 +334,8 @@ def main(argv=None) -> int:
     if holder := RunLock(args.results_dir).holder_now():
         print(f"A search is running on {args.results_dir}/ ({holder}): these are its finished trials so far.\n")
     print_leaderboard(rows, args.top)
-    for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), budget_note(rows, args.top),
+    for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), size_note(rows),
+                 budget_note(rows, args.top),
                  suggestions_note(rows, args.top), *(mixed_note(rows, name) for name in MIXED), failures_note(rows)):
         if note:
             print(note)

@@ -21,7 +21,7 @@ from conftest import REPO
 from utils import load_json_result, save_json_result, save_trials
 
 PLOTS = ["hyperparameters_vs_accuracy.png", "scatter_matrix.png", "convergence.png", "top_trials_per_epoch.png",
-         "fine_vs_coarse.png", "importance.png"]
+         "fine_vs_coarse.png", "cost_vs_accuracy.png", "importance.png"]
 
 
 @pytest.fixture(autouse=True)
@@ -53,13 +53,13 @@ def make_results(folder, n=8, dataset="synthetic", recorded=lambda tid: {}):
                       "selected_on": "validation"}, folder)
 
 
-def check_outputs(out, n_rows):
+def check_outputs(out, n_rows, plots=PLOTS):
     with open(out / "trials.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == n_rows
     for column in ("fine_accuracy", "coarse_accuracy", "status", "residual", "one_more_fc", "pooling_type"):
         assert column in rows[0]
-    for name in PLOTS:
+    for name in plots:
         image = matplotlib.image.imread(out / name)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01, name
     return rows
@@ -429,7 +429,9 @@ def test_a_trials_file_that_is_missing_exits_2_and_one_that_is_corrupt_is_said(t
 
 def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert analyze_results.main(["--results-dir", str(reference_dir), "--out", str(tmp_path)]) == 0
-    rows = check_outputs(tmp_path, 42)
+    # Its results counted no parameters and timed nothing: no cost plot.
+    rows = check_outputs(tmp_path, 42, [name for name in PLOTS if name != "cost_vs_accuracy.png"])
+    assert not (tmp_path / "cost_vs_accuracy.png").exists()
     assert {r["selected_on"] for r in rows if r["status"] == "ok"} == {"test"}  # 2017 selected epochs and trials on it
     # 100 epochs each, no early stopping, the exact widths
     assert {(r["max_epochs"], r["patience"], r["width_multiple"]) for r in rows} == {("100", "", "1")}
@@ -523,7 +525,7 @@ def test_results_without_a_coarse_head_get_no_coarse_plot_nor_the_coarse_weights
     importance = (tmp_path / "out" / "importance.csv").read_text()
     assert "lr_rate_mult" in importance and "coarse_labels_weight" not in importance
     out = capsys.readouterr().out
-    assert "coarse_labels_weight" not in out and "5 plots" in out and "fine_vs_coarse" not in out
+    assert "coarse_labels_weight" not in out and "6 plots" in out and "fine_vs_coarse" not in out
 
 
 @pytest.mark.parametrize("edit, wrong", [({"space": 5}, "space"), ({"loss": "-0.5"}, "loss"),
@@ -839,6 +841,48 @@ def test_the_trials_within_one_standard_error_of_the_best_are_named_with_the_sma
     assert note == "Within one standard error of it (0.5900 and up) is trial 1 (0.5950)."
     assert analysis_notes.within_one_standard_error([rows[0], rows[3]], "runs/a") == (
         "No other trial is within one standard error of it (0.5900 and up).")
+
+
+def cost_rows() -> list[dict]:
+    def trial(number, acc, n_params, seconds, pruned=False):
+        return {"trial": number, "fine_accuracy": acc, "n_params": n_params, "train_seconds": seconds, "pruned": pruned}
+
+    return [trial(0, 0.60, 3_000_000, 900), trial(1, 0.55, 1_000_000, 600), trial(2, 0.50, 2_000_000, 300),
+            trial(3, 0.40, 200_000, 400), trial(4, 0.38, 200_000, 200),
+            trial(5, 0.65, 100_000, 100, pruned=True),  # its accuracy is where it stopped: on no front
+            trial(6, None, None, None)]  # failed
+
+
+def test_the_networks_that_no_smaller_one_beats_are_named_from_the_most_accurate_down(monkeypatch):
+    rows = cost_rows()
+    # Trial 2 has more parameters than trial 1 for less; trial 4 as many as trial 3 for less.
+    assert [r["trial"] for r in analysis_notes.cheapest_for_accuracy(rows, "n_params")] == [3, 1, 0]
+    assert [r["trial"] for r in analysis_notes.cheapest_for_accuracy(rows, "train_seconds")] == [4, 2, 1, 0]
+    assert analysis_notes.size_note(rows) == (
+        "The networks that no smaller one beats, of the 5 trials that ran their course (parameters; cost_vs_accuracy.png): "
+        "trial 0 0.6000 with 3.00 M, trial 1 0.5500 with 1.00 M, trial 3 0.4000 with 200 k.")
+    monkeypatch.setattr(analysis_notes, "FRONT_SHOWN", 2)
+    assert analysis_notes.size_note(rows).endswith("trial 1 0.5500 with 1.00 M, and 1 smaller, of 0.4000 or less.")
+    # The most accurate network is the smallest too, or the results counted no parameters (2017's): nothing to trade.
+    assert analysis_notes.size_note([rows[0], {**rows[1], "n_params": 4_000_000}]) is None
+    assert analysis_notes.size_note([{**r, "n_params": None} for r in rows]) is None
+
+
+def test_the_cost_plot_draws_each_front_through_its_trials_named_and_leaves_out_a_cost_not_recorded():
+    rows = [r for r in cost_rows() if r["fine_accuracy"] is not None]
+    fronts = {cost: analysis_notes.cheapest_for_accuracy(rows, cost) for cost in ("n_params", "train_seconds")}
+    size, time = analysis_plots.cost_vs_accuracy(rows, fronts, "validation").axes
+    for ax, costs, front in ((size, [200_000, 1_000_000, 3_000_000], [3, 1, 0]), (time, [200, 300, 600, 900], [4, 2, 1, 0])):
+        [line] = ax.lines
+        assert line.get_xdata().tolist() == costs and line.get_label().startswith("front:")
+        assert [int(t.get_text()) for t in ax.texts] == front
+        assert ax.get_xscale() == "log"
+        marks = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+        assert len(marks["trial"]) == 5 and len(marks["pruned"]) == 1  # the pruned trial drawn apart, off the front
+    assert size.get_xlabel() == "parameters" and time.get_xlabel().startswith("training time")
+    # A trial that did not record its time (a crashed Spark worker's is a failed trial, on no front) leaves no time front.
+    rows[0]["train_seconds"] = None
+    assert analysis_notes.cheapest_for_accuracy(rows, "train_seconds") == []
 
 
 def test_the_analysis_counts_tpes_suggestions_among_the_best_trials_against_the_whole_searchs():
