@@ -112,11 +112,16 @@ def rebuilt_trials(results_dir: str):
         except NotInSpace as err:
             raise TrialsFileError(f"cannot rebuild the trials: {err}") from None
         docs.append({**trial_doc(trials, tid, vals, result, result.get("suggested_by")), "state": JOB_STATE_DONE})
+    records = "records" if without_id == 1 else "record"
+    if not docs and without_id:
+        files = "the result file" if without_id == 1 else f"the {without_id} result files"
+        raise TrialsFileError(f"--rebuild-trials: {files} in {results_dir}/ {records} no "
+                              "trial id, as 2017's do: their trials are in 2017's pickle alone (--trials-file resumes it)")
     if not docs:
-        raise TrialsFileError(f"--rebuild-trials: {results_dir}/ holds no result file of this project's searches")
+        raise TrialsFileError(f"--rebuild-trials: {results_dir}/ holds no result file to rebuild the trials from")
     if without_id:
-        warn(f"{plural(without_id, 'result file')} in {results_dir}/ {'records' if without_id == 1 else 'record'} no "
-             "trial id, as 2017's do: their trials, in 2017's pickle alone, are left out of the rebuilt one")
+        warn(f"{plural(without_id, 'result file')} in {results_dir}/ {records} no trial id, as 2017's do: their trials, "
+             "in 2017's pickle alone, are left out of the rebuilt one")
     return holding(trials, sorted(docs, key=lambda doc: doc["tid"]))
 
 

@@ -845,6 +845,15 @@ def test_trials_are_rebuilt_from_a_crashed_workers_result_and_not_from_two_searc
     (tmp_path / "results" / "model_failed_fghij.txt.json").write_text(json.dumps(crashed | {"model_name": "model_failed_fghij"}))
     with pytest.raises(TrialsFileError, match="holds two result files of trial 4, model_failed_abcde.txt.json and model_failed_fghij"):
         resume.rebuilt_trials(str(tmp_path / "results"))
+    # A folder of 2017's files alone, or of none, has no trial to rebuild: each said as it is.
+    for name in ("model_failed_abcde.txt.json", "model_failed_fghij.txt.json"):
+        (tmp_path / "results" / name).unlink()
+    with pytest.raises(TrialsFileError, match=r"the result file in .*results/ records no trial id, as 2017's do: their "
+                                              r"trials are in 2017's pickle alone \(--trials-file resumes it\)$"):
+        resume.rebuilt_trials(str(tmp_path / "results"))
+    (tmp_path / "results" / "model_2017.txt.json").unlink()
+    with pytest.raises(TrialsFileError, match="results/ holds no result file to rebuild the trials from$"):
+        resume.rebuilt_trials(str(tmp_path / "results"))
 
 
 @pytest.mark.parametrize("where, folder", [(["--results-dir", "a_file/results"], "a_file/results"),
