@@ -294,6 +294,9 @@ def _load_npz(path: str):
 
     def images(key):
         x = contents[key]
+        # Integers of 0-255 in a wider type (numpy's default int64, say) are uint8 images that lose nothing as such.
+        if np.issubdtype(x.dtype, np.integer) and x.dtype != np.uint8 and x.size and 0 <= x.min() and x.max() <= 255:
+            x = x.astype(np.uint8)
         return x[..., None] if x.ndim == 3 else x
 
     def labels(key):
@@ -316,7 +319,11 @@ def _check_arrays(name, x_train, yf_train, yc_train, x_test, yf_test, yc_test):
         if not len(x):
             raise DatasetError(f"{name}: {key} holds no images")
         if x.dtype != np.uint8:
-            raise DatasetError(f"{name}: {key} must be uint8 images (0-255), got dtype {x.dtype}")
+            # Floats may be 0-1 or 0-255: which, the file's maker knows.
+            values = f"values {x.min():.3g} to {x.max():.3g}" if np.issubdtype(x.dtype, np.number) else ""
+            how = (f" ({values}: save (x * 255).round().astype(numpy.uint8) for images of 0-1, x.round().astype(numpy.uint8) "
+                   "for 0-255)" if np.issubdtype(x.dtype, np.floating) else f" ({values})" if values else "")
+            raise DatasetError(f"{name}: {key} must be uint8 images (0-255), got dtype {x.dtype}{how}")
         if x.ndim != 4 or x.shape[-1] not in (1, 3):
             raise DatasetError(f"{name}: {key} must have shape N x H x W x C with C 1 or 3, got {x.shape}")
     if x_train.shape[1:] != x_test.shape[1:]:

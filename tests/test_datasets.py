@@ -305,6 +305,17 @@ def test_npz_without_coarse_labels_has_no_coarse_head(tmp_path):
     assert data.num_coarse is None and data.y_train_coarse is None and not data.has_coarse
 
 
+def test_npz_images_of_integers_0_to_255_in_a_wider_type_are_read_as_the_uint8_images_they_are(tmp_path):
+    path = write_npz(tmp_path / "d.npz")
+    with np.load(path) as f:
+        as_saved = dict(f)
+    wide = write_npz(tmp_path / "wide.npz", x_train=as_saved["x_train"].astype(np.int64),
+                     x_test=as_saved["x_test"].astype(np.int16))
+    data, expected = load_dataset(wide), load_dataset(path)
+    assert data.x_train.dtype == np.uint8 and np.array_equal(data.x_train, expected.x_train)
+    assert data.x_test.dtype == np.uint8 and np.array_equal(data.x_test, expected.x_test)
+
+
 def test_npz_can_ask_for_horizontal_flips(tmp_path):
     assert load_dataset(write_npz(tmp_path / "d.npz", horizontal_flip=np.array(True))).horizontal_flip
 
@@ -313,7 +324,10 @@ def test_npz_can_ask_for_horizontal_flips(tmp_path):
     "overrides, message",
     [
         ({"y_test_fine": None}, "lacks the key(s) y_test_fine"),
-        ({"x_train": np.zeros((200, 20, 24), np.float32)}, "must be uint8"),
+        ({"x_train": np.zeros((200, 20, 24), np.float32)},
+         "x_train must be uint8 images (0-255), got dtype float32 (values 0 to 0: save (x * 255).round().astype(numpy.uint8) "
+         "for images of 0-1, x.round().astype(numpy.uint8) for 0-255)"),
+        ({"x_test": np.full((40, 20, 24), 256)}, "x_test must be uint8 images (0-255), got dtype int64 (values 256 to 256)"),
         ({"y_train_fine": np.arange(199) % 10}, "one label per image"),
         ({"y_train_fine": np.arange(200) % 10 - 1}, "negative labels"),
         ({"y_test_fine": np.arange(40) % 10 + 5}, "out of the training labels' range"),
