@@ -303,6 +303,8 @@ def cost_vs_accuracy(ok: list[dict], fronts: dict[str, list[dict]], split: str):
         ax.set_xlabel(axis)
         ax.set_ylabel(f"{split} fine accuracy")
         ax.legend(fontsize=7)
+        if cost == "train_seconds" and len(devices := {r.get("device") for r in shown} - {None}) > 1:
+            ax.set_title(f"trained on {len(devices)} devices, whose seconds do not compare (trials.csv's device)", fontsize=8)
     return fig
 
 

@@ -880,6 +880,11 @@ def test_the_cost_plot_draws_each_front_through_its_trials_named_and_leaves_out_
         marks = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
         assert len(marks["trial"]) == 5 and len(marks["pruned"]) == 1  # the pruned trial drawn apart, off the front
     assert size.get_xlabel() == "parameters" and time.get_xlabel().startswith("training time")
+    assert time.get_title() == ""
+    # Seconds on two GPUs do not compare: the panel says so.
+    rows[1]["device"], rows[2]["device"] = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
+    time = analysis_plots.cost_vs_accuracy(rows, fronts, "validation").axes[1]
+    assert time.get_title() == "trained on 2 devices, whose seconds do not compare (trials.csv's device)"
     # A trial that did not record its time (a crashed Spark worker's is a failed trial, on no front) leaves no time front.
     rows[0]["train_seconds"] = None
     assert analysis_notes.cheapest_for_accuracy(rows, "train_seconds") == []
