@@ -335,8 +335,8 @@ def main(argv=None) -> int:
         print(f"A search is running on {args.results_dir}/ ({holder}): these are its finished trials so far.\n")
     print_leaderboard(rows, args.top)
     for note in (standard_errors(rows), within_one_standard_error(rows, args.results_dir), size_note(rows),
-                 budget_note(rows, args.top),
-                 suggestions_note(rows, args.top), *(mixed_note(rows, name) for name in MIXED), failures_note(rows)):
+                 budget_note(rows, args.top), suggestions_note(rows, args.top), *(mixed_note(rows, name) for name in MIXED),
+                 failures_note(rows)):
         if note:
             print(note)
     if retrained := retrains_table(rows, args.results_dir, args.weights_dir):
