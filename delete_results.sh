@@ -50,7 +50,7 @@ else
   esac
   shopt -s nullglob
   analysed=("$analysis"/{trials,importance}.csv "$analysis"/{hyperparameters_vs_accuracy,scatter_matrix,convergence}.png
-            "$analysis"/{top_trials_per_epoch,fine_vs_coarse,importance}.png)
+            "$analysis"/{top_trials_per_epoch,fine_vs_coarse,cost_vs_accuracy,importance}.png)
   shopt -u nullglob
   targets+=("${analysed[@]}")
 fi
