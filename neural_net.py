@@ -330,6 +330,7 @@ def _result(space, data, history, test, model, callbacks) -> dict:
         "pruned": any(getattr(cb, "pruned", False) for cb in callbacks),
         "n_params": model.count_params(),
         "dataset": data.name,
+        **({"dataset_digest": data.digest} if data.digest else {}),  # a .npz's images and labels, which a resume compares
         "train_images": len(data.x_train),
         # What each accuracy is a fraction of, which says how closely it is measured.
         "val_images": len(data.x_val),
@@ -375,6 +376,7 @@ def failure(space: dict, data: Dataset | None, err: BaseException, history: dict
         "space": space,
         "model_name": f"model_failed_{uuid.uuid4().hex[:5]}",
         "dataset": None if data is None else data.name,
+        **({"dataset_digest": data.digest} if data is not None and data.digest else {}),
         "train_images": None if data is None else len(data.x_train),
         "selected_on": None if data is None else data.selects_on,
         "pruned": False,

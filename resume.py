@@ -178,12 +178,18 @@ def enqueued_points(finished, args: argparse.Namespace) -> list[tuple[str, dict]
 
 
 def load_data(finished, args: argparse.Namespace):
-    """This run's dataset (else DatasetError), if it has as many training images as the finished trials (else TrialsFileError)."""
+    """This run's dataset (else DatasetError), if it has as many training images as the finished trials and, a .npz, their
+    images and labels (else TrialsFileError)."""
     from datasets import load_dataset
-    from utils import TrialsFileError, mismatched_setting
+    from utils import TrialsFileError, mismatched_setting, recorded
 
     data = load_dataset(args.dataset, train_subset=args.train_subset, seed=args.seed,
                         data_dir=args.data_dir, select_on=args.select_on)
+    if data.digest and (digests := recorded(finished, "dataset_digest") - {data.digest}):
+        raise TrialsFileError(f"{args.trials_file} holds trials of other images or labels under the name {data.name} "
+                              f"(dataset_digest {', '.join(sorted(digests))}; this file's: {data.digest}): their accuracies "
+                              "do not compare; resume with the file they trained on, or start a new search with another "
+                              "--results-dir")
     if mismatch := mismatched_setting(finished, args.trials_file, train_images=len(data.x_train)):
         raise TrialsFileError(mismatch)
     return data

@@ -267,7 +267,7 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
     """Load the data, claim the run (a new one, or the interrupted one to resume), train it; the exit status."""
     from datasets import DatasetError, load_dataset
     from precision import resolve_precision
-    from utils import make_folder, setting, weights_seed
+    from utils import make_folder, setting, warn, weights_seed
 
     dataset = args.dataset or result.get("dataset_file") or setting(result, "dataset") or "cifar100"
     select_on = args.select_on or setting(result, "selected_on") or "validation"
@@ -280,6 +280,9 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
         hint = f" (the dataset {path} was trained on: give its path with --dataset)" if moved else ""
         print(f"error: {err}{hint}", file=sys.stderr)
         return 2
+    if data.digest and result.get("dataset_digest") not in (None, data.digest):
+        warn(f"the images or labels of {data.name} differ from those {path} trained on (dataset_digest {data.digest}; "
+             f"the trial's: {result['dataset_digest']}): its figures and the retrain's will not compare")
     # What a resumed retrain must share with the interrupted one: the network, the search's settings, the precision.
     settings = {"space": result["space"], "dataset": dataset, "selected_on": select_on, "seed": seed,
                 "train_images": len(data.x_train), "precision": resolve_precision(args.precision)}

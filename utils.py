@@ -23,8 +23,8 @@ import numpy as np
 RESULTS_DIR = "results"
 # What a trial's accuracy depends on besides its hyperparameters, and the search option that sets it:
 # a search refuses to resume over trials of other settings, and the analysis warns of a folder mixing them.
-SETTINGS = {"dataset": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset", "search_space": "--space",
-            "seed": "--seed"}
+SETTINGS = {"dataset": "--dataset", "dataset_digest": "--dataset", "selected_on": "--select-on", "train_images": "--train-subset",
+            "search_space": "--space", "seed": "--seed"}
 # The 2017 project's results record none of them, nor their epoch budget: it trained on all of
 # CIFAR-100's 50,000 training images, 100 epochs, in the full space, and selected on the 10,000 test images.
 SETTINGS_2017 = {"dataset": "cifar100", "selected_on": "test", "train_images": 50_000, "search_space": "full",

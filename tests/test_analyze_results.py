@@ -460,6 +460,17 @@ def test_a_folder_mixing_two_searches_is_warned_about_with_what_differs(tmp_path
         assert {r["dataset"] for r in csv.DictReader(f)} == {"digits.npz", "synthetic"}
 
 
+def test_a_folder_mixing_trials_of_two_files_of_one_name_is_warned_about_by_their_digests(tmp_path, capsys):
+    # digits.npz remade with other images or labels between two searches given one folder (an older version did not
+    # refuse the resume), or results copied together from two machines.
+    make_results(tmp_path / "results", n=4, dataset="digits.npz", recorded=lambda tid: {"dataset_digest": "ab" * 8 if tid < 3
+                                                                                        else "cd" * 8})
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    assert f"whose accuracies do not compare: dataset_digest {'ab' * 8} (3), {'cd' * 8} (1)." in capsys.readouterr().err
+    with open(tmp_path / "out" / "trials.csv") as f:
+        assert [r["dataset_digest"] for r in csv.DictReader(f)] == ["ab" * 8] * 3 + ["cd" * 8, ""]  # the failed trial: none
+
+
 def test_2017_files_beside_a_new_search_are_warned_about_as_the_cifar100_test_set_search_they_were(tmp_path, capsys,
                                                                                                     reference_dir):
     make_results(tmp_path / "results")

@@ -93,6 +93,7 @@ def test_cifar100_from_data_dir(tmp_path, folder):
     write_cifar100_archive(tmp_path / "cifar-100-python.tar.gz", folder=folder)
     data = load_dataset("cifar100", data_dir=str(tmp_path))
     assert len(data.x_test) == 60
+    assert data.digest is None  # the official archive is what it is: no digest for a resume to compare
 
 
 def test_the_archive_itself_given_as_data_dir_asks_for_its_folder(tmp_path):
@@ -314,6 +315,26 @@ def test_npz_images_of_integers_0_to_255_in_a_wider_type_are_read_as_the_uint8_i
     data, expected = load_dataset(wide), load_dataset(path)
     assert data.x_train.dtype == np.uint8 and np.array_equal(data.x_train, expected.x_train)
     assert data.x_test.dtype == np.uint8 and np.array_equal(data.x_test, expected.x_test)
+
+
+def test_a_npz_datasets_digest_tells_other_images_labels_or_flips_apart_however_the_file_was_saved(tmp_path):
+    digest = load_dataset(write_npz(tmp_path / "d.npz")).digest
+    with np.load(tmp_path / "d.npz") as f:
+        arrays = dict(f)
+    # Compressed, labels as int32 and in an N x 1 column: the same images and labels.
+    np.savez_compressed(tmp_path / "same.npz", **arrays | {"y_train_fine": arrays["y_train_fine"].astype(np.int32)[:, None]})
+    assert load_dataset(str(tmp_path / "same.npz")).digest == digest and len(digest) == 16
+    # Whatever --train-subset or --seed draw from it: those the search compares itself.
+    assert load_dataset(str(tmp_path / "d.npz"), train_subset=100, seed=4).digest == digest
+    pixel, label = arrays["x_test"].copy(), arrays["y_train_coarse"].copy()
+    pixel[0, 0, 0] ^= 1
+    label[0] = 1 - label[0]
+    others = [write_npz(tmp_path / "pixel.npz", x_test=pixel), write_npz(tmp_path / "label.npz", y_train_coarse=label,
+                                                                          y_train_fine=arrays["y_train_fine"]),
+              write_npz(tmp_path / "flip.npz", horizontal_flip=np.array(True)), write_npz(tmp_path / "fine.npz", coarse=False)]
+    assert len({digest, *(load_dataset(path).digest for path in others)}) == 5
+    # The synthetic images, drawn from the seed, have none (nor CIFAR's archives: test_cifar100_from_data_dir).
+    assert load_dataset("synthetic", synthetic_size=200).digest is None
 
 
 def test_npz_can_ask_for_horizontal_flips(tmp_path):

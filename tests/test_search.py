@@ -948,10 +948,10 @@ def test_model_plots_are_drawn_into_each_searchs_own_results_folder(tmp_path, mo
 
 
 @pytest.mark.slow
-def test_a_search_on_a_grayscale_npz_without_coarse_labels(tmp_path, monkeypatch):
+def test_a_search_on_a_grayscale_npz_without_coarse_labels_resumes_on_that_file_alone(tmp_path, monkeypatch, capsys):
     import numpy as np
 
-    from datasets import make_synthetic
+    from datasets import load_dataset, make_synthetic
 
     x, fine, _, x_test, fine_test, _ = make_synthetic(1000, seed=3)
     gray = lambda images: images.mean(axis=-1).astype(np.uint8)[:, 4:28, 2:30]  # noqa: E731 -- 24x28x1
@@ -976,3 +976,26 @@ def test_a_search_on_a_grayscale_npz_without_coarse_labels(tmp_path, monkeypatch
     assert retrain_best_with_tensorboard.main(["--results-dir", str(tmp_path / "results"), "--epochs", "1",
                                                "--verbose", "0", "--histogram-freq", "0"]) == 0
     assert len(list((elsewhere / "weights").glob("*.keras"))) == 1
+    assert "differ from those" not in capsys.readouterr().err
+
+    # The file remade with one label changed: a resume would compare accuracies on other data, and is refused; the
+    # retrain goes on, saying that its figures will not compare with the trial's.
+    digest = results[0]["dataset_digest"]
+    assert len(digest) == 16 and {r["dataset_digest"] for r in results} == {digest}
+    fine[0] = (fine[0] + 1) % 10
+    np.savez(tmp_path / "gray.npz", x_train=gray(x), y_train_fine=fine % 10, x_test=gray(x_test),
+             y_test_fine=fine_test % 10)
+    remade = load_dataset(str(tmp_path / "gray.npz")).digest
+    monkeypatch.chdir(tmp_path)
+    assert hyperopt_optimize.main([*QUICK, "--dataset", "gray.npz", "--max-evals", "3", "--epochs", "1"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: results.pkl holds trials of other images or labels under the name gray.npz (dataset_digest {digest}; this "
+        f"file's: {remade}): their accuracies do not compare; resume with the file they trained on, or start a new search "
+        "with another --results-dir\n")
+    assert len(load_trials(tmp_path / "results.pkl").trials) == 2
+    monkeypatch.chdir(elsewhere)
+    assert retrain_best_with_tensorboard.main(["--results-dir", str(tmp_path / "results"), "--epochs", "1",
+                                               "--verbose", "0", "--histogram-freq", "0"]) == 0
+    warned = capsys.readouterr().err
+    assert warned.startswith("warning: the images or labels of gray.npz differ from those ")
+    assert f"(dataset_digest {remade}; the trial's: {digest}): its figures and the retrain's will not compare" in warned
