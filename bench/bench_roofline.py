@@ -9,6 +9,8 @@ FLOPs / peak or bytes / bandwidth, whichever is larger: that is its floor. The s
 timed on the device as compiled, without `fit` around it, and the bytes of each compiled
 operation are credited to the Keras layer it comes from, to show where the traffic is. With
 --profile-steps, JAX's profiler also times each kernel on the device (GPU), credited the same way.
+"step GiB" is the device memory that XLA assigns the step (`--spaces largest`: what a GPU must hold for the largest
+network a search trains).
 
 With --target-config, XLA compiles the step for the GPU that config describes instead (with
 `pip install "jax[cuda12]"`; no GPU is needed, nothing runs): the same figures but the step's
@@ -241,6 +243,16 @@ def step_flops(model: keras.Model, state, data) -> float:
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
+def step_gib(compiled) -> float:
+    """The device memory that the compiled step holds, in GiB: its inputs (weights, optimizer and metric state, a batch),
+    its outputs (their new values) and its temporaries (activations kept for the backward pass, workspaces), as XLA
+    assigns its buffers; a runtime holds some more around it."""
+    memory = compiled.memory_analysis()
+    held = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes)
+    return round(held / 2**30, 3)
+
+
 def time_steps(compiled, state, data, steps: int) -> float:
     """Seconds per step of the compiled train step, run back to back on the device."""
     import jax
@@ -274,6 +286,7 @@ def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
     else:
         flops, moved = step_flops(model, state, data), float(counted)
     row = {"space": name, "variant": variant, "batch_size": batch, "dtype_policy": model.dtype_policy.name,
+           "n_params": model.count_params(), "step_gib": step_gib(compiled),
            "compile_s": round(compile_s, 1), "kernels": len(kernels), "gflop_per_image": round(flops / batch / 1e9, 3),
            "mb_per_image": round(moved / batch / 1e6, 2), "flop_per_byte": round(flops / moved, 1),
            "traffic_counted_of_xla": round(counted / moved, 3) if xla_costs else None}
@@ -358,11 +371,13 @@ def main() -> None:
     rows = [roofline(name, variant, args) for name in spaces for variant in variants]
     mode = "compiled for it, not run" if args.target else "compiled and run"
     print(f"device {device.device_kind} ({mode}), precision {args.precision}")
-    print(f"{'space':6} {'variant':11} {'batch':>5} {'kernels':>7} {'GFLOP/img':>9} {'MB/img':>7} {'FLOP/B':>7} "
-          f"{'step ms':>8} {'img/s':>9} {'of peak':>7} {'floor ms (compute/memory)':>26} {'ceiling':>7} {'of bandwidth':>12}")
+    print(f"{'space':7} {'variant':11} {'batch':>5} {'params':>10} {'step GiB':>8} {'kernels':>7} {'GFLOP/img':>9} "
+          f"{'MB/img':>7} {'FLOP/B':>7} {'step ms':>8} {'img/s':>9} {'of peak':>7} {'floor ms (compute/memory)':>26} "
+          f"{'ceiling':>7} {'of bandwidth':>12}")
     for r in rows:
         floors = f"{_cell(r, 'compute_floor_ms')} / {_cell(r, 'memory_floor_ms')}"
-        print(f"{r['space']:6} {r['variant']:11} {r['batch_size']:>5} {r['kernels']:>7} {r['gflop_per_image']:>9.3f} "
+        print(f"{r['space']:7} {r['variant']:11} {r['batch_size']:>5} {r['n_params']:>10,} {r['step_gib']:>8.2f} "
+              f"{r['kernels']:>7} {r['gflop_per_image']:>9.3f} "
               f"{r['mb_per_image']:>7.1f} {r['flop_per_byte']:>7.1f} {_cell(r, 'step_ms'):>8} {_cell(r, 'images_per_s'):>9} "
               f"{_cell(r, 'of_peak', True):>7} {floors:>26} {_cell(r, 'ceiling_of_peak', True):>7} "
               f"{_cell(r, 'of_bandwidth', True):>12}")

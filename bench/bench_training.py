@@ -39,7 +39,14 @@ from precision import PRECISIONS, resolve_precision  # noqa: E402
 
 SPACES = {"demo": hyperspace.DEMO_SPACE, "best": hyperspace.SEED_BEST_SPACE,
           # SEED_BEST_SPACE's layers with a fraction of its widths and one residual unit: for the tests.
-          "tiny": {**hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0}}
+          "tiny": {**hyperspace.SEED_BEST_SPACE, "conv_hiddn_units_mult": 0.2, "fc_units_1_mult": 0.05, "residual": 1.0},
+          # The largest network that a search in the full space trains: every width, count, kernel and the batch at the
+          # space's top, batch-norm, and inception pooling, whose three branches hold the most (what a GPU must fit).
+          "largest": {**hyperspace.SEED_BEST_SPACE, "first_conv": 4, "residual": 4.0, "nb_conv_pool_layers": 3,
+                      "conv_pool_res_start_idx": 0.0, "conv_hiddn_units_mult": math.exp(0.6), "conv_kernel_size": 4.0,
+                      "res_conv_kernel_size": 4.0, "use_BN": True, "pooling_type": "inception",
+                      "fc_units_1_mult": math.exp(0.6), "one_more_fc": math.exp(0.6), "batch_size": 700.0,
+                      "width_multiple": 8}}
 CIFAR_IMAGES = 60_000
 
 

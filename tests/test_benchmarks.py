@@ -307,8 +307,19 @@ def test_roofline_flops_agree_with_the_layer_by_layer_count(tmp_path):
     assert row["dtype_policy"] == "float32" and row["images_per_s"] > 0
     assert row["memory_floor_ms"] == pytest.approx(row["mb_per_image"] * 1e6 * 8 / 0.05e12 * 1e3, rel=0.02)  # 8 images at 0.05 TB/s
     assert 0.8 < row["traffic_counted_of_xla"] < 1.2
+    # The step's device memory holds at least its float32 weights in and out.
+    assert row["n_params"] == build_model(SPACES["tiny"]).count_params() and row["step_gib"] * 2**30 >= 2 * 4 * row["n_params"]
     assert sum(row["traffic_share"].values()) == pytest.approx(1, abs=0.01)
     assert {"conv2d", "batch_normalization", "dropout"} <= set(row["traffic_share"])
+
+
+def test_the_largest_network_of_the_benchmarks_is_one_the_full_space_draws():
+    from bench_training import SPACES
+
+    import hyperspace
+
+    # Every hyperparameter at a value the search can sample: encode refuses any other.
+    assert hyperspace.encode(SPACES["largest"], hyperspace.space)["batch_size"] == [700.0]
 
 
 def test_roofline_refuses_a_backend_other_than_jax():
