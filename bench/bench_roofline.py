@@ -250,7 +250,7 @@ def step_gib(compiled) -> float:
     memory = compiled.memory_analysis()
     held = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
             + memory.temp_size_in_bytes)
-    return round(held / 2**30, 3)
+    return round(held / 2**30, 6)
 
 
 def time_steps(compiled, state, data, steps: int) -> float:
