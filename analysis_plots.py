@@ -72,7 +72,9 @@ def plot_all(rows: list[dict], ranked: list, kinds: dict[str, str], out: Path,
     }
     if both := [r for r in ok if r["coarse_accuracy"] is not None]:
         figures["fine_vs_coarse.png"] = fine_vs_coarse(both, split)
-    if fronts := {cost: front for cost in COST_LABELS if (front := cheapest_for_accuracy(ok, cost))}:
+    # A trial's cost against another's, at least: one alone is no trade-off.
+    if fronts := {cost: front for cost in COST_LABELS if len({r[cost] for r in ok if r[cost]}) > 1
+                  and (front := cheapest_for_accuracy(ok, cost))}:
         figures["cost_vs_accuracy.png"] = cost_vs_accuracy(ok, fronts, split)
     figures["importance.png"] = importance_ranking(ranked, split)
     written = []
@@ -298,8 +300,11 @@ def cost_vs_accuracy(ok: list[dict], fronts: dict[str, list[dict]], split: str):
             ax.annotate(str(r["trial"]), (r[cost], r["fine_accuracy"]), xytext=(2, 3), textcoords="offset points",
                         fontsize=6, color="red")
         log_axis(ax, "x", x)
-        if cost == "n_params":
-            ax.xaxis.set_major_formatter(ticker.EngFormatter())  # 200 k, 1 M rather than 200000, 1e+06
+        # 200 k, 1 M rather than 200000, 1e+06; where the costs span too little for two round numbers, the minor ticks too.
+        label = ticker.EngFormatter() if cost == "n_params" else ticker.FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(label)
+        if len(log_ticks(list(x))) < 2:
+            ax.xaxis.set_minor_formatter(label)
         ax.set_xlabel(axis)
         ax.set_ylabel(f"{split} fine accuracy")
         ax.legend(fontsize=7)

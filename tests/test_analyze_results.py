@@ -899,6 +899,20 @@ def test_the_cost_plot_draws_each_front_through_its_trials_named_and_leaves_out_
     # A trial that did not record its time (a crashed Spark worker's is a failed trial, on no front) leaves no time front.
     rows[0]["train_seconds"] = None
     assert analysis_notes.cheapest_for_accuracy(rows, "train_seconds") == []
+    # Costs too close for two round numbers on a log axis (tiny networks of 72 k to 110 k parameters): labelled still.
+    close = [{**r, "n_params": 72_000 + 7_000 * i} for i, r in enumerate(rows)]
+    size = analysis_plots.cost_vs_accuracy(close, {"n_params": analysis_notes.cheapest_for_accuracy(close, "n_params")},
+                                           "validation").axes[0]
+    size.figure.canvas.draw()
+    labels = [t.get_text() for t in size.xaxis.get_majorticklabels() + size.xaxis.get_minorticklabels() if t.get_text()]
+    assert len(labels) >= 2 and all(label.endswith(" k") for label in labels)
+
+
+def test_one_trial_gets_no_cost_plot_a_trade_off_of_one(tmp_path, capsys):
+    make_results(tmp_path / "results", n=1)
+    assert analyze_results.main(["--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    assert "no smaller one beats" not in capsys.readouterr().out
+    assert (tmp_path / "out" / "convergence.png").exists() and not (tmp_path / "out" / "cost_vs_accuracy.png").exists()
 
 
 def test_the_analysis_counts_tpes_suggestions_among_the_best_trials_against_the_whole_searchs():
