@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -87,10 +88,13 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert "The trials ran on" not in captured.out  # one version of the code, device and precision trained them all
     # Beside each leader, the hyperparameters that vary most among the leaders: none that every trial shares.
     header = next(line for line in captured.out.splitlines() if line.startswith("rank trial")).split()
-    assert sorted(header[7:]) == ["lr_rate_mult", "pooling_type", "residual"]
+    assert header[7] == "params" and sorted(header[8:]) == ["lr_rate_mult", "pooling_type", "residual"]
     board = [line.split() for line in captured.out.splitlines() if line[:4].strip().isdigit()]
     accuracies = [float(cols[2]) for cols in board]
     assert accuracies == sorted(accuracies, reverse=True) and len(accuracies) == 8
+    # Each network's size beside it (make_results counts 1,000 parameters and its trial id), as the analysis reads them.
+    leaders = [line for line in captured.out.splitlines() if line[:4].strip().isdigit()]
+    assert all(re.search(r" (no|yes) +1 k  ", line) for line in leaders)
     assert "What explains validation fine accuracy over 8 trials, 1 of them pruned at their accuracy when stopped" in captured.out
     best = max(rows, key=lambda r: float(r["fine_accuracy"] or 0))
     acc, test = float(best["fine_accuracy"]), float(best["test_fine_accuracy"])
@@ -166,7 +170,7 @@ def test_the_analysis_of_a_search_still_running_says_so(tmp_path, capsys):
 def importance_rows(accuracies, **varying) -> list[dict]:
     """Rows as load_trials_table makes them: these accuracies, the varying hyperparameters, the others constant."""
     rows = [{name: 1.0 for name in analyze_results.NUMERIC} | {name: "a" for name in analyze_results.CATEGORICAL}
-            | {"fine_accuracy": float(acc), "coarse_accuracy": float(acc) + 0.1} for acc in accuracies]
+            | {"fine_accuracy": float(acc), "coarse_accuracy": float(acc) + 0.1, "n_params": None} for acc in accuracies]
     for name, values in varying.items():
         for row, value in zip(rows, values):
             row[name] = value
@@ -440,6 +444,7 @@ def test_the_2017_results(tmp_path, reference_dir, capsys):
     assert "What explains test fine accuracy over" in out
     first = next(line for line in out.splitlines() if line.strip().startswith("1 "))
     assert first.split()[1:3] == ["28", "0.6761"]  # trial 28 of the 2017 pickle
+    assert "params" not in next(line for line in out.splitlines() if line.startswith("rank trial"))  # 2017 counted none
     assert next(r["best_epoch"] for r in rows if r["tid"] == "28") == "95"  # of its 100: its curve's peak
     assert "Their budget may have been short: 7 of the 10 best trials peaked in the last 10 epochs of 100;" in out
     # Its 67.61% is the best of 42 trials' 100 epochs on the 10,000 test images that measure it.
