@@ -9,7 +9,7 @@ import math
 import os
 from operator import itemgetter
 
-from cli import plural
+from cli import parameters, plural
 from utils import failure_cause
 
 
@@ -78,11 +78,6 @@ def cheapest_for_accuracy(rows: list[dict], cost: str) -> list[dict]:
             front.append(r)
             best = r["fine_accuracy"]
     return front
-
-
-def parameters(count: int) -> str:
-    """A network's parameter count as a person reads it: "7.06 M", "213 k"."""
-    return f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count / 1e3:.0f} k"
 
 
 def size_note(rows: list[dict]) -> str | None:

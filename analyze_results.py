@@ -16,9 +16,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from analysis_notes import (MIXED, best_first, budget_note, failures_note, mixed_note, parameters, retrains_table,
-                            size_note, standard_errors, suggestions_note, within_one_standard_error)
-from cli import ArgumentParser, at_least, plural, run
+from analysis_notes import (MIXED, best_first, budget_note, failures_note, mixed_note, retrains_table, size_note,
+                            standard_errors, suggestions_note, within_one_standard_error)
+from cli import ArgumentParser, at_least, parameters, plural, run
 from significance import beyond_chance, correlation_ratio, exchangeable, pearson_r, shuffled_p
 from trial import leaderboard_header, leaderboard_row, leaderboard_title
 from utils import (RESULTS_DIR, SETTINGS, RunLock, best_epoch, check_writable, is_ok, iter_results, setting,

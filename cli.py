@@ -80,6 +80,11 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def parameters(count: int) -> str:
+    """A network's parameter count as a person reads it: "7.06 M", "213 k"."""
+    return f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count / 1e3:.0f} k"
+
+
 def duration(seconds: float) -> str:
     """A span of time as a person reads it: "45 s", "12 min", "3.2 h"."""
     if seconds < 90:

@@ -156,7 +156,7 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
     def rows(out):
         lines = out.splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith("rank trial    fine  coarse    test epochs pruned  "))
-        return [line[:46] for line in lines[start + 1:start + 4]]
+        return [line[:57] for line in lines[start + 1:start + 4]]  # the figures and the network's parameters
 
     analysis = subprocess.run([sys.executable, str(REPO / "analyze_results.py"), "--out", "analysis"], cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
