@@ -51,13 +51,14 @@ def on_log_axis(kind: str, values: np.ndarray) -> bool:
     return kind == "log" and len(shown) > 0 and shown.min() > 0
 
 
-def log_axis(ax, which: str, values: np.ndarray) -> None:
-    """Make the `which` ("x" or "y") axis of `ax` logarithmic over these values, marked at round numbers."""
+def log_axis(ax, which: str, values: np.ndarray) -> list[float]:
+    """Make the `which` ("x" or "y") axis of `ax` logarithmic over these values, marked at round numbers; those numbers."""
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     axis = ax.xaxis if which == "x" else ax.yaxis
     ticks = log_ticks(list(values[~np.isnan(values)]))
     axis.set_ticks(ticks, [f"{t:g}" for t in ticks])
     axis.set_minor_formatter(ticker.NullFormatter())
+    return ticks
 
 
 def plot_all(rows: list[dict], ranked: list, kinds: dict[str, str], out: Path,
@@ -299,11 +300,11 @@ def cost_vs_accuracy(ok: list[dict], fronts: dict[str, list[dict]], split: str):
         for r in front:
             ax.annotate(str(r["trial"]), (r[cost], r["fine_accuracy"]), xytext=(2, 3), textcoords="offset points",
                         fontsize=6, color="red")
-        log_axis(ax, "x", x)
+        ticks = log_axis(ax, "x", x)
         # 200 k, 1 M rather than 200000, 1e+06; where the costs span too little for two round numbers, the minor ticks too.
         label = ticker.EngFormatter() if cost == "n_params" else ticker.FuncFormatter(lambda value, _: f"{value:g}")
         ax.xaxis.set_major_formatter(label)
-        if len(log_ticks(list(x))) < 2:
+        if len(ticks) < 2:
             ax.xaxis.set_minor_formatter(label)
         ax.set_xlabel(axis)
         ax.set_ylabel(f"{split} fine accuracy")

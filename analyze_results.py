@@ -18,9 +18,9 @@ import numpy as np
 
 from analysis_notes import (MIXED, best_first, budget_note, failures_note, mixed_note, retrains_table, size_note,
                             standard_errors, suggestions_note, within_one_standard_error)
-from cli import ArgumentParser, at_least, parameters, plural, run
+from cli import ArgumentParser, at_least, plural, run
 from significance import beyond_chance, correlation_ratio, exchangeable, pearson_r, shuffled_p
-from trial import leaderboard_header, leaderboard_row, leaderboard_title
+from trial import PARAMS_HEADER, leaderboard_header, leaderboard_row, leaderboard_title, params_cell
 from utils import (RESULTS_DIR, SETTINGS, RunLock, best_epoch, check_writable, is_ok, iter_results, setting,
                    trials_file_for, validation_curve, warn)
 
@@ -267,11 +267,11 @@ def print_leaderboard(rows: list[dict], top: int) -> None:
         return f"{v:.3g}" if isinstance(v, float) else "-" if v is None else str(v if v != "" else "none")
 
     sized = any(r["n_params"] for r in ok)  # each network's size, where the results counted it (not 2017's)
-    print(leaderboard_header("  ".join([f"{'params':>7}"] * sized + varying)))
+    print(leaderboard_header("  ".join([PARAMS_HEADER] * sized + varying)))
     for rank, r in enumerate(ok, 1):
-        size = [f"{parameters(r['n_params']) if r['n_params'] else '-':>7}"] * sized
         print(leaderboard_row(rank, r["trial"], r["fine_accuracy"], r["coarse_accuracy"], r["test_fine_accuracy"], r["epochs"],
-                              r["pruned"], "  ".join(size + [f"{short(r[n]):>{len(n)}}" for n in varying])))
+                              r["pruned"], "  ".join([params_cell(r["n_params"])] * sized
+                                                     + [f"{short(r[n]):>{len(n)}}" for n in varying])))
 
 
 def category_spread(values: list) -> float:

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import resume
-from cli import SignalGuard, parameters, plural, run, unsupported_backend
+from cli import SignalGuard, plural, run, unsupported_backend
 from precision import tensorflow_defaults, use_one_gpu
-from trial import (Objective, leaderboard_header, leaderboard_row, leaderboard_title, pace, repeated_failure, report,
-                   trial_line)
+from trial import (PARAMS_HEADER, Objective, leaderboard_header, leaderboard_row, leaderboard_title, pace, params_cell,
+                   repeated_failure, report, trial_line)
 
 tensorflow_defaults()
 
@@ -369,11 +369,11 @@ class Search:
             print("No finished trial yet.")
             return
         print(f"\n{leaderboard_title(len(ok), results)}")
-        print(leaderboard_header(f"{'params':>7}  model"))
+        print(leaderboard_header(f"{PARAMS_HEADER}  model"))
         for rank, r in enumerate(ok, 1):
-            size = parameters(r["n_params"]) if r.get("n_params") else "-"  # none in 2017's trials, resumed
             print(leaderboard_row(rank, r.get("tid"), -r["loss"], r.get("coarse_best_accuracy"), r.get("test_fine_accuracy"),
-                                  r.get("epochs_trained"), r.get("pruned"), f"{size:>7}  {r.get('model_name', '')}"))
+                                  r.get("epochs_trained"), r.get("pruned"),
+                                  f"{params_cell(r.get('n_params'))}  {r.get('model_name', '')}"))
 
     def print_next_steps(self) -> None:
         """Where a trial finished: the commands that analyse this search and retrain its best network, run as this ran."""

@@ -15,7 +15,7 @@ import os
 import re
 import time
 
-from cli import duration, plural
+from cli import duration, parameters, plural
 from utils import best_epoch, failure_cause, iter_results, setting, validation_curve, weights_seed
 
 
@@ -196,6 +196,14 @@ def leaderboard_title(shown: int, trials: list[dict]) -> str:
 def leaderboard_header(last: str) -> str:
     """A leaderboard's column names: a trial's figures (leaderboard_row), then `last`."""
     return f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  {last}"
+
+
+PARAMS_HEADER = f"{'params':>7}"  # a leaderboard's column of each network's size (params_cell)
+
+
+def params_cell(n_params: int | None) -> str:
+    """A leaderboard's cell of a network's parameters: "7.21 M", or "-" where its result did not count them (2017's)."""
+    return f"{parameters(n_params) if n_params else '-':>7}"
 
 
 def leaderboard_row(rank: int, tid, fine, coarse, test, epochs, pruned, last: str) -> str:
