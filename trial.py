@@ -141,11 +141,29 @@ def repeated_failure(results: list[dict]) -> str | None:
         return None
     reason = f"{FAILURES_IN_A_ROW} trials in a row failed with: {errors[-1]}"
     if OUT_OF_MEMORY.search(errors[-1]):
+        if all(outgrew_the_trained(failed, results) for failed in results[-FAILURES_IN_A_ROW:]):
+            return None  # networks too large for the device, which TPE learns to avoid: not a device that others hold
         # Python's own MemoryError is the host's, whatever trains the networks.
         on_cpu = errors[-1].startswith("MemoryError") or str(results[-1].get("device", "")).startswith("CPU")
         reason += (f"; does another process hold {'this machine' if on_cpu else 'the GPU'}'s memory "
                    f"({'free -h' if on_cpu else 'nvidia-smi'})?")
     return reason
+
+
+def step_activations(result: dict) -> int | None:
+    """The values a trial's training step keeps for its backward pass (its activations per image times its batch), or
+    None where the result does not record them (2017's, or a network that failed before it was built)."""
+    per_image = result.get("activations_per_image")
+    return per_image * int(result["space"]["batch_size"]) if per_image else None
+
+
+def outgrew_the_trained(failed: dict, results: list[dict]) -> bool:
+    """Whether a failed trial's step needed more than that of every trial that trained on its device: then its
+    out-of-memory is its own size's, not memory that another process holds (which fails smaller networks too)."""
+    needed = step_activations(failed)
+    trained = [step_activations(r) for r in results if r.get("status") == "ok" and r.get("device") == failed.get("device")]
+    trained = [needs for needs in trained if needs is not None]
+    return needed is not None and bool(trained) and needed > max(trained)
 
 
 def pace(saved: int, max_evals: int | None, done_here: int, seconds_here: float, seconds_left: float | None) -> str | None:

@@ -43,7 +43,7 @@ def make_results(folder, n=8, dataset="synthetic", recorded=lambda tid: {}):
             "test_fine_accuracy": acc - 0.01, "epochs_trained": 6, "pruned": tid == 3, "tid": tid,
             "model_name": f"model_{acc}_{tid:05d}", "space": space, "selected_on": "validation",
             "dataset": dataset, "train_images": 2700, "val_images": 300, "test_images": 600, "search_space": "full",
-            "max_epochs": 6 + tid % 2, "patience": 4, "n_params": 1000 + tid, "train_seconds": 60.5 + tid,
+            "max_epochs": 6 + tid % 2, "patience": 4, "n_params": 1000 + tid, "activations_per_image": 9000 + tid, "train_seconds": 60.5 + tid,
             "started": f"2026-12-07T03:{tid:02d}:00+05:30",
             "keras_backend": "jax", "keras_version": "3.15.1", "backend_version": "0.10.2", "precision": "mixed_bfloat16",
             "device": "NVIDIA H100 80GB HBM3", "code_version": "1a2b3c4d5e6f",
@@ -78,9 +78,9 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert {r["best_epoch"] for r in rows} == {"6", ""}  # from the curves, which peak at their end; a failed trial has none
     # What each trial cost, when, and on what machine and software.
     first = next(r for r in rows if r["tid"] == "0")
-    assert ((first["n_params"], first["train_seconds"], first["started"], first["keras_backend"], first["keras_version"],
+    assert ((first["n_params"], first["activations_per_image"], first["train_seconds"], first["started"], first["keras_backend"], first["keras_version"],
              first["backend_version"], first["precision"], first["device"], first["code_version"])
-            == ("1000", "60.5", "2026-12-07T03:00:00+05:30", "jax", "3.15.1", "0.10.2", "mixed_bfloat16",
+            == ("1000", "9000", "60.5", "2026-12-07T03:00:00+05:30", "jax", "3.15.1", "0.10.2", "mixed_bfloat16",
                 "NVIDIA H100 80GB HBM3", "1a2b3c4d5e6f"))
     captured = capsys.readouterr()
     assert "broken.txt.json" in captured.err and "foreign.json" in captured.err

@@ -638,6 +638,36 @@ def test_three_out_of_memory_failures_in_a_row_stop_the_run_though_each_names_it
     assert err.endswith(f" and type float; does another process hold {where}?\n")
 
 
+@pytest.mark.parametrize("scale, trials, code", [(100, 6, 0), (0.01, 5, 1)], ids=["larger", "smaller"])
+def test_out_of_memory_failures_stop_the_run_only_where_a_network_that_failed_needed_less_than_one_that_trained(
+        scale, trials, code, tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    # A device whose memory held the first two networks alone; the next ones needed `scale` times their own activations.
+    real_build, real_count = neural_net.build_model, neural_net.activations_per_image
+    built = []
+
+    def out_of_memory(*args, **kwargs):
+        raise ResourceExhaustedError("OOM when allocating tensor with shape[700,256,32,32] and type float")
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        built.append(model)
+        if len(built) > 2:
+            model.fit = out_of_memory
+        return model
+
+    monkeypatch.setattr(neural_net, "build_model", build)
+    monkeypatch.setattr(neural_net, "activations_per_image",
+                        lambda model: real_count(model) * (1 if model in built[:2] else scale))
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "6") == code
+    results = [t["result"] for t in load_trials(tmp_path / "results.pkl").trials]
+    assert [r["status"] for r in results] == ["ok", "ok"] + ["fail"] * (trials - 2)
+    assert all(r["activations_per_image"] > 0 and r["n_params"] > 0 for r in results)  # failed ones too
+    stopped = "3 trials in a row failed with: ResourceExhaustedError: OOM" in capsys.readouterr().err
+    assert stopped == (code == 1)
+
+
 @pytest.mark.slow
 def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_file(tmp_path, monkeypatch, capsys):
     import utils
