@@ -638,9 +638,9 @@ def test_three_out_of_memory_failures_in_a_row_stop_the_run_though_each_names_it
     assert err.endswith(f" and type float; does another process hold {where}?\n")
 
 
-@pytest.mark.parametrize("scale, trials, code", [(100, 6, 0), (0.01, 5, 1)], ids=["larger", "smaller"])
+@pytest.mark.parametrize("scale, code", [(100, 0), (0.01, 1)], ids=["larger", "smaller"])
 def test_out_of_memory_failures_stop_the_run_only_where_a_network_that_failed_needed_less_than_one_that_trained(
-        scale, trials, code, tmp_path, monkeypatch, capsys):
+        scale, code, tmp_path, monkeypatch, capsys):
     import neural_net
 
     # A device whose memory held the first two networks alone; the next ones needed `scale` times their own activations.
@@ -660,9 +660,9 @@ def test_out_of_memory_failures_stop_the_run_only_where_a_network_that_failed_ne
     monkeypatch.setattr(neural_net, "build_model", build)
     monkeypatch.setattr(neural_net, "activations_per_image",
                         lambda model: real_count(model) * (1 if model in built[:2] else scale))
-    assert in_process(tmp_path, monkeypatch, "--max-evals", "6") == code
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "5") == code
     results = [t["result"] for t in load_trials(tmp_path / "results.pkl").trials]
-    assert [r["status"] for r in results] == ["ok", "ok"] + ["fail"] * (trials - 2)
+    assert [r["status"] for r in results] == ["ok", "ok", "fail", "fail", "fail"]
     assert all(r["activations_per_image"] > 0 and r["n_params"] > 0 for r in results)  # failed ones too
     stopped = "3 trials in a row failed with: ResourceExhaustedError: OOM" in capsys.readouterr().err
     assert stopped == (code == 1)
