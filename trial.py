@@ -150,18 +150,21 @@ def repeated_failure(results: list[dict]) -> str | None:
     return reason
 
 
-def step_activations(result: dict) -> int | None:
-    """The values a trial's training step keeps for its backward pass (its activations per image times its batch), or
-    None where the result does not record them (2017's, or a network that failed before it was built)."""
+def step_bytes(result: dict) -> int | None:
+    """The bytes a trial's training step keeps for its backward pass: its activations per image times its batch, in
+    bfloat16's or float16's 2 bytes under mixed precision, else float32's 4; None where the result does not record
+    them (2017's, or a network that failed before it was built)."""
     per_image = result.get("activations_per_image")
-    return per_image * int(result["space"]["batch_size"]) if per_image else None
+    if not per_image:
+        return None
+    return per_image * int(result["space"]["batch_size"]) * (2 if str(result.get("precision")).startswith("mixed") else 4)
 
 
 def outgrew_the_trained(failed: dict, results: list[dict]) -> bool:
     """Whether a failed trial's step needed more than that of every trial that trained on its device: then its
     out-of-memory is its own size's, not memory that another process holds (which fails smaller networks too)."""
-    needed = step_activations(failed)
-    trained = [step_activations(r) for r in results if r.get("status") == "ok" and r.get("device") == failed.get("device")]
+    needed = step_bytes(failed)
+    trained = [step_bytes(r) for r in results if r.get("status") == "ok" and r.get("device") == failed.get("device")]
     trained = [needs for needs in trained if needs is not None]
     return needed is not None and bool(trained) and needed > max(trained)
 

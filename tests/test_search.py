@@ -668,6 +668,23 @@ def test_out_of_memory_failures_stop_the_run_only_where_a_network_that_failed_ne
     assert stopped == (code == 1)
 
 
+def test_a_network_outgrows_those_that_trained_on_its_device_by_its_steps_bytes_in_its_precision():
+    from trial import outgrew_the_trained
+
+    def result(status, precision, device="NVIDIA H100 80GB HBM3", per_image=1000):
+        return {"status": status, "precision": precision, "device": device, "activations_per_image": per_image,
+                "space": {"batch_size": 100.0}}
+
+    trained = [result("ok", "mixed_bfloat16")]
+    assert outgrew_the_trained(result("fail", "float32"), trained)  # the same network, twice the bytes
+    assert not outgrew_the_trained(result("fail", "mixed_float16"), trained)
+    assert outgrew_the_trained(result("fail", "mixed_bfloat16", per_image=1001), trained)
+    # No telling: nothing trained on that device, or what trained did not record its size, or the failure did not.
+    assert not outgrew_the_trained(result("fail", "float32", device="NVIDIA A10"), trained)
+    assert not outgrew_the_trained(result("fail", "float32"), [result("ok", "mixed_bfloat16", per_image=None)])
+    assert not outgrew_the_trained(result("fail", "float32", per_image=None), trained)
+
+
 @pytest.mark.slow
 def test_a_failed_save_stops_the_search_and_the_next_run_restores_the_result_file(tmp_path, monkeypatch, capsys):
     import utils
