@@ -145,8 +145,10 @@ def repeated_failure(results: list[dict]) -> str | None:
             return None  # networks too large for the device, which TPE learns to avoid: not a device that others hold
         # Python's own MemoryError is the host's, whatever trains the networks.
         on_cpu = errors[-1].startswith("MemoryError") or str(results[-1].get("device", "")).startswith("CPU")
-        reason += (f"; does another process hold {'this machine' if on_cpu else 'the GPU'}'s memory "
-                   f"({'free -h' if on_cpu else 'nvidia-smi'})?")
+        device = "this machine" if on_cpu else "the GPU"
+        reason += f"; does another process hold {device}'s memory ({'free -h' if on_cpu else 'nvidia-smi'})"
+        trained_here = any(r.get("status") == "ok" and r.get("device") == results[-1].get("device") for r in results)
+        reason += "?" if trained_here else f", or is {device} too small for these networks (none has trained on it yet)?"
     return reason
 
 
