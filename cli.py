@@ -1,5 +1,5 @@
-"""What every script's command line shares: the --help format, count arguments, counts, durations and network sizes in
-messages, Keras's folder and backend, output to whoever still reads it, Ctrl-C, and signals held back while a script
+"""What every script's command line shares: the --help format, count arguments, counts, durations, network sizes and
+memory in messages, Keras's folder and backend, output to whoever still reads it, Ctrl-C, and signals held back while a script
 saves."""
 
 from __future__ import annotations
@@ -84,6 +84,11 @@ def plural(count: int, noun: str) -> str:
 def parameters(count: int) -> str:
     """A network's parameter count as a person reads it: "7.06 M", "213 k"."""
     return f"{count / 1e6:.2f} M" if count >= 1e6 else f"{count / 1e3:.0f} k"
+
+
+def memory(count: float) -> str:
+    """A number of bytes as a person reads it: "1.22 GiB", "75.3 MiB"."""
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def duration(seconds: float) -> str:

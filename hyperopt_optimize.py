@@ -19,8 +19,8 @@ from pathlib import Path
 import resume
 from cli import SignalGuard, plural, run, unsupported_backend
 from precision import tensorflow_defaults, use_one_gpu
-from trial import (PARAMS_HEADER, Objective, leaderboard_header, leaderboard_row, leaderboard_title, pace, params_cell,
-                   repeated_failure, report, trial_line)
+from trial import (PARAMS_HEADER, Objective, leaderboard_header, leaderboard_row, leaderboard_title, outgrown_note, pace,
+                   params_cell, repeated_failure, report, trial_line)
 
 tensorflow_defaults()
 
@@ -352,6 +352,8 @@ class Search:
                 point = hyperspace.decode(trial["misc"]["vals"], self.space)  # what the worker trained
                 report(self.objective.first_line(trial["tid"], point, started, self.data.has_coarse))
             line = trial_line(result, self.best_loss, self.args.select_on)
+            if note := outgrown_note(result, [t["result"] for t in snapshot.trials]):
+                line += f"; {note}"
             if trial is new[-1] and (where := self.where_it_stands()):
                 line += f"; {where}"
             report(line)

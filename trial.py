@@ -15,7 +15,7 @@ import os
 import re
 import time
 
-from cli import duration, parameters, plural
+from cli import duration, memory, parameters, plural
 from utils import best_epoch, failure_cause, iter_results, setting, validation_curve, weights_seed
 
 
@@ -162,13 +162,25 @@ def step_bytes(result: dict) -> int | None:
     return per_image * int(result["space"]["batch_size"]) * (2 if str(result.get("precision")).startswith("mixed") else 4)
 
 
+def largest_trained(failed: dict, results: list[dict]) -> int | None:
+    """The most bytes (step_bytes) that a trial's step needed of those that trained on the failed trial's device."""
+    trained = [step_bytes(r) for r in results if r.get("status") == "ok" and r.get("device") == failed.get("device")]
+    return max((needs for needs in trained if needs is not None), default=None)
+
+
 def outgrew_the_trained(failed: dict, results: list[dict]) -> bool:
     """Whether a failed trial's step needed more than that of every trial that trained on its device: then its
     out-of-memory is its own size's, not memory that another process holds (which fails smaller networks too)."""
-    needed = step_bytes(failed)
-    trained = [step_bytes(r) for r in results if r.get("status") == "ok" and r.get("device") == failed.get("device")]
-    trained = [needs for needs in trained if needs is not None]
-    return needed is not None and bool(trained) and needed > max(trained)
+    needed, most = step_bytes(failed), largest_trained(failed, results)
+    return needed is not None and most is not None and needed > most
+
+
+def outgrown_note(failed: dict, results: list[dict]) -> str | None:
+    """What an out-of-memory failure's line adds where its network outgrew every one that trained on its device."""
+    if not OUT_OF_MEMORY.search(failed.get("error") or "") or not outgrew_the_trained(failed, results):
+        return None
+    return (f"its step's activations ({memory(step_bytes(failed))}) outgrow those of every network that trained on this "
+            f"device ({memory(largest_trained(failed, results))} at most): failures like it do not stop the search")
 
 
 def pace(saved: int, max_evals: int | None, done_here: int, seconds_here: float, seconds_left: float | None) -> str | None:

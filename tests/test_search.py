@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 import os
 import pickle
+import re
 import shlex
 import shutil
 import signal
@@ -666,10 +667,20 @@ def test_out_of_memory_failures_stop_the_run_only_where_a_network_that_failed_ne
     results = [t["result"] for t in load_trials(tmp_path / "results.pkl").trials]
     assert [r["status"] for r in results] == ["ok", "ok", "fail", "fail", "fail"]
     assert all(r["activations_per_image"] > 0 and r["n_params"] > 0 for r in results)  # failed ones too
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert ("3 trials in a row failed with: ResourceExhaustedError: OOM" in err) == (code == 1)
     if code == 1:  # two networks larger than one that failed trained on it: memory that another process holds
         assert err.endswith("; does another process hold this machine's memory (free -h)?\n")
+    # Each failure of a network too large for the device says so, and why the search goes on past it.
+    outgrown = re.findall(r"FAILED: .*; its step's activations \(([\d.]+ [MG]iB)\) outgrow those of every network that "
+                          r"trained on this device \(([\d.]+ [MG]iB) at most\): failures like it do not stop the search", out)
+    assert len(outgrown) == (3 if code == 0 else 0)
+
+    def mib(text):
+        number, unit = text.split()
+        return float(number) * (1024 if unit == "GiB" else 1)
+
+    assert all(mib(needed) > mib(most) for needed, most in outgrown)
 
 
 def test_a_network_outgrows_those_that_trained_on_its_device_by_its_steps_bytes_in_its_precision():
