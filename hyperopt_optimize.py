@@ -352,14 +352,14 @@ class Search:
                 point = hyperspace.decode(trial["misc"]["vals"], self.space)  # what the worker trained
                 report(self.objective.first_line(trial["tid"], point, started, self.data.has_coarse))
             line = trial_line(result, self.best_loss, self.args.select_on)
-            if note := outgrown_note(result, [t["result"] for t in snapshot.trials]):
+            if note := outgrown_note(result, snapshot.results):
                 line += f"; {note}"
             if trial is new[-1] and (where := self.where_it_stands()):
                 line += f"; {where}"
             report(line)
             if improved and not self.args.no_plot:
                 self.plot(result["space"], "model_best.png")
-        if reason := repeated_failure([t["result"] for t in snapshot.trials]):
+        if reason := repeated_failure(snapshot.results):
             self.stop_reason = reason
             return True, []
         return False, []

@@ -135,7 +135,8 @@ OUT_OF_MEMORY = re.compile(r"\bOOM\b|out of memory|RESOURCE_EXHAUSTED|^MemoryErr
 
 
 def repeated_failure(results: list[dict]) -> str | None:
-    """Why the search stops after these results, in trial order: its last trials failed in a row of one cause; or None."""
+    """Why the search stops after these results, in trial order: its last trials failed in a row of one cause, unless
+    each ran out of memory with a network that outgrew every one that trained on its device; or None."""
     errors = [result.get("error") or "" for result in results[-FAILURES_IN_A_ROW:]]
     if len(errors) < FAILURES_IN_A_ROW or not all(errors) or len({failure_cause(error) for error in errors}) > 1:
         return None
@@ -147,8 +148,7 @@ def repeated_failure(results: list[dict]) -> str | None:
         on_cpu = errors[-1].startswith("MemoryError") or str(results[-1].get("device", "")).startswith("CPU")
         device = "this machine" if on_cpu else "the GPU"
         reason += f"; does another process hold {device}'s memory ({'free -h' if on_cpu else 'nvidia-smi'})"
-        trained_here = any(r.get("status") == "ok" and r.get("device") == results[-1].get("device") for r in results)
-        reason += "?" if trained_here else f", or is {device} too small for these networks (none has trained on it yet)?"
+        reason += "?" if trained_on_its_device(results[-1], results) else f", or is {device} too small for these networks (none has trained on it yet)?"
     return reason
 
 
@@ -162,10 +162,14 @@ def step_bytes(result: dict) -> int | None:
     return per_image * int(result["space"]["batch_size"]) * (2 if str(result.get("precision")).startswith("mixed") else 4)
 
 
+def trained_on_its_device(failed: dict, results: list[dict]) -> list[dict]:
+    """The results of the trials that trained on the device where `failed` failed."""
+    return [r for r in results if r.get("status") == "ok" and r.get("device") == failed.get("device")]
+
+
 def largest_trained(failed: dict, results: list[dict]) -> int | None:
     """The most bytes (step_bytes) that a trial's step needed of those that trained on the failed trial's device."""
-    trained = [step_bytes(r) for r in results if r.get("status") == "ok" and r.get("device") == failed.get("device")]
-    return max((needs for needs in trained if needs is not None), default=None)
+    return max(filter(None, map(step_bytes, trained_on_its_device(failed, results))), default=None)
 
 
 def outgrew_the_trained(failed: dict, results: list[dict]) -> bool:
