@@ -94,7 +94,7 @@ def test_a_workers_lines_are_written_whole_so_that_two_trials_starting_at_once_d
 def test_local_2_continues_a_sequential_search_two_trials_at_a_time_and_names_each_trials_network(tmp_path):
     assert run_cli(tmp_path, "--max-evals", "1").returncode == 0
     began = india_now()
-    out = run_cli(tmp_path, "--max-evals", "4", "--spark-master", "local[2]", env={**os.environ, "TZ": INDIA_TZ})
+    out = run_cli(tmp_path, "--max-evals", "3", "--spark-master", "local[2]", env={**os.environ, "TZ": INDIA_TZ})
     ended = india_now()
     assert out.returncode == 0, out.stderr[-2000:]
     # A worker cannot know its trial's number: the driver says which network each finished trial trained, and when.
@@ -114,9 +114,9 @@ def test_local_2_continues_a_sequential_search_two_trials_at_a_time_and_names_ea
             "CPU cores\n") in out.stdout
     assert "Warning" not in out.stderr  # pyspark's about job tags, which the search does not use
     trials = load_trials(tmp_path / "results.pkl")
-    assert sorted(t["tid"] for t in trials.trials) == [0, 1, 2, 3]
+    assert sorted(t["tid"] for t in trials.trials) == [0, 1, 2]
     assert all(t["result"]["status"] == "ok" for t in trials.trials)
-    assert len(list((tmp_path / "results").glob("model_*.txt.json"))) == 4
+    assert len(list((tmp_path / "results").glob("model_*.txt.json"))) == 3
     # A worker gets the project's modules alone: the commit that trained them is the driver's.
     assert {t["result"]["code_version"] for t in trials.trials} == {code_version()}
 
