@@ -994,6 +994,7 @@ def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_model_plots_are_drawn_into_each_searchs_own_results_folder(tmp_path, monkeypatch):
     from keras.src.utils.model_visualization import check_graphviz
+    from PIL import Image
 
     if not check_graphviz():
         pytest.skip("Graphviz is not installed")
@@ -1007,6 +1008,11 @@ def test_model_plots_are_drawn_into_each_searchs_own_results_folder(tmp_path, mo
         assert (tmp_path / folder / "model_demo.png").stat().st_size > 1000
         assert (tmp_path / folder / "model_best.png").stat().st_size > 1000
     assert not list(tmp_path.glob("*.png"))
+    # The demo network, the full space's, drawn small enough for an image viewer: Keras's default 200 dpi drew it at
+    # 124 megapixels, past what Pillow opens without a warning of a decompression bomb.
+    with Image.open(tmp_path / "results" / "model_demo.png") as drawn:
+        width, height = drawn.size
+    assert width * height < Image.MAX_IMAGE_PIXELS / 2
 
 
 @pytest.mark.slow
