@@ -185,8 +185,8 @@ class _Builder:
 
 def activations_per_image(model: keras.Model) -> int:
     """The values that every layer's outputs hold for one image: times the batch, what a training step keeps for its
-    backward pass (in bfloat16, 1.22 GiB for SEED_BEST_SPACE with widths x8 and 4.13 for the space's largest network, where XLA's
-    compile for an H100 assigns 1.25 and 4.11, bench/README.md)."""
+    backward pass (for networks whose step holds over 1 GiB, 0.7 to 1.1 times what XLA's compile for an H100 assigns
+    the whole step, bench/README.md)."""
     return sum(math.prod(output.shape[1:]) for layer in model.layers for output in keras.tree.flatten(layer.output))
 
 

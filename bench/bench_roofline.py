@@ -41,9 +41,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import bench_training  # noqa: E402
-from cli import ArgumentParser, at_least  # noqa: E402
-from neural_net import build_model  # noqa: E402
+import hyperspace  # noqa: E402
+from cli import SEED, ArgumentParser, at_least  # noqa: E402
+from neural_net import activations_per_image, build_model  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
+from trial import step_bytes  # noqa: E402
 
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
@@ -267,10 +269,18 @@ def time_steps(compiled, state, data, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
+def drawn(count: int, seed: int) -> list[tuple[str, dict]]:
+    """`count` networks drawn at random from the full space, as a search's first trials are: draw0, draw1, ..."""
+    from hyperopt.pyll import stochastic
+
+    rng = np.random.default_rng(seed)
+    return [(f"draw{i}", stochastic.sample(hyperspace.SPACES["full"], rng)) for i in range(count)]
+
+
+def roofline(name: str, space: dict, variant: str, args: argparse.Namespace) -> dict:
     """One network's figures: FLOPs, bytes, floors, the measured step and its traffic by layer kind."""
     keras.config.set_dtype_policy(args.precision)  # per model: clear_session() resets it
-    space = bench_training.VARIANTS[variant](bench_training.SPACES[name])
+    space = bench_training.VARIANTS[variant](space)
     batch = args.batch_size or int(space["batch_size"])
     model, compiled, state, data, compile_s = compiled_train_step(space, batch, args.target)
     hlo = compiled.as_text()
@@ -287,6 +297,9 @@ def roofline(name: str, variant: str, args: argparse.Namespace) -> dict:
         flops, moved = step_flops(model, state, data), float(counted)
     row = {"space": name, "variant": variant, "batch_size": batch, "dtype_policy": model.dtype_policy.name,
            "n_params": model.count_params(), "step_gib": step_gib(compiled),
+           # What a search counts a network's step to need (trial.step_bytes), to set beside what XLA assigns.
+           "activations_gib": round(step_bytes({"activations_per_image": activations_per_image(model), "space": {
+               "batch_size": batch}, "precision": model.dtype_policy.name}) / 2**30, 6),
            "compile_s": round(compile_s, 1), "kernels": len(kernels), "gflop_per_image": round(flops / batch / 1e9, 3),
            "mb_per_image": round(moved / batch / 1e6, 2), "flop_per_byte": round(flops / moved, 1),
            "traffic_counted_of_xla": round(counted / moved, 3) if xla_costs else None}
@@ -332,6 +345,9 @@ def main() -> None:
     parser.add_argument("--variants", default="as-is",
                         help=f"comma-separated, as in bench_training.py: {', '.join(bench_training.VARIANTS)}, or all")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
+    parser.add_argument("--draws", type=at_least(0), default=0,
+                        help="also this many networks drawn at random from the full space, as a search's first trials are")
+    parser.add_argument("--seed", type=SEED, default=0, help="of the --draws")
     parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the space's own batch size")
     parser.add_argument("--steps", type=at_least(1), default=20, help="timed steps")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak (H100 SXM dense bf16: 989)")
@@ -368,15 +384,17 @@ def main() -> None:
     import jax
 
     device = args.device = args.target or jax.devices()[0]
-    rows = [roofline(name, variant, args) for name in spaces for variant in variants]
+    networks = [(name, bench_training.SPACES[name]) for name in spaces] + drawn(args.draws, args.seed)
+    rows = [roofline(name, space, variant, args) for name, space in networks for variant in variants]
     mode = "compiled for it, not run" if args.target else "compiled and run"
     print(f"device {device.device_kind} ({mode}), precision {args.precision}")
-    print(f"{'space':7} {'variant':11} {'batch':>5} {'params':>10} {'step GiB':>8} {'kernels':>7} {'GFLOP/img':>9} "
+    print(f"{'space':7} {'variant':11} {'batch':>5} {'params':>10} {'step GiB':>8} {'act GiB':>7} {'kernels':>7} {'GFLOP/img':>9} "
           f"{'MB/img':>7} {'FLOP/B':>7} {'step ms':>8} {'img/s':>9} {'of peak':>7} {'floor ms (compute/memory)':>26} "
           f"{'ceiling':>7} {'of bandwidth':>12}")
     for r in rows:
         floors = f"{_cell(r, 'compute_floor_ms')} / {_cell(r, 'memory_floor_ms')}"
         print(f"{r['space']:7} {r['variant']:11} {r['batch_size']:>5} {r['n_params']:>10,} {r['step_gib']:>8.2f} "
+              f"{r['activations_gib']:>7.2f} "
               f"{r['kernels']:>7} {r['gflop_per_image']:>9.3f} "
               f"{r['mb_per_image']:>7.1f} {r['flop_per_byte']:>7.1f} {_cell(r, 'step_ms'):>8} {_cell(r, 'images_per_s'):>9} "
               f"{_cell(r, 'of_peak', True):>7} {floors:>26} {_cell(r, 'ceiling_of_peak', True):>7} "

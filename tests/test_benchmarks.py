@@ -311,6 +311,22 @@ def test_roofline_flops_agree_with_the_layer_by_layer_count(tmp_path):
     assert row["n_params"] == build_model(SPACES["tiny"]).count_params() and row["step_gib"] * 2**30 >= 2 * 4 * row["n_params"]
     assert sum(row["traffic_share"].values()) == pytest.approx(1, abs=0.01)
     assert {"conv2d", "batch_normalization", "dropout"} <= set(row["traffic_share"])
+    # Beside it, what a search counts the network's step to need: its activations at this batch, in float32's 4 bytes.
+    from neural_net import activations_per_image
+
+    assert row["activations_gib"] * 2**30 == pytest.approx(activations_per_image(build_model(SPACES["tiny"])) * 8 * 4, rel=1e-3)
+
+
+def test_the_roofline_draws_networks_from_the_full_space_as_a_search_first_does_and_the_same_ones_again():
+    import hyperspace
+    from bench_roofline import drawn
+
+    first = drawn(3, seed=0)
+    assert [name for name, _ in first] == ["draw0", "draw1", "draw2"]
+    assert first == drawn(3, seed=0) and first != drawn(3, seed=1)
+    assert len({point["batch_size"] for _, point in first}) == 3
+    for _, point in first:
+        hyperspace.encode(point, hyperspace.space)  # a point the space draws, else NotInSpace
 
 
 def test_the_largest_network_of_the_benchmarks_is_one_the_full_space_draws():
