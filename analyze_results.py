@@ -33,7 +33,8 @@ HYPERPARAMETERS = NUMERIC + CATEGORICAL
 # scored over.
 RESIDUAL_ONLY = {"conv_pool_res_start_idx": "that chose residual units", "res_conv_kernel_size": "with residual units"}
 LOG_UNIFORM = ["lr_rate_mult", "l2_weight_reg_mult", "conv_hiddn_units_mult", "fc_units_1_mult"]  # log-uniform in the space: log axes
-COST_COLUMNS = ["n_params", "activations_per_image", "train_seconds", "started", "keras_backend", "keras_version", "backend_version", "precision", "device"]
+COST_COLUMNS = ["n_params", "activations_per_image", "train_seconds", "started", "keras_backend", "keras_version",
+                "backend_version", "precision", "device"]
 LEAN_P = 0.05  # below it, the importance table says which way the better trials lean as a finding
 
 

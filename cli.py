@@ -1,6 +1,6 @@
 """What every script's command line shares: the --help format, count arguments, counts, durations, network sizes and
-memory in messages, Keras's folder and backend, output to whoever still reads it, Ctrl-C, and signals held back while a script
-saves."""
+memory in messages, Keras's folder and backend, output to whoever still reads it, Ctrl-C, and signals held back while a
+script saves."""
 
 from __future__ import annotations
 

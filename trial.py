@@ -152,14 +152,17 @@ def repeated_failure(results: list[dict]) -> str | None:
     return reason
 
 
+def activation_bytes(per_image: int, batch_size: int, precision: str) -> int:
+    """The bytes a training step keeps for its backward pass: activations per image times the batch, in bfloat16's or
+    float16's 2 bytes under mixed precision, else float32's 4."""
+    return per_image * batch_size * (2 if precision.startswith("mixed") else 4)
+
+
 def step_bytes(result: dict) -> int | None:
-    """The bytes a trial's training step keeps for its backward pass: its activations per image times its batch, in
-    bfloat16's or float16's 2 bytes under mixed precision, else float32's 4; None where the result does not record
-    them (2017's, or a network that failed before it was built)."""
+    """A trial's activation_bytes; None where its result does not record them (2017's, or a network that failed before
+    it was built)."""
     per_image = result.get("activations_per_image")
-    if not per_image:
-        return None
-    return per_image * int(result["space"]["batch_size"]) * (2 if str(result.get("precision")).startswith("mixed") else 4)
+    return activation_bytes(per_image, int(result["space"]["batch_size"]), str(result.get("precision"))) if per_image else None
 
 
 def trained_on_its_device(failed: dict, results: list[dict]) -> list[dict]:

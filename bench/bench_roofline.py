@@ -45,7 +45,7 @@ import hyperspace  # noqa: E402
 from cli import SEED, ArgumentParser, at_least  # noqa: E402
 from neural_net import activations_per_image, build_model  # noqa: E402
 from precision import PRECISIONS, resolve_precision  # noqa: E402
-from trial import step_bytes  # noqa: E402
+from trial import activation_bytes  # noqa: E402
 
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
                "f32": 4, "s64": 8, "u64": 8, "f64": 8}
@@ -298,8 +298,8 @@ def roofline(name: str, space: dict, variant: str, args: argparse.Namespace) -> 
     row = {"space": name, "variant": variant, "batch_size": batch, "dtype_policy": model.dtype_policy.name,
            "n_params": model.count_params(), "step_gib": step_gib(compiled),
            # What a search counts a network's step to need (trial.step_bytes), to set beside what XLA assigns.
-           "activations_gib": round(step_bytes({"activations_per_image": activations_per_image(model), "space": {
-               "batch_size": batch}, "precision": model.dtype_policy.name}) / 2**30, 6),
+           "activations_gib": round(
+               activation_bytes(activations_per_image(model), batch, model.dtype_policy.name) / 2**30, 6),
            "compile_s": round(compile_s, 1), "kernels": len(kernels), "gflop_per_image": round(flops / batch / 1e9, 3),
            "mb_per_image": round(moved / batch / 1e6, 2), "flop_per_byte": round(flops / moved, 1),
            "traffic_counted_of_xla": round(counted / moved, 3) if xla_costs else None}
@@ -346,7 +346,8 @@ def main() -> None:
                         help=f"comma-separated, as in bench_training.py: {', '.join(bench_training.VARIANTS)}, or all")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help="as hyperopt_optimize.py's")
     parser.add_argument("--draws", type=at_least(0), default=0,
-                        help="also this many networks drawn at random from the full space, as a search's first trials are")
+                        help="also this many networks drawn at random from the full space, as a search's first trials "
+                             "are")
     parser.add_argument("--seed", type=SEED, default=0, help="of the --draws")
     parser.add_argument("--batch-size", type=at_least(1), default=None, help="default: the space's own batch size")
     parser.add_argument("--steps", type=at_least(1), default=20, help="timed steps")
@@ -388,7 +389,8 @@ def main() -> None:
     rows = [roofline(name, space, variant, args) for name, space in networks for variant in variants]
     mode = "compiled for it, not run" if args.target else "compiled and run"
     print(f"device {device.device_kind} ({mode}), precision {args.precision}")
-    print(f"{'space':7} {'variant':11} {'batch':>5} {'params':>10} {'step GiB':>8} {'act GiB':>7} {'kernels':>7} {'GFLOP/img':>9} "
+    print(f"{'space':7} {'variant':11} {'batch':>5} {'params':>10} {'step GiB':>8} {'act GiB':>7} {'kernels':>7} "
+          f"{'GFLOP/img':>9} "
           f"{'MB/img':>7} {'FLOP/B':>7} {'step ms':>8} {'img/s':>9} {'of peak':>7} {'floor ms (compute/memory)':>26} "
           f"{'ceiling':>7} {'of bandwidth':>12}")
     for r in rows:
