@@ -148,7 +148,8 @@ def repeated_failure(results: list[dict]) -> str | None:
         on_cpu = errors[-1].startswith("MemoryError") or str(results[-1].get("device", "")).startswith("CPU")
         device = "this machine" if on_cpu else "the GPU"
         reason += f"; does another process hold {device}'s memory ({'free -h' if on_cpu else 'nvidia-smi'})"
-        reason += "?" if trained_on_its_device(results[-1], results) else f", or is {device} too small for these networks (none has trained on it yet)?"
+        trained = trained_on_its_device(results[-1], results)
+        reason += "?" if trained else f", or is {device} too small for these networks (none has trained on it yet)?"
     return reason
 
 
@@ -162,7 +163,9 @@ def step_bytes(result: dict) -> int | None:
     """A trial's activation_bytes; None where its result does not record them (2017's, or a network that failed before
     it was built)."""
     per_image = result.get("activations_per_image")
-    return activation_bytes(per_image, int(result["space"]["batch_size"]), str(result.get("precision"))) if per_image else None
+    if not per_image:
+        return None
+    return activation_bytes(per_image, int(result["space"]["batch_size"]), str(result.get("precision")))
 
 
 def trained_on_its_device(failed: dict, results: list[dict]) -> list[dict]:
