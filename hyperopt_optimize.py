@@ -166,6 +166,7 @@ class Search:
             if args.spark_master:
                 check_requirements()
                 parallelism = parallelism_of(args.spark_master, args.parallelism)
+            requests = resume.enqueue_requests(args)
             finished = resume.finished_trials(args)
             self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
             self.saved_tids = {t["tid"] for t in finished.trials}
@@ -178,7 +179,7 @@ class Search:
             width = args.width_multiple or hyperspace.SPACES[args.space]["width_multiple"]
             version = code_version()  # once: what every trial of this run records
             resume.warn_of_changed_settings(finished, args, width, version)
-            first = resume.enqueued_points(finished, args)
+            first = resume.enqueued_points(finished, requests)
             space = hyperspace.SPACES[args.space] | {"width_multiple": width}
             self.data = resume.load_data(finished, args)
         except (TrialsFileError, DatasetError, SparkUnavailable, hyperspace.NotInSpace, OSError) as err:

@@ -148,15 +148,22 @@ def warn_of_changed_settings(finished, args: argparse.Namespace, width: int, ver
 ENQUEUE_TRIES = 3
 
 
-def enqueued_points(finished, args: argparse.Namespace) -> list[tuple[str, dict]]:
-    """The --enqueue points to train first: those that no finished trial trained, or whose trials all failed, fewer than
-    ENQUEUE_TRIES times; (name, hyperopt's encoding). NotInSpace for one the space cannot sample."""
-    from hyperspace import SPACES, active, encode, point_named
+def enqueue_requests(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """Each --enqueue point, (name, hyperopt's encoding); NotInSpace for a name that is no point, or one the space cannot
+    sample. Checked before anything else, so that a mistyped name is said even where there is nothing to train."""
+    from hyperspace import SPACES, encode, point_named
+
+    return [(name, encode(point_named(name, f"--enqueue {name}"), SPACES[args.space], f"--enqueue {name} (--space {args.space})"))
+            for name in args.enqueue or ()]
+
+
+def enqueued_points(finished, requests: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Of the --enqueue points (enqueue_requests), those to train first: that no finished trial trained, or whose trials
+    all failed, fewer than ENQUEUE_TRIES times."""
+    from hyperspace import active
 
     points: list[tuple[str, dict]] = []
-    for name in args.enqueue or ():
-        point = point_named(name, f"--enqueue {name}")
-        vals = encode(point, SPACES[args.space], f"--enqueue {name} (--space {args.space})")
+    for name, vals in requests:
         tries = [t for t in finished.trials if active(t["misc"]["vals"]) == active(vals)]
         if ok := [t for t in tries if t["result"].get("status") == "ok"]:
             print(f"--enqueue {name}: trained already, as trial {ok[0]['tid']}")

@@ -989,6 +989,9 @@ def test_nothing_to_do_when_max_evals_is_reached(tmp_path, monkeypatch, capsys):
     assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
     assert "Nothing to do: 1 trial already, --max-evals 1, which counts them; a larger --max-evals goes on.\n" in (
         capsys.readouterr().out)
+    # A mistyped --enqueue is said at once, not in the run that has something to train.
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--enqueue", "2017-bset") == 2
+    assert capsys.readouterr().err == "error: --enqueue 2017-bset: neither 2017-best, demo, a result file nor a results folder\n"
 
 
 @pytest.mark.slow
