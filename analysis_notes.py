@@ -170,7 +170,7 @@ def retrains_table(rows: list[dict], results_dir: str, weights_dir: str) -> list
     best fine accuracies (mean ± standard deviation over the draws); no lines where none was retrained."""
     from pathlib import Path
 
-    from trial import draws_of_one_training, mean_and_spread
+    from retrains import draws_of_one_training, mean_and_spread
 
     trial_of = {(Path(results_dir) / r["file"]).resolve(): r["trial"] for r in rows}
     found = []

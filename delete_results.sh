@@ -38,6 +38,7 @@ else
   targets=("${results[@]}" "$dir"/.model_*.tmp "$dir"/model_demo.png "$dir"/model_best.png)
   shopt -u nullglob
   [[ -f "${locks[0]}" ]] && targets+=("${locks[0]}")
+  [[ -f "$dir/.running_trial" ]] && targets+=("$dir/.running_trial")  # a trial whose run died (trial.RUNNING_FILE)
   [[ -f "$pickle" ]] && targets+=("$pickle")
   if ((${#results[@]} == 0)) && [[ ! -f "$pickle" ]]; then
     echo "error: ${dir%/}/ holds no search results and there is no $pickle; nothing to delete" >&2

@@ -19,8 +19,8 @@ from pathlib import Path
 import resume
 from cli import SignalGuard, plural, run, unsupported_backend
 from precision import tensorflow_defaults, use_one_gpu
-from trial import (PARAMS_HEADER, Objective, leaderboard_header, leaderboard_row, leaderboard_title, outgrown_note, pace,
-                   params_cell, repeated_failure, report, trial_line)
+from trial import (PARAMS_HEADER, Objective, cut_short_line, leaderboard_header, leaderboard_row, leaderboard_title,
+                   outgrown_note, pace, params_cell, repeated_failure, report, running_trial_file, trial_cut_short, trial_line)
 
 tensorflow_defaults()
 
@@ -171,6 +171,8 @@ class Search:
             self.pickle_stamp = file_stamp(args.trials_file)  # what only this search rewrites from now on
             self.saved_tids = {t["tid"] for t in finished.trials}
             self.resumed = len(self.saved_tids)
+            if cut_short := trial_cut_short(args.results_dir, self.saved_tids):
+                print(cut_short_line(cut_short))
             if args.max_evals is not None and len(finished.trials) >= args.max_evals:
                 print(f"Nothing to do: {plural(len(finished.trials), 'trial')} already, --max-evals {args.max_evals}, "
                       "which counts them; a larger --max-evals goes on.")
@@ -196,6 +198,7 @@ class Search:
         self.objective.finished_curves = finished_curves(finished.results)
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
         self.objective.enqueued = [(hyperspace.decode(vals, space), name) for name, vals in first]
+        self.objective.cut_short = cut_short
         self.guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
         return self.minimize(finished, parallelism, space, [vals for _, vals in first])
 
@@ -250,6 +253,10 @@ class Search:
             print(f"Resume with: {shlex.join(['python3', *sys.argv])}")  # quoted, so that it pastes back as it ran
             self.print_next_steps()
             return EXIT_SIGTERM if self.guard.signum == signal.SIGTERM else EXIT_SIGINT
+        finally:
+            # This run stops here, in its own hands: only one whose process died leaves its running trial marked.
+            with contextlib.suppress(OSError):
+                running_trial_file(args.results_dir).unlink()
         if poller:
             poller.stop()
         if self.out_of_time:

@@ -339,7 +339,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from trial import code_version, figures, local_time, over_draws, same_but_the_draw, trained_otherwise
+    from retrains import figures, over_draws, same_but_the_draw, trained_otherwise
+    from trial import code_version, local_time
     from utils import is_ok, print_json, save_json_result
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)

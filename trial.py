@@ -1,7 +1,5 @@
-"""One trial of the search: train the network of a sampled point; its line in the log once saved, when failures in a row
-stop the search, and a leaderboard's title.
-
-And how a finished training reads: its figures, beside its trial's, and its retrains' spread over draws of the weights.
+"""One trial of the search: train the network of a sampled point, marked while it trains; its line in the log once
+saved, when failures in a row stop the search, and a leaderboard's title.
 
 `Objective` is what hyperopt calls with each point, in the search's process or, under Spark, on a worker.
 """
@@ -10,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
+import json
 import os
 import re
 import time
+from pathlib import Path
 
 from cli import duration, memory, parameters, plural
-from utils import best_epoch, failure_cause, iter_results, setting, validation_curve, weights_seed
+from utils import failure_cause, to_json, validation_curve, weights_seed
 
 
 def report(line: str) -> None:
@@ -48,6 +47,10 @@ class Objective:
         self.next_tid = 0
         self.enqueued: list[tuple[dict, str]] = []  # (point, --enqueue's name for it), to label its trial
         self.code_version: str | None = None  # the search's: a Spark worker gets the modules alone, no repository
+        # One trial at a time in this process: the file that marks the trial training (running_trial_file), and the
+        # trial that the last run was training when its process died (cut_short).
+        self.running_file: Path | None = None if parallelism else running_trial_file(args.results_dir)
+        self.cut_short: dict | None = None
 
     def __call__(self, space: dict) -> dict:
         data = self.data
@@ -63,15 +66,18 @@ class Objective:
 
         s = self.settings
         started = time.time()
+        # Marked before its line is written, which a kill may follow at once.
+        result = self.mark_running(space, started, data) if self.running_file else None
         report(self.first_line(None if self.parallelism else self.next_tid, space, started, data.has_coarse))
-        callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
-        model, result = build_and_train(
-            space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
-            verbose=s["verbose"], precision=s["precision"],
-            seed=weights_seed(s["seed"], space),
-        )
-        del model
-        keras.backend.clear_session()
+        if result is None:
+            callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
+            model, result = build_and_train(
+                space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
+                verbose=s["verbose"], precision=s["precision"],
+                seed=weights_seed(s["seed"], space),
+            )
+            del model
+            keras.backend.clear_session()
         result["search_space"], result["patience"] = s["space"], s["patience"]
         result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
         result["code_version"] = self.code_version
@@ -79,6 +85,24 @@ class Objective:
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
         return result
+
+    def mark_running(self, space: dict, started: float, data) -> dict | None:
+        """Mark this trial as training, with the runs before whose process died training the same network; where
+        DEATHS_TO_FAIL did, its failure instead: a network that kills the process in a run's first trial would otherwise
+        come back at every resume, which suggests from the finished trials and the seed alone."""
+        from neural_net import failure
+        from utils import atomic_write
+
+        point = json.loads(to_json(space))
+        died = self.cut_short["started"] if self.cut_short and self.cut_short.get("space") == point else []
+        if len(died) >= DEATHS_TO_FAIL:
+            err = ProcessDied(f"the search's process died while this network trained, in {len(died)} runs (started "
+                              f"{', '.join(died)}): killed, out of the host's memory, or crashed in native code (each "
+                              "run's log ends with how); recorded as failed, not trained again")
+            return failure(space, data, err) | {"traceback": None, "max_epochs": self.settings["epochs"]}
+        marked = {"tid": self.next_tid, "space": point, "started": [*died, local_time(started)]}
+        atomic_write(self.running_file, to_json(marked).encode())
+        return None
 
     def first_line(self, tid: int | None, space: dict, started: float, coarse_head: bool) -> str:
         """A trial's first line: when it started (in a log of days, what its seconds alone do not tell), which trial it
@@ -90,6 +114,44 @@ class Objective:
             label += f" (--enqueue {name})"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
         return f"{when} {label}, up to {plural(self.settings['epochs'], 'epoch')}: {describe(space, coarse_head=coarse_head)}"
+
+
+RUNNING_FILE = ".running_trial"  # in the results folder, while a trial of a one-at-a-time search trains
+DEATHS_TO_FAIL = 2  # runs that died training one network, after which it is recorded as failed
+
+
+class ProcessDied(Exception):
+    """The search's process died while a trial trained: a SIGKILL, the host's out-of-memory killer, a crash in C."""
+
+
+def running_trial_file(results_dir: str) -> Path:
+    """The file that marks the trial training now; a clean stop removes it, so that a run that died leaves it behind."""
+    return Path(results_dir) / RUNNING_FILE
+
+
+def trial_cut_short(results_dir: str, saved_tids: set[int]) -> dict | None:
+    """The trial that the search's last run was training when its process died, unsaved: its tid, point (`space`) and
+    the times that runs started it (`started`); None where the last run stopped cleanly."""
+    try:
+        marked = json.loads(running_trial_file(results_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marked, dict) or not isinstance(tid := marked.get("tid"), int) or tid in saved_tids:
+        return None  # not such a mark, or its trial was saved before the process died
+    started = marked.get("started")
+    if not isinstance(started, list) or not started or not all(isinstance(t, str) for t in started):
+        return None
+    return marked
+
+
+def cut_short_line(marked: dict) -> str:
+    """What a resume says of the trial that the last run's process died training."""
+    runs = len(marked["started"])
+    again = "it is recorded as failed, not trained again" if runs >= DEATHS_TO_FAIL else "it trains once more"
+    return (f"The last run's process died while trial {marked['tid']} trained (started {marked['started'][-1]}): killed, "
+            f"out of the host's memory, or crashed in native code (the end of its log says how); "
+            f"{'it died so ' + plural(runs, 'time') + ' on that network: ' if runs > 1 else ''}if the search suggests its "
+            f"network again, {again}")
 
 
 def local_time(seconds: float) -> str:
@@ -258,90 +320,3 @@ def leaderboard_row(rank: int, tid, fine, coarse, test, epochs, pruned, last: st
 
     return (f"{rank:>4} {'-' if tid is None else tid:>5} {fmt(fine):>7} {fmt(coarse):>7} {fmt(test):>7} {epochs or '-':>6} "
             f"{'yes' if pruned else 'no':>6}  {last}")
-
-
-def figures(result: dict) -> str:
-    """A finished training's best fine accuracies, its epochs and its training images, 2017's results' too."""
-    split, test, images = setting(result, "selected_on"), result.get("test_fine_accuracy"), setting(result, "train_images")
-    text = f"{split} fine accuracy {result['fine_best_accuracy']:.4f}"
-    if split != "test" and test is not None:
-        text += f", test {test:.4f}"
-    if "epochs_trained" in result:
-        text += f" ({how_it_stopped(result)})"
-    elif curve := validation_curve(result):
-        text += f" (best epoch {best_epoch(curve)} of {len(curve)})"
-    return f"{text}, {images:,} training images" if images else text
-
-
-# What else sets a training's figures: the code, its software, its precision, and where it ran (another GPU, or a CPU's
-# other number of cores, sums in another order: a Spark trial trains on its share of the cores).
-SETUP = ("code_version", "keras_backend", "keras_version", "backend_version", "precision", "device")
-
-
-def trained_otherwise(trial: dict, retrained: dict) -> str | None:
-    """What a retrain trained with that its trial did not (another commit of the code, backend, version, precision or
-    device), which may set their figures apart; None where the trial recorded the same, or nothing (2017's)."""
-    differ = [f"{key} {retrained.get(key)} (the trial's: {trial[key]})" for key in SETUP
-              if trial.get(key) is not None and trial[key] != retrained.get(key)]
-    return f"Trained with other software or hardware than the trial: {', '.join(differ)}" if differ else None
-
-
-def training_of(retrain: dict) -> str:
-    """What retrains must share to be draws of one training, differing in their weights seed alone: the network, data,
-    budget and precision."""
-    import json
-
-    keys = ("space", "dataset", "seed", "selected_on", "train_images", "max_epochs", "precision")
-    return json.dumps([retrain.get(k) for k in keys], sort_keys=True)
-
-
-def draws_of_one_training(folder: str) -> dict[str, list[dict]]:
-    """The retrains in `folder` by their `training_of`: for each, one retrain per weights seed, the newest."""
-    groups: dict[str, dict[int, dict]] = {}
-    for _, retrain in iter_results(folder):
-        measured = all(isinstance(retrain.get(k), (int, float)) for k in ("fine_best_accuracy", "test_fine_accuracy"))
-        if retrain.get("retrained_from") and measured:
-            # Retrains from before --weights-seed drew the trial's own.
-            seed = retrain.get("weights_seed", weights_seed(retrain.get("seed", 0), retrain["space"]))
-            draws = groups.setdefault(training_of(retrain), {})
-            if seed not in draws or newness(retrain) > newness(draws[seed]):
-                draws[seed] = retrain | {"weights_seed": seed}
-    return {training: list(draws.values()) for training, draws in groups.items()}
-
-
-def newness(retrain: dict) -> tuple[float, int]:
-    """What orders retrains by age: when they started (older versions did not record it), then their run's number (a later
-    retrain of a model is its -2, -3...), which their file names do not sort by (-10 before -2 before the first)."""
-    try:
-        started = datetime.datetime.fromisoformat(retrain["started"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        started = -math.inf
-    run = re.search(r"-(\d+)\.retrain$", str(retrain.get("model_name")))
-    return started, int(run[1]) if run else 1
-
-
-def same_but_the_draw(retrained: dict, folder: str) -> list[dict]:
-    """The retrains in `folder` (this saved one among them) that differ from it in their weights seed alone."""
-    return draws_of_one_training(folder).get(training_of(retrained), [retrained])
-
-
-def mean_and_spread(values: list[float]) -> str:
-    """Accuracies as their mean ± their (sample) standard deviation, "0.6188 ± 0.0041"; one alone as it is."""
-    import statistics
-
-    return f"{values[0]:.4f}" if len(values) == 1 else f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def over_draws(retrains: list[dict]) -> str | None:
-    """The mean and spread of the best fine accuracies of retrains that differ in their weights seed alone; None for one."""
-    if len(retrains) < 2:
-        return None
-    split = retrains[0]["selected_on"]
-
-    def spread(key: str) -> str:
-        return mean_and_spread([r[key] for r in retrains])
-
-    test = f", test {spread('test_fine_accuracy')}" if split != "test" else ""
-    seeds = ", ".join(str(seed) for seed in sorted(r["weights_seed"] for r in retrains))
-    return (f"Over {len(retrains)} draws of its weights and batches (--weights-seed {seeds}) on these images: {split} fine "
-            f"accuracy {spread('fine_best_accuracy')}{test} (mean ± standard deviation)")

@@ -166,22 +166,41 @@ def test_resume_runs_up_to_max_evals_with_new_suggestions(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_during_training_loses_only_the_running_trial_and_no_line_of_the_log(tmp_path):
+def test_sigkill_during_training_loses_only_the_running_trial_and_a_network_killed_in_two_runs_is_not_trained_again(tmp_path):
     # Trial 0 finishes in seconds; trial 1, killed 1.5 s in, is still compiling or training its first epochs.
     proc = start_cli(tmp_path, "--max-evals", "20", "--epochs", "4", "--prune", "none")
     log = wait_for_line(proc, "Trial 1, up to")  # without line buffering, held back until the search ended
     time.sleep(1.5)
-    proc.kill()
+    proc.kill()  # SIGKILL, as the host's out-of-memory killer sends; a crash in native code ends a run as abruptly
     log += proc.communicate()[0]
     trials = load_trials(tmp_path / "results.pkl")
     finished = len(trials.trials)
     assert finished >= 1 and len(result_files(tmp_path)) == finished
     assert all(f"Trial {tid}: fine " in log for tid in range(finished)), log
 
-    again = run_cli(tmp_path, "--max-evals", str(finished + 1), "--epochs", "1")
+    def killed_in_its_first_trial() -> str:
+        proc = start_cli(tmp_path, "--max-evals", "20", "--epochs", "4", "--prune", "none")
+        log = wait_for_line(proc, f"Trial {finished}, up to")
+        proc.kill()
+        proc.communicate()
+        assert f"The last run's process died while trial {finished} trained (started " in log
+        return log.splitlines()[-1].split(" ", 2)[2]  # the network it trained, without when
+
+    # A resume suggests from the finished trials and the seed: were the network of its first trial what kills the
+    # process, every resume would train it again.
+    network = killed_in_its_first_trial()
+    assert killed_in_its_first_trial() == network
+
+    again = run_cli(tmp_path, "--max-evals", str(finished + 2), "--epochs", "1")
     assert again.returncode == 0, again.stderr
     assert f"Resuming: {plural(finished, 'trial')}," in again.stdout
-    assert len(load_trials(tmp_path / "results.pkl").trials) == finished + 1
+    assert "it died so 2 times on that network: if the search suggests its network again, it is recorded as failed" in (
+        again.stdout)
+    assert (f"Trial {finished} FAILED: ProcessDied: the search's process died while this network trained, in 2 runs "
+            in again.stdout)
+    trials = load_trials(tmp_path / "results.pkl").trials
+    assert [t["result"]["status"] for t in trials[finished:]] == ["fail", "ok"]
+    assert not (tmp_path / "results" / ".running_trial").exists()  # a clean stop leaves no trial marked
 
 
 @pytest.mark.slow
@@ -1070,3 +1089,4 @@ def test_a_search_on_a_grayscale_npz_without_coarse_labels_resumes_on_that_file_
     warned = capsys.readouterr().err
     assert warned.startswith("warning: the images or labels of gray.npz differ from those ")
     assert f"(dataset_digest {remade}; the trial's: {digest}): its figures and the retrain's will not compare" in warned
+
