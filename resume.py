@@ -159,8 +159,9 @@ def enqueue_requests(args: argparse.Namespace) -> list[tuple[str, dict]]:
 
 def enqueued_points(finished, requests: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
     """Of the --enqueue points (enqueue_requests), those to train first: that no finished trial trained, or whose trials
-    all failed, fewer than ENQUEUE_TRIES times."""
+    all failed, fewer than ENQUEUE_TRIES times, the last not by killing the search's process (which it did in 2 runs)."""
     from hyperspace import active
+    from trial import ProcessDied
 
     points: list[tuple[str, dict]] = []
     for name, vals in requests:
@@ -174,7 +175,7 @@ def enqueued_points(finished, requests: list[tuple[str, dict]]) -> list[tuple[st
             error = tries[-1]["result"].get("error") or "no error recorded"
             failed = (f"its trial {tries[0]['tid']} failed ({error})" if len(tries) == 1 else
                       f"its trials {', '.join(str(t['tid']) for t in tries)} failed, the last with {error}")
-            if len(tries) >= ENQUEUE_TRIES:
+            if len(tries) >= ENQUEUE_TRIES or error.startswith(ProcessDied.__name__):
                 print(f"--enqueue {name}: {failed}; not trained again")
                 continue
             print(f"--enqueue {name}: {failed}; trained again first")

@@ -501,6 +501,43 @@ def test_an_enqueued_network_whose_trials_failed_is_trained_again_up_to_three_tr
     assert ": trained already, as trial 3\n" in capsys.readouterr().out
 
 
+def test_a_network_that_killed_the_process_in_two_runs_fails_without_training_and_is_not_enqueued_again(
+        tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    trained = []
+    monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, **kw: trained.append(space) or instant(space, data))
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1", "--results-dir", "elsewhere") == 0
+    [first] = (tmp_path / "elsewhere").glob("model_*.txt.json")  # the network that a search of this seed trains first
+    network = json.loads(first.read_text())["space"]
+    assert trained == [network]
+    # As two runs leave it whose process died training that network in their first trial.
+    (tmp_path / "results").mkdir()
+    started = ["2026-12-07T09:00:00+01:00", "2026-12-07T10:00:00+01:00"]
+    (tmp_path / "results" / ".running_trial").write_text(json.dumps({"tid": 0, "space": network, "started": started}))
+    trained.clear()
+    capsys.readouterr()
+
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
+    out = capsys.readouterr().out
+    assert ("The last run's process died while trial 0 trained (started 2026-12-07T10:00:00+01:00): killed, out of the "
+            "host's memory, or crashed in native code (the end of its log says how); it died so 2 times on that network: "
+            "if the search suggests its network again, it is recorded as failed, not trained again\n") in out
+    assert ("Trial 0 FAILED: ProcessDied: the search's process died while this network trained, in 2 runs (started "
+            f"{', '.join(started)}): ") in out
+    assert network not in trained and len(trained) == 1  # trial 1 alone trained
+    [failed] = (tmp_path / "results").glob("model_failed_*.txt.json")
+    result = json.loads(failed.read_text())
+    assert (result["space"], result["seed"], result["max_epochs"], result["tid"]) == (network, 0, 1, 0)
+    assert not (tmp_path / "results" / ".running_trial").exists()
+
+    # --enqueue tries a failed network again, up to 3 times, for a failure that another process caused: not this one.
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "3", "--enqueue", str(failed)) == 0
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"--enqueue {failed}: "))
+    assert said.startswith(f"--enqueue {failed}: its trial 0 failed (ProcessDied: ") and said.endswith("; not trained again")
+    assert network not in trained and len(trained) == 2
+
+
 def instant(space, data, **kw):
     """A trial's result without its training, for tests of what the search does around trials."""
     accuracy = 0.1 * space["lr_rate_mult"]
