@@ -263,7 +263,7 @@ def pace(saved: int, max_evals: int | None, done_here: int, seconds_here: float,
     if max_evals is None:
         return hours
     text = f"{saved} of {max_evals} trials"
-    if saved >= max_evals or not done_here:
+    if saved >= max_evals or not done_here or seconds_here < 1:  # nothing trained yet to pace it by
         return text
     to_go = seconds_here / done_here * (max_evals - saved)
     if seconds_left is not None and seconds_left < to_go:

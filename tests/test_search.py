@@ -564,6 +564,7 @@ def test_each_trial_says_when_it_started(tmp_path, monkeypatch, capsys):
     ((41, 100, 11, 3300.0, 0.0), "41 of 100 trials; --max-hours is up"),
     ((41, 100, 11, 3300.0, 86400.0), "41 of 100 trials, about 4.9 h to go at this run's pace"),
     ((30, 100, 0, 0.0, None), "30 of 100 trials"),  # resumed, nothing trained yet to pace it by
+    ((31, 100, 1, 0.01, None), "31 of 100 trials"),  # its one trial failed at once: ProcessDied, or a network too large
     ((100, 100, 70, 9000.0, None), "100 of 100 trials"),
     ((41, None, 11, 3300.0, 5400.0), "no trial starts after 1.5 h more (--max-hours)"),
     ((41, None, 11, 3300.0, None), None),  # until Ctrl-C: nothing to measure against
