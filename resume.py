@@ -153,8 +153,8 @@ def enqueue_requests(args: argparse.Namespace) -> list[tuple[str, dict]]:
     sample. Checked before anything else, so that a mistyped name is said even where there is nothing to train."""
     from hyperspace import SPACES, encode, point_named
 
-    return [(name, encode(point_named(name, f"--enqueue {name}"), SPACES[args.space], f"--enqueue {name} (--space {args.space})"))
-            for name in args.enqueue or ()]
+    return [(name, encode(point_named(name, f"--enqueue {name}"), SPACES[args.space],
+                          f"--enqueue {name} (--space {args.space})")) for name in args.enqueue or ()]
 
 
 def enqueued_points(finished, requests: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
