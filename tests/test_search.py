@@ -576,7 +576,11 @@ def test_the_pace_of_a_search_against_its_max_evals_and_max_hours(where, said):
 def test_each_trial_line_says_how_far_the_search_is_against_max_evals(tmp_path, monkeypatch, capsys):
     import neural_net
 
-    monkeypatch.setattr(neural_net, "build_and_train", instant)
+    def a_second(space, data, **kw):  # a pace to go by: not one of trials that failed at once
+        time.sleep(1)
+        return instant(space, data, **kw)
+
+    monkeypatch.setattr(neural_net, "build_and_train", a_second)
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
     assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 0
     ends = [line.split("; best so far ")[1] for line in capsys.readouterr().out.splitlines() if line.startswith("Trial ")]
