@@ -247,6 +247,11 @@ def main(argv=None) -> int:
     if missing := sorted(set(SEED_BEST_SPACE) - set(result["space"])):
         print(f"error: {path}'s space lacks {', '.join(missing)}: not a network of the search", file=sys.stderr)
         return 2
+    if result.get("status", "ok") != "ok":  # named by --result: the best is always a finished trial
+        from utils import warn
+
+        warn(f"{path} is a trial that failed in the search ({result.get('error') or 'no error recorded'}): retraining it "
+             "as asked")
     name = result.get("model_name") or path.name.removesuffix(".json").removesuffix(".txt")
     if gpu_line := use_one_gpu():
         print(gpu_line)

@@ -416,6 +416,11 @@ def test_retrain_of_a_search_whose_trials_all_failed_says_so_rather_than_to_run_
     assert capsys.readouterr().err == ("error: no finished trial to retrain in results/: its 2 failed (their result files "
                                        "say why); pass --result FILE to retrain one of them anyway\n")
     assert not (tmp_path / "weights").exists()
+    # Retrained anyway, as asked, and said to have failed: a network that killed the search's process may again.
+    one = next((tmp_path / "results").glob("model_failed_*.txt.json"))
+    assert retrain.main(["--result", str(one), "--dataset", "missing.npz"]) == 2
+    assert capsys.readouterr().err.startswith(f"warning: {one} is a trial that failed in the search (MemoryError: out of "
+                                              "memory): retraining it as asked\nerror: dataset file missing.npz")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
