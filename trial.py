@@ -91,7 +91,7 @@ class Objective:
         DEATHS_TO_FAIL did, its failure instead: a network that kills the process in a run's first trial would otherwise
         come back at every resume, which suggests from the finished trials and the seed alone."""
         from neural_net import failure
-        from utils import atomic_write
+        from utils import atomic_write, warn
 
         point = json.loads(to_json(space))
         died = self.cut_short["started"] if self.cut_short and self.cut_short.get("space") == point else []
@@ -101,7 +101,11 @@ class Objective:
                               "run's log ends with how); recorded as failed, not trained again")
             return failure(space, data, err) | {"traceback": None, "max_epochs": self.settings["epochs"]}
         marked = {"tid": self.next_tid, "space": point, "started": [*died, local_time(started)]}
-        atomic_write(self.running_file, to_json(marked).encode())
+        try:
+            atomic_write(self.running_file, to_json(marked).encode())
+        except OSError as err:  # a full disk: the trial trains, and its save says so if it cannot be written either
+            warn(f"cannot mark trial {self.next_tid} as training ({err}): were it to kill the process, a resume could not "
+                 "tell")
         return None
 
     def first_line(self, tid: int | None, space: dict, started: float, coarse_head: bool) -> str:

@@ -538,6 +538,26 @@ def test_a_network_that_killed_the_process_in_two_runs_fails_without_training_an
     assert network not in trained and len(trained) == 2
 
 
+def test_a_trial_that_cannot_be_marked_as_training_trains_all_the_same(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import neural_net
+    import utils
+
+    def full_disk(path, data, write=utils.atomic_write):  # when the trial starts; not when it is saved
+        if Path(path).name == ".running_trial":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        write(path, data)
+
+    monkeypatch.setattr(neural_net, "build_and_train", instant)
+    monkeypatch.setattr(utils, "atomic_write", full_disk)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    captured = capsys.readouterr()
+    assert ("warning: cannot mark trial 0 as training ([Errno 28] No space left on device: 'results/.running_trial'): "
+            "were it to kill the process, a resume could not tell\n") in captured.err
+    assert "Trial 0: fine " in captured.out and len(load_trials(tmp_path / "results.pkl").trials) == 1
+
+
 def instant(space, data, **kw):
     """A trial's result without its training, for tests of what the search does around trials."""
     accuracy = 0.1 * space["lr_rate_mult"]
