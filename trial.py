@@ -97,8 +97,8 @@ class Objective:
         died = self.cut_short["started"] if self.cut_short and self.cut_short.get("space") == point else []
         if len(died) >= DEATHS_TO_FAIL:
             err = ProcessDied(f"the search's process died while this network trained, in {len(died)} runs (started "
-                              f"{', '.join(died)}): killed, out of the host's memory, or crashed in native code (each "
-                              "run's log ends with how); recorded as failed, not trained again")
+                              f"{', '.join(died)}): killed, out of the host's memory, or crashed in native code; "
+                              "recorded as failed, not trained again")
             return failure(space, data, err) | {"traceback": None, "max_epochs": self.settings["epochs"]}
         marked = {"tid": self.next_tid, "space": point, "started": [*died, local_time(started)]}
         try:
@@ -153,7 +153,8 @@ def cut_short_line(marked: dict) -> str:
     runs = len(marked["started"])
     again = "it is recorded as failed, not trained again" if runs >= DEATHS_TO_FAIL else "it trains once more"
     return (f"The last run's process died while trial {marked['tid']} trained (started {marked['started'][-1]}): killed, "
-            f"out of the host's memory, or crashed in native code (the end of its log says how); "
+            f"out of the host's memory (`dmesg` names the out-of-memory killer's victims), or crashed in native code (the "
+            f"end of its log says where); "
             f"{'it died so ' + plural(runs, 'time') + ' on that network: ' if runs > 1 else ''}if the search suggests its "
             f"network again, {again}")
 

@@ -521,7 +521,8 @@ def test_a_network_that_killed_the_process_in_two_runs_fails_without_training_an
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 0
     out = capsys.readouterr().out
     assert ("The last run's process died while trial 0 trained (started 2026-12-07T10:00:00+01:00): killed, out of the "
-            "host's memory, or crashed in native code (the end of its log says how); it died so 2 times on that network: "
+            "host's memory (`dmesg` names the out-of-memory killer's victims), or crashed in native code (the end of its "
+            "log says where); it died so 2 times on that network: "
             "if the search suggests its network again, it is recorded as failed, not trained again\n") in out
     assert ("Trial 0 FAILED: ProcessDied: the search's process died while this network trained, in 2 runs (started "
             f"{', '.join(started)}): ") in out
