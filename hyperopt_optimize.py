@@ -392,7 +392,10 @@ class Search:
 
         if self.best_loss is None:
             return
-        scripts = os.path.dirname(sys.argv[0])
+        # Beside this script as it was named (python3 hyperopt_optimize.py: analyze_results.py); where another script ran
+        # the search (bench/bench_search.py), by this file's own folder.
+        ran = sys.argv[0]
+        scripts = os.path.dirname(ran if os.path.basename(ran) == os.path.basename(__file__) else os.path.abspath(__file__))
         folder = [] if self.args.results_dir == RESULTS_DIR else ["--results-dir", self.args.results_dir]
         order = [] if self.args.trials_file == trials_file_for(self.args.results_dir) else ["--trials-file", self.args.trials_file]
         analyse = shlex.join(["python3", os.path.join(scripts, "analyze_results.py"), *folder, *order])

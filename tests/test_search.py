@@ -559,6 +559,16 @@ def test_a_trial_that_cannot_be_marked_as_training_trains_all_the_same(tmp_path,
     assert "Trial 0: fine " in captured.out and len(load_trials(tmp_path / "results.pkl").trials) == 1
 
 
+def test_a_search_that_another_script_runs_names_the_next_scripts_where_they_are(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    monkeypatch.setattr(neural_net, "build_and_train", instant)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "bench" / "bench_search.py")])  # which runs searches in-process
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "1") == 0
+    analyse, retrain = REPO / "analyze_results.py", REPO / "retrain_best_with_tensorboard.py"
+    assert f"Next: python3 {analyse} (leaderboard, importance, plots); python3 {retrain} (the best" in capsys.readouterr().out
+
+
 def instant(space, data, **kw):
     """A trial's result without its training, for tests of what the search does around trials."""
     accuracy = 0.1 * space["lr_rate_mult"]
