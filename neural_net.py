@@ -380,7 +380,8 @@ def failure(space: dict, data: Dataset | None, err: BaseException, history: dict
     return finished | {
         "status": STATUS_FAIL,
         "error": error_line(err),
-        "traceback": traceback.format_exc(),
+        # Its own, where it was raised: none for an error made to record a failure (trial.ProcessDied).
+        "traceback": "".join(traceback.format_exception(err)) if err.__traceback__ else None,
         "space": space,
         "model_name": f"model_failed_{uuid.uuid4().hex[:5]}",
         "dataset": None if data is None else data.name,

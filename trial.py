@@ -99,7 +99,7 @@ class Objective:
             err = ProcessDied(f"the search's process died while this network trained, in {len(died)} runs (started "
                               f"{', '.join(died)}): killed, out of the host's memory, or crashed in native code; "
                               "recorded as failed, not trained again")
-            return failure(space, data, err) | {"traceback": None, "max_epochs": self.settings["epochs"]}
+            return failure(space, data, err) | {"max_epochs": self.settings["epochs"]}
         marked = {"tid": self.next_tid, "space": point, "started": [*died, local_time(started)]}
         try:
             atomic_write(self.running_file, to_json(marked).encode())
