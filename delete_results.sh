@@ -35,10 +35,11 @@ else
   case "$(basename "$dir")" in .|..) pickle=$(cd "$dir" && pwd).pkl ;; *) pickle=$dir.pkl ;; esac
   shopt -s nullglob
   results=("$dir"/model_*.txt.json)
-  targets=("${results[@]}" "$dir"/.model_*.tmp "$dir"/model_demo.png "$dir"/model_best.png)
+  targets=("${results[@]}" "$dir"/.model_*.tmp "$dir"/..trial_backup.npz.*.tmp.npz "$dir"/model_demo.png "$dir"/model_best.png)
   shopt -u nullglob
   [[ -f "${locks[0]}" ]] && targets+=("${locks[0]}")
   [[ -f "$dir/.running_trial" ]] && targets+=("$dir/.running_trial")  # a trial whose run died (trial.RUNNING_FILE)
+  [[ -f "$dir/.trial_backup.npz" ]] && targets+=("$dir/.trial_backup.npz")  # a trial stopped mid-way (trial_backup.BACKUP_FILE)
   [[ -f "$pickle" ]] && targets+=("$pickle")
   if ((${#results[@]} == 0)) && [[ ! -f "$pickle" ]]; then
     echo "error: ${dir%/}/ holds no search results and there is no $pickle; nothing to delete" >&2

@@ -183,6 +183,7 @@ class Search:
             resume.warn_of_changed_settings(finished, args, width, version)
             first = resume.enqueued_points(finished, requests)
             space = hyperspace.SPACES[args.space] | {"width_multiple": width}
+            resumed = resume.backed_up_trial(args, self.saved_tids, space)
             self.data = resume.load_data(finished, args)
         except (TrialsFileError, DatasetError, SparkUnavailable, hyperspace.NotInSpace, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -199,16 +200,24 @@ class Search:
         self.objective.next_tid = max(self.saved_tids, default=-1) + 1
         self.objective.enqueued = [(hyperspace.decode(vals, space), name) for name, vals in first]
         self.objective.cut_short = cut_short
+        # The trial that the last run stopped in first, as it was suggested; an --enqueue of its network, not twice.
+        points = [(vals, "enqueue") for _, vals in first]
+        if resumed:
+            backup, vals = resumed
+            self.objective.resumable = backup
+            points = [(vals, backup.suggested_by)] + [p for p in points if hyperspace.active(p[0]) != hyperspace.active(vals)]
         self.guard.stop_if_signalled()  # one came while loading, and a library swallowed its KeyboardInterrupt
-        return self.minimize(finished, parallelism, space, [vals for _, vals in first])
+        return self.minimize(finished, parallelism, space, points)
 
-    def minimize(self, finished, parallelism: int | None, space: dict, first: list[dict]) -> int:
-        """Run hyperopt's fmin over `space`, the points `first` first, saving every finished trial; the exit status."""
+    def minimize(self, finished, parallelism: int | None, space: dict, first: list[tuple[dict, str | None]]) -> int:
+        """Run hyperopt's fmin over `space`, the points `first` first (suggestions.suggesting_first), saving every
+        finished trial; the exit status."""
         import numpy as np
         from hyperopt import fmin
         from hyperopt.exceptions import AllTrialsFailed
 
-        from suggestions import marked, suggesting_first
+        from suggestions import marked, suggesting_first, telling
+        from trial_backup import backed_up
 
         args = self.args
         self.space = space
@@ -226,12 +235,13 @@ class Search:
             poller = Poller(self.trials, self.after_spark_trials)
         else:
             self.trials, poller = finished, None
+        algo = suggesting_first(first, marked(args.algo, args.startup_trials))
         self.started, self.began = True, time.monotonic()
         try:
             fmin(
                 self.objective,
                 space,
-                algo=self.within_max_hours(suggesting_first(first, marked(args.algo, args.startup_trials))),
+                algo=self.within_max_hours(algo if parallelism else telling(algo, self.objective)),
                 max_evals=args.max_evals,
                 trials=self.trials,
                 # Seeded by the trial count too, so that a resumed run asks for new points.
@@ -248,7 +258,10 @@ class Search:
             if poller:
                 poller.stop()
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"
-            print(f"\n{name}: stopped; {plural(len(self.saved_tids), 'finished trial')} saved, running trials dropped.")
+            state = None if parallelism else backed_up(args.results_dir)
+            running = (f"trial {state['tid']} is backed up after epoch {state['epochs']} ({state['saved']}): a resume "
+                       "goes on from there" if state and state["tid"] not in self.saved_tids else "running trials dropped")
+            print(f"\n{name}: stopped; {plural(len(self.saved_tids), 'finished trial')} saved, {running}.")
             self.print_leaderboard(self.trials)
             print(f"Resume with: {shlex.join(['python3', *sys.argv])}")  # quoted, so that it pastes back as it ran
             self.print_next_steps()
@@ -316,6 +329,7 @@ class Search:
         import threading
 
         import hyperspace
+        from trial_backup import remove_backup
         from utils import file_stamp, finished_copy, finished_curves, name_apart, save_json_result, save_trials
 
         snapshot = finished_copy(trials)
@@ -347,6 +361,8 @@ class Search:
                                 "written")
             return True, []
         self.saved_tids.update(t["tid"] for t in new)
+        if not self.objective.parallelism:  # one trial at a time: the backup was of the trial saved now
+            remove_backup(self.args.results_dir)
         self.objective.finished_curves = finished_curves(snapshot.results)
         self.objective.next_tid = max(self.saved_tids) + 1
         for trial in new:

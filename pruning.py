@@ -55,9 +55,10 @@ class MedianStoppingRule(keras.callbacks.Callback):
     """Stop a trial whose best validation accuracy trails the median of finished trials."""
 
     def __init__(self, finished_curves: Sequence[Sequence[float]], monitor: str = MONITOR,
-                 min_epoch: int = MIN_EPOCH, min_trials: int = MIN_TRIALS):
+                 min_epoch: int = MIN_EPOCH, min_trials: int = MIN_TRIALS, earlier: Sequence[float] = ()):
         super().__init__()
         self.finished_curves = [list(c) for c in finished_curves]
+        self.earlier = list(earlier)  # the curve of the training that this one resumes
         self.monitor = monitor
         self.min_epoch = min_epoch
         self.min_trials = min_trials
@@ -65,7 +66,7 @@ class MedianStoppingRule(keras.callbacks.Callback):
         self.pruned = False
 
     def on_train_begin(self, logs=None):
-        self.curve = []
+        self.curve = list(self.earlier)
         self.pruned = False
 
     def on_epoch_end(self, epoch, logs=None):
@@ -121,5 +122,10 @@ class BestEpochKeeper(keras.callbacks.EarlyStopping):
 
 
 def trial_callbacks(epochs: int, patience: int | None, callbacks=(), before: Progress | None = None) -> list:
-    """A trial's callbacks: the NaN stop, early stopping that keeps the best epoch's weights, and the caller's."""
-    return [StopOnNaN(), BestEpochKeeper(patience or epochs, before), *callbacks]
+    """A trial's callbacks: the NaN stop, early stopping that keeps the best epoch's weights, and the caller's; one of
+    theirs that backs the best epoch's weights up (trial_backup.TrialBackup) is given the early stopping that keeps them."""
+    keeper = BestEpochKeeper(patience or epochs, before)
+    for callback in callbacks:
+        if hasattr(callback, "keeper"):
+            callback.keeper = keeper
+    return [StopOnNaN(), keeper, *callbacks]

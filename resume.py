@@ -185,6 +185,25 @@ def enqueued_points(finished, requests: list[tuple[str, dict]]) -> list[tuple[st
     return points
 
 
+def backed_up_trial(args: argparse.Namespace, saved_tids: set[int], space: dict):
+    """The trial that the search's last run stopped in, where its backup holds epochs to go on from: (trial_backup.Backup,
+    hyperopt's encoding of its network), said; None on Spark, whose workers back nothing up."""
+    from hyperspace import NotInSpace, encode
+    from trial_backup import read_backup
+    from utils import warn
+
+    if args.spark_master or not (backup := read_backup(args.results_dir, saved_tids)):
+        return None
+    try:
+        vals = encode(backup.space, space, f"the network of trial {backup.tid}'s backup")
+    except NotInSpace as err:
+        warn(f"{err}: that trial starts anew, if suggested again")
+        return None
+    print(f"Trial {backup.tid} was stopped after epoch {backup.epochs}, which its backup of {backup.saved} holds: it trains "
+          "first, on from there")
+    return backup, vals
+
+
 def load_data(finished, args: argparse.Namespace):
     """This run's dataset (else DatasetError), if it has as many training images as the finished trials and, a .npz, their
     images and labels (else TrialsFileError)."""

@@ -22,19 +22,32 @@ def tried(trials) -> list[dict]:
     return [active(t["misc"]["vals"]) for t in trials.trials]
 
 
-def suggesting_first(points: list[dict], algo):
-    """hyperopt's suggestion algorithm `algo`, but suggesting `points` (hyperopt's encoding) first, each once."""
+def suggesting_first(points: list[tuple[dict, str | None]], algo):
+    """hyperopt's suggestion algorithm `algo`, but suggesting `points` first, each once: (hyperopt's encoding, how it was
+    suggested: "enqueue", or as it was in the run that a resumed trial stopped in)."""
     if not points:
         return algo
     queue = list(points)  # a point may have a failed trial already: it is tried again
 
     def suggest(new_ids, domain, trials, seed):
         docs = []
-        for new_id, vals in zip(new_ids, queue):
-            docs.append(trial_doc(trials, new_id, vals, domain.new_result(), "enqueue", domain.cmd, domain.workdir))
+        for new_id, (vals, by) in zip(new_ids, queue):
+            docs.append(trial_doc(trials, new_id, vals, domain.new_result(), by, domain.cmd, domain.workdir))
         del queue[:len(docs)]
         rest = new_ids[len(docs):]
         return docs + (algo(rest, domain, trials, seed) if rest else [])
+
+    return suggest
+
+
+def telling(algo, objective) -> callable:
+    """`algo`, setting `objective.suggested_by` to how the trial it suggests was suggested, for a one-at-a-time search,
+    whose trial's backup records it."""
+    def suggest(new_ids, domain, trials, seed):
+        docs = algo(new_ids, domain, trials, seed)
+        for doc in docs:
+            objective.suggested_by = doc["misc"].get("suggested_by")
+        return docs
 
     return suggest
 

@@ -38,6 +38,8 @@ class Objective:
     """
 
     def __init__(self, data, args: argparse.Namespace, parallelism: int | None = None):
+        from trial_backup import backup_file
+
         self.data = data
         self.settings = {k: getattr(args, k) for k in ("epochs", "patience", "prune", "verbose", "precision", "seed", "space")}
         # A .npz is recorded by its name (what a resume compares) and here by its path, which the retrain opens.
@@ -51,6 +53,11 @@ class Objective:
         # trial that the last run was training when its process died (cut_short).
         self.running_file: Path | None = None if parallelism else running_trial_file(args.results_dir)
         self.cut_short: dict | None = None
+        # And the file that backs the trial training up (trial_backup), the backup of the trial that the last run
+        # stopped in (to resume, once), and how the trial about to train was suggested, which a backup records.
+        self.backup_file: Path | None = None if parallelism else backup_file(args.results_dir)
+        self.resumable = None
+        self.suggested_by: str | None = None
 
     def __call__(self, space: dict) -> dict:
         data = self.data
@@ -62,22 +69,29 @@ class Objective:
         import keras
 
         from neural_net import build_and_train
-        from pruning import MedianStoppingRule
+        from pruning import MONITOR, MedianStoppingRule
 
         s = self.settings
         started = time.time()
+        restore = self.restorable(space)
         # Marked before its line is written, which a kill may follow at once.
         result = self.mark_running(space, started, data) if self.running_file else None
-        report(self.first_line(None if self.parallelism else self.next_tid, space, started, data.has_coarse))
+        report(self.first_line(None if self.parallelism else self.next_tid, space, started, data.has_coarse, restore))
         if result is None:
-            callbacks = [MedianStoppingRule(self.finished_curves)] if s["prune"] == "median" else []
+            earlier = restore.progress.history.get(MONITOR, []) if restore else []
+            callbacks = [MedianStoppingRule(self.finished_curves, earlier=earlier)] if s["prune"] == "median" else []
+            if self.backup_file:
+                callbacks.append(self.backup(space, restore))
             model, result = build_and_train(
                 space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
                 verbose=s["verbose"], precision=s["precision"],
-                seed=weights_seed(s["seed"], space),
+                seed=weights_seed(s["seed"], space), before=restore.progress if restore else None,
             )
             del model
             keras.backend.clear_session()
+            if restore:
+                result["resumed_after_epoch"] = restore.epochs
+                started = restore.progress.started
         result["search_space"], result["patience"] = s["space"], s["patience"]
         result["seed"] = s["seed"]  # of the validation split, which every trial is compared on
         result["code_version"] = self.code_version
@@ -85,6 +99,34 @@ class Objective:
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
         return result
+
+    def restorable(self, space: dict):
+        """The backup of the trial that the last run stopped in (trial_backup.Backup), if it trains the network of
+        `space` in this run's precision and code: to resume once; else None."""
+        from precision import resolve_precision
+
+        backup, self.resumable = self.resumable, None
+        if backup is None or backup.space != json.loads(to_json(space)):
+            return None
+        now = {"precision": resolve_precision(self.settings["precision"]), "code version": self.code_version}
+        if changed := [f"{what} {backup_value} (now {now[what]})" for what, backup_value in
+                       (("precision", backup.precision), ("code version", backup.code_version)) if backup_value != now[what]]:
+            from utils import warn
+
+            warn(f"trial {backup.tid}'s backup after epoch {backup.epochs} trained with {', '.join(changed)}: it starts anew")
+            return None
+        return backup
+
+    def backup(self, space: dict, restore):
+        """The callback that backs this trial up as it trains (trial_backup.TrialBackup), from `restore` on if it resumes."""
+        from precision import resolve_precision
+        from trial_backup import TrialBackup
+
+        identity = {"tid": self.next_tid, "space": json.loads(to_json(space)), "suggested_by": self.suggested_by,
+                    "precision": resolve_precision(self.settings["precision"]), "code_version": self.code_version}
+        if restore:  # what the backup was of, whichever way this run's trial was suggested
+            identity |= {"suggested_by": restore.suggested_by}
+        return TrialBackup(self.backup_file, identity, restore)
 
     def mark_running(self, space: dict, started: float, data) -> dict | None:
         """Mark this trial as training, with the runs before whose process died training the same network; where
@@ -108,14 +150,16 @@ class Objective:
                  "tell")
         return None
 
-    def first_line(self, tid: int | None, space: dict, started: float, coarse_head: bool) -> str:
+    def first_line(self, tid: int | None, space: dict, started: float, coarse_head: bool, restore=None) -> str:
         """A trial's first line: when it started (in a log of days, what its seconds alone do not tell), which trial it
-        is (None on a Spark worker, which cannot know) and what it trains."""
+        is (None on a Spark worker, which cannot know), from which epoch it resumes (`restore`) and what it trains."""
         from hyperspace import describe
 
         label = "A trial" if tid is None else f"Trial {tid}"
         if name := next((name for point, name in self.enqueued if point == space), None):
             label += f" (--enqueue {name})"
+        if restore:
+            label += f", resumed after epoch {restore.epochs} (its backup of {restore.saved})"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
         return f"{when} {label}, up to {plural(self.settings['epochs'], 'epoch')}: {describe(space, coarse_head=coarse_head)}"
 

@@ -134,6 +134,8 @@ def test_a_named_results_folder_left_empty_is_removed(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b/model_0.7_12345.txt.json").write_text("x")
     (tmp_path / "b/.running_trial").write_text("{}")  # the trial its search was training when its process died
+    (tmp_path / "b/.trial_backup.npz").write_text("x")  # and its backup
+    (tmp_path / "b/..trial_backup.npz.0123abcd.tmp.npz").write_text("x")  # and a backup that a kill cut short
     (tmp_path / "b.pkl").write_text("x")
     out = subprocess.run(["bash", "delete_results.sh", "b"], cwd=tmp_path, input="y\n", capture_output=True, text=True)
     assert "This deletes 1 result file(s) in b/ and b.pkl" in out.stdout

@@ -92,11 +92,11 @@ def test_the_points_are_suggested_first_each_once_even_where_a_trial_of_them_fai
     first = [encode(hyperspace.SEED_BEST_SPACE, hyperspace.space), encode(hyperspace.DEMO_SPACE, hyperspace.space)]
     trials = Trials()
     with pytest.raises(AllTrialsFailed):  # fmin's closing argmin, as in a search
-        fmin(objective, hyperspace.space, algo=suggesting_first(first[:1], tpe.suggest), max_evals=1, trials=trials,
-             rstate=np.random.default_rng(0), show_progressbar=False)
+        fmin(objective, hyperspace.space, algo=suggesting_first([(first[0], "enqueue")], tpe.suggest), max_evals=1,
+             trials=trials, rstate=np.random.default_rng(0), show_progressbar=False)
     # A resume that tries the failed point again (the search enqueues it once more), then the other.
-    fmin(objective, hyperspace.space, algo=suggesting_first(first, tpe.suggest), max_evals=5, trials=trials,
-         rstate=np.random.default_rng(1), show_progressbar=False)
+    fmin(objective, hyperspace.space, algo=suggesting_first([(p, "enqueue") for p in first], tpe.suggest), max_evals=5,
+         trials=trials, rstate=np.random.default_rng(1), show_progressbar=False)
     without_width = [{k: v for k, v in point.items() if k != "width_multiple"} for point in trained]
     assert without_width[:3] == [hyperspace.SEED_BEST_SPACE, hyperspace.SEED_BEST_SPACE, hyperspace.DEMO_SPACE]
     assert len(trained) == 5 and all(p not in without_width[:3] for p in without_width[3:])

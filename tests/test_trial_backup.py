@@ -1,0 +1,115 @@
+"""A search stopped in the middle of a trial resumes that trial from its backup, not from its first epoch."""
+
+import json
+import os
+import signal
+import types
+
+import keras
+import numpy as np
+import pytest
+
+import trial_backup
+from conftest import SMALL_SPACE
+from datasets import load_dataset
+from neural_net import build_and_train
+from pruning import MONITOR
+from test_search import in_process, result_files
+from trial import Objective
+from trial_backup import TrialBackup, backup_file, read_backup
+from utils import load_trials
+
+
+def watching(on_epoch_begin=None, on_epoch_end=None):
+    """A callback that runs the given hooks, with the model, at each epoch's start and end."""
+    callback = keras.callbacks.Callback()
+    callback.on_epoch_begin = lambda epoch, logs=None: on_epoch_begin and on_epoch_begin(callback.model, epoch)
+    callback.on_epoch_end = lambda epoch, logs=None: on_epoch_end and on_epoch_end(callback.model, epoch, logs)
+    return callback
+
+
+def state_of(model) -> list[np.ndarray]:
+    return [np.array(w) for w in model.get_weights()] + [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+
+
+def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_it_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
+    data = load_dataset("synthetic", synthetic_size=300)
+    identity = {"tid": 4, "space": SMALL_SPACE, "suggested_by": "tpe", "precision": "float32", "code_version": "abc"}
+    after = {}
+    backup = TrialBackup(backup_file(tmp_path), identity)
+    seen = watching(on_epoch_end=lambda model, epoch, logs: after.update({epoch: state_of(model)}))
+    _, first = build_and_train(SMALL_SPACE, data, epochs=3, callbacks=[backup, seen], precision="float32", seed=1)
+    assert first["status"] == "ok"
+
+    restored = read_backup(tmp_path, set())
+    assert read_backup(tmp_path, {4}) is None  # its trial saved since
+    # Backed up at the end of epoch 2: none after the last, which ends the trial.
+    assert (restored.tid, restored.space, restored.suggested_by, restored.epochs) == (4, SMALL_SPACE, "tpe", 2)
+    assert {key: values[:2] for key, values in first["history"].items()} == restored.progress.history
+    best = int(np.argmax(first["history"][MONITOR][:2]))
+    assert all(np.array_equal(a, b) for a, b in zip(restored.progress.best_weights, after[best][:len(restored.weights)]))
+
+    # Resumed: epoch 3 starts from the state that epoch 2 ended with, weights and optimizer alike.
+    began = {}
+    again = TrialBackup(tmp_path / "again.npz", identity, restore=restored)
+    seen = watching(on_epoch_begin=lambda model, epoch: began.update({epoch: state_of(model)}))
+    _, second = build_and_train(SMALL_SPACE, data, epochs=3, callbacks=[again, seen], precision="float32", seed=1,
+                                before=restored.progress)
+    assert list(began) == [2]
+    assert len(began[2]) == len(after[1]) and all(np.array_equal(a, b) for a, b in zip(began[2], after[1]))
+    assert second["epochs_trained"] == 3 and second["history"][MONITOR][:2] == first["history"][MONITOR][:2]
+
+
+def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_code_once(tmp_path, capsys):
+    args = types.SimpleNamespace(epochs=3, patience=None, prune="none", verbose=0, precision="float32", seed=0,
+                                 space="tiny", dataset="synthetic", results_dir=str(tmp_path))
+    objective = Objective(None, args)
+    objective.code_version = "abc"
+    progress = types.SimpleNamespace(history={MONITOR: [0.1, 0.2]})
+    backup = trial_backup.Backup(7, {"a": 1}, "tpe", "float32", "abc", "then", progress, [], [])
+    for other in ({"a": 2}, {"a": 1}):
+        objective.resumable = backup
+        assert objective.restorable(other) is (backup if other == {"a": 1} else None)
+    assert objective.restorable({"a": 1}) is None  # once
+    objective.resumable, objective.code_version = backup, "def"
+    assert objective.restorable({"a": 1}) is None
+    assert capsys.readouterr().err == ("warning: trial 7's backup after epoch 2 trained with code version abc (now def): "
+                                       "it starts anew\n")
+
+
+@pytest.mark.slow
+def test_a_search_stopped_mid_trial_goes_on_with_that_trial_from_its_backup(tmp_path, monkeypatch, capsys):
+    import neural_net
+
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
+    callbacks, epochs, logs = neural_net.trial_callbacks, [], []
+
+    def interrupted_at_epoch_2(*args, **kwargs):
+        def ended(model, epoch, epoch_logs):
+            logs.append(dict(epoch_logs))
+            if epoch == 1 and len(logs) == 2:  # the first run, once its backup of epoch 2 is written
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return callbacks(*args, **kwargs) + [watching(lambda model, epoch: epochs.append(epoch), ended)]
+
+    monkeypatch.setattr(neural_net, "trial_callbacks", interrupted_at_epoch_2)
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--epochs", "3") == 130
+    out = capsys.readouterr().out
+    assert "SIGINT: stopped; 0 finished trials saved, trial 0 is backed up after epoch 2 (" in out
+    assert not result_files(tmp_path) and (tmp_path / "results" / ".trial_backup.npz").exists()
+    first_line = next(line for line in out.splitlines() if " Trial 0, up to 3 epochs: " in line)
+
+    epochs.clear()
+    assert in_process(tmp_path, monkeypatch, "--max-evals", "2", "--epochs", "3") == 0
+    out = capsys.readouterr().out
+    assert "Trial 0 was stopped after epoch 2, which its backup of " in out
+    assert " Trial 0, resumed after epoch 2 (its backup of " in out
+    assert epochs == [2, 0, 1, 2]  # trial 0's last epoch, then trial 1 from its first
+    trial = next(json.loads(path.read_text()) for path in result_files(tmp_path) if '"tid": 0' in path.read_text())
+    assert trial["resumed_after_epoch"] == 2 and trial["epochs_trained"] == 3
+    assert trial["history"][MONITOR][:2] == [log[MONITOR] for log in logs[:2]]
+    assert trial["started"][:19].replace("T", " ") == first_line[:19]  # when its first run started it
+    assert trial["suggested_by"] == "random"  # as the first run's suggestion was, not "enqueue"
+    assert not (tmp_path / "results" / ".trial_backup.npz").exists()  # gone once its trial was saved
+    assert [t["tid"] for t in load_trials(tmp_path / "results.pkl").trials] == [0, 1]

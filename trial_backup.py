@@ -1,0 +1,152 @@
+"""A trial of a one-at-a-time search, backed up as it trains: a search stopped in the middle of a trial (Ctrl-C, the
+SIGTERM that ends a cluster's time slot, a kill) trains that network first when it resumes, from its last backup on.
+
+The backup is one file in the results folder, written atomically at the end of an epoch once BACKUP_EVERY_S seconds have
+gone by since the trial started or was last backed up: the model's and its optimizer's variables, the best epoch's
+weights, the epochs' history, and which trial of which network it is. The search removes it once that trial is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pruning import MONITOR, Progress
+from trial import local_time
+from utils import replacing, warn
+
+BACKUP_FILE = ".trial_backup.npz"
+# A backup of a large network (10 M parameters, with Adam's two moments: 120 MB) takes a fraction of a second: every 5
+# minutes, it costs a trial far below 1% of its time, and a stop loses at most 5 minutes and an epoch of training.
+BACKUP_EVERY_S = 300.0
+
+
+@dataclasses.dataclass
+class Backup:
+    """A trial's training as its last backup holds it."""
+
+    tid: int
+    space: dict  # the network, as results record it
+    suggested_by: str | None
+    precision: str
+    code_version: str | None
+    saved: str  # when, in local time
+    progress: Progress  # its epochs' history, its best epoch's weights, its seconds, when it first started
+    weights: list[np.ndarray]  # the model's variables after its last backed-up epoch
+    optimizer: list[np.ndarray]  # its optimizer's
+
+    @property
+    def epochs(self) -> int:
+        return len(self.progress.history[MONITOR])
+
+
+def backup_file(results_dir: str | Path) -> Path:
+    """The file that backs up the trial that a one-at-a-time search trains."""
+    return Path(results_dir) / BACKUP_FILE
+
+
+def backed_up(results_dir: str | Path) -> dict | None:
+    """What the backup in a results folder says of its trial (tid, epochs, saved...), without reading its variables;
+    None where there is none or it cannot be read."""
+    try:
+        with np.load(backup_file(results_dir)) as stored:
+            state = json.loads(str(stored["state"]))
+        return state | {"epochs": len(state["history"][MONITOR])}
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None
+
+
+def read_backup(results_dir: str | Path, saved_tids: set[int]) -> Backup | None:
+    """The backup of the trial that the search's last run stopped in; None where there is none, or its trial was saved
+    since; a backup that cannot be read is warned about and None."""
+    path = backup_file(results_dir)
+    try:
+        with np.load(path) as stored:
+            state = json.loads(str(stored["state"]))
+            if state["tid"] in saved_tids:
+                return None
+            weights, optimizer, best = ([stored[f"{kind}{i}"] for i in range(state["counts"][kind])]
+                                        for kind in ("weights", "optimizer", "best"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        warn(f"cannot read {path} ({type(err).__name__}: {err}): the trial it backs up, if trained again, starts anew")
+        return None
+    progress = Progress(state["history"], best or None, state["seconds"], state["started"])
+    return Backup(state["tid"], state["space"], state["suggested_by"], state["precision"], state["code_version"],
+                  state["saved"], progress, weights, optimizer)
+
+
+def remove_backup(results_dir: str | Path) -> None:
+    """Remove the backup of a trial, saved now or not to be resumed."""
+    backup_file(results_dir).unlink(missing_ok=True)
+
+
+class TrialBackup(keras.callbacks.Callback):
+    """Backs a trial's training up into `path` at the end of an epoch, every BACKUP_EVERY_S seconds; first, with
+    `restore`, puts back the state of an earlier backup of it, to train on from its epoch.
+
+    `identity` is what the backup records of the trial (tid, space, suggested_by, precision, code_version), and
+    `keeper` the trial's early stopping, whose best epoch's weights a backup holds (pruning.trial_callbacks links it).
+    It waits for no step: Keras on JAX dispatches the next one before the last ends.
+    """
+
+    async_safe = True
+
+    def __init__(self, path: str | Path, identity: dict, restore: Backup | None = None):
+        super().__init__()
+        self.path, self.identity, self.restore = Path(path), identity, restore
+        self.keeper = None
+        before = restore.progress if restore else None
+        self.history = {key: list(values) for key, values in before.history.items()} if before else {}
+        self.seconds_before = before.seconds if before else 0.0
+        self.started = before.started if before and before.started is not None else time.time()
+        self.began = self.last = time.monotonic()
+        self.failed = False  # a backup that could not be written is warned about once
+
+    def on_train_begin(self, logs=None):
+        if not self.restore:
+            return
+        model, optimizer = self.model, self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        shapes = [tuple(w.shape) for w in self.restore.weights + self.restore.optimizer]
+        if shapes != [tuple(v.shape) for v in model.weights + optimizer.variables]:
+            raise ValueError(f"the backup of trial {self.restore.tid} does not fit its network as this code builds it")
+        model.set_weights(self.restore.weights)
+        for variable, value in zip(optimizer.variables, self.restore.optimizer):
+            variable.assign(value)
+        model._initial_epoch = self.restore.epochs  # as Keras's BackupAndRestore resumes fit
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        # Not after the last epoch: the trial ends, and its result is saved.
+        if self.model.stop_training or epoch + 1 >= self.params["epochs"]:
+            return
+        if time.monotonic() - self.last >= BACKUP_EVERY_S:
+            self.save()
+            self.last = time.monotonic()
+
+    def save(self) -> None:
+        """Write the backup: the variables as they are now, the best epoch's weights, the history so far."""
+        best = self.keeper.best_weights if self.keeper is not None and self.keeper.best_weights is not None else []
+        variables = {"weights": self.model.get_weights(),
+                     "optimizer": [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables], "best": best}
+        state = self.identity | {"history": self.history, "seconds": self.seconds_before + time.monotonic() - self.began,
+                                 "started": self.started, "saved": local_time(time.time()),
+                                 "counts": {kind: len(arrays) for kind, arrays in variables.items()}}
+        arrays = {f"{kind}{i}": array for kind, listed in variables.items() for i, array in enumerate(listed)}
+        try:
+            with replacing(self.path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as file:
+                np.savez(file, state=np.array(json.dumps(state)), **arrays)
+        except OSError as err:  # a full disk: the trial trains on, unprotected
+            if not self.failed:
+                warn(f"cannot back trial {self.identity['tid']} up ({err}): were the search stopped, it would start anew")
+            self.failed = True
