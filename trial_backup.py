@@ -22,8 +22,9 @@ from trial import local_time
 from utils import replacing, warn
 
 BACKUP_FILE = ".trial_backup.npz"
-# A backup of a large network (10 M parameters, with Adam's two moments: 120 MB) takes a fraction of a second: every 5
-# minutes, it costs a trial far below 1% of its time, and a stop loses at most 5 minutes and an epoch of training.
+# A backup of the 2017 best network (7.1 M parameters: its weights, Adam's two moments and the best epoch's weights, 113 MB)
+# took 0.2-0.5 s on a 2-core CPU: every 5 minutes, it costs a trial under 0.2% of its time, and a stop loses at most
+# 5 minutes and an epoch of training.
 BACKUP_EVERY_S = 300.0
 
 
