@@ -48,8 +48,9 @@ def test_every_network_of_a_run_trains_in_the_requested_precision(tmp_path):
 def test_a_search_trials_callbacks_let_keras_on_jax_dispatch_the_next_step_without_waiting():
     # Keras waits for every step's logs when any callback has a per-step hook and is not marked async-safe
     # (TensorFlow's trainer waits anyway). Keras's TerminateOnNaN has one, which a trial no longer uses.
-    check = ("import keras, bench_training, pruning; "
-             "print(keras.callbacks.CallbackList(pruning.trial_callbacks(3, None, [pruning.MedianStoppingRule([])]))._async_train, "
+    check = ("import keras, bench_training, pruning, trial_backup; "
+             "print(keras.callbacks.CallbackList(pruning.trial_callbacks(3, None, [pruning.MedianStoppingRule([]), "
+             "trial_backup.TrialBackup('b.npz', {})]))._async_train, "
              "{kind: keras.callbacks.CallbackList(bench_training.step_callbacks(kind))._async_train "
              "for kind in bench_training.CALLBACK_KINDS})")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, cwd=BENCH.parent,

@@ -47,3 +47,17 @@ def test_callback_stops_training_and_marks_the_trial_pruned(capsys):
     assert rule.model.stop_training and rule.pruned
     assert capsys.readouterr().out == (
         "Pruned at epoch 5: best 0.3500 is below 0.4000, the median of 3 finished trials' best by epoch 5\n")
+
+
+def test_a_resumed_trial_is_pruned_by_its_epochs_before_the_resume_too(capsys):
+    class FakeModel:
+        stop_training = False
+
+    rule = MedianStoppingRule(FINISHED, earlier=[0.1, 0.2, 0.25])  # the epochs that its backup holds
+    rule.set_model(FakeModel())
+    rule.on_train_begin()
+    rule.on_epoch_end(3, {"val_fine_outputs_accuracy": 0.3})
+    assert not rule.model.stop_training
+    rule.on_epoch_end(4, {"val_fine_outputs_accuracy": 0.35})
+    assert rule.model.stop_training and rule.pruned
+    assert capsys.readouterr().out.startswith("Pruned at epoch 5: best 0.3500 is below 0.4000")
