@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from analysis_notes import cheapest_for_accuracy  # noqa: E402
-from trial import training_seconds  # noqa: E402
+from leaderboard import training_seconds  # noqa: E402
 
 # What a trial's network cost, as its result file records it: the axis, and its front in the legend.
 COST_LABELS = {"n_params": ("parameters", "no smaller network is more accurate"),

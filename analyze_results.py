@@ -20,7 +20,7 @@ from analysis_notes import (MIXED, best_first, budget_note, failures_note, mixed
                             standard_errors, suggestions_note, within_one_standard_error)
 from cli import ArgumentParser, at_least, plural, run
 from significance import beyond_chance, correlation_ratio, exchangeable, pearson_r, shuffled_p
-from trial import PARAMS_HEADER, leaderboard_header, leaderboard_row, leaderboard_title, params_cell
+from leaderboard import PARAMS_HEADER, leaderboard_header, leaderboard_row, leaderboard_title, params_cell
 from utils import (RESULTS_DIR, SETTINGS, RunLock, best_epoch, check_writable, is_ok, iter_results, setting,
                    trials_file_for, validation_curve, warn)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import resume
 from cli import SignalGuard, plural, run, unsupported_backend
 from precision import tensorflow_defaults, use_one_gpu
-from trial import (PARAMS_HEADER, Objective, cut_short_line, leaderboard_header, leaderboard_row, leaderboard_title,
-                   outgrown_note, pace, params_cell, repeated_failure, report, running_trial_file, trial_cut_short, trial_line)
+from leaderboard import search_leaderboard
+from trial import (Objective, cut_short_line, outgrown_note, pace, repeated_failure, report, running_trial_file,
+                   trial_cut_short, trial_line)
 
 tensorflow_defaults()
 
@@ -389,18 +390,8 @@ class Search:
             return True, []
         return False, []
 
-    def print_leaderboard(self, trials, top: int = 5) -> None:
-        results = [t["result"] for t in trials.trials if t["tid"] in self.saved_tids]
-        ok = sorted((r for r in results if r.get("status") == "ok"), key=lambda r: r["loss"])[:top]
-        if not ok:
-            print("No finished trial yet.")
-            return
-        print(f"\n{leaderboard_title(len(ok), results)}")
-        print(leaderboard_header(f"{PARAMS_HEADER}  model"))
-        for rank, r in enumerate(ok, 1):
-            print(leaderboard_row(rank, r.get("tid"), -r["loss"], r.get("coarse_best_accuracy"), r.get("test_fine_accuracy"),
-                                  r.get("epochs_trained"), r.get("pruned"),
-                                  f"{params_cell(r.get('n_params'))}  {r.get('model_name', '')}"))
+    def print_leaderboard(self, trials) -> None:
+        print(search_leaderboard([t["result"] for t in trials.trials if t["tid"] in self.saved_tids]))
 
     def print_next_steps(self) -> None:
         """Where a trial finished: the commands that analyse this search and retrain its best network, run as this ran."""

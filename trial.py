@@ -1,5 +1,5 @@
-"""One trial of the search: train the network of a sampled point, marked while it trains; its line in the log once
-saved, when failures in a row stop the search, and a leaderboard's title.
+"""One trial of the search: train the network of a sampled point, marked while it trains (and backed up: trial_backup);
+its line in the log once saved, and when failures in a row stop the search.
 
 `Objective` is what hyperopt calls with each point, in the search's process or, under Spark, on a worker.
 """
@@ -14,7 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from cli import duration, memory, parameters, plural
+from cli import duration, memory, plural
 from utils import failure_cause, to_json, validation_curve, weights_seed
 
 
@@ -122,10 +122,9 @@ class Objective:
         from precision import resolve_precision
         from trial_backup import TrialBackup
 
+        # How it was suggested: a resumed trial, as in the run that it stopped in (suggestions.suggesting_first).
         identity = {"tid": self.next_tid, "space": json.loads(to_json(space)), "suggested_by": self.suggested_by,
                     "precision": resolve_precision(self.settings["precision"]), "code_version": self.code_version}
-        if restore:  # what the backup was of, whichever way this run's trial was suggested
-            identity |= {"suggested_by": restore.suggested_by}
         return TrialBackup(self.backup_file, identity, restore)
 
     def mark_running(self, space: dict, started: float, data) -> dict | None:
@@ -331,41 +330,3 @@ def how_it_stopped(result: dict) -> str:
     elif not result.get("pruned") and trained < result.get("max_epochs", trained):
         text += ", stopped early"  # --patience epochs without a better one
     return text
-
-
-def training_seconds(trials: list[dict]) -> list[float] | None:
-    """Each trial's train_seconds, a failed one's that could not record them (a crashed Spark worker's) as none; None
-    where a finished trial did not record them (the 2017 files)."""
-    if any(t.get("status") == "ok" and t.get("train_seconds") is None for t in trials):
-        return None
-    return [t.get("train_seconds") or 0.0 for t in trials]
-
-
-def leaderboard_title(shown: int, trials: list[dict]) -> str:
-    """A leaderboard's first line: how many of how many trials, the failed and pruned ones, the training time they took."""
-    failed, pruned = sum(t.get("status") != "ok" for t in trials), sum(bool(t.get("pruned")) for t in trials)
-    seconds = training_seconds(trials)
-    spent = "" if seconds is None else f"; {duration(sum(seconds))} of training"
-    return f"Top {shown} of {plural(len(trials), 'trial')} ({failed} failed, {pruned} pruned{spent}):"
-
-
-def leaderboard_header(last: str) -> str:
-    """A leaderboard's column names: a trial's figures (leaderboard_row), then `last`."""
-    return f"{'rank':>4} {'trial':>5} {'fine':>7} {'coarse':>7} {'test':>7} {'epochs':>6} {'pruned':>6}  {last}"
-
-
-PARAMS_HEADER = f"{'params':>7}"  # a leaderboard's column of each network's size (params_cell)
-
-
-def params_cell(n_params: int | None) -> str:
-    """A leaderboard's cell of a network's parameters: "7.21 M", or "-" where its result did not count them (2017's)."""
-    return f"{parameters(n_params) if n_params else '-':>7}"
-
-
-def leaderboard_row(rank: int, tid, fine, coarse, test, epochs, pruned, last: str) -> str:
-    """One trial's row of a leaderboard, "-" for a figure it does not record (coarse, on a dataset without coarse labels)."""
-    def fmt(v):
-        return f"{v:.4f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
-
-    return (f"{rank:>4} {'-' if tid is None else tid:>5} {fmt(fine):>7} {fmt(coarse):>7} {fmt(test):>7} {epochs or '-':>6} "
-            f"{'yes' if pruned else 'no':>6}  {last}")

@@ -21,7 +21,8 @@ from cli import plural
 from conftest import FOUR_GPUS, REPO, can_become, fake_nvidia_smi, swallow_a_signal_while_the_data_loads
 from hyperspace import active, describe
 from precision import cpu_name
-from trial import code_version, leaderboard_header, leaderboard_row, leaderboard_title, pace, trial_line
+from leaderboard import leaderboard_header, leaderboard_row, leaderboard_title
+from trial import code_version, pace, trial_line
 from utils import load_trials, save_trials
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -391,9 +392,9 @@ def test_a_second_ctrl_c_while_the_search_reports_its_stop_does_not_cut_the_repo
 
     report = hyperopt_optimize.Search.print_leaderboard
 
-    def impatient(self, trials, top=5):
+    def impatient(self, trials):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, while the first one's report prints
-        report(self, trials, top)
+        report(self, trials)
 
     monkeypatch.setattr(neural_net, "build_and_train", interrupted_second)
     monkeypatch.setattr(hyperopt_optimize.Search, "print_leaderboard", impatient)
@@ -408,7 +409,7 @@ def test_a_ctrl_c_after_the_trials_ended_says_they_are_saved(tmp_path, monkeypat
     import hyperopt_optimize
     import neural_net
 
-    def leaderboard(self, trials, top=5):  # the last thing a search does; under Spark, after its poller stopped
+    def leaderboard(self, trials):  # the last thing a search does; under Spark, after its poller stopped
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, **kwargs: (
