@@ -75,7 +75,7 @@ class Objective:
         started = time.time()
         restore = self.restorable(space)
         # Marked before its line is written, which a kill may follow at once.
-        result = self.mark_running(space, started, data) if self.running_file else None
+        result = self.mark_running(space, started, data, restore.epochs if restore else 0) if self.running_file else None
         report(self.first_line(None if self.parallelism else self.next_tid, space, started, data.has_coarse, restore))
         if result is None:
             earlier = restore.progress.history.get(MONITOR, []) if restore else []
@@ -127,21 +127,23 @@ class Objective:
                     "precision": resolve_precision(self.settings["precision"]), "code_version": self.code_version}
         return TrialBackup(self.backup_file, identity, restore)
 
-    def mark_running(self, space: dict, started: float, data) -> dict | None:
-        """Mark this trial as training, with the runs before whose process died training the same network; where
-        DEATHS_TO_FAIL did, its failure instead: a network that kills the process in a run's first trial would otherwise
-        come back at every resume, which suggests from the finished trials and the seed alone."""
+    def mark_running(self, space: dict, started: float, data, from_epoch: int = 0) -> dict | None:
+        """Mark this trial as training (from its backup's epoch `from_epoch`), with the runs before whose process died
+        training the same network since its last backup; where DEATHS_TO_FAIL did, its failure instead: a network that
+        kills the process in a run's first trial, or in a trial that a resume goes on with, would come back at every
+        resume. A run that died after it backed the trial up made progress, which a preempted machine's does."""
         from neural_net import failure
         from utils import atomic_write, warn
 
         point = json.loads(to_json(space))
-        died = self.cut_short["started"] if self.cut_short and self.cut_short.get("space") == point else []
+        cut_short = self.cut_short if self.cut_short and self.cut_short.get("space") == point else None
+        died = cut_short["started"] if cut_short and from_epoch <= cut_short.get("from_epoch", 0) else []
         if len(died) >= DEATHS_TO_FAIL:
             err = ProcessDied(f"the search's process died while this network trained, in {len(died)} runs (started "
                               f"{', '.join(died)}): killed, out of the host's memory, or crashed in native code; "
                               "recorded as failed, not trained again")
             return failure(space, data, err) | {"max_epochs": self.settings["epochs"]}
-        marked = {"tid": self.next_tid, "space": point, "started": [*died, local_time(started)]}
+        marked = {"tid": self.next_tid, "space": point, "started": [*died, local_time(started)], "from_epoch": from_epoch}
         try:
             atomic_write(self.running_file, to_json(marked).encode())
         except OSError as err:  # a full disk: the trial trains, and its save says so if it cannot be written either
@@ -191,15 +193,18 @@ def trial_cut_short(results_dir: str, saved_tids: set[int]) -> dict | None:
     return marked
 
 
-def cut_short_line(marked: dict) -> str:
-    """What a resume says of the trial that the last run's process died training."""
+def cut_short_line(marked: dict, backed_up_epochs: int | None = None) -> str:
+    """What a resume says of the trial that the last run's process died training, which its backup (if of that trial)
+    holds `backed_up_epochs` of."""
     runs = len(marked["started"])
-    again = "it is recorded as failed, not trained again" if runs >= DEATHS_TO_FAIL else "it trains once more"
-    return (f"The last run's process died while trial {marked['tid']} trained (started {marked['started'][-1]}): killed, "
+    said = (f"The last run's process died while trial {marked['tid']} trained (started {marked['started'][-1]}): killed, "
             f"out of the host's memory (`dmesg` names the out-of-memory killer's victims), or crashed in native code (the "
-            f"end of its log says where); "
-            f"{'it died so ' + plural(runs, 'time') + ' on that network: ' if runs > 1 else ''}if the search suggests its "
-            f"network again, {again}")
+            f"end of its log says where); ")
+    if backed_up_epochs is not None and backed_up_epochs > marked.get("from_epoch", 0):
+        return said + f"it had backed the trial up after epoch {backed_up_epochs}, which the search goes on from"
+    again = "it is recorded as failed, not trained again" if runs >= DEATHS_TO_FAIL else "it trains once more"
+    return said + (f"{'it died so ' + plural(runs, 'time') + ' on that network: ' if runs > 1 else ''}if the search "
+                   f"suggests its network again, {again}")
 
 
 def local_time(seconds: float) -> str:

@@ -15,7 +15,7 @@ from datasets import load_dataset
 from neural_net import build_and_train
 from pruning import MONITOR
 from test_search import in_process, result_files
-from trial import Objective
+from trial import Objective, cut_short_line
 from trial_backup import TrialBackup, backup_file, read_backup
 from utils import load_trials
 
@@ -76,6 +76,25 @@ def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_
     assert objective.restorable({"a": 1}) is None
     assert capsys.readouterr().err == ("warning: trial 7's backup after epoch 2 trained with code version abc (now def): "
                                        "it starts anew\n")
+
+
+def test_runs_that_died_after_backing_a_trial_up_do_not_count_against_its_network(tmp_path):
+    args = types.SimpleNamespace(epochs=9, patience=None, prune="none", verbose=0, precision="float32", seed=0,
+                                 space="tiny", dataset="synthetic", results_dir=str(tmp_path))
+    objective = Objective(None, args)
+    network = {"a": 1}
+    # Two runs died training it, both from its backup of epoch 4 (a network that kills the process at epoch 6, say).
+    objective.cut_short = {"tid": 3, "space": network, "started": ["t1", "t2"], "from_epoch": 4}
+    assert cut_short_line(objective.cut_short, 4).endswith("it died so 2 times on that network: if the search suggests "
+                                                           "its network again, it is recorded as failed, not trained again")
+    failed = objective.mark_running(network, 0.0, None, from_epoch=4)
+    assert failed["status"] == "fail" and failed["error"].startswith("ProcessDied: ")
+    # The last of them backed it up after epoch 7 before it died (a machine preempted twice in a long trial): it goes on.
+    assert cut_short_line(objective.cut_short, 7).endswith(
+        "; it had backed the trial up after epoch 7, which the search goes on from")
+    assert objective.mark_running(network, 0.0, None, from_epoch=7) is None
+    marked = json.loads((tmp_path / ".running_trial").read_text())
+    assert len(marked["started"]) == 1 and marked["from_epoch"] == 7
 
 
 @pytest.mark.slow
