@@ -128,6 +128,8 @@ def load_trials_table(results_dir, trials_files=()) -> list[dict]:
             "test_images": result.get("test_images"),
             "epochs": result.get("epochs_trained") or len(curve) or None,
             "best_epoch": result.get("best_epoch") or best_epoch(curve),
+            # Where a stopped search went on with it from its backup: its epochs before and after ran in two processes.
+            "resumed_after_epoch": result.get("resumed_after_epoch"),
             # What a resume may change with a warning: the budget, early stopping's patience, the widths' rounding.
             "max_epochs": setting(result, "max_epochs"),
             "patience": result.get("patience"),
@@ -286,7 +288,7 @@ def category_spread(values: list) -> float:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["trial", "tid", "file", "status", "error", "pruned", "suggested_by", "fine_accuracy", "coarse_accuracy", "test_fine_accuracy",
-               *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "max_epochs", "patience", "width_multiple",
+               *SETTINGS, "val_images", "test_images", "epochs", "best_epoch", "resumed_after_epoch", "max_epochs", "patience", "width_multiple",
                *COST_COLUMNS, "code_version", *HYPERPARAMETERS]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")

@@ -41,6 +41,7 @@ def make_results(folder, n=8, dataset="synthetic", recorded=lambda tid: {}):
         save_json_result({
             "loss": -acc, "status": "ok", "fine_best_accuracy": acc, "coarse_best_accuracy": acc + 0.1,
             "test_fine_accuracy": acc - 0.01, "epochs_trained": 6, "pruned": tid == 3, "tid": tid,
+            **({"resumed_after_epoch": 4} if tid == 2 else {}),  # a search stopped in its epoch 5 went on with it
             "model_name": f"model_{acc}_{tid:05d}", "space": space, "selected_on": "validation",
             "dataset": dataset, "train_images": 2700, "val_images": 300, "test_images": 600, "search_space": "full",
             "max_epochs": 6 + tid % 2, "patience": 4, "n_params": 1000 + tid, "activations_per_image": 9000 + tid, "train_seconds": 60.5 + tid,
@@ -76,6 +77,7 @@ def test_generated_results_give_csv_plots_and_a_leaderboard_in_loss_order(tmp_pa
     assert {(r["max_epochs"], r["patience"], r["width_multiple"]) for r in rows if r["status"] == "ok"} == {("6", "4", "8"), ("7", "4", "8")}
     assert {r["residual"] for r in rows if r["status"] == "ok"} == {"", "2.0"}  # nested choice: a value or empty
     assert {r["best_epoch"] for r in rows} == {"6", ""}  # from the curves, which peak at their end; a failed trial has none
+    assert {r["tid"]: r["resumed_after_epoch"] for r in rows if r["resumed_after_epoch"]} == {"2": "4"}
     # What each trial cost, when, and on what machine and software.
     first = next(r for r in rows if r["tid"] == "0")
     assert ((first["n_params"], first["activations_per_image"], first["train_seconds"], first["started"], first["keras_backend"], first["keras_version"],
