@@ -199,8 +199,9 @@ def backed_up_trial(args: argparse.Namespace, saved_tids: set[int], space: dict)
     except NotInSpace as err:
         warn(f"{err}: that trial starts anew, if suggested again")
         return None
-    print(f"Trial {backup.tid} was stopped after epoch {backup.epochs}, which its backup of {backup.saved} holds: it trains "
-          "first, on from there")
+    then = ("it trains first, on from there" if backup.epochs < args.epochs else
+            f"it comes first, and as --epochs {args.epochs} leaves it none to train, it is tested and saved as it is")
+    print(f"Trial {backup.tid} was stopped after epoch {backup.epochs}, which its backup of {backup.saved} holds: {then}")
     return backup, vals
 
 

@@ -60,6 +60,16 @@ def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_i
     assert len(began[2]) == len(after[1]) and all(np.array_equal(a, b) for a, b in zip(began[2], after[1]))
     assert second["epochs_trained"] == 3 and second["history"][MONITOR][:2] == first["history"][MONITOR][:2]
 
+    # Resumed with a budget that its backup has spent: tested with its best epoch's weights, as it is.
+    began.clear()
+    spent = TrialBackup(tmp_path / "spent.npz", identity, restore=restored)
+    seen = watching(on_epoch_begin=lambda model, epoch: began.update({epoch: state_of(model)}))
+    model, third = build_and_train(SMALL_SPACE, data, epochs=2, callbacks=[spent, seen], precision="float32", seed=1,
+                                   before=restored.progress)
+    assert not began and third["status"] == "ok" and third["epochs_trained"] == 2 and third["max_epochs"] == 2
+    assert third["best_epoch"] == best + 1 and third["fine_best_accuracy"] == max(first["history"][MONITOR][:2])
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), restored.progress.best_weights))
+
 
 def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_code_once(tmp_path, capsys):
     args = types.SimpleNamespace(epochs=3, patience=None, prune="none", verbose=0, precision="float32", seed=0,
