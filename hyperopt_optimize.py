@@ -159,7 +159,6 @@ class Search:
         from precision import training_line
         from spark_search import SparkUnavailable, check_requirements, parallelism_of
         from trial import code_version
-        from trial_backup import backed_up
         from utils import TrialsFileError, file_stamp, finished_curves
 
         args = self.args
@@ -174,6 +173,8 @@ class Search:
             self.saved_tids = {t["tid"] for t in finished.trials}
             self.resumed = len(self.saved_tids)
             if cut_short := trial_cut_short(args.results_dir, self.saved_tids):
+                from trial_backup import backed_up  # Keras, which a search refused before its trials needs not load
+
                 state = backed_up(args.results_dir)
                 print(cut_short_line(cut_short, state["epochs"] if state and state["tid"] == cut_short["tid"] else None))
             if args.max_evals is not None and len(finished.trials) >= args.max_evals:

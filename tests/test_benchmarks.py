@@ -75,6 +75,24 @@ def test_the_layer_benchmark_times_every_batch_norm_and_dropout_shape_of_the_net
     assert all(row["keras_ms"] > 0 and row["fast_ms"] > 0 for row in rows)
 
 
+def test_the_backup_benchmark_times_a_backup_of_each_network_beside_a_searchs_own_and_leaves_that_alone(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / ".trial_backup.npz").write_text("a running search's")
+    out = tmp_path / "backup.json"
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_backup.py"), "--networks", "tiny,demo", "--repeats", "1",
+                           "--dir", str(results), "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["network"] for row in rows] == ["tiny", "demo"]
+    for row in rows:  # float32 weights, Adam's two moments and the best epoch's weights: 4 copies of the parameters
+        assert 16 * row["params"] < row["backup_mb"] * 1e6 < 16 * row["params"] + 1e5
+        assert row["write_s"] > 0 and row["read_s"] > 0 and 0 < row["share_of_trial"] < 0.01
+    assert [line.split()[0] for line in done.stdout.splitlines()[2:]] == ["tiny", "demo"]
+    assert [p.name for p in results.iterdir()] == [".trial_backup.npz"]
+    assert (results / ".trial_backup.npz").read_text() == "a running search's"
+
+
 @pytest.mark.slow
 def test_side_by_side_the_2017_recipe_trains_in_float32_one_step_per_call_in_alternating_rounds(tmp_path):
     report, done = run_bench(tmp_path, "--spaces", "tiny", "--recipe", "project,2017", "--rounds", "2",

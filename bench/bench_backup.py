@@ -1,0 +1,90 @@
+"""What backing a trial up costs: the seconds to write and read a trial's backup (trial_backup) on a disk, and their
+share of a trial's time at one backup every BACKUP_EVERY_S seconds.
+
+    python3 bench/bench_backup.py                        # in results/, where a search writes its backups
+    python3 bench/bench_backup.py --dir /mnt/nfs/results  # a results folder on another disk (a network share, say)
+
+Builds each network with Adam's variables and a best epoch's weights, as a trial's backup holds them after an epoch, and
+times `TrialBackup.save` (written, fsynced, renamed) and `read_backup`: the median of --repeats each. The backup is
+removed after.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
+
+from precision import tensorflow_defaults  # noqa: E402
+
+tensorflow_defaults()
+
+import keras  # noqa: E402
+
+import trial_backup  # noqa: E402
+from bench_training import SPACES  # noqa: E402
+from cli import ArgumentParser, at_least  # noqa: E402
+from neural_net import build_model  # noqa: E402
+from precision import device_name  # noqa: E402
+
+
+def backup_row(name: str, space: dict, folder: Path, repeats: int) -> dict:
+    """The size of a backup of the network of `space` and the median seconds to write and to read it in `folder`."""
+    model = build_model(space)
+    model.optimizer.build(model.trainable_variables)
+    backup = trial_backup.TrialBackup(trial_backup.backup_file(folder), {
+        "tid": 0, "space": space, "suggested_by": None, "precision": "float32", "code_version": None})
+    backup.set_model(model)
+    backup.keeper = type("Keeper", (), {"best_weights": model.get_weights()})  # a best epoch's weights, as a trial keeps
+    backup.history = {trial_backup.MONITOR: [0.0]}
+    writes, reads = [], []
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            backup.save()
+            writes.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            trial_backup.read_backup(folder, set())
+            reads.append(time.perf_counter() - start)
+        size = backup.path.stat().st_size
+    finally:
+        trial_backup.remove_backup(folder)
+        keras.backend.clear_session()
+    write = statistics.median(writes)
+    return {"network": name, "params": model.count_params(), "backup_mb": round(size / 1e6, 1),
+            "write_s": round(write, 3), "read_s": round(statistics.median(reads), 3),
+            "share_of_trial": round(write / (trial_backup.BACKUP_EVERY_S + write), 5)}
+
+
+def main() -> None:
+    parser = ArgumentParser(__doc__)
+    parser.add_argument("--dir", default="results", help="the folder to write the backups in (made if missing)")
+    parser.add_argument("--networks", default="demo,best", help=f"comma-separated: {', '.join(SPACES)}")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="writes and reads of each backup")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    names = args.networks.split(",")
+    if unknown := [name for name in names if name not in SPACES]:
+        parser.error(f"--networks: unknown {', '.join(unknown)}; choose from {', '.join(SPACES)}")
+    Path(args.dir).mkdir(parents=True, exist_ok=True)
+
+    # In a folder of its own inside --dir, so that a search's own backup there is never touched.
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench_backup_") as folder:
+        rows = [backup_row(name, SPACES[name], Path(folder), args.repeats) for name in names]
+    print(f"Backups in {Path(args.dir).resolve()}, one every {trial_backup.BACKUP_EVERY_S:.0f} s; {device_name()}")
+    print(f"{'network':<10} {'params':>10} {'MB':>7} {'write s':>8} {'read s':>7} {'share of a trial':>17}")
+    for row in rows:
+        print(f"{row['network']:<10} {row['params']:>10,} {row['backup_mb']:>7.1f} {row['write_s']:>8.3f} "
+              f"{row['read_s']:>7.3f} {row['share_of_trial']:>16.3%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"dir": str(Path(args.dir).resolve()), "device": device_name(),
+                                               "every_s": trial_backup.BACKUP_EVERY_S, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
