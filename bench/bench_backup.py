@@ -56,7 +56,7 @@ def backup_row(name: str, space: dict, folder: Path, repeats: int) -> dict:
         trial_backup.remove_backup(folder)
         keras.backend.clear_session()
     write = statistics.median(writes)
-    return {"network": name, "params": model.count_params(), "backup_mb": round(size / 1e6, 1),
+    return {"network": name, "params": model.count_params(), "backup_bytes": size,
             "write_s": round(write, 3), "read_s": round(statistics.median(reads), 3),
             "share_of_trial": round(write / (trial_backup.BACKUP_EVERY_S + write), 5)}
 
@@ -79,7 +79,7 @@ def main() -> None:
     print(f"Backups in {Path(args.dir).resolve()}, one every {trial_backup.BACKUP_EVERY_S:.0f} s; {device_name()}")
     print(f"{'network':<10} {'params':>10} {'MB':>7} {'write s':>8} {'read s':>7} {'share of a trial':>17}")
     for row in rows:
-        print(f"{row['network']:<10} {row['params']:>10,} {row['backup_mb']:>7.1f} {row['write_s']:>8.3f} "
+        print(f"{row['network']:<10} {row['params']:>10,} {row['backup_bytes'] / 1e6:>7.1f} {row['write_s']:>8.3f} "
               f"{row['read_s']:>7.3f} {row['share_of_trial']:>16.3%}")
     if args.json:
         Path(args.json).write_text(json.dumps({"dir": str(Path(args.dir).resolve()), "device": device_name(),
