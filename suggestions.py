@@ -40,7 +40,7 @@ def suggesting_first(points: list[tuple[dict, str | None]], algo):
     return suggest
 
 
-def telling(algo, objective) -> callable:
+def telling(algo, objective):
     """`algo`, setting `objective.suggested_by` to how the trial it suggests was suggested, for a one-at-a-time search,
     whose trial's backup records it."""
     def suggest(new_ids, domain, trials, seed):
