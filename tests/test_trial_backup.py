@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import types
 
 import keras
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 import trial_backup
-from conftest import SMALL_SPACE
+from conftest import REPO, SMALL_SPACE
 from datasets import load_dataset
 from neural_net import build_and_train
 from pruning import MONITOR
@@ -33,6 +35,7 @@ def state_of(model) -> list[np.ndarray]:
 
 
 def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_it_stopped(tmp_path, monkeypatch):
+    assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")  # the backend it was asked to run on
     monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
     data = load_dataset("synthetic", synthetic_size=300)
     identity = {"tid": 4, "space": SMALL_SPACE, "suggested_by": "tpe", "precision": "float32", "code_version": "abc"}
@@ -69,6 +72,15 @@ def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_i
     assert not began and third["status"] == "ok" and third["epochs_trained"] == 2 and third["max_epochs"] == 2
     assert third["best_epoch"] == best + 1 and third["fine_best_accuracy"] == max(first["history"][MONITOR][:2])
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), restored.progress.best_weights))
+
+
+@pytest.mark.slow
+def test_a_backup_puts_back_the_training_on_the_jax_backend_too():
+    # Keras's JAX trainer reads the variables into its own state when an epoch starts: those put back before it.
+    test = f"{__file__}::test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_it_stopped"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:]
 
 
 def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_code_once(tmp_path, capsys):
