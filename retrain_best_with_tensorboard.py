@@ -344,7 +344,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from retrains import figures, over_draws, same_but_the_draw, trained_otherwise
+    from retrains import figures, over_draws, resumed_apart, same_but_the_draw, trained_otherwise
     from trial import code_version, local_time
     from utils import is_ok, print_json, save_json_result
 
@@ -396,6 +396,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"In the search: {figures(result)}")
         if otherwise := trained_otherwise(result, retrained):
             print(otherwise)
+        if resumed := resumed_apart(result, retrained):
+            print(resumed)
     if spread := over_draws(same_but_the_draw(retrained, WEIGHTS_DIR)):
         print(spread)
     print("See the logs with: tensorboard --logdir=TensorBoard/")

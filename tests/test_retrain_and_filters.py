@@ -342,7 +342,7 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     assert retrained_line.endswith(f"; result in weights/{retrained['model_name']}.txt.json")
     assert f"In the search: {retrained_line.removeprefix('Retrained:').split(';')[0].strip()}" in lines
     assert ", test " in retrained_line and "300 training images" in retrained_line
-    assert not any(line.startswith("Trained with other") for line in lines)  # the trial's own software and device
+    assert not any(line.startswith(("Trained with other", "Resumed")) for line in lines)  # as the trial trained, unbroken
     # The same weights, batches and images: the same curve, to the float rounding of threaded reductions.
     for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
         assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
@@ -353,12 +353,16 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     # as an older commit of the code trained it, on a Spark worker's share of the cores: which the retrain says, as they may
     # set their figures apart.
     trial_file = next((tmp_path / "results").glob("*.json"))
-    trial_file.write_text(json.dumps(trial | {"code_version": "0123456789ab", "device": "CPU (Other CPU, 1 core)"}))
+    # And a stop in its first epochs, from whose backup a search went on with it.
+    trial_file.write_text(json.dumps(trial | {"code_version": "0123456789ab", "device": "CPU (Other CPU, 1 core)",
+                                              "resumed_after_epoch": 1}))
     assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
                          "--weights-seed", "7"]) == 0
     out = capsys.readouterr().out
     assert (f"\nTrained with other software or hardware than the trial: code_version {code_version()} (the trial's: "
             f"0123456789ab), device {device_name()} (the trial's: CPU (Other CPU, 1 core))\n") in out
+    assert ("\nResumed after a stop: the trial after epoch 1; a resumed training draws its later epochs' batch orders and "
+            "dropout masks anew, so its figures need not repeat an unbroken training's\n") in out
     other = load_json_result(tmp_path / "weights" / f"{trial['model_name']}-2.retrain.txt.json")
     assert other["weights_seed"] == 7 and other["seed"] == 3 and other["val_images"] == trial["val_images"]
     assert other["history"]["loss"] != pytest.approx(trial["history"]["loss"], rel=1e-3)
