@@ -18,10 +18,13 @@ class Batches(keras.utils.PyDataset):
     Unlike passing arrays to `fit`, this never copies the whole dataset into the backend.
     Shuffled (training) batches are all full: a smaller last batch would make JAX, and XLA on a
     GPU, compile the training step a second time in every trial (SEED_BEST_SPACE on JAX: 5.6 s
-    on a CPU). The few images left out of an epoch differ from epoch to epoch.
+    on a CPU). The few images left out of an epoch differ from epoch to epoch. Each epoch's order
+    is drawn from the seed and the epoch's number, so that a training resumed at `first_epoch`
+    (0-based) goes on in the order an unbroken one would have.
     """
 
-    def __init__(self, x: np.ndarray, y: dict, batch_size: int, *, shuffle: bool, seed: int | None = None):
+    def __init__(self, x: np.ndarray, y: dict, batch_size: int, *, shuffle: bool, seed: int | None = None,
+                 first_epoch: int = 0):
         # On JAX, gathered in the training loop (0.2 ms for 320 images) while Keras sends the last
         # batch to the device: its background workers take 0.1 s to stop after every pass,
         # training's and validation's, where an H100 trains SEED_BEST_SPACE's epoch in 1.3 s. On
@@ -31,8 +34,8 @@ class Batches(keras.utils.PyDataset):
         else:
             super().__init__(workers=1)
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x)) if shuffle else None
+        self.seed, self.epoch = seed, first_epoch
+        self.order = self.epoch_order() if shuffle else None
 
     def __len__(self) -> int:
         if self.shuffle:
@@ -46,14 +49,20 @@ class Batches(keras.utils.PyDataset):
             rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
         return self.x[rows], {name: labels[rows] for name, labels in self.y.items()}
 
+    def epoch_order(self) -> np.ndarray:
+        """This epoch's order of the images: drawn from the seed and the epoch's number, or anew without a seed."""
+        return np.random.default_rng(None if self.seed is None else [self.seed, self.epoch]).permutation(len(self.x))
+
     def on_epoch_end(self) -> None:
         if self.shuffle:
-            self.order = self.rng.permutation(len(self.x))
+            self.epoch += 1
+            self.order = self.epoch_order()
 
 
-def batches(data: Dataset, split: str, batch_size: int, seed: int | None = None) -> Batches:
-    """The batches of one split (`train` shuffled, `val` and `test` in order)."""
-    return Batches(getattr(data, f"x_{split}"), targets(data, split), batch_size, shuffle=split == "train", seed=seed)
+def batches(data: Dataset, split: str, batch_size: int, seed: int | None = None, first_epoch: int = 0) -> Batches:
+    """The batches of one split (`train` shuffled, from epoch `first_epoch` on; `val` and `test` in order)."""
+    return Batches(getattr(data, f"x_{split}"), targets(data, split), batch_size, shuffle=split == "train", seed=seed,
+                   first_epoch=first_epoch)
 
 
 def stop_feeding(*feeds: Batches | None) -> None:

@@ -241,7 +241,8 @@ def build_and_train(
             keras.utils.set_random_seed(seed)
         keras.config.set_dtype_policy(precision)
         batch_size = int(space["batch_size"])
-        train = batches(data, "train", batch_size, seed)
+        # A resumed training goes on in the order of its epochs as an unbroken one would.
+        train = batches(data, "train", batch_size, seed, first_epoch=len(before.history.get(MONITOR, [])) if before else 0)
         evaluation = evaluation_batch_size(batch_size, len(data.x_val), len(data.x_test))
         model = build_model(
             space, data.input_shape, data.num_fine, data.num_coarse,
@@ -253,6 +254,9 @@ def build_and_train(
         with _unregistering_custom_gradients():
             history = model.fit(
                 train, epochs=epochs, verbose=verbose,
+                # The batches shuffle themselves, by the seed and the epoch: Keras would also shuffle their order, from
+                # Python's global random state, which a resumed training does not share with the one it goes on from.
+                shuffle=False,
                 validation_data=validation,
                 callbacks=trial_callbacks(epochs, patience, callbacks, before) + ([ProgressBar()] if verbose == 1 else []),
             ).history

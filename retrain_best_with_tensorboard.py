@@ -30,7 +30,7 @@ from cli import SEED, ArgumentParser, SignalGuard, at_least, run, unsupported_ba
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
-SETTINGS_FILE, HISTORY_LOG, SECONDS_LOG = "settings.json", "history.csv", "seconds.json"
+SETTINGS_FILE, HISTORY_LOG, SECONDS_LOG, RANDOM_STATES = "settings.json", "history.csv", "seconds.json", "random.npz"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -319,6 +319,7 @@ def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_f
     import keras
 
     from pruning import MONITOR
+    from trial_backup import RandomStates
 
     # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends. It saves at
     # an epoch's end only (save_freq "epoch"), so its per-step hook, which would make Keras wait, does nothing.
@@ -327,10 +328,11 @@ def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_f
     return [
         epoch_tensorboard(log_dir, histogram_freq),
         best_model_checkpoint(checkpoint, MONITOR, best_before),
-        # Each epoch's row of the history and the time so far, then the state to resume from: a kill between the
-        # two loses nothing.
+        # Each epoch's row of the history, the time so far and the random layers' states (which Keras's backup leaves
+        # out), then the state to resume from: a kill between the two loses nothing.
         keras.callbacks.CSVLogger(backup / HISTORY_LOG, append=True),
         seconds_log(backup / SECONDS_LOG, seconds_before, started),
+        RandomStates(backup / RANDOM_STATES),
         restore,
         # After the epoch's backup: a signal whose KeyboardInterrupt C code swallowed mid-epoch stops the retrain here.
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: guard.stop_if_signalled()),
@@ -344,7 +346,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from neural_net import build_and_train
     from precision import training_line
     from pruning import MONITOR
-    from retrains import figures, over_draws, resumed_apart, same_but_the_draw, trained_otherwise
+    from retrains import figures, over_draws, same_but_the_draw, trained_otherwise
     from trial import code_version, local_time
     from utils import is_ok, print_json, save_json_result
 
@@ -396,8 +398,6 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"In the search: {figures(result)}")
         if otherwise := trained_otherwise(result, retrained):
             print(otherwise)
-        if resumed := resumed_apart(result, retrained):
-            print(resumed)
     if spread := over_draws(same_but_the_draw(retrained, WEIGHTS_DIR)):
         print(spread)
     print("See the logs with: tensorboard --logdir=TensorBoard/")

@@ -37,17 +37,6 @@ def trained_otherwise(trial: dict, retrained: dict) -> str | None:
     return f"Trained with other software or hardware than the trial: {', '.join(differ)}" if differ else None
 
 
-def resumed_apart(trial: dict, retrained: dict) -> str | None:
-    """Which of a trial and its retrain were stopped and resumed: from there on a training draws its batch orders and
-    dropout masks anew, as an unbroken one would not, which may set their figures apart; None where neither was."""
-    resumed = [f"{who} after epoch {result['resumed_after_epoch']}" for who, result in
-               (("the trial", trial), ("this retrain", retrained)) if result.get("resumed_after_epoch")]
-    if not resumed:
-        return None
-    return (f"Resumed after a stop: {' and '.join(resumed)}; a resumed training draws its later epochs' batch orders and "
-            "dropout masks anew, so its figures need not repeat an unbroken training's")
-
-
 def training_of(retrain: dict) -> str:
     """What retrains must share to be draws of one training, differing in their weights seed alone: the network, data,
     budget and precision."""

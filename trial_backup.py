@@ -1,9 +1,12 @@
 """A trial of a one-at-a-time search, backed up as it trains: a search stopped in the middle of a trial (Ctrl-C, the
-SIGTERM that ends a cluster's time slot, a kill) trains that network first when it resumes, from its last backup on.
+SIGTERM that ends a cluster's time slot, a kill) trains that network first when it resumes, from its last backup on, as
+the unbroken trial would have trained (the same batches, flips and dropout masks). And the random layers' states that a
+retrain's backup keeps beside Keras's, for the same.
 
 The backup is one file in the results folder, written atomically at the end of an epoch once BACKUP_EVERY_S seconds have
-gone by since the trial started or was last backed up: the model's and its optimizer's variables, the best epoch's
-weights, the epochs' history, and which trial of which network it is. The search removes it once that trial is saved.
+gone by since the trial started or was last backed up: the model's and its optimizer's variables, its random layers'
+states, the best epoch's weights, the epochs' history, and which trial of which network it is. The search removes it
+once that trial is saved.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class Backup:
     progress: Progress  # its epochs' history, its best epoch's weights, its seconds, when it first started
     weights: list[np.ndarray]  # the model's variables after its last backed-up epoch
     optimizer: list[np.ndarray]  # its optimizer's
+    seeds: list[np.ndarray]  # its random layers' (dropout, flip): their next masks are those an unbroken training draws
 
     @property
     def epochs(self) -> int:
@@ -72,8 +76,8 @@ def read_backup(results_dir: str | Path, saved_tids: set[int]) -> Backup | None:
             state = json.loads(str(stored["state"]))
             if state["tid"] in saved_tids:
                 return None
-            weights, optimizer, best = ([stored[f"{kind}{i}"] for i in range(state["counts"][kind])]
-                                        for kind in ("weights", "optimizer", "best"))
+            weights, optimizer, best, seeds = ([stored[f"{kind}{i}"] for i in range(state["counts"][kind])]
+                                               for kind in ("weights", "optimizer", "best", "seeds"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
@@ -81,7 +85,13 @@ def read_backup(results_dir: str | Path, saved_tids: set[int]) -> Backup | None:
         return None
     progress = Progress(state["history"], best or None, state["seconds"], state["started"])
     return Backup(state["tid"], state["space"], state["suggested_by"], state["precision"], state["code_version"],
-                  state["saved"], progress, weights, optimizer)
+                  state["saved"], progress, weights, optimizer, seeds)
+
+
+def seed_states(model: keras.Model) -> list:
+    """The variables of a model that are not its weights: its random layers' seed generators' states."""
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
 
 
 def remove_backup(results_dir: str | Path) -> None:
@@ -117,11 +127,12 @@ class TrialBackup(keras.callbacks.Callback):
         model, optimizer = self.model, self.model.optimizer
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
-        shapes = [tuple(w.shape) for w in self.restore.weights + self.restore.optimizer]
-        if shapes != [tuple(v.shape) for v in model.weights + optimizer.variables]:
-            raise ValueError(f"the backup of trial {self.restore.tid} does not fit its network as this code builds it")
-        model.set_weights(self.restore.weights)
-        for variable, value in zip(optimizer.variables, self.restore.optimizer):
+        restore, seeds = self.restore, seed_states(model)
+        shapes = [tuple(w.shape) for w in restore.weights + restore.optimizer + restore.seeds]
+        if shapes != [tuple(v.shape) for v in model.weights + optimizer.variables + seeds]:
+            raise ValueError(f"the backup of trial {restore.tid} does not fit its network as this code builds it")
+        model.set_weights(restore.weights)
+        for variable, value in zip(optimizer.variables + seeds, restore.optimizer + restore.seeds):
             variable.assign(value)
         model._initial_epoch = self.restore.epochs  # as Keras's BackupAndRestore resumes fit
 
@@ -139,7 +150,8 @@ class TrialBackup(keras.callbacks.Callback):
         """Write the backup: the variables as they are now, the best epoch's weights, the history so far."""
         best = self.keeper.best_weights if self.keeper is not None and self.keeper.best_weights is not None else []
         variables = {"weights": self.model.get_weights(),
-                     "optimizer": [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables], "best": best}
+                     "optimizer": [keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables], "best": best,
+                     "seeds": [keras.ops.convert_to_numpy(v) for v in seed_states(self.model)]}
         state = self.identity | {"history": self.history, "seconds": self.seconds_before + time.monotonic() - self.began,
                                  "started": self.started, "saved": local_time(time.time()),
                                  "counts": {kind: len(arrays) for kind, arrays in variables.items()}}
@@ -151,3 +163,28 @@ class TrialBackup(keras.callbacks.Callback):
             if not self.failed:
                 warn(f"cannot back trial {self.identity['tid']} up ({err}): were the search stopped, it would start anew")
             self.failed = True
+
+
+class RandomStates(keras.callbacks.Callback):
+    """Keeps a training's random layers' states (dropout masks, flips) in `path` after each epoch, beside a backup of
+    Keras's BackupAndRestore, which leaves them out (the retrain's), and puts them back when that training resumes."""
+
+    async_safe = True
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_train_begin(self, logs=None):
+        if not self.path.exists():
+            return
+        with np.load(self.path) as stored:
+            states = [stored[key] for key in stored.files]
+        variables = seed_states(self.model)
+        if [tuple(state.shape) for state in states] == [tuple(v.shape) for v in variables]:
+            for variable, state in zip(variables, states):
+                variable.assign(state)
+
+    def on_epoch_end(self, epoch, logs=None):
+        with replacing(self.path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as file:
+            np.savez(file, *[keras.ops.convert_to_numpy(v) for v in seed_states(self.model)])

@@ -327,6 +327,38 @@ def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
+def test_a_retrain_stopped_and_resumed_trains_as_an_unbroken_one(tmp_path, monkeypatch):
+    import neural_net
+    from pruning import MONITOR
+
+    space = {**SMALL_SPACE, "conv_dropout_drop_proba": 0.2, "fc_dropout_drop_proba": 0.2}  # masks to draw, and flips
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": space,
+                      "dataset": "synthetic"}, tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    args = ["--epochs", "3", "--train-subset", "300", "--verbose", "0", "--precision", "float32", "--histogram-freq", "0"]
+    assert retrain.main(args) == 0
+    real = neural_net.build_and_train
+
+    class CtrlCAfterTheSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, callbacks, **kw: real(
+        space, data, callbacks=[*callbacks, CtrlCAfterTheSecondEpoch()], **kw))
+    assert retrain.main(args) == 130  # a second retrain, stopped
+    monkeypatch.setattr(neural_net, "build_and_train", real)
+    assert retrain.main(args) == 0  # and resumed
+    unbroken = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa.retrain.txt.json")
+    resumed = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa-2.retrain.txt.json")
+    assert resumed["resumed_after_epoch"] == 2 and "resumed_after_epoch" not in unbroken
+    # Its third epoch saw the unbroken one's batches, flips and dropout masks: the same figures, to the float rounding of
+    # threaded reductions.
+    for key in ("loss", "val_loss", MONITOR):
+        assert resumed["history"][key] == pytest.approx(unbroken["history"][key], rel=1e-4), key
+
+
+@pytest.mark.slow
 def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(tmp_path, monkeypatch, capsys):
     import hyperopt_optimize
 
@@ -342,7 +374,7 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     assert retrained_line.endswith(f"; result in weights/{retrained['model_name']}.txt.json")
     assert f"In the search: {retrained_line.removeprefix('Retrained:').split(';')[0].strip()}" in lines
     assert ", test " in retrained_line and "300 training images" in retrained_line
-    assert not any(line.startswith(("Trained with other", "Resumed")) for line in lines)  # as the trial trained, unbroken
+    assert not any(line.startswith("Trained with other") for line in lines)  # the trial's own software and device
     # The same weights, batches and images: the same curve, to the float rounding of threaded reductions.
     for key in ("loss", "val_fine_outputs_accuracy", "val_coarse_outputs_loss"):
         assert retrained["history"][key] == pytest.approx(trial["history"][key], rel=1e-4), key
@@ -353,16 +385,12 @@ def test_a_retrain_on_its_trials_images_repeats_the_trial_and_says_so_beside_it(
     # as an older commit of the code trained it, on a Spark worker's share of the cores: which the retrain says, as they may
     # set their figures apart.
     trial_file = next((tmp_path / "results").glob("*.json"))
-    # And a stop in its first epochs, from whose backup a search went on with it.
-    trial_file.write_text(json.dumps(trial | {"code_version": "0123456789ab", "device": "CPU (Other CPU, 1 core)",
-                                              "resumed_after_epoch": 1}))
+    trial_file.write_text(json.dumps(trial | {"code_version": "0123456789ab", "device": "CPU (Other CPU, 1 core)"}))
     assert retrain.main(["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0",
                          "--weights-seed", "7"]) == 0
     out = capsys.readouterr().out
     assert (f"\nTrained with other software or hardware than the trial: code_version {code_version()} (the trial's: "
             f"0123456789ab), device {device_name()} (the trial's: CPU (Other CPU, 1 core))\n") in out
-    assert ("\nResumed after a stop: the trial after epoch 1; a resumed training draws its later epochs' batch orders and "
-            "dropout masks anew, so its figures need not repeat an unbroken training's\n") in out
     other = load_json_result(tmp_path / "weights" / f"{trial['model_name']}-2.retrain.txt.json")
     assert other["weights_seed"] == 7 and other["seed"] == 3 and other["val_images"] == trial["val_images"]
     assert other["history"]["loss"] != pytest.approx(trial["history"]["loss"], rel=1e-3)

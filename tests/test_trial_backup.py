@@ -38,17 +38,18 @@ def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_i
     assert keras.backend.backend() == os.environ.get("KERAS_BACKEND", "tensorflow")  # the backend it was asked to run on
     monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
     data = load_dataset("synthetic", synthetic_size=300)
-    identity = {"tid": 4, "space": SMALL_SPACE, "suggested_by": "tpe", "precision": "float32", "code_version": "abc"}
+    space = {**SMALL_SPACE, "conv_dropout_drop_proba": 0.2, "fc_dropout_drop_proba": 0.2}  # masks to draw, and flips
+    identity = {"tid": 4, "space": space, "suggested_by": "tpe", "precision": "float32", "code_version": "abc"}
     after = {}
     backup = TrialBackup(backup_file(tmp_path), identity)
     seen = watching(on_epoch_end=lambda model, epoch, logs: after.update({epoch: state_of(model)}))
-    _, first = build_and_train(SMALL_SPACE, data, epochs=3, callbacks=[backup, seen], precision="float32", seed=1)
+    _, first = build_and_train(space, data, epochs=3, callbacks=[backup, seen], precision="float32", seed=1)
     assert first["status"] == "ok"
 
     restored = read_backup(tmp_path, set())
     assert read_backup(tmp_path, {4}) is None  # its trial saved since
     # Backed up at the end of epoch 2: none after the last, which ends the trial.
-    assert (restored.tid, restored.space, restored.suggested_by, restored.epochs) == (4, SMALL_SPACE, "tpe", 2)
+    assert (restored.tid, restored.space, restored.suggested_by, restored.epochs) == (4, space, "tpe", 2)
     assert {key: values[:2] for key, values in first["history"].items()} == restored.progress.history
     best = int(np.argmax(first["history"][MONITOR][:2]))
     assert all(np.array_equal(a, b) for a, b in zip(restored.progress.best_weights, after[best][:len(restored.weights)]))
@@ -57,17 +58,21 @@ def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_i
     began = {}
     again = TrialBackup(tmp_path / "again.npz", identity, restore=restored)
     seen = watching(on_epoch_begin=lambda model, epoch: began.update({epoch: state_of(model)}))
-    _, second = build_and_train(SMALL_SPACE, data, epochs=3, callbacks=[again, seen], precision="float32", seed=1,
+    _, second = build_and_train(space, data, epochs=3, callbacks=[again, seen], precision="float32", seed=1,
                                 before=restored.progress)
     assert list(began) == [2]
     assert len(began[2]) == len(after[1]) and all(np.array_equal(a, b) for a, b in zip(began[2], after[1]))
     assert second["epochs_trained"] == 3 and second["history"][MONITOR][:2] == first["history"][MONITOR][:2]
+    # Its epoch 3 saw the batches, flips and dropout masks of the unbroken training's: the same figures, to the float
+    # rounding of threaded reductions.
+    for key in ("loss", "fine_outputs_accuracy", "val_loss", MONITOR):
+        assert second["history"][key] == pytest.approx(first["history"][key], rel=1e-4), key
 
     # Resumed with a budget that its backup has spent: tested with its best epoch's weights, as it is.
     began.clear()
     spent = TrialBackup(tmp_path / "spent.npz", identity, restore=restored)
     seen = watching(on_epoch_begin=lambda model, epoch: began.update({epoch: state_of(model)}))
-    model, third = build_and_train(SMALL_SPACE, data, epochs=2, callbacks=[spent, seen], precision="float32", seed=1,
+    model, third = build_and_train(space, data, epochs=2, callbacks=[spent, seen], precision="float32", seed=1,
                                    before=restored.progress)
     assert not began and third["status"] == "ok" and third["epochs_trained"] == 2 and third["max_epochs"] == 2
     assert third["best_epoch"] == best + 1 and third["fine_best_accuracy"] == max(first["history"][MONITOR][:2])
@@ -89,7 +94,7 @@ def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_
     objective = Objective(None, args)
     objective.code_version = "abc"
     progress = types.SimpleNamespace(history={MONITOR: [0.1, 0.2]})
-    backup = trial_backup.Backup(7, {"a": 1}, "tpe", "float32", "abc", "then", progress, [], [])
+    backup = trial_backup.Backup(7, {"a": 1}, "tpe", "float32", "abc", "then", progress, [], [], [])
     for other in ({"a": 2}, {"a": 1}):
         objective.resumable = backup
         assert objective.restorable(other) is (backup if other == {"a": 1} else None)
