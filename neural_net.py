@@ -242,7 +242,8 @@ def build_and_train(
         keras.config.set_dtype_policy(precision)
         batch_size = int(space["batch_size"])
         # A resumed training goes on in the order of its epochs as an unbroken one would.
-        train = batches(data, "train", batch_size, seed, first_epoch=len(before.history.get(MONITOR, [])) if before else 0)
+        done = len(before.history.get(MONITOR, [])) if before else 0
+        train = batches(data, "train", batch_size, seed, first_epoch=done)
         evaluation = evaluation_batch_size(batch_size, len(data.x_val), len(data.x_test))
         model = build_model(
             space, data.input_shape, data.num_fine, data.num_coarse,

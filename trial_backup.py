@@ -25,9 +25,9 @@ from trial import local_time
 from utils import replacing, warn
 
 BACKUP_FILE = ".trial_backup.npz"
-# A backup of the 2017 best network (7.1 M parameters: its weights, Adam's two moments and the best epoch's weights, 113 MB)
-# took 0.17 s to write on a 2-core CPU, and the space's largest network's (353 MB) 0.6 s (bench/bench_backup.py): every
-# 5 minutes, it costs a trial at most 0.2% of its time, and a stop loses at most 5 minutes and an epoch of training.
+# A backup of the 2017 best network (7.1 M parameters: its weights, Adam's two moments and the best epoch's weights,
+# 113 MB) took 0.17 s to write on a 2-core CPU, and the space's largest network's (353 MB) 0.6 s (bench/bench_backup.py):
+# every 5 minutes, it costs a trial at most 0.2% of its time, and a stop loses at most 5 minutes and an epoch of training.
 BACKUP_EVERY_S = 300.0
 
 
@@ -161,7 +161,8 @@ class TrialBackup(keras.callbacks.Callback):
                 np.savez(file, state=np.array(json.dumps(state)), **arrays)
         except OSError as err:  # a full disk: the trial trains on, unprotected
             if not self.failed:
-                warn(f"cannot back trial {self.identity['tid']} up ({err}): were the search stopped, it would start anew")
+                warn(f"cannot back trial {self.identity['tid']} up ({err}): were the search stopped, it would start "
+                     "anew")
             self.failed = True
 
 

@@ -31,7 +31,8 @@ def watching(on_epoch_begin=None, on_epoch_end=None):
 
 
 def state_of(model) -> list[np.ndarray]:
-    return [np.array(w) for w in model.get_weights()] + [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    optimizer = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    return [np.array(w) for w in model.get_weights()] + optimizer
 
 
 def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_it_stopped(tmp_path, monkeypatch):
@@ -101,8 +102,8 @@ def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_
     assert objective.restorable({"a": 1}) is None  # once
     objective.resumable, objective.code_version = backup, "def"
     assert objective.restorable({"a": 1}) is None
-    assert capsys.readouterr().err == ("warning: trial 7's backup after epoch 2 trained with code version abc (now def): "
-                                       "it starts anew\n")
+    assert capsys.readouterr().err == ("warning: trial 7's backup after epoch 2 trained with code version abc (now def):"
+                                       " it starts anew\n")
 
 
 def test_runs_that_died_after_backing_a_trial_up_do_not_count_against_its_network(tmp_path):
@@ -112,8 +113,9 @@ def test_runs_that_died_after_backing_a_trial_up_do_not_count_against_its_networ
     network = {"a": 1}
     # Two runs died training it, both from its backup of epoch 4 (a network that kills the process at epoch 6, say).
     objective.cut_short = {"tid": 3, "space": network, "started": ["t1", "t2"], "from_epoch": 4}
-    assert cut_short_line(objective.cut_short, 4).endswith("it died so 2 times on that network: if the search suggests "
-                                                           "its network again, it is recorded as failed, not trained again")
+    assert cut_short_line(objective.cut_short, 4).endswith(
+        "it died so 2 times on that network: if the search suggests its network again, it is recorded as failed, not "
+        "trained again")
     failed = objective.mark_running(network, 0.0, None, from_epoch=4)
     assert failed["status"] == "fail" and failed["error"].startswith("ProcessDied: ")
     # The last of them backed it up after epoch 7 before it died (a machine preempted twice in a long trial): it goes on.
