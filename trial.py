@@ -69,11 +69,14 @@ class Objective:
         import keras
 
         from neural_net import build_and_train
+        from precision import resolve_precision
         from pruning import MONITOR, MedianStoppingRule
 
         s = self.settings
         started = time.time()
-        restore = self.restorable(space)
+        # What a backup records of the trial, and what one must match to be resumed.
+        point, precision = json.loads(to_json(space)), resolve_precision(s["precision"])
+        restore = self.restorable(point, precision)
         # Marked before its line is written, which a kill may follow at once.
         result = self.mark_running(space, started, data, restore.epochs if restore else 0) if self.running_file else None
         report(self.first_line(None if self.parallelism else self.next_tid, space, started, data.has_coarse, restore))
@@ -81,7 +84,7 @@ class Objective:
             earlier = restore.progress.history.get(MONITOR, []) if restore else []
             callbacks = [MedianStoppingRule(self.finished_curves, earlier=earlier)] if s["prune"] == "median" else []
             if self.backup_file:
-                callbacks.append(self.backup(space, restore))
+                callbacks.append(self.backup(point, precision, restore))
             model, result = build_and_train(
                 space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
                 verbose=s["verbose"], precision=s["precision"],
@@ -100,15 +103,13 @@ class Objective:
             result["dataset_file"] = self.dataset_file
         return result
 
-    def restorable(self, space: dict):
+    def restorable(self, point: dict, precision: str):
         """The backup of the trial that the last run stopped in (trial_backup.Backup), if it trains the network of
-        `space` in this run's precision and code: to resume once; else None."""
-        from precision import resolve_precision
-
+        `point` (as results record it) in this run's `precision` and code: to resume once; else None."""
         backup, self.resumable = self.resumable, None
-        if backup is None or backup.space != json.loads(to_json(space)):
+        if backup is None or backup.space != point:
             return None
-        now = {"precision": resolve_precision(self.settings["precision"]), "code version": self.code_version}
+        now = {"precision": precision, "code version": self.code_version}
         if changed := [f"{what} {backup_value} (now {now[what]})" for what, backup_value in
                        (("precision", backup.precision), ("code version", backup.code_version)) if backup_value != now[what]]:
             from utils import warn
@@ -117,14 +118,14 @@ class Objective:
             return None
         return backup
 
-    def backup(self, space: dict, restore):
-        """The callback that backs this trial up as it trains (trial_backup.TrialBackup), from `restore` on if it resumes."""
-        from precision import resolve_precision
+    def backup(self, point: dict, precision: str, restore):
+        """The callback that backs this trial of `point` up as it trains (trial_backup.TrialBackup), from `restore` on if
+        it resumes."""
         from trial_backup import TrialBackup
 
         # How it was suggested: a resumed trial, as in the run that it stopped in (suggestions.suggesting_first).
-        identity = {"tid": self.next_tid, "space": json.loads(to_json(space)), "suggested_by": self.suggested_by,
-                    "precision": resolve_precision(self.settings["precision"]), "code_version": self.code_version}
+        identity = {"tid": self.next_tid, "space": point, "suggested_by": self.suggested_by, "precision": precision,
+                    "code_version": self.code_version}
         return TrialBackup(self.backup_file, identity, restore)
 
     def mark_running(self, space: dict, started: float, data, from_epoch: int = 0) -> dict | None:

@@ -98,10 +98,10 @@ def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_
     backup = trial_backup.Backup(7, {"a": 1}, "tpe", "float32", "abc", "then", progress, [], [], [])
     for other in ({"a": 2}, {"a": 1}):
         objective.resumable = backup
-        assert objective.restorable(other) is (backup if other == {"a": 1} else None)
-    assert objective.restorable({"a": 1}) is None  # once
+        assert objective.restorable(other, "float32") is (backup if other == {"a": 1} else None)
+    assert objective.restorable({"a": 1}, "float32") is None  # once
     objective.resumable, objective.code_version = backup, "def"
-    assert objective.restorable({"a": 1}) is None
+    assert objective.restorable({"a": 1}, "float32") is None
     assert capsys.readouterr().err == ("warning: trial 7's backup after epoch 2 trained with code version abc (now def):"
                                        " it starts anew\n")
 
