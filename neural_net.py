@@ -227,8 +227,8 @@ def build_and_train(
 ) -> tuple[keras.Model | None, dict]:
     """Train one network; return it (best epoch's weights) and its result dict, or (None, failure).
 
-    `before`, with a `callbacks` entry that restores the interrupted training's state (Keras's
-    BackupAndRestore), continues that training: the result covers its epochs and seconds too.
+    `before`, with a `callbacks` entry that restores the interrupted training's state (trial_backup.TrialBackup),
+    continues that training: the result covers its epochs and seconds too.
     """
     start = time.time()
     model = train = validation = test = None

@@ -10,18 +10,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import shlex
+import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from precision import PRECISION_HELP, PRECISIONS, tensorflow_defaults, use_one_gpu
 
 if TYPE_CHECKING:
-    from pruning import Progress
     from utils import RunLock
 
 tensorflow_defaults()
@@ -30,7 +28,7 @@ from cli import SEED, ArgumentParser, SignalGuard, at_least, run, unsupported_ba
 
 TENSORBOARD_DIR = "TensorBoard"
 WEIGHTS_DIR = "weights"
-SETTINGS_FILE, HISTORY_LOG, SECONDS_LOG, RANDOM_STATES = "settings.json", "history.csv", "seconds.json", "random.npz"
+SETTINGS_FILE = "settings.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: the result's own; test for 2017 files)")
     parser.add_argument("--train-subset", type=at_least(1), default=None,
                         help="train on this many images (stratified) (default: all, whatever the search trained on)")
-    parser.add_argument("--histogram-freq", type=at_least(0), default=1, help="weight histograms every N epochs (0: none)")
+    # Histograms of every weight take TensorFlow 0.7 s for the 2017 best network, most of that network's epoch on a GPU.
+    parser.add_argument("--histogram-freq", type=at_least(0), default=10,
+                        help="weight histograms every N epochs, from the first (0: none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     parser.add_argument("--seed", type=SEED, default=None,
                         help="random seed of the data split and, with the network, of the weights, as in the search "
@@ -68,7 +68,7 @@ def pick_result(args) -> tuple[Path, dict] | None:
 
 
 def backup_folder(run: str) -> Path:
-    """Where a retrain keeps what resuming it needs, until it ends: Keras's backup, the history log, its settings."""
+    """Where a retrain keeps what resuming it needs, until it ends: its settings and its backup (trial_backup)."""
     return Path(WEIGHTS_DIR) / f"{run}.backup"
 
 
@@ -119,72 +119,45 @@ def read_settings(backup: Path) -> dict | None:
         return None
 
 
-def progress_of(run: str, checkpoint: Path) -> Progress | None:
-    """The epochs an interrupted retrain finished (by its backup), their history (its log), its best model's weights, and
-    the seconds it took since it first started (its seconds log)."""
-    import csv
+def retrain_backup(path: Path, identity: dict, restore, checkpoint: Path):
+    """The retrain's backup (trial_backup.TrialBackup, from `restore` on if it resumes), which writes the best epoch's
+    full model to `checkpoint` with each backup, when the retrain ends, and when it stops (`save_best`).
 
-    import keras
-
-    from pruning import Progress
-
-    backup = backup_folder(run)
-    try:
-        done = json.loads((backup / "training_metadata.json").read_text())["epoch"]
-    except FileNotFoundError:
-        return None  # stopped before its first epoch ended
-    rows = {}
-    with open(backup / HISTORY_LOG, newline="") as log:
-        for row in csv.DictReader(log):  # a resumed epoch's row comes after the row it replaces
-            if None not in row.values():  # a row cut short by a kill
-                rows[int(row.pop("epoch"))] = {key: float(value) for key, value in row.items()}
-    history = {key: [rows[epoch][key] for epoch in range(done)] for key in rows[0]}
-    try:
-        times = json.loads((backup / SECONDS_LOG).read_text())
-    except FileNotFoundError:  # a backup of a version that did not count them
-        times = {}
-    return Progress(history, keras.saving.load_model(checkpoint).get_weights(), times.get("train_seconds", 0.0),
-                    times.get("started"))
-
-
-def best_model_checkpoint(path: Path, monitor: str, best: float = -math.inf):
-    """A callback that saves the full model at every new best of `monitor` (above `best`), atomically.
-
-    Keras's ModelCheckpoint writes the .keras file in place: a kill or Ctrl-C while it saves would
-    leave a torn file where the best model of hours of training was. Here the previous best stays
-    whole until the new one is on disk.
+    Keras's ModelCheckpoint writes the .keras file in place: a kill or Ctrl-C while it saves would leave a torn file
+    where the best model of hours of training was. Here the previous best stays whole until the new one is on disk. And
+    it saved each better epoch's model, 0.4 s for the 2017 best network: on a GPU, whose epoch of it takes about a
+    second, a third of a retrain's time. The checkpoint and the backup are of the same moment: a resume after a kill
+    repeats the epochs after it as the unbroken retrain trained them (trial_backup).
     """
-    import keras
-
+    from trial_backup import TrialBackup
     from utils import replacing
 
-    class BestModelCheckpoint(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            nonlocal best
-            value = (logs or {}).get(monitor)
-            if value is None or not value > best:
+    class RetrainBackup(TrialBackup):
+        saved_best: int | None = None  # the best epoch whose model the checkpoint holds
+
+        def save(self) -> None:
+            super().save()
+            self.save_best()
+
+        def on_train_end(self, logs=None):
+            self.save_best()
+            shutil.rmtree(self.path.parent, ignore_errors=True)  # ended: nothing to resume
+
+        def save_best(self) -> None:
+            """Write the best epoch's full model, where the checkpoint holds an earlier one."""
+            keeper, model = self.keeper, self.model
+            if keeper is None or keeper.best_weights is None or keeper.best_epoch == self.saved_best:
                 return
-            best = value
-            with replacing(path, suffix=".tmp.keras") as tmp:  # Keras saves only to names ending in .keras
-                self.model.save(tmp)
+            now = model.get_weights()
+            model.set_weights(keeper.best_weights)
+            try:
+                with replacing(checkpoint, suffix=".tmp.keras") as tmp:  # Keras saves only to names ending in .keras
+                    model.save(tmp)
+            finally:
+                model.set_weights(now)
+            self.saved_best = keeper.best_epoch
 
-    return BestModelCheckpoint()
-
-
-def seconds_log(path: Path, before: float, started: float):
-    """A callback that writes, after each epoch, the seconds the retrain has taken so far, earlier runs' included, and
-    when its first run `started`."""
-    import keras
-
-    from utils import atomic_write
-
-    start = time.time()  # when build_and_train starts, whose own count this matches
-
-    class SecondsLog(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            atomic_write(path, json.dumps({"train_seconds": before + time.time() - start, "started": started}).encode())
-
-    return SecondsLog()
+    return RetrainBackup(path, identity, restore)
 
 
 def epoch_tensorboard(log_dir: Path, histogram_freq: int):
@@ -309,31 +282,16 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
         lock.release()
 
 
-def retrain_callbacks(log_dir: Path, checkpoint: Path, backup: Path, histogram_freq: int, best_before: float,
-                      seconds_before: float, started: float, guard: SignalGuard) -> list:
-    """The retrain's logs, best model and backup, from `best_before` and `seconds_before` when it resumes a retrain that
-    `started` earlier.
+def retrain_callbacks(log_dir: Path, histogram_freq: int, backup, guard: SignalGuard) -> list:
+    """The retrain's logs and its `backup` (retrain_backup), which writes its best model too.
 
     None of them waits for a step: Keras on JAX dispatches the next one before the last ends.
     """
     import keras
 
-    from pruning import MONITOR
-    from trial_backup import RandomStates
-
-    # Its previous state kept too, for a kill in the middle of saving; the folder goes when training ends. It saves at
-    # an epoch's end only (save_freq "epoch"), so its per-step hook, which would make Keras wait, does nothing.
-    restore = keras.callbacks.BackupAndRestore(backup, double_checkpoint=True)
-    restore.async_safe = True
     return [
         epoch_tensorboard(log_dir, histogram_freq),
-        best_model_checkpoint(checkpoint, MONITOR, best_before),
-        # Each epoch's row of the history, the time so far and the random layers' states (which Keras's backup leaves
-        # out), then the state to resume from: a kill between the two loses nothing.
-        keras.callbacks.CSVLogger(backup / HISTORY_LOG, append=True),
-        seconds_log(backup / SECONDS_LOG, seconds_before, started),
-        RandomStates(backup / RANDOM_STATES),
-        restore,
+        backup,
         # After the epoch's backup: a signal whose KeyboardInterrupt C code swallowed mid-epoch stops the retrain here.
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: guard.stop_if_signalled()),
     ]
@@ -344,38 +302,51 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     """Train the claimed run (its weights and batch order drawn from `weights`), from where it stopped if it resumes, and
     save its result; the exit status."""
     from neural_net import build_and_train
-    from precision import training_line
+    from precision import resolve_precision, training_line
     from pruning import MONITOR
     from retrains import figures, over_draws, same_but_the_draw, trained_otherwise
     from trial import code_version, local_time
+    from trial_backup import BACKUP_EVERY_S, UNREADABLE, backed_up, backup_file, load_backup
     from utils import is_ok, print_json, save_json_result
 
     log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
+    every = f"one every {BACKUP_EVERY_S / 60:g} minutes"
     try:
-        before = progress_of(run, checkpoint) if resuming else None
-    except (OSError, ValueError, KeyError) as err:
+        restore = load_backup(backup_file(backup)) if resuming else None
+    except FileNotFoundError:
+        restore = None
+        print(f"The interrupted retrain stopped before its first backup ({every}): it starts anew")
+    except (OSError, *UNREADABLE) as err:
         print(f"error: cannot resume {run} from {backup}/ ({err}); delete that folder to retrain it anew", file=sys.stderr)
         return 2
-    done, best_before = (len(before.history[MONITOR]), max(before.history[MONITOR])) if before else (0, -math.inf)
-    if before:
-        left = "" if done < args.epochs else f"; --epochs {args.epochs} leaves none to train"
-        print(f"Resuming the interrupted retrain after epoch {done} (best {data.selects_on} fine accuracy {best_before:.4f}){left}")
+    if restore:
+        curve = restore.progress.history[MONITOR]
+        left = "" if len(curve) < args.epochs else f"; --epochs {args.epochs} leaves none to train"
+        print(f"Resuming the interrupted retrain after epoch {len(curve)} (best {data.selects_on} fine accuracy "
+              f"{max(curve):.4f}; its backup of {restore.saved}){left}")
     print(training_line(args.precision))
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
-    # When the first run began: a backup of a version that did not log it, or of a run stopped in its first epoch, says now.
-    started = before.started if before and before.started is not None else time.time()
-    callbacks = retrain_callbacks(log_dir, checkpoint, backup, args.histogram_freq, best_before,
-                                  before.seconds if before else 0.0, started, guard)
+    identity = {"tid": None, "space": result["space"], "suggested_by": None,
+                "precision": resolve_precision(args.precision), "code_version": code_version()}
+    keeper = retrain_backup(backup_file(backup), identity, restore, checkpoint)
     try:
-        model, retrained = build_and_train(result["space"], data, epochs=args.epochs, callbacks=callbacks,
-                                           verbose=args.verbose, precision=args.precision,
-                                           seed=weights, before=before)
+        model, retrained = build_and_train(result["space"], data, epochs=args.epochs, verbose=args.verbose,
+                                           callbacks=retrain_callbacks(log_dir, args.histogram_freq, keeper, guard),
+                                           precision=args.precision, seed=weights,
+                                           before=restore.progress if restore else None)
         guard.stop_if_signalled()  # C code may have made its KeyboardInterrupt an error: not a failed retrain
     except KeyboardInterrupt:
         guard.stopping()
-        kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
-        print(f"\n{signal.Signals(guard.signum or signal.SIGINT).name}: stopped; {kept}; logs in {log_dir}/",
-              file=sys.stderr)
+        signame = signal.Signals(guard.signum or signal.SIGINT).name
+        try:
+            keeper.save_best()
+            kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
+        except OSError as err:
+            kept = f"cannot save the best model so far ({err})"
+        state = backed_up(backup)
+        goes_on = (f"a resume goes on after epoch {state['epochs']} (its backup of {state['saved']})" if state else
+                   f"nothing backed up yet ({every}): a resume starts anew")
+        print(f"\n{signame}: stopped; {kept}; logs in {log_dir}/; {goes_on}", file=sys.stderr)
         print(f"Resume with: {shlex.join(['python3', *sys.argv])}", file=sys.stderr)
         return 128 + (guard.signum or signal.SIGINT)
     if retrained["status"] != "ok":
@@ -383,9 +354,9 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed,
-                     weights_seed=weights, code_version=code_version(), started=local_time(started))
-    if before:
-        retrained["resumed_after_epoch"] = done
+                     weights_seed=weights, code_version=identity["code_version"], started=local_time(keeper.started))
+    if restore:
+        retrained["resumed_after_epoch"] = restore.epochs
     try:
         saved = save_json_result(retrained, WEIGHTS_DIR)
     except OSError as err:

@@ -1,12 +1,12 @@
-"""A trial of a one-at-a-time search, backed up as it trains: a search stopped in the middle of a trial (Ctrl-C, the
-SIGTERM that ends a cluster's time slot, a kill) trains that network first when it resumes, from its last backup on, as
-the unbroken trial would have trained (the same batches, flips and dropout masks). And the random layers' states that a
-retrain's backup keeps beside Keras's, for the same.
+"""A training backed up as it trains: a trial of a one-at-a-time search, or a retrain. Stopped in the middle (Ctrl-C,
+the SIGTERM that ends a cluster's time slot, a kill), it goes on from its last backup when it resumes, as the unbroken
+training would have (the same batches, flips and dropout masks): the search trains that trial first, the retrain's
+same command goes on with it.
 
-The backup is one file in the results folder, written atomically at the end of an epoch once BACKUP_EVERY_S seconds have
-gone by since the trial started or was last backed up: the model's and its optimizer's variables, its random layers'
-states, the best epoch's weights, the epochs' history, and which trial of which network it is. The search removes it
-once that trial is saved.
+The backup is one file, written atomically at the end of an epoch once BACKUP_EVERY_S seconds have gone by since the
+training started or was last backed up: the model's and its optimizer's variables, its random layers' states, the best
+epoch's weights, the epochs' history, and which trial of which network it is. A retrain's best model is written with it.
+The search removes the backup once its trial is saved, the retrain once it ends.
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ BACKUP_FILE = ".trial_backup.npz"
 # A backup of the 2017 best network (7.1 M parameters: its weights, Adam's two moments and the best epoch's weights,
 # 113 MB) took 0.17 s to write on a 2-core CPU, and the space's largest network's (353 MB) 0.6 s (bench/bench_backup.py):
 # every 5 minutes, it costs a trial at most 0.2% of its time, and a stop loses at most 5 minutes and an epoch of training.
+# Backed up after every epoch (0.35 s with Keras's BackupAndRestore), with each better epoch's model written (0.4 s), a
+# retrain of that network on a GPU, whose epoch takes about a second, spent most of its time writing.
 BACKUP_EVERY_S = 300.0
+UNREADABLE = (ValueError, KeyError, TypeError, zipfile.BadZipFile)  # what a torn or foreign backup file raises
 
 
 @dataclasses.dataclass
 class Backup:
-    """A trial's training as its last backup holds it."""
+    """A training as its last backup holds it."""
 
-    tid: int
+    tid: int | None  # the trial's; None for a retrain
     space: dict  # the network, as results record it
     suggested_by: str | None
     precision: str
@@ -63,8 +66,20 @@ def backed_up(results_dir: str | Path) -> dict | None:
         with np.load(backup_file(results_dir)) as stored:
             state = json.loads(str(stored["state"]))
         return state | {"epochs": len(state["history"][MONITOR])}
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+    except (OSError, *UNREADABLE):
         return None
+
+
+def load_backup(path: str | Path) -> Backup:
+    """The training that a backup file holds; OSError where there is none, ValueError (and the like) where it cannot be
+    read."""
+    with np.load(path) as stored:
+        state = json.loads(str(stored["state"]))
+        weights, optimizer, best, seeds = ([stored[f"{kind}{i}"] for i in range(state["counts"][kind])]
+                                           for kind in ("weights", "optimizer", "best", "seeds"))
+    progress = Progress(state["history"], best or None, state["seconds"], state["started"])
+    return Backup(state["tid"], state["space"], state["suggested_by"], state["precision"], state["code_version"],
+                  state["saved"], progress, weights, optimizer, seeds)
 
 
 def read_backup(results_dir: str | Path, saved_tids: set[int]) -> Backup | None:
@@ -72,20 +87,13 @@ def read_backup(results_dir: str | Path, saved_tids: set[int]) -> Backup | None:
     since; a backup that cannot be read is warned about and None."""
     path = backup_file(results_dir)
     try:
-        with np.load(path) as stored:
-            state = json.loads(str(stored["state"]))
-            if state["tid"] in saved_tids:
-                return None
-            weights, optimizer, best, seeds = ([stored[f"{kind}{i}"] for i in range(state["counts"][kind])]
-                                               for kind in ("weights", "optimizer", "best", "seeds"))
+        backup = load_backup(path)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+    except (OSError, *UNREADABLE) as err:
         warn(f"cannot read {path} ({type(err).__name__}: {err}): the trial it backs up, if trained again, starts anew")
         return None
-    progress = Progress(state["history"], best or None, state["seconds"], state["started"])
-    return Backup(state["tid"], state["space"], state["suggested_by"], state["precision"], state["code_version"],
-                  state["saved"], progress, weights, optimizer, seeds)
+    return None if backup.tid in saved_tids else backup
 
 
 def seed_states(model: keras.Model) -> list:
@@ -100,11 +108,11 @@ def remove_backup(results_dir: str | Path) -> None:
 
 
 class TrialBackup(keras.callbacks.Callback):
-    """Backs a trial's training up into `path` at the end of an epoch, every BACKUP_EVERY_S seconds; first, with
-    `restore`, puts back the state of an earlier backup of it, to train on from its epoch.
+    """Backs a training up into `path` at the end of an epoch, every BACKUP_EVERY_S seconds; first, with `restore`, puts
+    back the state of an earlier backup of it, to train on from its epoch.
 
-    `identity` is what the backup records of the trial (tid, space, suggested_by, precision, code_version), and
-    `keeper` the trial's early stopping, whose best epoch's weights a backup holds (pruning.trial_callbacks links it).
+    `identity` is what the backup records of the training (tid, space, suggested_by, precision, code_version), and
+    `keeper` its early stopping, whose best epoch's weights a backup holds (pruning.trial_callbacks links it).
     It waits for no step: Keras on JAX dispatches the next one before the last ends.
     """
 
@@ -130,7 +138,7 @@ class TrialBackup(keras.callbacks.Callback):
         restore, seeds = self.restore, seed_states(model)
         shapes = [tuple(w.shape) for w in restore.weights + restore.optimizer + restore.seeds]
         if shapes != [tuple(v.shape) for v in model.weights + optimizer.variables + seeds]:
-            raise ValueError(f"the backup of trial {restore.tid} does not fit its network as this code builds it")
+            raise ValueError(f"the backup of {self.training} does not fit its network as this code builds it")
         model.set_weights(restore.weights)
         for variable, value in zip(optimizer.variables + seeds, restore.optimizer + restore.seeds):
             variable.assign(value)
@@ -139,7 +147,7 @@ class TrialBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        # Not after the last epoch: the trial ends, and its result is saved.
+        # Not after the last epoch: the training ends, and its result is saved.
         if self.model.stop_training or epoch + 1 >= self.params["epochs"]:
             return
         if time.monotonic() - self.last >= BACKUP_EVERY_S:
@@ -159,33 +167,12 @@ class TrialBackup(keras.callbacks.Callback):
         try:
             with replacing(self.path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as file:
                 np.savez(file, state=np.array(json.dumps(state)), **arrays)
-        except OSError as err:  # a full disk: the trial trains on, unprotected
+        except OSError as err:  # a full disk: it trains on, unprotected
             if not self.failed:
-                warn(f"cannot back trial {self.identity['tid']} up ({err}): were the search stopped, it would start "
-                     "anew")
+                warn(f"cannot back {self.training} up ({err}): were it stopped, it would start anew")
             self.failed = True
 
-
-class RandomStates(keras.callbacks.Callback):
-    """Keeps a training's random layers' states (dropout masks, flips) in `path` after each epoch, beside a backup of
-    Keras's BackupAndRestore, which leaves them out (the retrain's), and puts them back when that training resumes."""
-
-    async_safe = True
-
-    def __init__(self, path: str | Path):
-        super().__init__()
-        self.path = Path(path)
-
-    def on_train_begin(self, logs=None):
-        if not self.path.exists():
-            return
-        with np.load(self.path) as stored:
-            states = [stored[key] for key in stored.files]
-        variables = seed_states(self.model)
-        if [tuple(state.shape) for state in states] == [tuple(v.shape) for v in variables]:
-            for variable, state in zip(variables, states):
-                variable.assign(state)
-
-    def on_epoch_end(self, epoch, logs=None):
-        with replacing(self.path, suffix=".tmp.npz") as tmp, open(tmp, "wb") as file:
-            np.savez(file, *[keras.ops.convert_to_numpy(v) for v in seed_states(self.model)])
+    @property
+    def training(self) -> str:
+        """What it backs up, in words."""
+        return "the retrain" if self.identity["tid"] is None else f"trial {self.identity['tid']}"

@@ -1,12 +1,14 @@
-"""What backing a trial up costs: the seconds to write and read a trial's backup (trial_backup) on a disk, and their
-share of a trial's time at one backup every BACKUP_EVERY_S seconds.
+"""What backing a training up costs: the seconds to write and read a trial's backup (trial_backup) on a disk, and their
+share of a trial's time at one backup every BACKUP_EVERY_S seconds; and what else a retrain writes at an epoch's end.
 
     python3 bench/bench_backup.py                        # in results/, where a search writes its backups
     python3 bench/bench_backup.py --dir /mnt/nfs/results  # a results folder on another disk (a network share, say)
 
 Builds each network with Adam's variables and a best epoch's weights, as a trial's backup holds them after an epoch, and
-times `TrialBackup.save` (written, fsynced, renamed) and `read_backup`: the median of --repeats each. The backup is
-removed after.
+times `TrialBackup.save` (written, fsynced, renamed) and `read_backup`; then what a retrain writes: its best epoch's
+full model (.keras, written and renamed), one epoch's TensorBoard weight histograms, and Keras's BackupAndRestore (the
+retrain's backup after every epoch until this one replaced it). The median of --repeats each; the files are removed
+after.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
@@ -26,6 +29,7 @@ tensorflow_defaults()
 
 import keras  # noqa: E402
 
+import retrain_best_with_tensorboard as retrain  # noqa: E402
 import trial_backup  # noqa: E402
 from bench_training import SPACES  # noqa: E402
 from cli import ArgumentParser, at_least  # noqa: E402
@@ -33,32 +37,52 @@ from neural_net import build_model  # noqa: E402
 from precision import device_name  # noqa: E402
 
 
+def median_seconds(repeats: int, call) -> float:
+    """The median seconds of `repeats` calls of `call(i)`, after one untimed (TensorBoard's first makes its writers)."""
+    call(-1)
+    seconds = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        call(i)
+        seconds.append(time.perf_counter() - start)
+    return round(statistics.median(seconds), 3)
+
+
 def backup_row(name: str, space: dict, folder: Path, repeats: int) -> dict:
-    """The size of a backup of the network of `space` and the median seconds to write and to read it in `folder`."""
+    """The size of a backup of the network of `space`, the median seconds to write and to read it in `folder`, and those
+    of what a retrain writes at an epoch's end."""
     model = build_model(space)
     model.optimizer.build(model.trainable_variables)
-    backup = trial_backup.TrialBackup(trial_backup.backup_file(folder), {
-        "tid": 0, "space": space, "suggested_by": None, "precision": "float32", "code_version": None})
+    keeper = types.SimpleNamespace(best_weights=model.get_weights(), best_epoch=0)  # a best epoch's, as a trial keeps
+    backup = retrain.retrain_backup(trial_backup.backup_file(folder), {
+        "tid": 0, "space": space, "suggested_by": None, "precision": "float32", "code_version": None}, None,
+        folder / name / "best.keras")
     backup.set_model(model)
-    backup.keeper = type("Keeper", (), {"best_weights": model.get_weights()})  # a best epoch's weights, as a trial keeps
-    backup.history = {trial_backup.MONITOR: [0.0]}
-    writes, reads = [], []
+    backup.keeper, backup.history = keeper, {trial_backup.MONITOR: [0.0]}
+    histograms = retrain.epoch_tensorboard(folder / name / "logs", histogram_freq=1)
+    keras_backup = keras.callbacks.BackupAndRestore(folder / name / "keras", double_checkpoint=True)
+    for callback in (histograms, keras_backup):
+        callback.set_model(model)
+        callback.on_train_begin()
     try:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            backup.save()
-            writes.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            trial_backup.read_backup(folder, set())
-            reads.append(time.perf_counter() - start)
+        write = median_seconds(repeats, lambda i: trial_backup.TrialBackup.save(backup))
+        read = median_seconds(repeats, lambda i: trial_backup.read_backup(folder, set()))
         size = backup.path.stat().st_size
+
+        def better_epoch(i):
+            keeper.best_epoch = i
+            backup.save_best()
+
+        figures = {"model_s": median_seconds(repeats, better_epoch),
+                   "histograms_s": median_seconds(repeats, lambda i: histograms.on_epoch_end(i + 1, {})),
+                   "keras_backup_s": median_seconds(repeats, lambda i: keras_backup.on_epoch_end(i + 1, {}))}
+        model_bytes = (folder / name / "best.keras").stat().st_size
     finally:
-        trial_backup.remove_backup(folder)
+        histograms.on_train_end()
         keras.backend.clear_session()
-    write = statistics.median(writes)
-    return {"network": name, "params": model.count_params(), "backup_bytes": size,
-            "write_s": round(write, 3), "read_s": round(statistics.median(reads), 3),
-            "share_of_trial": round(write / (trial_backup.BACKUP_EVERY_S + write), 5)}
+    return {"network": name, "params": model.count_params(), "backup_bytes": size, "write_s": write, "read_s": read,
+            "share_of_trial": round(write / (trial_backup.BACKUP_EVERY_S + write), 5), "model_bytes": model_bytes,
+            **figures}
 
 
 def main() -> None:
@@ -81,6 +105,12 @@ def main() -> None:
     for row in rows:
         print(f"{row['network']:<10} {row['params']:>10,} {row['backup_bytes'] / 1e6:>7.1f} {row['write_s']:>8.3f} "
               f"{row['read_s']:>7.3f} {row['share_of_trial']:>16.3%}")
+    print("\nWhat a retrain writes at an epoch's end, in seconds: its best model (with a backup), weight histograms "
+          "(every --histogram-freq epochs), and Keras's BackupAndRestore, which it wrote after every epoch before")
+    print(f"{'network':<10} {'model MB':>9} {'model s':>8} {'histograms s':>13} {'Keras backup s':>15}")
+    for row in rows:
+        print(f"{row['network']:<10} {row['model_bytes'] / 1e6:>9.1f} {row['model_s']:>8.3f} "
+              f"{row['histograms_s']:>13.3f} {row['keras_backup_s']:>15.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"dir": str(Path(args.dir).resolve()), "device": device_name(),
                                                "every_s": trial_backup.BACKUP_EVERY_S, "rows": rows}, indent=2))

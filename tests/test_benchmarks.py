@@ -75,7 +75,7 @@ def test_the_layer_benchmark_times_every_batch_norm_and_dropout_shape_of_the_net
     assert all(row["keras_ms"] > 0 and row["fast_ms"] > 0 for row in rows)
 
 
-def test_the_backup_benchmark_times_a_backup_of_each_network_beside_a_searchs_own_and_leaves_that_alone(tmp_path):
+def test_the_backup_benchmark_times_backups_and_what_a_retrain_writes_and_leaves_a_searchs_own_alone(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / ".trial_backup.npz").write_text("a running search's")
@@ -88,7 +88,11 @@ def test_the_backup_benchmark_times_a_backup_of_each_network_beside_a_searchs_ow
     for row in rows:  # float32 weights, Adam's two moments and the best epoch's weights: 4 copies of the parameters
         assert 16 * row["params"] < row["backup_bytes"] < 16 * row["params"] + 500_000  # and the arrays' headers
         assert row["write_s"] > 0 and row["read_s"] > 0 and 0 < row["share_of_trial"] < 0.01
-    assert [line.split()[0] for line in done.stdout.splitlines()[2:]] == ["tiny", "demo"]
+        # What a retrain writes: its best model with Adam's variables (12 bytes a parameter), histograms, Keras's backup
+        assert 12 * row["params"] < row["model_bytes"]
+        assert min(row["model_s"], row["histograms_s"], row["keras_backup_s"]) > 0
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:4] + lines[-2:]] == ["tiny", "demo", "tiny", "demo"]
     assert [p.name for p in results.iterdir()] == [".trial_backup.npz"]
     assert (results / ".trial_backup.npz").read_text() == "a running search's"
 

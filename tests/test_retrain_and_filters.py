@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import matplotlib.image
@@ -21,6 +22,7 @@ from neural_net import failure
 from precision import cpu_name, device_name
 from test_datasets import write_cifar100_archive
 from trial import code_version
+from trial_backup import backed_up
 from utils import load_json_result, save_json_result, weights_seed
 
 RESIDUAL_SPACE = {**SMALL_SPACE, "residual": 1.0, "conv_pool_res_start_idx": 1.0}
@@ -72,6 +74,8 @@ def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained)
     assert code == 0
     tags = scalar_tags(folder / "TensorBoard" / "model_0.2_aaaaa")
     assert {"epoch_fine_outputs_accuracy", "epoch_coarse_outputs_accuracy"} <= tags
+    # Weight histograms every 10 epochs, from the first: each costs most of an epoch on a GPU.
+    assert epoch_steps(folder / "TensorBoard" / "model_0.2_aaaaa" / "train", "conv2d/kernel/histogram") == [0]
     result = load_json_result(folder / "weights" / "model_0.2_aaaaa.retrain.txt.json")
     model = keras.saving.load_model(folder / "weights" / "model_0.2_aaaaa.keras")
     data = load_dataset("synthetic", train_subset=1000)
@@ -83,10 +87,12 @@ def test_retrain_writes_logs_for_both_heads_and_a_loadable_best_model(retrained)
 @pytest.mark.slow
 def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resumes_it(tmp_path, monkeypatch, capsys):
     import neural_net
+    import trial_backup
     from datasets import load_dataset
     from batches import targets
     from pruning import MONITOR
 
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)  # a backup after each epoch, as a long epoch's
     real = neural_net.build_and_train
     seen = []
 
@@ -110,6 +116,7 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     captured = capsys.readouterr()
     assert f"precision float32, on the CPU ({cpu_name()}): no GPU is visible to tensorflow" in captured.out  # where it trains
     assert f"SIGINT: stopped; the best model so far is {checkpoint.relative_to(tmp_path)}" in captured.err
+    assert "; a resume goes on after epoch 2 (its backup of " in captured.err
     assert "Resume with: " in captured.err and len(seen) == 2
 
     class DivergeInTheThirdEpoch(keras.callbacks.Callback):  # so that the best epoch is one before the resume
@@ -121,8 +128,8 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     started = time.time()
     assert retrain.main(args) == 0
     resumed_seconds = time.time() - started
-    assert f"Resuming the interrupted retrain after epoch 2 (best validation fine accuracy {max(seen):.4f})" in \
-        capsys.readouterr().out
+    assert f"Resuming the interrupted retrain after epoch 2 (best validation fine accuracy {max(seen):.4f}; its " \
+        "backup of " in capsys.readouterr().out
     result = load_json_result(tmp_path / "weights" / "model_0.2_aaaaa.retrain.txt.json")
     assert (result["epochs_trained"], result["diverged_at_epoch"], result["resumed_after_epoch"]) == (3, 3, 2)
     assert result["train_seconds"] > resumed_seconds + 2  # both runs' seconds
@@ -140,23 +147,73 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
 
 
 @pytest.mark.slow
+def test_a_retrain_writes_its_best_model_when_it_backs_up_stops_or_ends_not_at_every_better_epoch(tmp_path, monkeypatch,
+                                                                                                   capsys):
+    import neural_net
+    from pruning import MONITOR
+
+    real_callbacks, real_save, saves, ended = neural_net.trial_callbacks, keras.Model.save, [], {}
+
+    class BetterEachEpoch(keras.callbacks.Callback):  # as early in a long retrain
+        def on_epoch_end(self, epoch, logs=None):
+            logs[MONITOR] = 0.1 * (epoch + 1)
+
+    class CtrlCAfterTheSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            ended[epoch] = self.model.get_weights()
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save", lambda self, *args, **kw: (saves.append(self),
+                                                                         real_save(self, *args, **kw))[1])
+    monkeypatch.setattr(neural_net, "trial_callbacks", lambda *args, **kw: [
+        BetterEachEpoch(), *real_callbacks(*args, **kw), CtrlCAfterTheSecondEpoch()])
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
+                     tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    args = ["--epochs", "3", "--train-subset", "300", "--verbose", "0", "--precision", "float32",
+            "--histogram-freq", "0"]
+    assert retrain.main(args) == 130
+    # Two better epochs in its first 5 minutes: no backup yet, and the best model written once, when it stopped.
+    assert "; nothing backed up yet (one every 5 minutes): a resume starts anew\n" in capsys.readouterr().err
+    assert len(saves) == 1 and not (tmp_path / "weights" / "m.backup" / ".trial_backup.npz").exists()
+    stopped = keras.saving.load_model(tmp_path / "weights" / "m.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(stopped, ended[1], strict=True))  # its best epoch's
+
+    monkeypatch.setattr(neural_net, "trial_callbacks",
+                        lambda *args, **kw: [BetterEachEpoch(), *real_callbacks(*args, **kw)])
+    assert retrain.main(args) == 0
+    assert "The interrupted retrain stopped before its first backup (one every 5 minutes): it starts anew\n" in \
+        capsys.readouterr().out
+    result = load_json_result(tmp_path / "weights" / "m.retrain.txt.json")
+    assert result["epochs_trained"] == 3 and "resumed_after_epoch" not in result
+    assert len(saves) == 2  # and once more when it ended
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["m.keras", "m.retrain.txt.json"]
+
+
+@pytest.mark.slow
 def test_a_retrain_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_path, monkeypatch, capsys):
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
                      tmp_path / "results")
     args = ["--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "retrain_best_with_tensorboard.py"), "--epochs", "100", *args],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    progress = tmp_path / "weights" / "m.backup" / "training_metadata.json"
+    # The script as run, with a backup after each epoch (as a long epoch's).
+    backing_up_each_epoch = ("import sys, runpy, precision; precision.tensorflow_defaults(); import trial_backup; "
+                             "trial_backup.BACKUP_EVERY_S = 0.0; sys.argv = sys.argv[1:]; "
+                             "runpy.run_path(sys.argv[0], run_name='__main__')")
+    script = str(REPO / "retrain_best_with_tensorboard.py")
+    proc = subprocess.Popen([sys.executable, "-c", backing_up_each_epoch, script, "--epochs", "100", *args],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    backup = tmp_path / "weights" / "m.backup"
     deadline = time.time() + 120
-    while proc.poll() is None and not progress.exists() and time.time() < deadline:
+    while proc.poll() is None and not (backup / ".trial_backup.npz").exists() and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)  # as a cluster's scheduler stops a job
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-8000:]  # a crash: every thread's stack (cli.run's faulthandler)
     assert f"\nSIGTERM: stopped; the best model so far is {os.path.join('weights', 'm.keras')}" in err
-    assert err.splitlines()[-1] == f"Resume with: python3 {REPO / 'retrain_best_with_tensorboard.py'} --epochs 100 " \
-        + " ".join(args)
-    done = json.loads(progress.read_text())["epoch"]
+    assert err.splitlines()[-1] == f"Resume with: python3 {script} --epochs 100 " + " ".join(args)
+    done = backed_up(backup)["epochs"]
     monkeypatch.chdir(tmp_path)
     assert retrain.main(["--epochs", str(done + 1), *args]) == 0
     assert f"Resuming the interrupted retrain after epoch {done} " in capsys.readouterr().out
@@ -166,9 +223,12 @@ def test_a_retrain_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(
 @pytest.mark.slow
 @pytest.mark.parametrize("becomes", ["nothing", "an error"])
 def test_a_signal_that_a_library_swallowed_mid_retrain_still_stops_it_at_once_resumable(tmp_path, monkeypatch, capsys, becomes):
+    import trial_backup
+
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
                      tmp_path / "results")
-    real_end = keras.callbacks.CSVLogger.on_epoch_end
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
+    real_end = trial_backup.TrialBackup.on_epoch_end
 
     def swallowing(self, epoch, logs=None):  # in the second epoch, as C code that TensorFlow calls into can
         real_end(self, epoch, logs)
@@ -183,7 +243,7 @@ def test_a_signal_that_a_library_swallowed_mid_retrain_still_stops_it_at_once_re
             return
         raise AssertionError("SIGTERM was not turned into KeyboardInterrupt")
 
-    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", swallowing)
+    monkeypatch.setattr(trial_backup.TrialBackup, "on_epoch_end", swallowing)
     monkeypatch.chdir(tmp_path)
     args = ["--epochs", "3", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]
     assert retrain.main(args) == 143
@@ -329,8 +389,10 @@ def test_a_retrain_validates_on_the_images_its_search_did(tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_a_retrain_stopped_and_resumed_trains_as_an_unbroken_one(tmp_path, monkeypatch):
     import neural_net
+    import trial_backup
     from pruning import MONITOR
 
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
     space = {**SMALL_SPACE, "conv_dropout_drop_proba": 0.2, "fc_dropout_drop_proba": 0.2}  # masks to draw, and flips
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "model_0.2_aaaaa", "space": space,
                       "dataset": "synthetic"}, tmp_path / "results")
@@ -471,12 +533,13 @@ def test_a_signal_that_a_library_swallowed_while_the_data_loaded_still_stops_the
 
 def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best_whole(tmp_path, monkeypatch):
     from neural_net import build_model
-    from pruning import MONITOR
 
     path = tmp_path / "weights" / "model.keras"
-    checkpoint = retrain.best_model_checkpoint(path, MONITOR)
-    checkpoint.set_model(build_model(SMALL_SPACE))
-    checkpoint.on_epoch_end(0, {MONITOR: 0.1})
+    identity = {"tid": None, "space": SMALL_SPACE, "suggested_by": None, "precision": "float32", "code_version": None}
+    backup = retrain.retrain_backup(tmp_path / "weights" / "backup.npz", identity, None, path)
+    backup.set_model(build_model(SMALL_SPACE))
+    backup.keeper = types.SimpleNamespace(best_weights=backup.model.get_weights(), best_epoch=0)  # its early stopping's
+    backup.save_best()
     before = path.read_bytes()
 
     def torn_save(self, filepath, *args, **kwargs):
@@ -485,8 +548,9 @@ def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best
         raise KeyboardInterrupt  # ...when Ctrl-C or a kill came
 
     monkeypatch.setattr(keras.Model, "save", torn_save)
+    backup.keeper.best_epoch = 1
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.on_epoch_end(1, {MONITOR: 0.3})
+        backup.save_best()
     assert path.read_bytes() == before and keras.saving.load_model(path, compile=False).count_params() > 0
     assert [p.name for p in path.parent.iterdir()] == ["model.keras"]  # no temporary file left behind
 
@@ -551,10 +615,11 @@ def test_visualization_runs_on_tensorflow_whatever_the_keras_backend(retrained, 
 
 
 def test_the_retrains_callbacks_let_keras_on_jax_dispatch_the_next_step_without_waiting(tmp_path):
-    # Keras's own TensorBoard and BackupAndRestore callbacks have per-step hooks, so Keras on JAX waited for every
-    # step of a retrain.
+    # Keras's own TensorBoard callback has per-step hooks (its BackupAndRestore, which the retrain used before, too),
+    # so Keras on JAX waited for every step of a retrain.
     check = ("import keras, retrain_best_with_tensorboard as r, cli; from pathlib import Path; "
-             "mine = r.retrain_callbacks(Path('logs'), Path('m.keras'), Path('m.backup'), 1, 0.0, 0.0, 0.0, cli.SignalGuard()); "
+             "backup = r.retrain_backup(Path('backup.npz'), {}, None, Path('m.keras')); "
+             "mine = r.retrain_callbacks(Path('logs'), 1, backup, cli.SignalGuard()); "
              "print(keras.callbacks.CallbackList(mine)._async_train, "
              "keras.callbacks.CallbackList([keras.callbacks.TensorBoard()])._async_train)")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
