@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: the result's own; test for 2017 files)")
     parser.add_argument("--train-subset", type=at_least(1), default=None,
                         help="train on this many images (stratified) (default: all, whatever the search trained on)")
-    # Histograms of every weight take TensorFlow 0.7 s for the 2017 best network, most of that network's epoch on a GPU.
+    # Histograms of every weight take TensorFlow 0.8 s for the 2017 best network, about an epoch of it on a GPU.
     parser.add_argument("--histogram-freq", type=at_least(0), default=10,
                         help="weight histograms every N epochs, from the first (0: none)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
@@ -309,15 +309,15 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from trial_backup import BACKUP_EVERY_S, UNREADABLE, backed_up, backup_file, load_backup
     from utils import is_ok, print_json, save_json_result
 
-    log_dir, checkpoint, backup = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
+    log_dir, checkpoint, folder = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
     every = f"one every {BACKUP_EVERY_S / 60:g} minutes"
     try:
-        restore = load_backup(backup_file(backup)) if resuming else None
+        restore = load_backup(backup_file(folder)) if resuming else None
     except FileNotFoundError:
         restore = None
         print(f"The interrupted retrain stopped before its first backup ({every}): it starts anew")
     except (OSError, *UNREADABLE) as err:
-        print(f"error: cannot resume {run} from {backup}/ ({err}); delete that folder to retrain it anew", file=sys.stderr)
+        print(f"error: cannot resume {run} from {folder}/ ({err}); delete that folder to retrain it anew", file=sys.stderr)
         return 2
     if restore:
         curve = restore.progress.history[MONITOR]
@@ -328,10 +328,10 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     print(f"TensorBoard logs: {log_dir}/   best model: {checkpoint}")
     identity = {"tid": None, "space": result["space"], "suggested_by": None,
                 "precision": resolve_precision(args.precision), "code_version": code_version()}
-    keeper = retrain_backup(backup_file(backup), identity, restore, checkpoint)
+    backup = retrain_backup(backup_file(folder), identity, restore, checkpoint)
     try:
         model, retrained = build_and_train(result["space"], data, epochs=args.epochs, verbose=args.verbose,
-                                           callbacks=retrain_callbacks(log_dir, args.histogram_freq, keeper, guard),
+                                           callbacks=retrain_callbacks(log_dir, args.histogram_freq, backup, guard),
                                            precision=args.precision, seed=weights,
                                            before=restore.progress if restore else None)
         guard.stop_if_signalled()  # C code may have made its KeyboardInterrupt an error: not a failed retrain
@@ -339,22 +339,22 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         guard.stopping()
         signame = signal.Signals(guard.signum or signal.SIGINT).name
         try:
-            keeper.save_best()
+            backup.save_best()
             kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         except OSError as err:
             kept = f"cannot save the best model so far ({err})"
-        state = backed_up(backup)
+        state = backed_up(folder)
         goes_on = (f"a resume goes on after epoch {state['epochs']} (its backup of {state['saved']})" if state else
                    f"nothing backed up yet ({every}): a resume starts anew")
         print(f"\n{signame}: stopped; {kept}; logs in {log_dir}/; {goes_on}", file=sys.stderr)
         print(f"Resume with: {shlex.join(['python3', *sys.argv])}", file=sys.stderr)
         return 128 + (guard.signum or signal.SIGINT)
     if retrained["status"] != "ok":
-        resumable = "; rerun the same command to resume it" if backup.is_dir() else ""
+        resumable = "; rerun the same command to resume it" if folder.is_dir() else ""
         print(f"error: retraining failed: {retrained['error']}{resumable}", file=sys.stderr)
         return 1
     retrained.update(model_name=f"{run}.retrain", retrained_from=str(path), checkpoint=str(checkpoint), seed=seed,
-                     weights_seed=weights, code_version=identity["code_version"], started=local_time(keeper.started))
+                     weights_seed=weights, code_version=identity["code_version"], started=local_time(backup.started))
     if restore:
         retrained["resumed_after_epoch"] = restore.epochs
     try:
