@@ -307,7 +307,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from retrains import figures, over_draws, same_but_the_draw, trained_otherwise
     from trial import code_version, local_time
     from trial_backup import BACKUP_EVERY_S, UNREADABLE, backed_up, backup_file, load_backup
-    from utils import is_ok, print_json, save_json_result
+    from utils import is_ok, print_json, save_json_result, warn
 
     log_dir, checkpoint, folder = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
     every = f"one every {BACKUP_EVERY_S / 60:g} minutes"
@@ -330,10 +330,16 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
                 "precision": resolve_precision(args.precision), "code_version": code_version()}
     backup = retrain_backup(backup_file(folder), identity, restore, checkpoint)
     try:
-        model, retrained = build_and_train(result["space"], data, epochs=args.epochs, verbose=args.verbose,
-                                           callbacks=retrain_callbacks(log_dir, args.histogram_freq, backup, guard),
-                                           precision=args.precision, seed=weights,
-                                           before=restore.progress if restore else None)
+        while True:
+            model, retrained = build_and_train(result["space"], data, epochs=args.epochs, verbose=args.verbose,
+                                               callbacks=retrain_callbacks(log_dir, args.histogram_freq, backup, guard),
+                                               precision=args.precision, seed=weights,
+                                               before=restore.progress if restore else None)
+            if not backup.unfit:
+                break
+            warn(f"{backup.unfit}: it starts anew")  # the code changed since, and builds the network otherwise
+            backup.path.unlink(missing_ok=True)
+            restore, backup = None, retrain_backup(backup_file(folder), identity, None, checkpoint)
         guard.stop_if_signalled()  # C code may have made its KeyboardInterrupt an error: not a failed retrain
     except KeyboardInterrupt:
         guard.stopping()

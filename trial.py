@@ -66,11 +66,7 @@ class Objective:
 
             prepare_worker(self.parallelism)
             data = self.data.value
-        import keras
-
-        from neural_net import build_and_train
         from precision import resolve_precision
-        from pruning import MONITOR, MedianStoppingRule
 
         s = self.settings
         started = time.time()
@@ -81,17 +77,7 @@ class Objective:
         result = self.mark_running(space, started, data, restore.epochs if restore else 0) if self.running_file else None
         report(self.first_line(None if self.parallelism else self.next_tid, space, started, data.has_coarse, restore))
         if result is None:
-            earlier = restore.progress.history.get(MONITOR, []) if restore else []
-            callbacks = [MedianStoppingRule(self.finished_curves, earlier=earlier)] if s["prune"] == "median" else []
-            if self.backup_file:
-                callbacks.append(self.backup(point, precision, restore))
-            model, result = build_and_train(
-                space, data, epochs=s["epochs"], callbacks=callbacks, patience=s["patience"],
-                verbose=s["verbose"], precision=s["precision"],
-                seed=weights_seed(s["seed"], space), before=restore.progress if restore else None,
-            )
-            del model
-            keras.backend.clear_session()
+            result, restore = self.train(space, data, point, precision, restore)
             if restore:
                 result["resumed_after_epoch"] = restore.epochs
                 started = restore.progress.started
@@ -102,6 +88,34 @@ class Objective:
         if self.dataset_file:
             result["dataset_file"] = self.dataset_file
         return result
+
+    def train(self, space: dict, data, point: dict, precision: str, restore=None) -> tuple[dict, object]:
+        """Train the network of `space` (`point`, as results record it), from its backup `restore` on if given: its
+        result, and the backup it went on from; a backup that does not fit the network as this code builds it (code
+        changed outside a git checkout) is warned about and removed, and the trial trains anew."""
+        import keras
+
+        from neural_net import build_and_train
+        from pruning import MONITOR, MedianStoppingRule
+
+        s = self.settings
+        earlier = restore.progress.history.get(MONITOR, []) if restore else []
+        callbacks = [MedianStoppingRule(self.finished_curves, earlier=earlier)] if s["prune"] == "median" else []
+        backup = self.backup(point, precision, restore) if self.backup_file else None
+        model, result = build_and_train(
+            space, data, epochs=s["epochs"], callbacks=callbacks + ([backup] if backup else []), patience=s["patience"],
+            verbose=s["verbose"], precision=s["precision"],
+            seed=weights_seed(s["seed"], space), before=restore.progress if restore else None,
+        )
+        del model
+        keras.backend.clear_session()
+        if backup and backup.unfit:
+            from utils import warn
+
+            warn(f"{backup.unfit}: it starts anew")
+            backup.path.unlink(missing_ok=True)
+            return self.train(space, data, point, precision)
+        return result, restore
 
     def restorable(self, point: dict, precision: str):
         """The backup of the trial that the last run stopped in (trial_backup.Backup), if it trains the network of

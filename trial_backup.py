@@ -128,6 +128,7 @@ class TrialBackup(keras.callbacks.Callback):
         self.started = before.started if before and before.started is not None else time.time()
         self.began = self.last = time.monotonic()
         self.failed = False  # a backup that could not be written is warned about once
+        self.unfit: str | None = None  # why `restore` does not fit the network, which its training then fails with
 
     def on_train_begin(self, logs=None):
         if not self.restore:
@@ -138,7 +139,9 @@ class TrialBackup(keras.callbacks.Callback):
         restore, seeds = self.restore, seed_states(model)
         shapes = [tuple(w.shape) for w in restore.weights + restore.optimizer + restore.seeds]
         if shapes != [tuple(v.shape) for v in model.weights + optimizer.variables + seeds]:
-            raise ValueError(f"the backup of {self.training} does not fit its network as this code builds it")
+            self.unfit = (f"the backup of {self.training} after epoch {restore.epochs} does not fit its network as "
+                          "this code builds it")
+            raise ValueError(self.unfit)
         model.set_weights(restore.weights)
         for variable, value in zip(optimizer.variables + seeds, restore.optimizer + restore.seeds):
             variable.assign(value)

@@ -192,6 +192,42 @@ def test_a_retrain_writes_its_best_model_when_it_backs_up_stops_or_ends_not_at_e
 
 
 @pytest.mark.slow
+def test_a_retrain_whose_backup_no_longer_fits_its_network_says_so_and_trains_anew(tmp_path, monkeypatch, capsys):
+    import neural_net
+    import trial_backup
+
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
+    real = neural_net.build_and_train
+
+    class CtrlCAfterTheFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, callbacks, **kw: real(
+        space, data, callbacks=[*callbacks, CtrlCAfterTheFirstEpoch()], **kw))
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
+                     tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    args = ["--epochs", "2", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]
+    assert retrain.main(args) == 130
+    # The code that builds the network changed since (its first conv's kernel, say), with the same settings.
+    path = tmp_path / "weights" / "m.backup" / ".trial_backup.npz"
+    with np.load(path) as stored:
+        arrays = dict(stored)
+    arrays["weights0"] = np.zeros((5, 5, 3, 8), "float32")
+    np.savez(path, **arrays)
+    monkeypatch.setattr(neural_net, "build_and_train", real)
+    capsys.readouterr()
+    assert retrain.main(args) == 0
+    captured = capsys.readouterr()
+    assert "Resuming the interrupted retrain after epoch 1 " in captured.out
+    assert "warning: the backup of the retrain after epoch 1 does not fit its network as this code builds it: it " \
+        "starts anew\n" in captured.err
+    result = load_json_result(tmp_path / "weights" / "m.retrain.txt.json")
+    assert result["epochs_trained"] == 2 and "resumed_after_epoch" not in result
+
+
+@pytest.mark.slow
 def test_a_retrain_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_path, monkeypatch, capsys):
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
                      tmp_path / "results")

@@ -15,11 +15,11 @@ import trial_backup
 from conftest import REPO, SMALL_SPACE
 from datasets import load_dataset
 from neural_net import build_and_train
-from pruning import MONITOR
+from pruning import MONITOR, Progress
 from test_search import in_process, result_files
 from trial import Objective, cut_short_line
 from trial_backup import TrialBackup, backup_file, read_backup
-from utils import load_trials
+from utils import load_trials, to_json
 
 
 def watching(on_epoch_begin=None, on_epoch_end=None):
@@ -104,6 +104,23 @@ def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_
     assert objective.restorable({"a": 1}, "float32") is None
     assert capsys.readouterr().err == ("warning: trial 7's backup after epoch 2 trained with code version abc (now def):"
                                        " it starts anew\n")
+
+
+def test_a_backup_that_no_longer_fits_its_network_is_warned_about_removed_and_its_trial_trains_anew(tmp_path, capsys):
+    # As where the code that builds the network changed between two runs outside a git checkout (no code version).
+    args = types.SimpleNamespace(epochs=2, patience=None, prune="median", verbose=0, precision="float32", seed=0,
+                                 space="tiny", dataset="synthetic", results_dir=str(tmp_path))
+    objective = Objective(load_dataset("synthetic", synthetic_size=300), args)
+    point = json.loads(to_json(SMALL_SPACE))
+    progress = Progress({"loss": [3.0], MONITOR: [0.1]}, None, 5.0, 0.0)
+    unfit = [np.zeros(3)]  # its first weights' shape
+    objective.resumable = trial_backup.Backup(0, point, "random", "float32", None, "then", progress, unfit, [], [])
+    objective.backup_file.write_bytes(b"its backup")
+    result = objective(SMALL_SPACE)
+    assert capsys.readouterr().err == ("warning: the backup of trial 0 after epoch 1 does not fit its network as this "
+                                       "code builds it: it starts anew\n")
+    assert result["status"] == "ok" and result["epochs_trained"] == 2 and "resumed_after_epoch" not in result
+    assert len(result["history"][MONITOR]) == 2 and not objective.backup_file.exists()
 
 
 def test_runs_that_died_after_backing_a_trial_up_do_not_count_against_its_network(tmp_path):
