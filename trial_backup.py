@@ -128,6 +128,7 @@ class TrialBackup(keras.callbacks.Callback):
         self.started = before.started if before and before.started is not None else time.time()
         self.began = self.last = time.monotonic()
         self.failed = False  # a backup that could not be written is warned about once
+        self.saved_epochs = restore.epochs if restore else None  # those of the backup on disk
         self.unfit: str | None = None  # why `restore` does not fit the network, which its training then fails with
 
     def on_train_begin(self, logs=None):
@@ -172,8 +173,11 @@ class TrialBackup(keras.callbacks.Callback):
                 np.savez(file, state=np.array(json.dumps(state)), **arrays)
         except OSError as err:  # a full disk: it trains on, unprotected
             if not self.failed:
-                warn(f"cannot back {self.training} up ({err}): were it stopped, it would start anew")
+                kept = "start anew" if self.saved_epochs is None else f"go on after epoch {self.saved_epochs}"
+                warn(f"cannot back {self.training} up ({err}): were it stopped, its resume would {kept}")
             self.failed = True
+        else:
+            self.saved_epochs = len(self.history.get(MONITOR, []))
 
     @property
     def training(self) -> str:

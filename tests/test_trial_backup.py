@@ -123,6 +123,27 @@ def test_a_backup_that_no_longer_fits_its_network_is_warned_about_removed_and_it
     assert len(result["history"][MONITOR]) == 2 and not objective.backup_file.exists()
 
 
+def test_a_backup_that_cannot_be_written_is_warned_about_once_with_what_a_resume_would_go_on_from(tmp_path, capsys):
+    from neural_net import build_model
+
+    model = build_model(SMALL_SPACE)
+    model.optimizer.build(model.trainable_variables)
+    identity = {"tid": 3, "space": SMALL_SPACE, "suggested_by": "tpe", "precision": "float32", "code_version": None}
+    backup = TrialBackup(tmp_path / "backup.npz", identity)
+    backup.set_model(model)
+    backup.history = {MONITOR: [0.1, 0.2]}
+    backup.save()  # after epoch 2
+    (tmp_path / "full").write_text("")
+    backup.path = tmp_path / "full" / "backup.npz"  # as a disk that filled since: no file can be made there
+    for _ in range(2):  # epochs 3 and 4
+        backup.history[MONITOR].append(0.1)
+        backup.save()
+    [line] = capsys.readouterr().err.splitlines()  # once
+    assert line.startswith("warning: cannot back trial 3 up (") and line.endswith(
+        "): were it stopped, its resume would go on after epoch 2")
+    assert trial_backup.load_backup(tmp_path / "backup.npz").epochs == 2  # which the resume would go on from
+
+
 def test_runs_that_died_after_backing_a_trial_up_do_not_count_against_its_network(tmp_path):
     args = types.SimpleNamespace(epochs=9, patience=None, prune="none", verbose=0, precision="float32", seed=0,
                                  space="tiny", dataset="synthetic", results_dir=str(tmp_path))
