@@ -130,14 +130,21 @@ def retrain_backup(path: Path, identity: dict, restore, checkpoint: Path):
     repeats the epochs after it as the unbroken retrain trained them (trial_backup).
     """
     from trial_backup import TrialBackup
-    from utils import replacing
+    from utils import replacing, warn
 
     class RetrainBackup(TrialBackup):
         saved_best: int | None = None  # the best epoch whose model the checkpoint holds
+        unwritable = False  # a best model that could not be written is warned about once
 
         def save(self) -> None:
             super().save()
-            self.save_best()
+            try:
+                self.save_best()
+            except OSError as err:  # a full disk: it trains on, and writes the model when it can
+                if not self.unwritable:
+                    warn(f"cannot write the best model so far to {checkpoint} ({err}): the retrain goes on, and writes "
+                         "it at its next backup or when it ends")
+                self.unwritable = True
 
         def on_train_end(self, logs=None):
             self.save_best()

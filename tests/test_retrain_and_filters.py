@@ -228,6 +228,46 @@ def test_a_retrain_whose_backup_no_longer_fits_its_network_says_so_and_trains_an
 
 
 @pytest.mark.slow
+def test_a_retrain_whose_best_model_cannot_be_written_at_a_backup_trains_on_and_writes_it_at_its_end(
+        tmp_path, monkeypatch, capsys):
+    import neural_net
+    import trial_backup
+    from batches import targets
+    from datasets import load_dataset
+
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
+    real_callbacks, real_save, full = neural_net.trial_callbacks, keras.Model.save, [True]
+
+    def save(self, *args, **kwargs):
+        if full[0]:
+            raise OSError(28, "No space left on device")
+        return real_save(self, *args, **kwargs)
+
+    class SpaceFreedAfterTheSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            full[0] = epoch < 1
+
+    monkeypatch.setattr(keras.Model, "save", save)
+    monkeypatch.setattr(neural_net, "trial_callbacks", lambda *args, **kw: [
+        *real_callbacks(*args, **kw), SpaceFreedAfterTheSecondEpoch()])
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
+                     tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    args = ["--epochs", "3", "--train-subset", "300", "--verbose", "0", "--histogram-freq", "0"]
+    assert retrain.main(args) == 0
+    checkpoint = os.path.join("weights", "m.keras")
+    err = capsys.readouterr().err
+    assert err.count("warning: ") == 1  # once, at the first backup
+    assert f"warning: cannot write the best model so far to {checkpoint} ([Errno 28] No space left on device): the " \
+        "retrain goes on, and writes it at its next backup or when it ends\n" in err
+    result = load_json_result(tmp_path / "weights" / "m.retrain.txt.json")
+    data = load_dataset("synthetic", train_subset=300)
+    scores = keras.saving.load_model(tmp_path / checkpoint).evaluate(data.x_val, targets(data, "val"), verbose=0,
+                                                                     return_dict=True)
+    assert scores["fine_outputs_accuracy"] == pytest.approx(result["fine_best_accuracy"], abs=1e-6)  # the best epoch's
+
+
+@pytest.mark.slow
 def test_a_retrain_stopped_by_sigterm_exits_143_and_the_same_command_resumes_it(tmp_path, monkeypatch, capsys):
     save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
                      tmp_path / "results")
