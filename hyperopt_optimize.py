@@ -262,6 +262,8 @@ class Search:
             if poller:
                 poller.stop()
             name = "SIGTERM" if self.guard.signum == signal.SIGTERM else "SIGINT"
+            if not parallelism and self.objective.running_backup:
+                self.objective.running_backup.flush()  # the trial's last epoch's end that its backup does not hold
             state = None if parallelism else backed_up(args.results_dir)
             running = (f"trial {state['tid']} is backed up after epoch {state['epochs']} ({state['saved']}): a resume "
                        "goes on from there" if state and state["tid"] not in self.saved_tids else "running trials dropped")

@@ -352,6 +352,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         guard.stopping()
         signame = signal.Signals(guard.signum or signal.SIGINT).name
         try:
+            backup.flush()  # its last epoch's end that its backup does not hold
             backup.save_best()
             kept = f"the best model so far is {checkpoint}" if checkpoint.exists() else "no epoch had finished"
         except OSError as err:

@@ -58,6 +58,7 @@ class Objective:
         self.backup_file: Path | None = None if parallelism else backup_file(args.results_dir)
         self.resumable = None
         self.suggested_by: str | None = None
+        self.running_backup = None  # the trial's backup (trial_backup.TrialBackup) while it trains, which a stop writes
 
     def __call__(self, space: dict) -> dict:
         data = self.data
@@ -101,12 +102,13 @@ class Objective:
         s = self.settings
         earlier = restore.progress.history.get(MONITOR, []) if restore else []
         callbacks = [MedianStoppingRule(self.finished_curves, earlier=earlier)] if s["prune"] == "median" else []
-        backup = self.backup(point, precision, restore) if self.backup_file else None
+        backup = self.running_backup = self.backup(point, precision, restore) if self.backup_file else None
         model, result = build_and_train(
             space, data, epochs=s["epochs"], callbacks=callbacks + ([backup] if backup else []), patience=s["patience"],
             verbose=s["verbose"], precision=s["precision"],
             seed=weights_seed(s["seed"], space), before=restore.progress if restore else None,
         )
+        self.running_backup = None
         del model
         keras.backend.clear_session()
         if backup and backup.unfit:

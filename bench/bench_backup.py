@@ -5,7 +5,8 @@ share of a trial's time at one backup every BACKUP_EVERY_S seconds; and what els
     python3 bench/bench_backup.py --dir /mnt/nfs/results  # a results folder on another disk (a network share, say)
 
 Builds each network with Adam's variables and a best epoch's weights, as a trial's backup holds them after an epoch, and
-times `TrialBackup.save` (written, fsynced, renamed) and `read_backup`; then what a retrain writes: its best epoch's
+times `TrialBackup.take` (the state kept in memory between backups), `TrialBackup.save` (written, fsynced, renamed)
+and `read_backup`; then what a retrain writes: its best epoch's
 full model (.keras, written and renamed), one epoch's TensorBoard weight histograms, and Keras's BackupAndRestore (the
 retrain's backup after every epoch until this one replaced it). The median of --repeats each; the files are removed
 after.
@@ -65,6 +66,7 @@ def backup_row(name: str, space: dict, folder: Path, repeats: int) -> dict:
         callback.set_model(model)
         callback.on_train_begin()
     try:
+        keep = median_seconds(repeats, lambda i: backup.take())
         write = median_seconds(repeats, lambda i: trial_backup.TrialBackup.save(backup))
         read = median_seconds(repeats, lambda i: trial_backup.read_backup(folder, set()))
         size = backup.path.stat().st_size
@@ -80,9 +82,11 @@ def backup_row(name: str, space: dict, folder: Path, repeats: int) -> dict:
     finally:
         histograms.on_train_end()
         keras.backend.clear_session()
-    return {"network": name, "params": model.count_params(), "backup_bytes": size, "write_s": write, "read_s": read,
-            "share_of_trial": round(write / (trial_backup.BACKUP_EVERY_S + write), 5), "model_bytes": model_bytes,
-            **figures}
+    every = {"backup": trial_backup.BACKUP_EVERY_S, "keep": trial_backup.SNAPSHOT_EVERY_S}
+    return {"network": name, "params": model.count_params(), "backup_bytes": size, "keep_s": keep, "write_s": write,
+            "read_s": read,
+            "share_of_trial": round(write / (every["backup"] + write) + keep / (every["keep"] + keep), 5),
+            "model_bytes": model_bytes, **figures}
 
 
 def main() -> None:
@@ -100,11 +104,13 @@ def main() -> None:
     # In a folder of its own inside --dir, so that a search's own backup there is never touched.
     with tempfile.TemporaryDirectory(dir=args.dir, prefix=".bench_backup_") as folder:
         rows = [backup_row(name, SPACES[name], Path(folder), args.repeats) for name in names]
-    print(f"Backups in {Path(args.dir).resolve()}, one every {trial_backup.BACKUP_EVERY_S:.0f} s; {device_name()}")
-    print(f"{'network':<10} {'params':>10} {'MB':>7} {'write s':>8} {'read s':>7} {'share of a trial':>17}")
+    print(f"Backups in {Path(args.dir).resolve()}, one every {trial_backup.BACKUP_EVERY_S:.0f} s, kept in memory every "
+          f"{trial_backup.SNAPSHOT_EVERY_S:.0f} s; {device_name()}")
+    print(f"{'network':<10} {'params':>10} {'MB':>7} {'keep s':>7} {'write s':>8} {'read s':>7} "
+          f"{'share of a trial':>17}")
     for row in rows:
-        print(f"{row['network']:<10} {row['params']:>10,} {row['backup_bytes'] / 1e6:>7.1f} {row['write_s']:>8.3f} "
-              f"{row['read_s']:>7.3f} {row['share_of_trial']:>16.3%}")
+        print(f"{row['network']:<10} {row['params']:>10,} {row['backup_bytes'] / 1e6:>7.1f} {row['keep_s']:>7.3f} "
+              f"{row['write_s']:>8.3f} {row['read_s']:>7.3f} {row['share_of_trial']:>16.3%}")
     print("\nWhat a retrain writes at an epoch's end, in seconds: its best model (with a backup), weight histograms "
           "(every --histogram-freq epochs), and Keras's BackupAndRestore, which it wrote after every epoch before")
     print(f"{'network':<10} {'model MB':>9} {'model s':>8} {'histograms s':>13} {'Keras backup s':>15}")

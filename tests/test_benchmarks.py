@@ -87,7 +87,7 @@ def test_the_backup_benchmark_times_backups_and_what_a_retrain_writes_and_leaves
     assert [row["network"] for row in rows] == ["tiny", "demo"]
     for row in rows:  # float32 weights, Adam's two moments and the best epoch's weights: 4 copies of the parameters
         assert 16 * row["params"] < row["backup_bytes"] < 16 * row["params"] + 500_000  # and the arrays' headers
-        assert row["write_s"] > 0 and row["read_s"] > 0 and 0 < row["share_of_trial"] < 0.01
+        assert min(row["keep_s"], row["write_s"], row["read_s"]) > 0 and 0 < row["share_of_trial"] < 0.01
         # What a retrain writes: its best model with Adam's variables (12 bytes a parameter), histograms, Keras's backup
         assert 12 * row["params"] < row["model_bytes"]
         assert min(row["model_s"], row["histograms_s"], row["keras_backup_s"]) > 0

@@ -92,7 +92,7 @@ def test_an_interrupted_retrain_keeps_its_best_model_and_the_same_command_resume
     from batches import targets
     from pruning import MONITOR
 
-    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)  # a backup after each epoch, as a long epoch's
+    monkeypatch.setattr(trial_backup, "SNAPSHOT_EVERY_S", 0.0)  # each epoch's end kept, which the stop writes
     real = neural_net.build_and_train
     seen = []
 

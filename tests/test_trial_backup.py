@@ -168,13 +168,14 @@ def test_runs_that_died_after_backing_a_trial_up_do_not_count_against_its_networ
 def test_a_search_stopped_mid_trial_goes_on_with_that_trial_from_its_backup(tmp_path, monkeypatch, capsys):
     import neural_net
 
-    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 0.0)
+    # Epoch 2's end kept in memory, and written as the search stops: no backup every 5 minutes in a trial of seconds.
+    monkeypatch.setattr(trial_backup, "SNAPSHOT_EVERY_S", 0.0)
     callbacks, epochs, logs = neural_net.trial_callbacks, [], []
 
     def interrupted_at_epoch_2(*args, **kwargs):
         def ended(model, epoch, epoch_logs):
             logs.append(dict(epoch_logs))
-            if epoch == 1 and len(logs) == 2:  # the first run, once its backup of epoch 2 is written
+            if epoch == 1 and len(logs) == 2:  # the first run, once its backup has kept epoch 2's end
                 os.kill(os.getpid(), signal.SIGINT)
 
         return callbacks(*args, **kwargs) + [watching(lambda model, epoch: epochs.append(epoch), ended)]
