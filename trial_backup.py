@@ -4,8 +4,9 @@ training would have (the same batches, flips and dropout masks): the search trai
 same command goes on with it.
 
 The backup is one file, written atomically at the end of an epoch once BACKUP_EVERY_S seconds have gone by since the
-training started or was last backed up: the model's and its optimizer's variables, its random layers' states, the best
-epoch's weights, the epochs' history, and which trial of which network it is. A retrain's best model is written with it.
+training started or was last backed up, and as it stops (Ctrl-C, SIGTERM), from the epoch's end it keeps in memory every
+SNAPSHOT_EVERY_S: the model's and its optimizer's variables, its random layers' states, the best epoch's weights, the
+epochs' history, and which trial of which network it is. A retrain's best model is written with it.
 The search removes the backup once its trial is saved, the retrain once it ends.
 """
 
