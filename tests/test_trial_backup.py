@@ -80,13 +80,30 @@ def test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_i
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), restored.progress.best_weights))
 
 
+def test_a_stop_writes_the_epochs_end_kept_in_memory_untouched_by_the_training_after_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(trial_backup, "BACKUP_EVERY_S", 1e9)  # none written as it trains
+    monkeypatch.setattr(trial_backup, "SNAPSHOT_EVERY_S", 0.0)
+    identity = {"tid": 2, "space": SMALL_SPACE, "suggested_by": "tpe", "precision": "float32", "code_version": None}
+    backup, after = TrialBackup(backup_file(tmp_path), identity), {}
+    seen = watching(on_epoch_end=lambda model, epoch, logs: after.update({epoch: state_of(model)}))
+    build_and_train(SMALL_SPACE, load_dataset("synthetic", synthetic_size=300), epochs=3, callbacks=[backup, seen],
+                    precision="float32", seed=1)
+    assert not backup_file(tmp_path).exists()
+    backup.flush()  # as a stop in epoch 3 would: epoch 2's end, kept before epoch 3 trained (the arrays are copies)
+    kept = read_backup(tmp_path, set())
+    assert kept.epochs == 2 and all(np.array_equal(a, b) for a, b in zip(kept.weights + kept.optimizer, after[1],
+                                                                          strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(kept.weights, after[2]))
+
+
 @pytest.mark.slow
 def test_a_backup_puts_back_the_training_on_the_jax_backend_too():
     # Keras's JAX trainer reads the variables into its own state when an epoch starts: those put back before it.
-    test = f"{__file__}::test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_it_stopped"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], capture_output=True,
+    tests = [f"{__file__}::test_a_backup_puts_back_the_network_its_optimizer_and_its_best_epoch_where_it_stopped",
+             f"{__file__}::test_a_stop_writes_the_epochs_end_kept_in_memory_untouched_by_the_training_after_it"]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], capture_output=True,
                           text=True, timeout=600, cwd=REPO, env={**os.environ, "KERAS_BACKEND": "jax"})
-    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:]
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout[-3000:]
 
 
 def test_a_backup_resumes_only_the_network_it_trained_in_the_same_precision_and_code_once(tmp_path, capsys):
