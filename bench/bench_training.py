@@ -17,6 +17,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 import fast_layers  # noqa: E402
 import hyperspace  # noqa: E402
 import pruning  # noqa: E402
+import trial_backup  # noqa: E402
 from cli import ArgumentParser, at_least  # noqa: E402
 from batches import Batches  # noqa: E402
 from neural_net import build_model, default_steps_per_execution  # noqa: E402
@@ -169,6 +171,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
     """A search trial's callbacks less early stopping (the benchmark has no validation), or those with Keras's NaN check, or none.
+    The trial's backup is among them; it writes into a temporary folder, and rarely: every minute, every 5 minutes.
 
     On JAX, a callback with a per-step hook makes Keras wait for every step's logs before it
     dispatches the next step (TensorFlow's trainer always waits, once per `steps_per_execution`
@@ -177,7 +180,11 @@ def step_callbacks(kind: str) -> list[keras.callbacks.Callback]:
     if kind == "none":
         return []
     nan_check = keras.callbacks.TerminateOnNaN() if kind == "per-step-nan" else pruning.StopOnNaN()
-    return [nan_check, pruning.MedianStoppingRule([])]
+    identity = {"tid": 0, "space": {}, "suggested_by": None, "precision": None, "code_version": None}
+    folder = tempfile.TemporaryDirectory(prefix="bench_training_")
+    backup = trial_backup.TrialBackup(Path(folder.name) / trial_backup.BACKUP_FILE, identity)
+    backup.folder = folder  # removed with the callback
+    return [nan_check, pruning.MedianStoppingRule([]), backup]
 
 
 CALLBACK_KINDS = ("none", "trial", "per-step-nan")
