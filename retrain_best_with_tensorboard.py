@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -289,6 +291,29 @@ def retrain(args, path: Path, result: dict, name: str, guard: SignalGuard) -> in
         lock.release()
 
 
+def tensorboard_restart(log_dir: Path, epoch: int) -> None:
+    """Mark in the retrain's TensorBoard logs that it starts at `epoch` (from 0, as Keras logs epochs): TensorBoard then
+    drops the epochs from there that a run before logged (its purge of a restarted session's orphaned events), so that a
+    resume, which trains again the epochs after its backup, or a retrain started anew, shows each epoch once."""
+    import socket
+
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    now = time.time()
+    name = f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}.{os.getpid()}"
+    start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+    events = [event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+              event_pb2.Event(wall_time=now, step=epoch, session_log=start)]
+    for folder in (log_dir / "train", log_dir / "validation"):  # Keras's two writers'
+        folder.mkdir(parents=True, exist_ok=True)
+        # Read before the files that TensorFlow's writers open in the same second, whose names go on from this one.
+        with open(folder / name, "wb") as file:
+            writer = RecordWriter(file)
+            for event in events:
+                writer.write(event.SerializeToString())
+
+
 def retrain_callbacks(log_dir: Path, histogram_freq: int, backup, guard: SignalGuard) -> list:
     """The retrain's logs and its `backup` (retrain_backup), which writes its best model too.
 
@@ -338,6 +363,7 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     backup = retrain_backup(backup_file(folder), identity, restore, checkpoint)
     try:
         while True:
+            tensorboard_restart(log_dir, restore.epochs if restore else 0)
             model, retrained = build_and_train(result["space"], data, epochs=args.epochs, verbose=args.verbose,
                                                callbacks=retrain_callbacks(log_dir, args.histogram_freq, backup, guard),
                                                precision=args.precision, seed=weights,

@@ -41,8 +41,8 @@ def scalar_tags(folder):
 
 
 def epoch_steps(folder, tag):
-    """The epochs of one summary tag, in the order of its event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """The epochs of one summary tag, as TensorBoard shows them (its accumulator of the summaries plugins read)."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(folder))
     acc.Reload()
@@ -188,6 +188,9 @@ def test_a_retrain_writes_its_best_model_when_it_backs_up_stops_or_ends_not_at_e
     result = load_json_result(tmp_path / "weights" / "m.retrain.txt.json")
     assert result["epochs_trained"] == 3 and "resumed_after_epoch" not in result
     assert len(saves) == 2  # and once more when it ended
+    # TensorBoard shows the epochs that the first run logged as this one logged them, each once.
+    for run in ("train", "validation"):
+        assert epoch_steps(tmp_path / "TensorBoard" / "m" / run, "epoch_loss") == [0, 1, 2], run
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["m.keras", "m.retrain.txt.json"]
 
 
