@@ -30,7 +30,7 @@ tensorflow_defaults()
 
 import keras  # noqa: E402
 
-import retrain_best_with_tensorboard as retrain  # noqa: E402
+import retrain_callbacks  # noqa: E402
 import trial_backup  # noqa: E402
 from bench_training import SPACES  # noqa: E402
 from cli import ArgumentParser, at_least  # noqa: E402
@@ -55,12 +55,12 @@ def backup_row(name: str, space: dict, folder: Path, repeats: int) -> dict:
     model = build_model(space)
     model.optimizer.build(model.trainable_variables)
     keeper = types.SimpleNamespace(best_weights=model.get_weights(), best_epoch=0)  # a best epoch's, as a trial keeps
-    backup = retrain.retrain_backup(trial_backup.backup_file(folder), {
+    backup = retrain_callbacks.RetrainBackup(trial_backup.backup_file(folder), {
         "tid": 0, "space": space, "suggested_by": None, "precision": "float32", "code_version": None}, None,
         folder / name / "best.keras")
     backup.set_model(model)
     backup.keeper, backup.history = keeper, {trial_backup.MONITOR: [0.0]}
-    histograms = retrain.epoch_tensorboard(folder / name / "logs", histogram_freq=1)
+    histograms = retrain_callbacks.EpochTensorBoard(log_dir=str(folder / name / "logs"), histogram_freq=1)
     keras_backup = keras.callbacks.BackupAndRestore(folder / name / "keras", double_checkpoint=True)
     for callback in (histograms, keras_backup):
         callback.set_model(model)

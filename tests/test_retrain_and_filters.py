@@ -20,6 +20,7 @@ from conftest import (FOUR_GPUS, REPO, SMALL_SPACE, fake_nvidia_smi, swallow_a_s
                       swallow_a_signal_while_the_data_loads)
 from neural_net import failure
 from precision import cpu_name, device_name
+from retrain_callbacks import RetrainBackup
 from test_datasets import write_cifar100_archive
 from trial import code_version
 from trial_backup import backed_up
@@ -615,7 +616,7 @@ def test_a_retrain_stopped_while_it_saves_a_better_epoch_keeps_the_previous_best
 
     path = tmp_path / "weights" / "model.keras"
     identity = {"tid": None, "space": SMALL_SPACE, "suggested_by": None, "precision": "float32", "code_version": None}
-    backup = retrain.retrain_backup(tmp_path / "weights" / "backup.npz", identity, None, path)
+    backup = RetrainBackup(tmp_path / "weights" / "backup.npz", identity, None, path)
     backup.set_model(build_model(SMALL_SPACE))
     backup.keeper = types.SimpleNamespace(best_weights=backup.model.get_weights(), best_epoch=0)  # its early stopping's
     backup.save_best()
@@ -696,8 +697,8 @@ def test_visualization_runs_on_tensorflow_whatever_the_keras_backend(retrained, 
 def test_the_retrains_callbacks_let_keras_on_jax_dispatch_the_next_step_without_waiting(tmp_path):
     # Keras's own TensorBoard callback has per-step hooks (its BackupAndRestore, which the retrain used before, too),
     # so Keras on JAX waited for every step of a retrain.
-    check = ("import keras, retrain_best_with_tensorboard as r, cli; from pathlib import Path; "
-             "backup = r.retrain_backup(Path('backup.npz'), {}, None, Path('m.keras')); "
+    check = ("import keras, retrain_callbacks as r, cli; from pathlib import Path; "
+             "backup = r.RetrainBackup(Path('backup.npz'), {}, None, Path('m.keras')); "
              "mine = r.retrain_callbacks(Path('logs'), 1, backup, cli.SignalGuard()); "
              "print(keras.callbacks.CallbackList(mine)._async_train, "
              "keras.callbacks.CallbackList([keras.callbacks.TensorBoard()])._async_train)")
