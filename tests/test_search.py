@@ -378,7 +378,7 @@ def test_a_signal_that_a_trial_swallowed_still_stops_the_search(tmp_path, monkey
 
 
 def test_a_second_ctrl_c_while_the_search_reports_its_stop_does_not_cut_the_report_short(tmp_path, monkeypatch, capsys):
-    import hyperopt_optimize
+    import search
     import neural_net
 
     calls = []
@@ -390,14 +390,14 @@ def test_a_second_ctrl_c_while_the_search_reports_its_stop_does_not_cut_the_repo
             time.sleep(5)
         return None, neural_net.failure(space, data, RuntimeError("out of memory"))
 
-    report = hyperopt_optimize.Search.print_leaderboard
+    report = search.Search.print_leaderboard
 
     def impatient(self, trials):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, while the first one's report prints
         report(self, trials)
 
     monkeypatch.setattr(neural_net, "build_and_train", interrupted_second)
-    monkeypatch.setattr(hyperopt_optimize.Search, "print_leaderboard", impatient)
+    monkeypatch.setattr(search.Search, "print_leaderboard", impatient)
     assert in_process(tmp_path, monkeypatch, "--max-evals", "3") == 130
     out = capsys.readouterr()
     assert "SIGINT: stopped; 1 finished trial saved" in out.out and "\nResume with: " in out.out
@@ -406,7 +406,7 @@ def test_a_second_ctrl_c_while_the_search_reports_its_stop_does_not_cut_the_repo
 
 
 def test_a_ctrl_c_after_the_trials_ended_says_they_are_saved(tmp_path, monkeypatch, capsys):
-    import hyperopt_optimize
+    import search
     import neural_net
 
     def leaderboard(self, trials):  # the last thing a search does; under Spark, after its poller stopped
@@ -414,7 +414,7 @@ def test_a_ctrl_c_after_the_trials_ended_says_they_are_saved(tmp_path, monkeypat
 
     monkeypatch.setattr(neural_net, "build_and_train", lambda space, data, **kwargs: (
         None, neural_net.failure(space, data, RuntimeError("out of memory"))))
-    monkeypatch.setattr(hyperopt_optimize.Search, "print_leaderboard", leaderboard)
+    monkeypatch.setattr(search.Search, "print_leaderboard", leaderboard)
     assert in_process(tmp_path, monkeypatch, "--max-evals", "2") == 130
     assert capsys.readouterr().err.endswith("\nInterrupted; 2 finished trials saved.\n")
     assert len(load_trials(tmp_path / "results.pkl").trials) == 2
@@ -662,7 +662,7 @@ def test_a_trial_of_another_search_of_the_same_seed_enqueued_is_not_drawn_again_
 
 
 def test_no_trial_starts_after_max_hours_and_the_same_command_goes_on_for_as_long_again(tmp_path, monkeypatch, capsys):
-    import hyperopt_optimize
+    import search
     import neural_net
 
     class Clock:  # each trial takes an hour
@@ -676,7 +676,7 @@ def test_no_trial_starts_after_max_hours_and_the_same_command_goes_on_for_as_lon
         Clock.hours += 1
         return instant(space, data)
 
-    monkeypatch.setattr(hyperopt_optimize, "time", Clock)
+    monkeypatch.setattr(search, "time", Clock)
     monkeypatch.setattr(neural_net, "build_and_train", an_hour_long)
     assert in_process(tmp_path, monkeypatch, "--max-evals", "10", "--max-hours", "2.5") == 0
     out = capsys.readouterr().out

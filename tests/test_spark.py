@@ -22,6 +22,7 @@ if not shutil.which("java"):
     pytest.skip("no Java runtime", allow_module_level=True)
 
 import hyperopt_optimize  # noqa: E402
+import search  # noqa: E402
 import spark_search  # noqa: E402
 
 SCRIPT = str(REPO / "hyperopt_optimize.py")
@@ -137,7 +138,7 @@ def test_a_trials_task_carries_the_dataset_by_reference_as_spark_sends_each_exec
     assert dataset_bytes > 3_000_000 and len(tasks[0]) < 50_000  # the objective as each trial's task carries it
 
 
-class ExplodingObjective(hyperopt_optimize.Objective):
+class ExplodingObjective(search.Objective):
     """A worker whose trial dies with an exception (a crash, not a NaN)."""
 
     def __call__(self, space):
@@ -149,7 +150,7 @@ def test_a_crashed_worker_trial_is_recorded_as_failed_and_the_search_resumes_ove
     from pyspark import cloudpickle  # the copy that pickles Spark's tasks
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    monkeypatch.setattr(hyperopt_optimize, "Objective", ExplodingObjective)
+    monkeypatch.setattr(search, "Objective", ExplodingObjective)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TZ", INDIA_TZ)
     time.tzset()
@@ -179,7 +180,7 @@ def test_a_crashed_worker_trial_is_recorded_as_failed_and_the_search_resumes_ove
     assert [t["result"]["status"] for t in load_trials(tmp_path / "results.pkl").trials] == ["fail"] * 3 + ["ok"]
 
 
-class SlowObjective(hyperopt_optimize.Objective):
+class SlowObjective(search.Objective):
     """A trial that takes at least 8 s."""
 
     def __call__(self, space):
@@ -194,7 +195,7 @@ def test_trials_still_training_when_max_hours_is_up_finish_and_are_saved(tmp_pat
     from pyspark import cloudpickle  # the copy that pickles Spark's tasks
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    monkeypatch.setattr(hyperopt_optimize, "Objective", SlowObjective)
+    monkeypatch.setattr(search, "Objective", SlowObjective)
     monkeypatch.chdir(tmp_path)
     # Both trials start within a second or two, and train past the 7.2 s allowed: hyperopt's own timeout would cancel
     # them. The third, suggested meanwhile, waits for a free slot until then.
