@@ -240,7 +240,11 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
         restore = load_backup(backup_file(folder)) if resuming else None
     except FileNotFoundError:
         restore = None
-        print(f"The interrupted retrain stopped before its first backup ({every}): it starts anew")
+        if (folder / "training_metadata.json").exists():  # Keras's BackupAndRestore, which retrains used before
+            print("The interrupted retrain was backed up by an earlier version of this code, whose backup this one "
+                  "does not read: it starts anew")
+        else:
+            print(f"The interrupted retrain stopped before its first backup ({every}): it starts anew")
     except (OSError, *UNREADABLE) as err:
         print(f"error: cannot resume {run} from {folder}/ ({err}); delete that folder to retrain it anew", file=sys.stderr)
         return 2

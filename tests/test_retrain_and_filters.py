@@ -335,6 +335,23 @@ def test_a_signal_that_a_library_swallowed_mid_retrain_still_stops_it_at_once_re
     assert "Resuming the interrupted retrain after epoch " in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_a_retrain_backed_up_by_keras_as_an_earlier_version_did_says_so_and_starts_anew(tmp_path, monkeypatch, capsys):
+    save_json_result({"loss": -0.2, "status": "ok", "model_name": "m", "space": SMALL_SPACE, "dataset": "synthetic"},
+                     tmp_path / "results")
+    settings = {"space": SMALL_SPACE, "dataset": "synthetic", "selected_on": "validation", "seed": 0, "train_images": 300,
+                "precision": "float32"}
+    folder = tmp_path / "weights" / "m.backup"
+    folder.mkdir(parents=True)
+    (folder / "settings.json").write_text(json.dumps(settings))
+    (folder / "training_metadata.json").write_text('{"epoch": 4}')  # Keras's BackupAndRestore's
+    monkeypatch.chdir(tmp_path)
+    assert retrain.main(["--epochs", "1", "--train-subset", "300", "--verbose", "0", "--precision", "float32"]) == 0
+    assert "The interrupted retrain was backed up by an earlier version of this code, whose backup this one does not " \
+        "read: it starts anew\n" in capsys.readouterr().out
+    assert load_json_result(tmp_path / "weights" / "m.retrain.txt.json")["epochs_trained"] == 1 and not folder.exists()
+
+
 def test_a_retrain_resumes_neither_one_running_now_nor_one_of_other_settings(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     settings = {"space": SMALL_SPACE, "dataset": "synthetic", "selected_on": "validation", "seed": 0, "train_images": 300,
