@@ -229,10 +229,10 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
     from precision import resolve_precision, training_line
     from pruning import MONITOR
     from retrains import figures, over_draws, same_but_the_draw, trained_otherwise
-    from trial import code_version, local_time
     from retrain_callbacks import RetrainBackup, retrain_callbacks, tensorboard_restart
+    from trial import code_version, local_time
     from trial_backup import BACKUP_EVERY_S, UNREADABLE, backed_up, backup_file, load_backup
-    from utils import is_ok, print_json, save_json_result, warn
+    from utils import is_ok, print_json, save_json_result
 
     log_dir, checkpoint, folder = Path(TENSORBOARD_DIR) / run, Path(WEIGHTS_DIR) / f"{run}.keras", backup_folder(run)
     every = f"one every {BACKUP_EVERY_S / 60:g} minutes"
@@ -265,10 +265,8 @@ def train_run(args, run: str, resuming: bool, path: Path, result: dict, data, se
                                                callbacks=retrain_callbacks(log_dir, args.histogram_freq, backup, guard),
                                                precision=args.precision, seed=weights,
                                                before=restore.progress if restore else None)
-            if not backup.unfit:
+            if not backup.discarded_unfit():  # the code changed since, and builds the network otherwise
                 break
-            warn(f"{backup.unfit}: it starts anew")  # the code changed since, and builds the network otherwise
-            backup.path.unlink(missing_ok=True)
             restore, backup = None, RetrainBackup(backup_file(folder), identity, None, checkpoint)
         guard.stop_if_signalled()  # C code may have made its KeyboardInterrupt an error: not a failed retrain
     except KeyboardInterrupt:

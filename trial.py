@@ -111,11 +111,7 @@ class Objective:
         self.running_backup = None
         del model
         keras.backend.clear_session()
-        if backup and backup.unfit:
-            from utils import warn
-
-            warn(f"{backup.unfit}: it starts anew")
-            backup.path.unlink(missing_ok=True)
+        if backup and backup.discarded_unfit():
             return self.train(space, data, point, precision)
         return result, restore
 

@@ -205,6 +205,14 @@ class TrialBackup(keras.callbacks.Callback):
             return
         self.snapshot, self.saved_epochs = None, epochs
 
+    def discarded_unfit(self) -> bool:
+        """Whether the backup it was to restore did not fit the network (`unfit`): then warned about and removed, for
+        the training to start anew."""
+        if self.unfit:
+            warn(f"{self.unfit}: it starts anew")
+            self.path.unlink(missing_ok=True)
+        return bool(self.unfit)
+
     @property
     def training(self) -> str:
         """What it backs up, in words."""
